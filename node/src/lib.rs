@@ -1,0 +1,22 @@
+//! weir's gateway node: the data plane (listeners, routing, balancing,
+//! upstream pools, retries, forwarding headers, JSON errors), the declarative
+//! config and its hot reload, and the `weir` command line.
+//!
+//! It does not own cluster state (that is `weir-cluster`) nor log export
+//! (`weir-observability`). Config enters through [`config`], is compiled once
+//! into an immutable [`snapshot::Snapshot`], and the data path only ever
+//! reads snapshots.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

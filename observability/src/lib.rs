@@ -1,0 +1,38 @@
+//! Logging and tracing set-up shared by every weir crate.
+//!
+//! Owns how `tracing` events leave the process. For now that is a formatted
+//! log on stderr, filtered by `WEIR_LOG` (or `RUST_LOG`); OTLP export,
+//! Prometheus metrics and the JSON access log arrive with the observability
+//! issue and will be wired in here, so other crates only ever call
+//! [`init`].
+#![forbid(unsafe_code)]
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global subscriber. Calling it twice is harmless: the second
+/// call keeps the first subscriber.
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = std::env::var("WEIR_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default_level.to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
