@@ -1,7 +1,271 @@
-//! The `weir` command line.
+//! The `weir` command line: `serve`, `validate`, `echo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::server::Server;
+use crate::snapshot::State;
+
+/// weir: a distributed API gateway.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway node. With no flags: proxy on 0.0.0.0:9080, admin on
+    /// 127.0.0.1:9180, no routes (every request gets a JSON 404).
+    Serve(ServeArgs),
+    /// Check a config file and print every problem with its location.
+    /// Exits 0 when valid, 2 when not.
+    Validate {
+        /// The config file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Run the built-in echo upstream, which answers every request with a
+    /// JSON description of it.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9081")]
+        listen: SocketAddr,
+        /// Name reported in each answer (`served_by`).
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// YAML config file; watched and reloaded on change.
+    #[arg(short = 'c', long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Proxy listen address (overrides `settings.listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listen address (overrides `settings.admin_listen`).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Worker threads (overrides `settings.workers`; 0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// After binding, write `{"proxy":ADDR,"admin":ADDR,"pid":N}` to this
+    /// file (for scripts and tests that bind port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
 
 /// Entry point of the `weir` binary.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        LogFormatArg::Text => weir_observability::LogFormat::Text,
+        LogFormatArg::Json => weir_observability::LogFormat::Json,
+    };
+    weir_observability::init(format, "info");
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Validate { file } => validate(&file),
+        Command::Echo { listen, name } => echo(listen, name),
+    }
+}
+
+fn print_problems(source: &Path, errors: &ConfigErrors) {
+    for p in &errors.0 {
+        match p.location {
+            Some((l, c)) => eprintln!("{}:{l}:{c}: {}: {}", source.display(), p.path, p.reason),
+            None => eprintln!("{}: {}: {}", source.display(), p.path, p.reason),
+        }
+    }
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match config::load_file(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} routes, {} services, {} upstreams)",
+                file.display(),
+                c.routes.len(),
+                c.services.len(),
+                c.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_problems(file, &errors);
+            eprintln!("{}: {} problem(s)", file.display(), errors.0.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    // One worker means one thread doing everything: a current-thread
+    // runtime, with no cross-thread wake-ups at all.
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut cfg: Config = match &args.config {
+        Some(path) => match config::load_file(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                print_problems(path, &errors);
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        cfg.settings.listen = l;
+    }
+    if let Some(l) = args.admin_listen {
+        cfg.settings.admin_listen = l;
+    }
+    if let Some(w) = args.workers {
+        cfg.settings.workers = w;
+    }
+    let rt = match runtime(cfg.settings.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve_async(cfg, args.config, args.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_async(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let state = State::new(&cfg).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    let server = Server::bind(state.clone(), config_path.clone())?;
+    let bound = server.bound()?;
+
+    let _echo = match cfg.settings.echo_listen {
+        Some(addr) => {
+            let l = crate::server::bind(addr).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (settings.echo_listen): {e}")
+            })?;
+            tracing::info!(addr = %l.local_addr()?, "built-in echo upstream listening");
+            Some(AbortOnDrop(tokio::spawn(crate::echo::serve(
+                l,
+                Arc::from("echo"),
+            ))))
+        }
+        None => None,
+    };
+
+    let _watch = match &config_path {
+        Some(p) => Some(crate::reload::watch(state.clone(), p.clone())?),
+        None => None,
+    };
+
+    tracing::info!(proxy = %bound.proxy, admin = %bound.admin, routes = state.load().router.len(), "weir is serving");
+    if let Some(path) = &ready_file {
+        write_ready_file(path, bound.proxy, bound.admin)?;
+    }
+
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = tx.send(true);
+    });
+    server.run(rx).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we still stop on Ctrl-C.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Writes the ready file atomically (temp file, then rename), so a reader
+/// never sees half of it.
+fn write_ready_file(path: &Path, proxy: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    let doc = serde_json::json!({"proxy": proxy.to_string(), "admin": admin.to_string(), "pid": std::process::id()});
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn echo(listen: SocketAddr, name: String) -> ExitCode {
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let l = match crate::server::bind(listen) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("weir: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(addr = %listen, "echo upstream listening");
+        tokio::select! {
+            _ = crate::echo::serve(l, Arc::from(name.as_str())) => {}
+            _ = wait_for_signal() => {}
+        }
+        ExitCode::SUCCESS
+    })
 }

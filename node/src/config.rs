@@ -64,6 +64,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     /// Value of the `Via` header the gateway adds; empty disables it.
     pub via: String,
+    /// Also run the built-in echo upstream on this address (demos, tests).
+    pub echo_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 0,
             via: "1.1 weir".to_string(),
+            echo_listen: None,
         }
     }
 }
@@ -175,7 +178,12 @@ fn default_ewma_decay() -> Duration {
 
 /// The request part a consistent hash is computed over.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, tag = "source", content = "name", rename_all = "snake_case")]
+#[serde(
+    deny_unknown_fields,
+    tag = "source",
+    content = "name",
+    rename_all = "snake_case"
+)]
 pub enum HashOn {
     /// The client IP ("IP hash").
     Ip,
@@ -200,7 +208,10 @@ pub struct KeepaliveConfig {
 
 impl Default for KeepaliveConfig {
     fn default() -> Self {
-        KeepaliveConfig { max_idle: 256, idle_timeout: Duration::from_secs(60) }
+        KeepaliveConfig {
+            max_idle: 256,
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -250,7 +261,11 @@ pub struct RetryBudgetConfig {
 
 impl Default for RetryBudgetConfig {
     fn default() -> Self {
-        RetryBudgetConfig { ratio: 0.2, min_per_sec: 10, ttl: Duration::from_secs(10) }
+        RetryBudgetConfig {
+            ratio: 0.2,
+            min_per_sec: 10,
+            ttl: Duration::from_secs(10),
+        }
     }
 }
 
@@ -267,7 +282,10 @@ pub struct PassiveHealthConfig {
 
 impl Default for PassiveHealthConfig {
     fn default() -> Self {
-        PassiveHealthConfig { max_fails: 1, fail_timeout: Duration::from_secs(10) }
+        PassiveHealthConfig {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -460,7 +478,11 @@ impl fmt::Display for ConfigErrors {
 
 impl ConfigErrors {
     fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigErrors(vec![ConfigProblem { path: path.into(), location: None, reason: reason.into() }])
+        ConfigErrors(vec![ConfigProblem {
+            path: path.into(),
+            location: None,
+            reason: reason.into(),
+        }])
     }
 }
 
@@ -470,7 +492,11 @@ pub(crate) struct Problems(pub Vec<ConfigProblem>);
 
 impl Problems {
     pub(crate) fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(ConfigProblem { path: path.into(), location: None, reason: reason.into() });
+        self.0.push(ConfigProblem {
+            path: path.into(),
+            location: None,
+            reason: reason.into(),
+        });
     }
 }
 
@@ -495,8 +521,16 @@ pub fn load_str(src: &str) -> Result<Config, ConfigErrors> {
             if let Some(i) = reason.find(" at line ") {
                 reason.truncate(i);
             }
-            let path = if path == "." { "(document)".to_string() } else { path };
-            return Err(ConfigErrors(vec![ConfigProblem { path, location, reason }]));
+            let path = if path == "." {
+                "(document)".to_string()
+            } else {
+                path
+            };
+            return Err(ConfigErrors(vec![ConfigProblem {
+                path,
+                location,
+                reason,
+            }]));
         }
     };
     config.validate()?;
@@ -505,8 +539,9 @@ pub fn load_str(src: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::one(path.display().to_string(), format!("cannot read file: {e}")))?;
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(path.display().to_string(), format!("cannot read file: {e}"))
+    })?;
     load_str(&src)
 }
 
@@ -518,7 +553,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut p = Problems::default();
         if self.version != 1 {
-            p.push("version", format!("unsupported config version {}; this weir reads version 1", self.version));
+            p.push(
+                "version",
+                format!(
+                    "unsupported config version {}; this weir reads version 1",
+                    self.version
+                ),
+            );
         }
         self.settings.validate(&mut p);
 
@@ -527,7 +568,10 @@ impl Config {
             let at = format!("upstreams[{i}]");
             check_id(&mut p, &at, &u.id);
             if !upstream_ids.insert(u.id.as_str()) {
-                p.push(format!("{at}.id"), format!("duplicate upstream id `{}`", u.id));
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate upstream id `{}`", u.id),
+                );
             }
             u.validate(&at, &mut p);
         }
@@ -536,10 +580,16 @@ impl Config {
             let at = format!("services[{i}]");
             check_id(&mut p, &at, &s.id);
             if !service_ids.insert(s.id.as_str()) {
-                p.push(format!("{at}.id"), format!("duplicate service id `{}`", s.id));
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate service id `{}`", s.id),
+                );
             }
             if !upstream_ids.contains(s.upstream.as_str()) {
-                p.push(format!("{at}.upstream"), format!("no upstream with id `{}`", s.upstream));
+                p.push(
+                    format!("{at}.upstream"),
+                    format!("no upstream with id `{}`", s.upstream),
+                );
             }
             if let Some(h) = &s.host_header {
                 check_host_header(&mut p, &format!("{at}.host_header"), h);
@@ -562,21 +612,30 @@ impl Config {
             if let Some(u) = &r.upstream
                 && !upstream_ids.contains(u.as_str())
             {
-                p.push(format!("{at}.upstream"), format!("no upstream with id `{u}`"));
+                p.push(
+                    format!("{at}.upstream"),
+                    format!("no upstream with id `{u}`"),
+                );
             }
             if let Some(h) = &r.host_header {
                 check_host_header(&mut p, &format!("{at}.host_header"), h);
             }
             crate::router::validate_route(r, &at, &mut p);
         }
-        if p.0.is_empty() { Ok(()) } else { Err(ConfigErrors(p.0)) }
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(p.0))
+        }
     }
 }
 
 fn check_id(p: &mut Problems, at: &str, id: &str) {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
         p.push(
             format!("{at}.id"),
@@ -596,7 +655,10 @@ fn check_host_header(p: &mut Problems, at: &str, h: &HostHeader) {
 impl Settings {
     fn validate(&self, p: &mut Problems) {
         if self.workers > 1024 {
-            p.push("settings.workers", "must be at most 1024 (0 means one per core)");
+            p.push(
+                "settings.workers",
+                "must be at most 1024 (0 means one per core)",
+            );
         }
         if self.max_header_bytes < 1024 {
             p.push("settings.max_header_bytes", "must be at least 1024");
@@ -613,7 +675,10 @@ impl Settings {
 impl UpstreamConfig {
     fn validate(&self, at: &str, p: &mut Problems) {
         if self.targets.is_empty() {
-            p.push(format!("{at}.targets"), "an upstream needs at least one target");
+            p.push(
+                format!("{at}.targets"),
+                "an upstream needs at least one target",
+            );
         }
         let mut seen = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -630,17 +695,27 @@ impl UpstreamConfig {
             }
         }
         if !self.targets.is_empty() && self.targets.iter().all(|t| t.weight == 0) {
-            p.push(format!("{at}.targets"), "at least one target needs a weight above 0");
+            p.push(
+                format!("{at}.targets"),
+                "at least one target needs a weight above 0",
+            );
         }
-        if let BalancerConfig::ConsistentHash { hash_on: HashOn::Header(n) | HashOn::Cookie(n) } = &self.balancer
+        if let BalancerConfig::ConsistentHash {
+            hash_on: HashOn::Header(n) | HashOn::Cookie(n),
+        } = &self.balancer
             && n.is_empty()
         {
             p.push(format!("{at}.balancer.hash_on.name"), "must not be empty");
         }
-        if let BalancerConfig::ConsistentHash { hash_on: HashOn::Header(n) } = &self.balancer
+        if let BalancerConfig::ConsistentHash {
+            hash_on: HashOn::Header(n),
+        } = &self.balancer
             && http::HeaderName::from_bytes(n.as_bytes()).is_err()
         {
-            p.push(format!("{at}.balancer.hash_on.name"), format!("`{n}` is not a valid header name"));
+            p.push(
+                format!("{at}.balancer.hash_on.name"),
+                format!("`{n}` is not a valid header name"),
+            );
         }
         if let BalancerConfig::PeakEwma { decay } = &self.balancer
             && decay.is_zero()
@@ -648,7 +723,12 @@ impl UpstreamConfig {
             p.push(format!("{at}.balancer.decay"), "must be greater than zero");
         }
         let t = &self.timeouts;
-        for (name, d) in [("connect", t.connect), ("send", t.send), ("read", t.read), ("total", t.total)] {
+        for (name, d) in [
+            ("connect", t.connect),
+            ("send", t.send),
+            ("read", t.read),
+            ("total", t.total),
+        ] {
             if d.is_zero() {
                 p.push(format!("{at}.timeouts.{name}"), "must be greater than zero");
             }
@@ -658,26 +738,43 @@ impl UpstreamConfig {
         }
         let b = &self.retry_budget;
         if !(0.0..=1000.0).contains(&b.ratio) || b.ratio.is_nan() {
-            p.push(format!("{at}.retry_budget.ratio"), "must be between 0 and 1000");
+            p.push(
+                format!("{at}.retry_budget.ratio"),
+                "must be between 0 and 1000",
+            );
         }
         if b.ttl < Duration::from_secs(1) || b.ttl > Duration::from_secs(60) {
-            p.push(format!("{at}.retry_budget.ttl"), "must be between 1s and 60s");
+            p.push(
+                format!("{at}.retry_budget.ttl"),
+                "must be between 1s and 60s",
+            );
         }
         if self.passive_health.max_fails > 0 && self.passive_health.fail_timeout.is_zero() {
-            p.push(format!("{at}.passive_health.fail_timeout"), "must be greater than zero");
+            p.push(
+                format!("{at}.passive_health.fail_timeout"),
+                "must be greater than zero",
+            );
         }
         if let Some(s) = &self.sticky
-            && (s.cookie.is_empty() || !s.cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            && (s.cookie.is_empty()
+                || !s
+                    .cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
         {
-            p.push(format!("{at}.sticky.cookie"), "must be a non-empty token of letters, digits, `_`, `-`");
+            p.push(
+                format!("{at}.sticky.cookie"),
+                "must be a non-empty token of letters, digits, `_`, `-`",
+            );
         }
     }
 }
 
 /// Checks a `host:port` authority.
 fn parse_authority(addr: &str) -> Result<(), String> {
-    let auth: http::uri::Authority =
-        addr.parse().map_err(|_| format!("`{addr}` is not a valid host:port"))?;
+    let auth: http::uri::Authority = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not a valid host:port"))?;
     if auth.port_u16().is_none() {
         return Err(format!("`{addr}` needs a port"));
     }
@@ -698,7 +795,9 @@ mod tests {
 
     #[test]
     fn unknown_field_names_path_and_location() {
-        let err = load_str("routes:\n  - id: a\n    paths: [/]\n    upstream: u\n    pathz: [/x]\n").unwrap_err();
+        let err =
+            load_str("routes:\n  - id: a\n    paths: [/]\n    upstream: u\n    pathz: [/x]\n")
+                .unwrap_err();
         let p = &err.0[0];
         assert_eq!(p.path, "routes[0].pathz");
         assert!(p.reason.contains("unknown field `pathz`"), "{}", p.reason);
@@ -711,9 +810,18 @@ mod tests {
         let err = load_str(src).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("upstreams[0].targets[0].addr"), "{text}");
-        assert!(text.contains("routes[0].upstream: no upstream with id `missing`"), "{text}");
-        assert!(text.contains("routes[1].id: duplicate route id `r`"), "{text}");
-        assert!(text.contains("routes[1].service: no service with id `gone`"), "{text}");
+        assert!(
+            text.contains("routes[0].upstream: no upstream with id `missing`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routes[1].id: duplicate route id `r`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routes[1].service: no service with id `gone`"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -723,7 +831,9 @@ mod tests {
         assert_eq!(c.upstreams[0].timeouts.connect, Duration::from_millis(250));
         assert_eq!(
             c.upstreams[0].balancer,
-            BalancerConfig::ConsistentHash { hash_on: HashOn::Header("x-user".into()) }
+            BalancerConfig::ConsistentHash {
+                hash_on: HashOn::Header("x-user".into())
+            }
         );
     }
 }

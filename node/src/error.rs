@@ -1,1 +1,155 @@
-//! (being written)
+//! Errors the gateway itself answers with, and their JSON form.
+//!
+//! Every response weir makes up (as opposed to relaying an upstream's) goes
+//! through [`GatewayError::into_response`], so clients always get the same
+//! shape: `{"error":{"status":404,"code":"no_route","message":"…",
+//! "request_id":"…"}}`. Each variant says where the fault lies and whether a
+//! retry on another target is safe, the way the proxy loop needs it.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::proxy::ProxyBody;
+
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed or was unreachable.
+    Upstream,
+    /// Configuration or the gateway itself.
+    Internal,
+}
+
+/// A failure the gateway answers on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No route matches.
+    #[error("no route matches {method} {host}{path}")]
+    NoRoute {
+        /// Request method.
+        method: String,
+        /// Host the client asked for (may be empty).
+        host: String,
+        /// Request path.
+        path: String,
+    },
+    /// The client was too slow sending the request.
+    #[error("the client did not send the request in time")]
+    RequestTimeout,
+    /// The request body is larger than allowed.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The request head is larger than allowed.
+    #[error("request headers exceed the limit of {limit} bytes")]
+    HeadersTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// No target could be reached, or the upstream broke the exchange.
+    #[error("upstream `{upstream}` failed: {reason}")]
+    BadGateway {
+        /// Upstream id.
+        upstream: String,
+        /// What went wrong, without secrets.
+        reason: String,
+    },
+    /// Every target is marked down.
+    #[error("upstream `{upstream}` has no healthy target")]
+    NoHealthyUpstream {
+        /// Upstream id.
+        upstream: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream `{upstream}` did not answer within {timeout}")]
+    UpstreamTimeout {
+        /// Upstream id.
+        upstream: String,
+        /// Which timeout fired, e.g. `read timeout 5s`.
+        timeout: String,
+    },
+}
+
+impl GatewayError {
+    /// The HTTP status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::BadGateway { .. } => "upstream_error",
+            GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// Where the fault lies.
+    pub fn source(&self) -> Source {
+        match self {
+            GatewayError::BadRequest(_)
+            | GatewayError::RequestTimeout
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::HeadersTooLarge { .. } => Source::Downstream,
+            GatewayError::NoRoute { .. } => Source::Internal,
+            GatewayError::BadGateway { .. }
+            | GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::UpstreamTimeout { .. } => Source::Upstream,
+        }
+    }
+
+    /// The JSON error response.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        error_response(self.status(), self.code(), &self.to_string(), request_id)
+    }
+}
+
+/// Builds the JSON error response for any status and code.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": {
+            "status": status.as_u16(),
+            "code": code,
+            "message": message,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        }
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut resp = Response::new(ProxyBody::full(bytes));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
+    resp
+}

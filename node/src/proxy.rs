@@ -1,1 +1,843 @@
-//! (being written)
+//! The data path: one request from the client to a target and back.
+//!
+//! `handle` validates the request, finds its route, then runs the attempt
+//! loop: pick a target (healthy, not yet tried), send, and on a failure that
+//! is safe to retry move to another target while attempts and the retry
+//! budget last. Bodies stream in both directions through small wrappers
+//! ([`ReqBody`], [`ProxyBody`]) that enforce size limits and idle timeouts
+//! without buffering.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::balance::PickCtx;
+use crate::error::GatewayError;
+use crate::headers;
+use crate::router::RequestView;
+use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
+use crate::upstream::{Upstream, now_ms};
+
+/// Errors carried by bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the gateway knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The peer address.
+    pub client: SocketAddr,
+    /// `http` or `https`, for forwarding headers.
+    pub proto: &'static str,
+}
+
+/// Serves one request. Never fails: every problem becomes a JSON error.
+pub async fn handle(
+    state: Arc<State>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let snap = state.load();
+    let rid = headers::request_id(req.headers());
+    let mut resp = match proxy(&snap, &conn, req, &rid).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.source() == crate::error::Source::Upstream {
+                tracing::debug!(request_id = ?rid, error = %e, "request failed");
+            }
+            e.into_response(&rid)
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(headers::X_REQUEST_ID, rid);
+    if let Some(via) = &snap.via
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        headers::add_via(resp.headers_mut(), via);
+    }
+    Ok(resp)
+}
+
+/// Lowercases a host and drops its port; borrows when already lowercase.
+fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let host = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        raw.find(']').map_or(raw, |i| &raw[..=i])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+fn head_size(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+async fn proxy(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    rid: &HeaderValue,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let settings = &snap.settings;
+    let size = head_size(&req);
+    if size > settings.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: settings.max_header_bytes,
+        });
+    }
+    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (an
+    // absolute-form target wins over Host, RFC 9112 §3.2.2).
+    let host_value: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    if host_value.is_none() && req.version() == Version::HTTP_11 {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request needs a Host header".into(),
+        ));
+    }
+    let host = match host_value.as_ref().map(|v| v.to_str()) {
+        Some(Ok(h)) => Some(normalize_host(h)),
+        Some(Err(_)) => {
+            return Err(GatewayError::BadRequest(
+                "the Host header is not valid text".into(),
+            ));
+        }
+        None => None,
+    };
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadRequest(
+            "the request target must be an absolute path".into(),
+        ));
+    }
+    // A dot segment could reach a path the route table never allowed once an
+    // upstream normalises it; refuse rather than guess.
+    if has_dot_segment(path) {
+        return Err(GatewayError::BadRequest(
+            "the path must not contain `.` or `..` segments".into(),
+        ));
+    }
+    let declared_len = match req.headers().get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| GatewayError::BadRequest("Content-Length is not a number".into()))?,
+        ),
+        None => None,
+    };
+    let limit = settings.max_body_bytes;
+    if limit > 0 && declared_len.is_some_and(|n| n > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+
+    let view = RequestView {
+        method: req.method(),
+        host: host.as_deref(),
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let Some(m) = snap.router.lookup(&view) else {
+        return Err(GatewayError::NoRoute {
+            method: req.method().to_string(),
+            host: host.as_deref().unwrap_or_default().to_string(),
+            path: path.to_string(),
+        });
+    };
+    let route: &Route = m.value;
+    let strip_len = m.strip_len;
+
+    // Path and query sent upstream.
+    let pq = {
+        let rest = &path[strip_len.min(path.len())..];
+        let rest = if rest.is_empty() { "/" } else { rest };
+        match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        }
+    };
+    let path_and_query: http::uri::PathAndQuery = pq
+        .parse()
+        .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?;
+
+    let upgrade = headers::is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let method = parts.method;
+    let mut hdrs = parts.headers;
+
+    headers::strip_hop_by_hop(&mut hdrs, upgrade, route.upstream.h2);
+    hdrs.remove(header::EXPECT);
+    headers::add_forwarding(&mut hdrs, conn.client.ip(), conn.proto, host_value.as_ref());
+    if let Some(via) = &snap.via {
+        headers::add_via(&mut hdrs, via);
+    }
+    hdrs.insert(headers::X_REQUEST_ID, rid.clone());
+
+    let has_body =
+        declared_len.is_some_and(|n| n > 0) || (declared_len.is_none() && !body.is_end_stream());
+    let body = if has_body {
+        BodySource::Stream(Arc::new(BodySlot::new(body, limit)))
+    } else {
+        BodySource::Empty
+    };
+
+    let ctx = Attempts {
+        up: route.upstream.clone(),
+        method,
+        headers: hdrs,
+        path_and_query,
+        host_value,
+        host_rule: &route.host_header,
+        client_ip: conn.client.ip(),
+        body,
+    };
+    let (mut resp, target) = ctx.run().await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+            }
+        });
+        let (parts, _body) = resp.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::Empty));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false, false);
+    if let Some(sticky) = &route.upstream.sticky {
+        set_sticky_cookie(
+            &mut parts.headers,
+            sticky,
+            &route.upstream,
+            target.idx,
+            target.cookie_matched,
+        );
+    }
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, target),
+    ))
+}
+
+fn set_sticky_cookie(
+    h: &mut HeaderMap,
+    sticky: &crate::config::StickyConfig,
+    up: &Upstream,
+    idx: usize,
+    already: bool,
+) {
+    if already {
+        return;
+    }
+    let mut c = format!(
+        "{}={}; Path=/; HttpOnly",
+        sticky.cookie, up.targets[idx].sticky_id
+    );
+    if let Some(ttl) = sticky.ttl {
+        c.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Reads the sticky cookie from the request.
+fn sticky_cookie<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';').find_map(|kv| {
+                let (k, val) = kv.trim().split_once('=')?;
+                (k == name).then_some(val.trim())
+            })
+        })
+}
+
+// === impl Attempts ===
+
+/// The chosen target of the attempt that produced the response.
+pub struct Chosen {
+    up: Arc<Upstream>,
+    idx: usize,
+    head_after: Duration,
+    cookie_matched: bool,
+}
+
+impl Drop for Chosen {
+    fn drop(&mut self) {
+        // The request stops counting as in flight once its body is done.
+        self.up.balancer.on_end(self.idx, self.head_after);
+    }
+}
+
+struct Attempts<'r> {
+    up: Arc<Upstream>,
+    method: Method,
+    headers: HeaderMap,
+    path_and_query: http::uri::PathAndQuery,
+    host_value: Option<HeaderValue>,
+    host_rule: &'r HostHeaderRt,
+    client_ip: std::net::IpAddr,
+    body: BodySource,
+}
+
+enum Failure {
+    Connect(String),
+    Timeout(String),
+    Other(String),
+    Status(Response<Incoming>),
+}
+
+impl Attempts<'_> {
+    async fn run(mut self) -> Result<(Response<Incoming>, Chosen), GatewayError> {
+        let up = self.up.clone();
+        up.budget_deposit();
+        let deadline = Instant::now() + up.timeouts.total;
+        let max_attempts = 1 + up.retries as usize;
+        let idempotent = is_idempotent(&self.method);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<Failure> = None;
+
+        let sticky_pref = up
+            .sticky
+            .as_ref()
+            .and_then(|s| sticky_cookie(&self.headers, &s.cookie))
+            .and_then(|v| up.sticky_target(v));
+
+        for attempt in 0..max_attempts {
+            let now = now_ms();
+            let eligible = |i: usize| !tried.contains(&i) && up.is_up(i, now);
+            let (idx, cookie_matched) = match sticky_pref.filter(|&i| attempt == 0 && eligible(i)) {
+                Some(i) => (i, true),
+                None => {
+                    let pick_ctx = PickCtx {
+                        client_ip: self.client_ip,
+                        headers: &self.headers,
+                        path_and_query: self.path_and_query.as_str(),
+                    };
+                    match up.balancer.pick(&pick_ctx, &eligible) {
+                        Some(i) => (i, false),
+                        None => break,
+                    }
+                }
+            };
+            if attempt > 0 && !up.budget_withdraw() {
+                tracing::debug!(upstream = %up.id, "retry budget spent; not retrying");
+                break;
+            }
+            let Some(body) = self.body.take() else { break };
+            tried.push(idx);
+            let is_last = attempt + 1 == max_attempts;
+            let target = &up.targets[idx];
+            let req = self.build(idx, body, is_last);
+            up.balancer.on_start(idx);
+            let started = Instant::now();
+            let outcome = self.send(req, deadline).await;
+            let head_after = started.elapsed();
+            let chosen = Chosen {
+                up: up.clone(),
+                idx,
+                head_after,
+                cookie_matched,
+            };
+            let failure = match outcome {
+                Ok(resp) => {
+                    let retryable_status = matches!(resp.status().as_u16(), 502..=504);
+                    if !retryable_status {
+                        target.health.record_success();
+                        return Ok((resp, chosen));
+                    }
+                    up.record_failure(idx, "status");
+                    Failure::Status(resp)
+                }
+                Err(f) => {
+                    let why = match &f {
+                        Failure::Connect(_) => "connect",
+                        Failure::Timeout(_) => "timeout",
+                        _ => "error",
+                    };
+                    up.record_failure(idx, why);
+                    f
+                }
+            };
+            drop(chosen);
+            if let Some(e) = self.body.client_fault() {
+                return Err(e);
+            }
+            // Connect failures never reached the upstream, so any request
+            // may go elsewhere; other failures only for idempotent methods
+            // whose body can be sent again.
+            let retry_ok = match &failure {
+                Failure::Connect(_) => self.body.replayable(),
+                _ => idempotent && self.body.replayable(),
+            };
+            let timed_out = Instant::now() >= deadline;
+            if !retry_ok || timed_out {
+                return Err(failure.into_error(&up));
+            }
+            tracing::debug!(upstream = %up.id, target = %target.addr, attempt, "retrying on another target");
+            last = Some(failure);
+        }
+        match last {
+            None => Err(GatewayError::NoHealthyUpstream {
+                upstream: up.id.clone(),
+            }),
+            Some(f) => Err(f.into_error(&up)),
+        }
+    }
+
+    /// Builds the request for one attempt. The last possible attempt takes
+    /// the headers; earlier ones copy them so a retry can reuse them.
+    fn build(&mut self, idx: usize, body: ReqBody, last: bool) -> Request<ReqBody> {
+        let mut headers = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        let up = &self.up;
+        let target = &up.targets[idx];
+        let uri = Uri::from_parts({
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(up.scheme.clone());
+            p.authority = Some(target.authority.clone());
+            p.path_and_query = Some(self.path_and_query.clone());
+            p
+        })
+        .expect("scheme, authority and path make a valid uri");
+        let host = match self.host_rule {
+            HostHeaderRt::Pass => self
+                .host_value
+                .clone()
+                .unwrap_or_else(|| target.host_value.clone()),
+            HostHeaderRt::Target => target.host_value.clone(),
+            HostHeaderRt::Rewrite(v) => v.clone(),
+        };
+        headers.insert(header::HOST, host);
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = if up.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// Sends one attempt and waits for the response head, enforcing the
+    /// send, read and total timeouts.
+    async fn send(
+        &self,
+        req: Request<ReqBody>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, Failure> {
+        let t = &self.up.timeouts;
+        let fut = self.up.client.request(req);
+        tokio::pin!(fut);
+        let attempt_start = now_ms();
+        loop {
+            // The read timeout runs from when the body is fully sent; the
+            // send timeout bounds each pause while it is being sent.
+            let (done, progress) = self.body.progress(attempt_start);
+            let (base, limit) = if done {
+                (progress, t.read)
+            } else {
+                (progress, t.send)
+            };
+            let due_ms = base + limit.as_millis() as u64;
+            let now = now_ms();
+            let wake =
+                (Instant::now() + Duration::from_millis(due_ms.saturating_sub(now))).min(deadline);
+            match tokio::time::timeout_at(wake, &mut fut).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => {
+                    let msg = error_chain(&e);
+                    return Err(if e.is_connect() {
+                        Failure::Connect(msg)
+                    } else {
+                        Failure::Other(msg)
+                    });
+                }
+                Err(_) => {
+                    if Instant::now() >= deadline {
+                        return Err(Failure::Timeout(format!(
+                            "total timeout {}",
+                            humantime::format_duration(t.total)
+                        )));
+                    }
+                    let (done2, progress2) = self.body.progress(attempt_start);
+                    let now = now_ms();
+                    if done2 == done && progress2 == progress && now >= due_ms {
+                        let which = if done {
+                            ("read", t.read)
+                        } else {
+                            ("send", t.send)
+                        };
+                        return Err(Failure::Timeout(format!(
+                            "{} timeout {}",
+                            which.0,
+                            humantime::format_duration(which.1)
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Failure {
+    fn into_error(self, up: &Upstream) -> GatewayError {
+        match self {
+            Failure::Timeout(t) => GatewayError::UpstreamTimeout {
+                upstream: up.id.clone(),
+                timeout: t,
+            },
+            Failure::Connect(r) | Failure::Other(r) => GatewayError::BadGateway {
+                upstream: up.id.clone(),
+                reason: r,
+            },
+            Failure::Status(resp) => GatewayError::BadGateway {
+                upstream: up.id.clone(),
+                reason: format!(
+                    "every attempt failed; the last target answered {}",
+                    resp.status()
+                ),
+            },
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+// === request bodies ===
+
+/// The client's request body, kept where a failed attempt can hand it back:
+/// until an attempt starts reading it, it stays in the slot, so a retry
+/// after a connect failure can still send it.
+pub struct BodySlot {
+    body: std::sync::Mutex<Option<Incoming>>,
+    started: AtomicBool,
+    done: AtomicBool,
+    progress_ms: AtomicU64,
+    limit: u64,
+    too_large: AtomicBool,
+    client_error: AtomicBool,
+}
+
+impl BodySlot {
+    fn new(body: Incoming, limit: u64) -> Self {
+        BodySlot {
+            body: std::sync::Mutex::new(Some(body)),
+            started: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(0),
+            limit,
+            too_large: AtomicBool::new(false),
+            client_error: AtomicBool::new(false),
+        }
+    }
+}
+
+enum BodySource {
+    Empty,
+    Stream(Arc<BodySlot>),
+}
+
+impl BodySource {
+    /// A body for the next attempt, or None when it was already consumed.
+    fn take(&self) -> Option<ReqBody> {
+        match self {
+            BodySource::Empty => Some(ReqBody::Empty),
+            BodySource::Stream(slot) => {
+                if slot.started.load(Ordering::Acquire) {
+                    return None;
+                }
+                Some(ReqBody::Stream {
+                    slot: slot.clone(),
+                    body: None,
+                    seen: 0,
+                })
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        match self {
+            BodySource::Empty => true,
+            BodySource::Stream(slot) => !slot.started.load(Ordering::Acquire),
+        }
+    }
+
+    /// (body fully sent, ms of last progress).
+    fn progress(&self, attempt_start: u64) -> (bool, u64) {
+        match self {
+            BodySource::Empty => (true, attempt_start),
+            BodySource::Stream(slot) => {
+                let p = slot.progress_ms.load(Ordering::Relaxed).max(attempt_start);
+                (slot.done.load(Ordering::Acquire), p)
+            }
+        }
+    }
+
+    fn client_fault(&self) -> Option<GatewayError> {
+        match self {
+            BodySource::Empty => None,
+            BodySource::Stream(slot) => {
+                if slot.too_large.load(Ordering::Acquire) {
+                    Some(GatewayError::PayloadTooLarge { limit: slot.limit })
+                } else if slot.client_error.load(Ordering::Acquire) {
+                    Some(GatewayError::BadRequest(
+                        "the request body could not be read".into(),
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Body sent to the upstream.
+pub enum ReqBody {
+    /// No body.
+    Empty,
+    /// The client's body, streamed.
+    Stream {
+        /// Where the body waits until an attempt reads it.
+        slot: Arc<BodySlot>,
+        /// The body, once this attempt took it.
+        body: Option<Incoming>,
+        /// Bytes forwarded so far.
+        seen: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("request body exceeds the limit")]
+    TooLarge,
+    #[error("reading the client's request body failed: {0}")]
+    Client(hyper::Error),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let ReqBody::Stream { slot, body, seen } = this else {
+            return Poll::Ready(None);
+        };
+        if body.is_none() {
+            slot.started.store(true, Ordering::Release);
+            *body = slot.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *seen += data.len() as u64;
+                    if slot.limit > 0 && *seen > slot.limit {
+                        slot.too_large.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge))));
+                    }
+                }
+                slot.progress_ms.store(now_ms(), Ordering::Relaxed);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                slot.client_error.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(Box::new(BodyError::Client(e)))))
+            }
+            None => {
+                slot.progress_ms.store(now_ms(), Ordering::Relaxed);
+                slot.done.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Stream { body: Some(b), .. } => b.is_end_stream(),
+            ReqBody::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Stream { body: Some(b), .. } => b.size_hint(),
+            ReqBody::Stream { slot, .. } => {
+                match slot.body.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    Some(b) => b.size_hint(),
+                    None => SizeHint::default(),
+                }
+            }
+        }
+    }
+}
+
+// === response bodies ===
+
+/// Body of every response the gateway sends to clients.
+pub enum ProxyBody {
+    /// No body.
+    Empty,
+    /// A body made by the gateway.
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed with a read idle timeout.
+    Upstream {
+        /// The upstream body.
+        inner: Incoming,
+        /// Longest pause between two chunks.
+        read_timeout: Duration,
+        /// Armed only when the body is waiting for data.
+        sleep: Option<Pin<Box<Sleep>>>,
+        /// Keeps the target counted as in flight until the body ends.
+        chosen: Chosen,
+    },
+}
+
+impl ProxyBody {
+    /// A body made of one chunk.
+    pub fn full(b: Bytes) -> Self {
+        ProxyBody::Full(Some(b))
+    }
+
+    fn upstream(inner: Incoming, chosen: Chosen) -> Self {
+        let read_timeout = chosen.up.timeouts.read;
+        ProxyBody::Upstream {
+            inner,
+            read_timeout,
+            sleep: None,
+            chosen,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled for longer than the read timeout {0:?}")]
+struct ReadTimeout(Duration);
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream {
+                inner,
+                read_timeout,
+                sleep,
+                chosen,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Some(s) = sleep.as_mut() {
+                        s.as_mut().reset(Instant::now() + *read_timeout);
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    chosen.up.record_failure(chosen.idx, "body");
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    let s =
+                        sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*read_timeout)));
+                    match s.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(Box::new(ReadTimeout(*read_timeout)))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+use std::future::Future;

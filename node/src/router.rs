@@ -33,12 +33,27 @@ pub struct Router<T> {
 impl<T> Router<T> {
     /// Compiles routes; `routes` pairs each config with its payload.
     pub fn build(routes: Vec<(&RouteConfig, T)>) -> Result<Self, ConfigErrors> {
-        Ok(Router { routes: routes.into_iter().map(|(_, t)| t).collect() })
+        Ok(Router {
+            routes: routes.into_iter().map(|(_, t)| t).collect(),
+        })
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// Finds the best route for a request.
     pub fn lookup<'r>(&'r self, _req: &RequestView<'_>) -> Option<RouteMatch<'r, T>> {
-        self.routes.first().map(|value| RouteMatch { value, strip_len: 0 })
+        self.routes.first().map(|value| RouteMatch {
+            value,
+            strip_len: 0,
+        })
     }
 }
 

@@ -1,1 +1,251 @@
-//! (being written)
+//! Listeners and connection handling: accept, serve HTTP/1.1 and h2c on the
+//! proxy port, answer the admin port, and drain on shutdown.
+//!
+//! Graceful shutdown: stop accepting, let every connection finish the
+//! requests it has in flight (HTTP/1.1 connections close after their
+//! current response, HTTP/2 ones get GOAWAY), and give up after the drain
+//! timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::proxy::{self, ConnInfo, ProxyBody};
+use crate::snapshot::State;
+
+/// Addresses the server actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Binds a listener with a generous backlog and address reuse, so a
+/// restarted node can bind again while old sockets sit in TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A running server.
+pub struct Server {
+    state: Arc<State>,
+    proxy: TcpListener,
+    admin: TcpListener,
+    /// Where the config came from, shown in status.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Server {
+    /// Binds both listeners from the current snapshot's settings.
+    pub fn bind(state: Arc<State>, config_path: Option<PathBuf>) -> std::io::Result<Server> {
+        let settings = state.load().settings.clone();
+        let proxy = bind(settings.listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {} (settings.listen): {e}",
+                    settings.listen
+                ),
+            )
+        })?;
+        let admin = bind(settings.admin_listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {} (settings.admin_listen): {e}",
+                    settings.admin_listen
+                ),
+            )
+        })?;
+        Ok(Server {
+            state,
+            proxy,
+            admin,
+            config_path,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn bound(&self) -> std::io::Result<Bound> {
+        Ok(Bound {
+            proxy: self.proxy.local_addr()?,
+            admin: self.admin.local_addr()?,
+        })
+    }
+
+    /// Serves until `shutdown` flips to true, then drains.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let settings = self.state.load().settings.clone();
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(settings.header_read_timeout)
+            // Leave room above our own header limit so oversized heads reach
+            // the handler and get a JSON 431 rather than a bare one.
+            .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024))
+            .max_headers(256)
+            .pipeline_flush(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(settings.max_header_bytes as u32)
+            .max_concurrent_streams(1024);
+        let builder = Arc::new(builder);
+
+        let admin_state = self.state.clone();
+        let admin_listener = self.admin;
+        let (admin_stop_tx, mut admin_stop) = watch::channel(false);
+        let admin_task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = admin_stop.changed() => break,
+                    accepted = admin_listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let st = admin_state.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| admin(st.clone(), req));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = self.proxy.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of fds or similar: back off briefly rather
+                            // than spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    serve_conn(&builder, &graceful, self.state.clone(), stream, peer);
+                }
+            }
+        }
+        drop(self.proxy);
+        let in_flight = graceful.count();
+        tracing::info!(connections = in_flight, drain_timeout = ?settings.drain_timeout, "shutting down: draining connections");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections drained"),
+            _ = tokio::time::sleep(settings.drain_timeout) => {
+                tracing::warn!("drain timeout reached; closing remaining connections");
+            }
+        }
+        let _ = admin_stop_tx.send(true);
+        let _ = admin_task.await;
+    }
+}
+
+fn serve_conn(
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    state: Arc<State>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn_info = ConnInfo {
+        client: peer,
+        proto: "http",
+    };
+    let svc = service_fn(move |req| proxy::handle(state.clone(), conn_info, req));
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "connection ended with an error");
+        }
+    });
+}
+
+// === admin ===
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn admin(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let snap = state.load();
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/v1/ready") => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
+        (&Method::GET, "/v1/status") => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": {
+                    "generation": snap.generation,
+                    "loaded_at": humantime::format_rfc3339_seconds(snap.built_at).to_string(),
+                    "routes": snap.router.len(),
+                    "upstreams": snap.upstreams.len(),
+                },
+                "upstreams": snap.upstreams.values().map(|u| {
+                    let now = crate::upstream::now_ms();
+                    serde_json::json!({
+                        "id": u.id,
+                        "targets": u.targets.iter().enumerate().map(|(i, t)| serde_json::json!({
+                            "addr": t.addr,
+                            "up": u.is_up(i, now),
+                        })).collect::<Vec<_>>(),
+                    })
+                }).collect::<Vec<_>>(),
+            }),
+        ),
+        _ => crate::error::error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such admin endpoint",
+            &crate::headers::request_id(req.headers()),
+        ),
+    };
+    Ok(resp)
+}

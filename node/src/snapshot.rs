@@ -1,1 +1,155 @@
-//! (being written)
+//! The compiled, immutable view of a config that the data path reads.
+//!
+//! A config change builds a whole new [`Snapshot`] and publishes it with
+//! `arc_swap`; requests in flight keep the `Arc` of the snapshot they
+//! started on and finish on it. Nothing here is parsed or validated per
+//! request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::config::{Config, ConfigErrors, HostHeader, Settings};
+use crate::router::Router;
+use crate::upstream::{Pools, Upstream};
+
+/// What a matched route resolves to.
+pub struct Route {
+    /// Route id.
+    pub id: Arc<str>,
+    /// Service id, if the route uses one.
+    pub service: Option<Arc<str>>,
+    /// Where requests go.
+    pub upstream: Arc<Upstream>,
+    /// `Host` header sent upstream.
+    pub host_header: HostHeaderRt,
+}
+
+/// Compiled `Host` rule.
+pub enum HostHeaderRt {
+    /// The client's Host.
+    Pass,
+    /// The chosen target's address.
+    Target,
+    /// A fixed value.
+    Rewrite(HeaderValue),
+}
+
+/// One immutable configuration, ready for the data path.
+pub struct Snapshot {
+    /// The route table.
+    pub router: Router<Route>,
+    /// Upstreams by id.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Process-wide settings.
+    pub settings: Settings,
+    /// `Via` value, pre-built.
+    pub via: Option<HeaderValue>,
+    /// Counts the snapshots built by this process (1 = the first).
+    pub generation: u64,
+    /// When it was built.
+    pub built_at: SystemTime,
+}
+
+impl Snapshot {
+    /// Compiles a validated config.
+    pub fn build(
+        config: &Config,
+        pools: &Pools,
+        generation: u64,
+    ) -> Result<Snapshot, ConfigErrors> {
+        config.validate()?;
+        let upstreams: HashMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.id.clone(), Arc::new(pools.upstream(u))))
+            .collect();
+        pools.retain(&config.upstreams);
+        let services: HashMap<&str, _> =
+            config.services.iter().map(|s| (s.id.as_str(), s)).collect();
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let service = r.service.as_deref().and_then(|s| services.get(s));
+            let upstream_id = r
+                .upstream
+                .as_deref()
+                .or(service.map(|s| s.upstream.as_str()))
+                .expect("validated: route has a service or an upstream");
+            let upstream = upstreams
+                .get(upstream_id)
+                .expect("validated: upstream exists")
+                .clone();
+            let host_header = match r
+                .host_header
+                .as_ref()
+                .or(service.and_then(|s| s.host_header.as_ref()))
+            {
+                None | Some(HostHeader::Pass) => HostHeaderRt::Pass,
+                Some(HostHeader::Target) => HostHeaderRt::Target,
+                Some(HostHeader::Rewrite(v)) => {
+                    HostHeaderRt::Rewrite(HeaderValue::from_str(v).expect("validated host value"))
+                }
+            };
+            routes.push((
+                r,
+                Route {
+                    id: r.id.as_str().into(),
+                    service: r.service.as_deref().map(Into::into),
+                    upstream,
+                    host_header,
+                },
+            ));
+        }
+        let router = Router::build(routes)?;
+        let via = (!config.settings.via.is_empty())
+            .then(|| HeaderValue::from_str(&config.settings.via).expect("validated via"));
+        Ok(Snapshot {
+            router,
+            upstreams,
+            settings: config.settings.clone(),
+            via,
+            generation,
+            built_at: SystemTime::now(),
+        })
+    }
+}
+
+/// The published snapshot and what is needed to build the next one.
+pub struct State {
+    current: ArcSwap<Snapshot>,
+    pools: Pools,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl State {
+    /// Builds the first snapshot.
+    pub fn new(config: &Config) -> Result<Arc<State>, ConfigErrors> {
+        let pools = Pools::default();
+        let snap = Snapshot::build(config, &pools, 1)?;
+        Ok(Arc::new(State {
+            current: ArcSwap::from_pointee(snap),
+            pools,
+            next_generation: std::sync::atomic::AtomicU64::new(2),
+        }))
+    }
+
+    /// The snapshot requests should use now.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Builds a snapshot from `config` and publishes it; on error the
+    /// running snapshot stays.
+    pub fn apply(&self, config: &Config) -> Result<u64, ConfigErrors> {
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snap = Snapshot::build(config, &self.pools, generation)?;
+        self.current.store(Arc::new(snap));
+        Ok(generation)
+    }
+}

@@ -24,7 +24,10 @@ pub struct Balancer {
 impl Balancer {
     /// Builds the balancer for an upstream's targets (same order as config).
     pub fn new(_cfg: &BalancerConfig, targets: &[TargetConfig]) -> Self {
-        Balancer { n: targets.len(), next: Default::default() }
+        Balancer {
+            n: targets.len(),
+            next: Default::default(),
+        }
     }
 
     /// Picks a target among those for which `eligible(i)` is true.
