@@ -319,9 +319,10 @@ pub struct ServiceConfig {
     pub host_header: Option<HostHeader>,
 }
 
-/// What `Host` header the upstream receives.
+/// What `Host` header the upstream receives: `pass`, `target`, or
+/// `{rewrite: HOST}`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "HostHeaderRepr")]
 pub enum HostHeader {
     /// The client's `Host` (the default).
     Pass,
@@ -329,6 +330,34 @@ pub enum HostHeader {
     Target,
     /// A fixed value.
     Rewrite(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HostHeaderRepr {
+    Word(String),
+    Rewrite(RewriteRepr),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteRepr {
+    rewrite: String,
+}
+
+impl TryFrom<HostHeaderRepr> for HostHeader {
+    type Error = String;
+
+    fn try_from(r: HostHeaderRepr) -> Result<Self, String> {
+        match r {
+            HostHeaderRepr::Word(w) if w == "pass" => Ok(HostHeader::Pass),
+            HostHeaderRepr::Word(w) if w == "target" => Ok(HostHeader::Target),
+            HostHeaderRepr::Word(w) => Err(format!(
+                "`{w}` is not a host_header mode: use `pass`, `target` or `{{rewrite: HOST}}`"
+            )),
+            HostHeaderRepr::Rewrite(r) => Ok(HostHeader::Rewrite(r.rewrite)),
+        }
+    }
 }
 
 /// A route: match conditions and a destination.
@@ -526,6 +555,13 @@ pub fn load_str(src: &str) -> Result<Config, ConfigErrors> {
             } else {
                 path
             };
+            // The YAML parser may start its message with (part of) the
+            // path; say the path once.
+            if let Some((head, rest)) = reason.split_once(": ")
+                && path.starts_with(head)
+            {
+                reason = rest.to_string();
+            }
             return Err(ConfigErrors(vec![ConfigProblem {
                 path,
                 location,
@@ -821,6 +857,23 @@ mod tests {
         assert!(
             text.contains("routes[1].service: no service with id `gone`"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn host_header_forms() {
+        let base = "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]\nroutes:\n  - {id: r, paths: [/], upstream: u, host_header: ";
+        let c = load_str(&format!("{base}target}}\n")).unwrap();
+        assert_eq!(c.routes[0].host_header, Some(HostHeader::Target));
+        let c = load_str(&format!("{base}{{rewrite: api.internal}}}}\n")).unwrap();
+        assert_eq!(
+            c.routes[0].host_header,
+            Some(HostHeader::Rewrite("api.internal".into()))
+        );
+        let e = load_str(&format!("{base}bogus}}\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("`bogus` is not a host_header mode"),
+            "{e}"
         );
     }
 

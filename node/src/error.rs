@@ -38,8 +38,8 @@ pub enum GatewayError {
         /// Request path.
         path: String,
     },
-    /// The client was too slow sending the request.
-    #[error("the client did not send the request in time")]
+    /// The client stopped sending its request body.
+    #[error("the client stopped sending the request body")]
     RequestTimeout,
     /// The request body is larger than allowed.
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -120,9 +120,19 @@ impl GatewayError {
         }
     }
 
-    /// The JSON error response.
+    /// The JSON error response. A refused body may still be on the wire,
+    /// so those responses also close the connection.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
-        error_response(self.status(), self.code(), &self.to_string(), request_id)
+        let close = matches!(
+            self,
+            GatewayError::PayloadTooLarge { .. } | GatewayError::RequestTimeout
+        );
+        let mut r = error_response(self.status(), self.code(), &self.to_string(), request_id);
+        if close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     }
 }
 

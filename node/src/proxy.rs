@@ -76,6 +76,8 @@ fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
+    // `example.com.` is the same host as `example.com`.
+    let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -328,8 +330,12 @@ struct Attempts<'r> {
 enum Failure {
     Connect(String),
     Timeout(String),
+    /// The client stopped sending its body.
+    ClientStalled,
     Other(String),
-    Status(Response<Incoming>),
+    /// The target answered 502/503/504; kept so that, when no retry
+    /// follows, the client gets the upstream's own answer.
+    Status(Response<Incoming>, Chosen),
 }
 
 impl Attempts<'_> {
@@ -384,6 +390,17 @@ impl Attempts<'_> {
                 head_after,
                 cookie_matched,
             };
+            // A body the client failed to deliver (too large, cut off) is
+            // the client's fault: answer for it, and don't hold it against
+            // the target.
+            if outcome.is_err()
+                && let Some(e) = self.body.client_fault()
+            {
+                return Err(e);
+            }
+            if let Err(Failure::ClientStalled) = outcome {
+                return Err(GatewayError::RequestTimeout);
+            }
             let failure = match outcome {
                 Ok(resp) => {
                     let retryable_status = matches!(resp.status().as_u16(), 502..=504);
@@ -392,7 +409,7 @@ impl Attempts<'_> {
                         return Ok((resp, chosen));
                     }
                     up.record_failure(idx, "status");
-                    Failure::Status(resp)
+                    Failure::Status(resp, chosen)
                 }
                 Err(f) => {
                     let why = match &f {
@@ -401,13 +418,10 @@ impl Attempts<'_> {
                         _ => "error",
                     };
                     up.record_failure(idx, why);
+                    drop(chosen);
                     f
                 }
             };
-            drop(chosen);
-            if let Some(e) = self.body.client_fault() {
-                return Err(e);
-            }
             // Connect failures never reached the upstream, so any request
             // may go elsewhere; other failures only for idempotent methods
             // whose body can be sent again.
@@ -415,9 +429,8 @@ impl Attempts<'_> {
                 Failure::Connect(_) => self.body.replayable(),
                 _ => idempotent && self.body.replayable(),
             };
-            let timed_out = Instant::now() >= deadline;
-            if !retry_ok || timed_out {
-                return Err(failure.into_error(&up));
+            if !retry_ok || Instant::now() >= deadline {
+                return failure.into_result(&up);
             }
             tracing::debug!(upstream = %up.id, target = %target.addr, attempt, "retrying on another target");
             last = Some(failure);
@@ -426,7 +439,7 @@ impl Attempts<'_> {
             None => Err(GatewayError::NoHealthyUpstream {
                 upstream: up.id.clone(),
             }),
-            Some(f) => Err(f.into_error(&up)),
+            Some(f) => f.into_result(&up),
         }
     }
 
@@ -513,6 +526,9 @@ impl Attempts<'_> {
                     let (done2, progress2) = self.body.progress(attempt_start);
                     let now = now_ms();
                     if done2 == done && progress2 == progress && now >= due_ms {
+                        if !done && self.body.stalled_on_client() {
+                            return Err(Failure::ClientStalled);
+                        }
                         let which = if done {
                             ("read", t.read)
                         } else {
@@ -531,23 +547,18 @@ impl Attempts<'_> {
 }
 
 impl Failure {
-    fn into_error(self, up: &Upstream) -> GatewayError {
+    fn into_result(self, up: &Upstream) -> Result<(Response<Incoming>, Chosen), GatewayError> {
         match self {
-            Failure::Timeout(t) => GatewayError::UpstreamTimeout {
+            Failure::Timeout(t) => Err(GatewayError::UpstreamTimeout {
                 upstream: up.id.clone(),
                 timeout: t,
-            },
-            Failure::Connect(r) | Failure::Other(r) => GatewayError::BadGateway {
+            }),
+            Failure::ClientStalled => Err(GatewayError::RequestTimeout),
+            Failure::Connect(r) | Failure::Other(r) => Err(GatewayError::BadGateway {
                 upstream: up.id.clone(),
                 reason: r,
-            },
-            Failure::Status(resp) => GatewayError::BadGateway {
-                upstream: up.id.clone(),
-                reason: format!(
-                    "every attempt failed; the last target answered {}",
-                    resp.status()
-                ),
-            },
+            }),
+            Failure::Status(resp, chosen) => Ok((resp, chosen)),
         }
     }
 }
@@ -576,6 +587,9 @@ pub struct BodySlot {
     limit: u64,
     too_large: AtomicBool,
     client_error: AtomicBool,
+    /// True while the last read of the client's body is pending: a stall
+    /// then is the client's, not the upstream's.
+    waiting_on_client: AtomicBool,
 }
 
 impl BodySlot {
@@ -588,6 +602,7 @@ impl BodySlot {
             limit,
             too_large: AtomicBool::new(false),
             client_error: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
         }
     }
 }
@@ -629,6 +644,16 @@ impl BodySource {
             BodySource::Stream(slot) => {
                 let p = slot.progress_ms.load(Ordering::Relaxed).max(attempt_start);
                 (slot.done.load(Ordering::Acquire), p)
+            }
+        }
+    }
+
+    /// Whether the body is stalled on the client rather than the upstream.
+    fn stalled_on_client(&self) -> bool {
+        match self {
+            BodySource::Empty => false,
+            BodySource::Stream(slot) => {
+                !slot.done.load(Ordering::Acquire) && slot.waiting_on_client.load(Ordering::Relaxed)
             }
         }
     }
@@ -693,7 +718,10 @@ impl Body for ReqBody {
         let Some(inner) = body.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        slot.waiting_on_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *seen += data.len() as u64;

@@ -1,1 +1,40 @@
-//! (being written)
+//! Test support for whole-gateway tests: real upstream servers, a launcher
+//! for a real `weir` process, and the client helpers those tests share.
+//!
+//! It owns:
+//! - [`Upstream`]: an HTTP/1.1 + h2c server on `127.0.0.1:0` with echo,
+//!   status, delay, large-body, sink and WebSocket endpoints, counters for
+//!   hits, connections and concurrency, and kill/restart to simulate a
+//!   target dying and recovering; [`unused_addr`] for a refusing address.
+//! - [`Gateway`]: runs the `weir` binary in a temp dir with a given config,
+//!   waits for its ready file, signals it, and kills it on drop.
+//! - Clients: [`http_client`], [`h2c_client`], streamed uploads
+//!   ([`upload_body`]) and counting downloads ([`drain_response`]) over a
+//!   deterministic byte pattern ([`PatternBody`], [`PatternCheck`]), and
+//!   [`RawHttp`] for bytes no client library would send.
+//! - [`wait_until`] / [`wait_for`]: deadlines instead of sleeps.
+//!
+//! It does not own the gateway's behaviour or its config schema: tests
+//! write YAML as the gateway documents it, and this crate only forces the
+//! listeners onto loopback ports ([`Gateway::config`]).
+//!
+//! Everything async runs on the caller's tokio runtime; a plain
+//! `#[tokio::test]` (current-thread) is enough.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod gateway;
+mod pattern;
+mod raw;
+mod upstream;
+mod wait;
+
+pub use client::{
+    Drained, drain_response, h2c_client, http_client, upload_body, upload_body_chunked,
+};
+pub use gateway::{DEFAULT_READY_TIMEOUT, Gateway, GatewayBuilder, Ready, Signal};
+pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
+pub use raw::{RawHttp, RawResponse};
+pub use upstream::{Behaviour, RecordedRequest, Upstream, unused_addr};
+pub use wait::{DEFAULT_WAIT, wait_for, wait_until};

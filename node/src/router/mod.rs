@@ -1,0 +1,476 @@
+//! Route matching: which configured route serves a request.
+//!
+//! [`Router::build`] compiles validated [`RouteConfig`]s into an immutable
+//! table; [`Router::lookup`] finds the best route for a request without
+//! allocating, locking, or running a regex unless a candidate has a regex
+//! condition. This module owns host, path, method, header, query and API
+//! version matching. It does not own what a route does once chosen
+//! (upstreams, plugins, rewriting): the table stores an opaque payload `T`.
+//!
+//! # Patterns
+//!
+//! - Hosts: exact (`api.example.com`, case-insensitive) or wildcard
+//!   (`*.example.com`: any host ending in `.example.com`, with one or more
+//!   labels in front, so not `example.com` itself). No hosts means any
+//!   host, including requests without one.
+//! - Paths, compared on the raw (not percent-decoded) request path: exact
+//!   (`/a/b`), parameters (`/users/:id`, one whole non-empty segment) and a
+//!   trailing wildcard (`/static/*`, which matches `/static`, `/static/`
+//!   and everything below). A trailing slash is significant: `/a/` and
+//!   `/a` are different paths.
+//! - Methods (case-sensitive), header and query conditions (exact value,
+//!   regex, present or absent). A header or argument sent several times
+//!   passes when any of its values does. Query names and values are
+//!   form-decoded (`+` and `%XX`) before comparing.
+//! - API versions: `from: path` puts `/<value>` in front of each of the
+//!   route's paths (and `strip: true` reports its length in
+//!   [`RouteMatch::strip_len`]); `from: header` and `from: query` require
+//!   the header or argument to equal the value. `default: true` also
+//!   serves requests that state no version: for `path`, requests whose
+//!   first segment is not the value of any path-versioned route in the
+//!   table; for `header`/`query`, requests without that header/argument.
+//!
+//! # Which route wins
+//!
+//! Among all routes whose every condition matches, the winner is the one
+//! with, in this order:
+//!
+//! 1. the highest `priority`;
+//! 2. the most specific path: exact beats parameterised beats wildcard
+//!    (a path with both a parameter and a wildcard counts as wildcard);
+//!    within a kind, more literal segments before the first parameter or
+//!    wildcard (for two paths that match the same request this is the
+//!    same as more literal characters). A `from: path` version prefix
+//!    counts as a literal segment;
+//! 3. the most specific host: exact beats wildcard (longer suffix first)
+//!    beats any host;
+//! 4. more conditions: a non-empty method list counts as one, each header
+//!    rule and each query rule as one, a version as one;
+//! 5. the earlier route in config order.
+//!
+//! Each (route, path, host) combination gets this ranking as a precomputed
+//! sort key at build time, so a lookup only compares keys.
+//!
+//! # How a lookup runs
+//!
+//! Routes are indexed by host (a hash map for exact hosts, one for wildcard
+//! suffixes, and a bucket for routes without hosts), then by path in a
+//! segment trie per bucket. A lookup searches the request host's exact
+//! bucket, each wildcard suffix of the host, and the any-host bucket with
+//! one shared best-so-far. In the trie it tries the literal child, then the
+//! parameter child, then wildcard candidates, and backtracks when a node's
+//! candidates fail their other conditions. Each node records the best key
+//! in its subtree, so subtrees that cannot beat the current best are
+//! skipped. Cost grows with path depth and with how many candidates share a
+//! path, not with the number of routes.
+
+mod compile;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::fmt;
+
+use crate::config::{ConfigErrors, Problems, RouteConfig};
+
+use compile::{CompiledRoute, HostPattern, PathPattern, Seg};
+use tree::{Entry, FastMap, FastSet, Node, SortKey, next_segment, path_specificity};
+
+/// The parts of a request the router looks at.
+pub struct RequestView<'a> {
+    /// Request method.
+    pub method: &'a http::Method,
+    /// Host without port, lowercased by the caller; `None` when absent.
+    pub host: Option<&'a str>,
+    /// Path, not percent-decoded.
+    pub path: &'a str,
+    /// Raw query string without `?`.
+    pub query: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+/// A successful lookup.
+pub struct RouteMatch<'r, T> {
+    /// The value stored with the route.
+    pub value: &'r T,
+    /// Bytes at the start of the path to remove before proxying (a
+    /// stripped version prefix such as `/v2`); 0 when nothing is stripped.
+    /// What remains may be empty (`/v2` with a `/*` route), which the
+    /// proxy forwards as `/`.
+    pub strip_len: usize,
+    index: usize,
+    params: &'r [(Box<str>, usize)],
+}
+
+impl<'r, T> RouteMatch<'r, T> {
+    /// Position of the matched route in the `Vec` given to
+    /// [`Router::build`].
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The value of path parameter `name` (`id` for `/users/:id`), taken
+    /// from `path`, which must be the `path` of the request that was looked
+    /// up. Values are raw, not percent-decoded.
+    pub fn param<'p>(&self, name: &str, path: &'p str) -> Option<&'p str> {
+        let (_, at) = self.params.iter().find(|(n, _)| &**n == name)?;
+        segment(path, *at)
+    }
+
+    /// All path parameters as (name, value) pairs, in path order; `path`
+    /// as for [`RouteMatch::param`].
+    pub fn params<'p>(
+        &self,
+        path: &'p str,
+    ) -> impl Iterator<Item = (&'r str, &'p str)> + use<'r, 'p, T> {
+        let params: &'r [(Box<str>, usize)] = self.params;
+        params
+            .iter()
+            .filter_map(move |(n, at)| Some((&**n, segment(path, *at)?)))
+    }
+}
+
+/// Segment `i` of a path, counting from 0 after the leading `/`.
+fn segment(path: &str, i: usize) -> Option<&str> {
+    path.strip_prefix('/')?.split('/').nth(i)
+}
+
+impl<T> Clone for RouteMatch<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for RouteMatch<'_, T> {}
+
+impl<T: fmt::Debug> fmt::Debug for RouteMatch<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteMatch")
+            .field("value", self.value)
+            .field("strip_len", &self.strip_len)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An immutable table of routes.
+#[derive(Clone)]
+pub struct Router<T> {
+    /// Payloads by route index (config order).
+    values: Vec<T>,
+    routes: Vec<CompiledRoute>,
+    exact_hosts: FastMap<Box<str>, Node>,
+    /// Keyed by the suffix after `*.`.
+    suffix_hosts: FastMap<Box<str>, Node>,
+    /// Longest key of `suffix_hosts`: longer host suffixes need no lookup.
+    max_suffix_len: usize,
+    any_host: Node,
+    /// Values of every `from: path` version, to tell whether a request
+    /// states a version (for `default: true`).
+    path_versions: FastSet<Box<str>>,
+}
+
+// === impl Router ===
+
+impl<T> Router<T> {
+    /// Compiles routes; `routes` pairs each config with its payload, in
+    /// config order. Problems are reported at `routes[i]`, `i` being the
+    /// position in `routes`.
+    pub fn build(routes: Vec<(&RouteConfig, T)>) -> Result<Self, ConfigErrors> {
+        let mut problems = Problems::default();
+        let mut compiled = Vec::with_capacity(routes.len());
+        let mut values = Vec::with_capacity(routes.len());
+        let mut regexes = compile::RegexCache::default();
+        for (i, (config, value)) in routes.into_iter().enumerate() {
+            if let Some(c) =
+                compile::compile(config, &format!("routes[{i}]"), &mut problems, &mut regexes)
+            {
+                compiled.push(c);
+            }
+            values.push(value);
+        }
+        if u32::try_from(values.len()).is_err() {
+            problems.push("routes", "too many routes");
+        }
+        if !problems.0.is_empty() {
+            return Err(ConfigErrors(problems.0));
+        }
+
+        let mut router = Router {
+            values,
+            ..Router::default()
+        };
+        for (i, route) in compiled.iter().enumerate() {
+            router.insert(i, route);
+        }
+        router.routes = compiled;
+        router.any_host.finish();
+        for node in router
+            .exact_hosts
+            .values_mut()
+            .chain(router.suffix_hosts.values_mut())
+        {
+            node.finish();
+        }
+        router.exact_hosts.shrink_to_fit();
+        router.suffix_hosts.shrink_to_fit();
+        Ok(router)
+    }
+
+    fn insert(&mut self, index: usize, route: &CompiledRoute) {
+        let order = Reverse(u32::try_from(index).unwrap_or(u32::MAX));
+        let conditions = route.condition_count();
+        if let Some(v) = &route.path_version {
+            self.path_versions.insert(v.value.clone());
+        }
+        let hosts: Vec<Option<&HostPattern>> = if route.hosts.is_empty() {
+            vec![None]
+        } else {
+            route.hosts.iter().map(Some).collect()
+        };
+        for host in hosts {
+            let (tree, host_rank) = match host {
+                None => (&mut self.any_host, 0),
+                Some(HostPattern::Exact(h)) => {
+                    (self.exact_hosts.entry(h.clone()).or_default(), u32::MAX)
+                }
+                Some(HostPattern::Suffix(s)) => {
+                    self.max_suffix_len = self.max_suffix_len.max(s.len());
+                    let rank = u32::try_from(s.len())
+                        .map_or(u32::MAX - 1, |l| l.saturating_add(1).min(u32::MAX - 1));
+                    (self.suffix_hosts.entry(s.clone()).or_default(), rank)
+                }
+            };
+            for path in &route.paths {
+                for (pattern, strip_len, unversioned_only) in effective_patterns(route, path) {
+                    let (kind, literal_segments) =
+                        path_specificity(&pattern.segs, pattern.wildcard);
+                    let key = SortKey {
+                        priority: route.priority,
+                        kind,
+                        literal_segments,
+                        host: host_rank,
+                        conditions,
+                        order,
+                    };
+                    let params = pattern
+                        .segs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, s)| match s {
+                            Seg::Param(n) => Some((n.clone(), j)),
+                            Seg::Lit(_) => None,
+                        })
+                        .collect();
+                    tree.insert(
+                        &pattern,
+                        Entry {
+                            key,
+                            route: index,
+                            strip_len,
+                            unversioned_only,
+                            params,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Finds the best route for a request (see the module docs for the
+    /// ranking). Does not allocate unless the host has upper-case letters
+    /// or a regex query condition meets an encoded value.
+    pub fn lookup<'r>(&'r self, req: &RequestView<'_>) -> Option<RouteMatch<'r, T>> {
+        if !req.path.starts_with('/') {
+            return None;
+        }
+        let mut search = Search {
+            router: self,
+            req,
+            path_version_stated: None,
+            best: None,
+        };
+        if let Some(host) = req.host {
+            // The caller lowercases; this keeps a missed spot from turning
+            // into a silent 404.
+            let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(host.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(host)
+            };
+            if let Some(tree) = self.exact_hosts.get(&*host) {
+                search.walk(tree, req.path);
+            }
+            if !self.suffix_hosts.is_empty() {
+                // Leftmost dot first: longest suffix first, which tends to
+                // find the better-ranked candidate early.
+                for (i, b) in host.bytes().enumerate() {
+                    // Slice only after a `.`: it is ASCII, so `i + 1` is a
+                    // char boundary even in a host with non-ASCII bytes.
+                    if b != b'.' || i == 0 {
+                        continue;
+                    }
+                    let suffix = &host[i + 1..];
+                    if suffix.len() <= self.max_suffix_len
+                        && let Some(tree) = self.suffix_hosts.get(suffix)
+                    {
+                        search.walk(tree, req.path);
+                    }
+                }
+            }
+        }
+        search.walk(&self.any_host, req.path);
+        let e = search.best?;
+        Some(RouteMatch {
+            value: &self.values[e.route],
+            strip_len: e.strip_len,
+            index: e.route,
+            params: &e.params,
+        })
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The payloads in config order.
+    pub fn values(&self) -> &[T] {
+        &self.values
+    }
+}
+
+impl<T> Default for Router<T> {
+    /// A table without routes: every lookup misses.
+    fn default() -> Self {
+        Router {
+            values: Vec::new(),
+            routes: Vec::new(),
+            exact_hosts: FastMap::default(),
+            suffix_hosts: FastMap::default(),
+            max_suffix_len: 0,
+            any_host: Node::default(),
+            path_versions: FastSet::default(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Router<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.values.len())
+            .field("exact_hosts", &self.exact_hosts.len())
+            .field("wildcard_hosts", &self.suffix_hosts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The patterns one configured path is indexed under, with the strip
+/// length and whether it only serves unversioned requests.
+fn effective_patterns(
+    route: &CompiledRoute,
+    path: &PathPattern,
+) -> Vec<(PathPattern, usize, bool)> {
+    let Some(v) = &route.path_version else {
+        return vec![(path.clone(), 0, false)];
+    };
+    let mut segs = Vec::with_capacity(path.segs.len() + 1);
+    segs.push(Seg::Lit(v.value.clone()));
+    segs.extend(path.segs.iter().cloned());
+    let strip_len = if v.strip { 1 + v.value.len() } else { 0 };
+    let mut out = vec![(
+        PathPattern {
+            segs,
+            wildcard: path.wildcard,
+        },
+        strip_len,
+        false,
+    )];
+    if v.default {
+        out.push((path.clone(), 0, true));
+    }
+    out
+}
+
+/// One lookup's state: the best candidate so far, shared across host
+/// buckets so that each bucket's search can prune against it.
+struct Search<'r, 'q, T> {
+    router: &'r Router<T>,
+    req: &'q RequestView<'q>,
+    /// Whether the first path segment is a known path version; computed
+    /// the first time an unversioned-only candidate needs it.
+    path_version_stated: Option<bool>,
+    best: Option<&'r Entry>,
+}
+
+impl<'r, T> Search<'r, '_, T> {
+    fn walk(&mut self, node: &'r Node, rest: &str) {
+        if self.best.is_some_and(|b| node.max <= b.key) {
+            return;
+        }
+        match next_segment(rest) {
+            None => {
+                self.consider(&node.exact);
+                self.consider(&node.wild);
+            }
+            Some((seg, tail)) => {
+                if let Some(child) = node.static_child_of(seg) {
+                    self.walk(child, tail);
+                }
+                if !seg.is_empty()
+                    && let Some(child) = &node.param
+                {
+                    self.walk(child, tail);
+                }
+                self.consider(&node.wild);
+            }
+        }
+    }
+
+    /// `entries` is sorted best first, so the first one that passes is the
+    /// best here, and nothing after one that cannot beat `best` can either.
+    fn consider(&mut self, entries: &'r [Entry]) {
+        for e in entries {
+            if self.best.is_some_and(|b| e.key <= b.key) {
+                return;
+            }
+            if self.accepts(e) {
+                self.best = Some(e);
+                return;
+            }
+        }
+    }
+
+    fn accepts(&mut self, e: &Entry) -> bool {
+        if e.unversioned_only && self.path_version_stated() {
+            return false;
+        }
+        let req = self.req;
+        self.router.routes[e.route]
+            .conditions
+            .matches(req.method, req.headers, req.query)
+    }
+
+    fn path_version_stated(&mut self) -> bool {
+        let versions = &self.router.path_versions;
+        let path = self.req.path;
+        *self.path_version_stated.get_or_insert_with(|| {
+            next_segment(path).is_some_and(|(first, _)| versions.contains(first))
+        })
+    }
+}
+
+/// Checks a route's match conditions (paths, hosts, methods, headers,
+/// query, version); problems are pushed with field paths under `at`.
+pub(crate) fn validate_route(r: &RouteConfig, at: &str, p: &mut Problems) {
+    let _ = compile::compile(r, at, p, &mut compile::RegexCache::default());
+}
