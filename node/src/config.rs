@@ -730,6 +730,18 @@ impl UpstreamConfig {
                 p.push(format!("{at}.targets[{i}].weight"), "must be at most 10000");
             }
         }
+        // Each unit of weight is 160 points on a ketama ring: keep rings
+        // (and reload times) small.
+        if matches!(self.balancer, BalancerConfig::ConsistentHash { .. }) {
+            for (i, t) in self.targets.iter().enumerate() {
+                if t.weight > 100 {
+                    p.push(
+                        format!("{at}.targets[{i}].weight"),
+                        "must be at most 100 with the consistent_hash balancer",
+                    );
+                }
+            }
+        }
         if !self.targets.is_empty() && self.targets.iter().all(|t| t.weight == 0) {
             p.push(
                 format!("{at}.targets"),

@@ -112,8 +112,9 @@ impl Server {
             // Leave room above our own header limit so oversized heads reach
             // the handler and get a JSON 431 rather than a bare one.
             .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024))
-            .max_headers(256)
-            .pipeline_flush(true);
+            .max_headers(256);
+        // No `pipeline_flush`: it lets hyper buffer response bodies without
+        // bound when the client reads slower than the upstream sends.
         builder
             .http2()
             .timer(TokioTimer::new())
