@@ -44,8 +44,17 @@ async fn download(gw: &Gateway, n: u64, chunked: bool) {
 }
 
 async fn upload(gw: &Gateway, n: u64, chunked: bool) {
-    let body = if chunked { upload_body_chunked(n) } else { upload_body(n) };
-    let resp = http_client().post(gw.url("/sink")).body(body).send().await.unwrap();
+    let body = if chunked {
+        upload_body_chunked(n)
+    } else {
+        upload_body(n)
+    };
+    let resp = http_client()
+        .post(gw.url("/sink"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["received"], n);
