@@ -73,3 +73,55 @@ fn serve_refuses_a_bad_config_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported config version 7"));
 }
+
+/// Kills the child when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_config_answers_json_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    // Only the ports differ from a bare `weir serve`, so the test cannot
+    // collide with anything on 9080/9180.
+    let child = Command::new(weir_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--ready-file",
+        ])
+        .arg(&ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    let doc: serde_json::Value = weir_testsupport::wait_for(
+        "the ready file",
+        std::time::Duration::from_secs(20),
+        || async {
+            std::fs::read(&ready)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        },
+    )
+    .await;
+    let proxy = doc["proxy"].as_str().unwrap();
+    let resp = weir_testsupport::http_client()
+        .get(format!("http://{proxy}/any/path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_route");
+}

@@ -180,3 +180,68 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!(r.json().unwrap()["path"], format!("/p{i}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_expire_and_the_pool_is_capped() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&one_upstream(
+        &[up.target()],
+        "    keepalive: {max_idle: 2, idle_timeout: 300ms}\n",
+    ))
+    .await;
+    let c = http_client();
+    // Ten concurrent slow requests need ten connections ...
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (c, url) = (c.clone(), gw.url(&format!("/slow/200?i={i}")));
+        tasks.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(up.connections(), 10);
+    // ... but only max_idle of them stay in the pool afterwards ...
+    weir_testsupport::wait_until(
+        "the pool trims to max_idle",
+        std::time::Duration::from_secs(10),
+        || async { up.open_connections() <= 2 },
+    )
+    .await;
+    // ... and idle ones are closed after idle_timeout.
+    weir_testsupport::wait_until(
+        "idle connections expire",
+        std::time::Duration::from_secs(10),
+        || async { up.open_connections() == 0 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_count_is_configurable() {
+    let up = Upstream::start("a").await;
+    for workers in [1usize, 3] {
+        let mut yaml = one_upstream(&[up.target()], "");
+        yaml.push_str(&format!("settings: {{workers: {workers}}}\n"));
+        let gw = gateway(&yaml).await;
+        assert_eq!(
+            http_client()
+                .get(gw.url("/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", gw.pid())).unwrap();
+        let runtime_workers = tasks
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "tokio-rt-worker")
+            .count();
+        // One worker runs everything on the main thread (a current-thread
+        // runtime); more get a pool of exactly that many worker threads.
+        let expected = if workers == 1 { 0 } else { workers };
+        assert_eq!(runtime_workers, expected, "workers: {workers}");
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Format version of the file. Only `1` exists.
@@ -37,6 +37,19 @@ pub struct Config {
 
 fn default_version() -> u32 {
     1
+}
+
+impl Default for Config {
+    /// The embedded default: version 1, default settings, no routes.
+    fn default() -> Self {
+        Config {
+            version: default_version(),
+            settings: Settings::default(),
+            upstreams: Vec::new(),
+            services: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
 }
 
 /// Process-wide settings. Changing `listen` or `workers` needs a restart;
@@ -839,6 +852,8 @@ mod tests {
     #[test]
     fn empty_document_is_default() {
         assert_eq!(load_str("").unwrap(), Config::default());
+        // The embedded default must itself be a valid config.
+        Config::default().validate().unwrap();
     }
 
     #[test]
