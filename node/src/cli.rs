@@ -14,7 +14,12 @@ use crate::snapshot::State;
 
 /// weir: a distributed API gateway.
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about, long_about = None)]
+#[command(
+    name = "weir",
+    version,
+    about = "weir, an API gateway: routing, load balancing, retries and passive health over a hot-reloaded YAML config",
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
