@@ -887,6 +887,26 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        // Whatever bytes a config file holds, loading it returns problems,
+        // never a panic.
+        #[test]
+        fn loading_never_panics(src in "[ -~\n]{0,200}") {
+            let _ = load_str(&src);
+        }
+
+        // Structured noise: plausible keys with random values.
+        #[test]
+        fn loading_shaped_documents_never_panics(
+            key in proptest::sample::select(vec!["routes", "upstreams", "services", "settings", "version"]),
+            inner in proptest::sample::select(vec!["id", "paths", "targets", "addr", "weight", "balancer", "hosts", "version", "listen"]),
+            value in "[ -~]{0,30}",
+        ) {
+            let _ = load_str(&format!("{key}:\n  - {inner}: {value}\n"));
+            let _ = load_str(&format!("{key}: {{{inner}: [{value}]}}\n"));
+        }
+    }
+
     #[test]
     fn host_header_forms() {
         let base = "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]\nroutes:\n  - {id: r, paths: [/], upstream: u, host_header: ";
