@@ -412,15 +412,53 @@ pub struct RouteConfig {
     pub host_header: Option<HostHeader>,
 }
 
-/// A condition on one header or query argument.
+/// A condition on one header or query argument: `name` and exactly one of
+/// `exact`, `regex`, `present`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ValueMatchRepr")]
 pub struct ValueMatch {
     /// Header or argument name (headers are case-insensitive).
     pub name: String,
     /// What the value must satisfy.
     #[serde(flatten)]
     pub rule: ValueRule,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueMatchRepr {
+    name: String,
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+    #[serde(default)]
+    present: Option<bool>,
+}
+
+impl TryFrom<ValueMatchRepr> for ValueMatch {
+    type Error = String;
+
+    fn try_from(r: ValueMatchRepr) -> Result<Self, String> {
+        let rule = match (r.exact, r.regex, r.present) {
+            (Some(v), None, None) => ValueRule::Exact(v),
+            (None, Some(v), None) => ValueRule::Regex(v),
+            (None, None, Some(v)) => ValueRule::Present(v),
+            (None, None, None) => {
+                return Err(format!(
+                    "condition on `{}` needs one of `exact`, `regex`, `present`",
+                    r.name
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "condition on `{}` must set only one of `exact`, `regex`, `present`",
+                    r.name
+                ));
+            }
+        };
+        Ok(ValueMatch { name: r.name, rule })
+    }
 }
 
 /// The test a header or query value must pass.
@@ -816,6 +854,15 @@ impl UpstreamConfig {
                 "must be greater than zero",
             );
         }
+        if let Some(ttl) = self.sticky.as_ref().and_then(|s| s.ttl)
+            && ttl < Duration::from_secs(1)
+        {
+            // Max-Age is in whole seconds, and Max-Age=0 deletes the cookie.
+            p.push(
+                format!("{at}.sticky.ttl"),
+                "must be at least 1s (omit it for a session cookie)",
+            );
+        }
         if let Some(s) = &self.sticky
             && (s.cookie.is_empty()
                 || !s
@@ -905,6 +952,30 @@ mod tests {
             let _ = load_str(&format!("{key}:\n  - {inner}: {value}\n"));
             let _ = load_str(&format!("{key}: {{{inner}: [{value}]}}\n"));
         }
+    }
+
+    #[test]
+    fn value_conditions_need_exactly_one_rule() {
+        let base = "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]\nroutes:\n  - {id: r, paths: [/], upstream: u, headers: [";
+        let c = load_str(&format!("{base}{{name: x-a, regex: '^a'}}]}}\n")).unwrap();
+        assert_eq!(c.routes[0].headers[0].rule, ValueRule::Regex("^a".into()));
+        let e = load_str(&format!("{base}{{name: x-a}}]}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "routes[0].headers[0]: condition on `x-a` needs one of `exact`, `regex`, `present`"
+            ),
+            "{e}"
+        );
+        let e = load_str(&format!("{base}{{name: x-a, exact: a, regex: b}}]}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must set only one of"), "{e}");
+        let e = load_str(&format!("{base}{{name: x-a, exakt: a}}]}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `exakt`"), "{e}");
     }
 
     #[test]
