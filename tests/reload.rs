@@ -117,3 +117,23 @@ async fn bad_file_keeps_running_config() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_overrides_survive_reloads() {
+    let a = Upstream::start("a").await;
+    // The file says port 0 on loopback; the flag picks the workers. A reload
+    // of the same file must not see a "changed" setting.
+    let gw = Gateway::builder(common::weir_bin())
+        .config(config(&a.target(), "/old"))
+        .args(["--workers", "2"])
+        .start()
+        .await
+        .unwrap();
+    gw.rewrite_config(&config(&a.target(), "/new")).unwrap();
+    let c = http_client();
+    wait_until("the reload is live", Duration::from_secs(10), || async {
+        c.get(gw.url("/new")).send().await.unwrap().status() == 200
+    })
+    .await;
+    assert!(!gw.log().contains("change only on restart"), "{}", gw.log());
+}

@@ -148,15 +148,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         None => Config::default(),
     };
-    if let Some(l) = args.listen {
-        cfg.settings.listen = l;
-    }
-    if let Some(l) = args.admin_listen {
-        cfg.settings.admin_listen = l;
-    }
-    if let Some(w) = args.workers {
-        cfg.settings.workers = w;
-    }
+    let (listen, admin_listen, workers) = (args.listen, args.admin_listen, args.workers);
+    let overrides: crate::reload::Overrides = std::sync::Arc::new(move |cfg: &mut Config| {
+        if let Some(l) = listen {
+            cfg.settings.listen = l;
+        }
+        if let Some(l) = admin_listen {
+            cfg.settings.admin_listen = l;
+        }
+        if let Some(w) = workers {
+            cfg.settings.workers = w;
+        }
+    });
+    overrides(&mut cfg);
     let rt = match runtime(cfg.settings.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -164,7 +168,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve_async(cfg, args.config, args.ready_file)) {
+    match rt.block_on(serve_async(cfg, args.config, args.ready_file, overrides)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: {e:#}");
@@ -177,6 +181,7 @@ async fn serve_async(
     cfg: Config,
     config_path: Option<PathBuf>,
     ready_file: Option<PathBuf>,
+    overrides: crate::reload::Overrides,
 ) -> anyhow::Result<()> {
     let state = State::new(&cfg).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let server = Server::bind(state.clone(), config_path.clone())?;
@@ -197,7 +202,7 @@ async fn serve_async(
     };
 
     let _watch = match &config_path {
-        Some(p) => Some(crate::reload::watch(state.clone(), p.clone())?),
+        Some(p) => Some(crate::reload::watch(state.clone(), p.clone(), overrides)?),
         None => None,
     };
 

@@ -16,9 +16,18 @@ use tokio::sync::mpsc;
 use crate::config;
 use crate::snapshot::State;
 
+/// Command-line settings that win over the file, on every reload as at
+/// start.
+pub type Overrides = Arc<dyn Fn(&mut config::Config) + Send + Sync>;
+
 /// Reloads `path` into `state` once. Returns the new generation.
-pub fn reload_once(state: &State, path: &Path) -> Result<u64, config::ConfigErrors> {
-    let cfg = config::load_file(path)?;
+pub fn reload_once(
+    state: &State,
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<u64, config::ConfigErrors> {
+    let mut cfg = config::load_file(path)?;
+    overrides(&mut cfg);
     let old = state.load();
     if cfg.settings.listen != old.settings.listen
         || cfg.settings.admin_listen != old.settings.admin_listen
@@ -33,7 +42,7 @@ pub fn reload_once(state: &State, path: &Path) -> Result<u64, config::ConfigErro
 
 /// Watches `path` and reloads on change until the returned guard is
 /// dropped.
-pub fn watch(state: Arc<State>, path: PathBuf) -> notify::Result<WatchGuard> {
+pub fn watch(state: Arc<State>, path: PathBuf, overrides: Overrides) -> notify::Result<WatchGuard> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|f| f.to_os_string());
     let dir = path
@@ -79,7 +88,8 @@ pub fn watch(state: Arc<State>, path: PathBuf) -> notify::Result<WatchGuard> {
             while rx.try_recv().is_ok() {}
             let p = path.clone();
             let st = state.clone();
-            let result = tokio::task::spawn_blocking(move || reload_once(&st, &p)).await;
+            let ov = overrides.clone();
+            let result = tokio::task::spawn_blocking(move || reload_once(&st, &p, &ov)).await;
             match result {
                 Ok(Ok(generation)) => {
                     tracing::info!(path = %path.display(), generation, "config reloaded")
