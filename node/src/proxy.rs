@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use crate::headers;
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
-use crate::upstream::{Upstream, now_ms};
+use crate::upstream::{PooledConn, SendError, Upstream, now_ms};
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -227,13 +227,20 @@ async fn proxy(
         client_ip: conn.client.ip(),
         body,
     };
-    let (mut resp, target) = ctx.run().await?;
+    let Answer {
+        mut resp,
+        chosen: target,
+        conn,
+    } = ctx.run().await?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            // The upstream connection now belongs to the tunnel; holding its
+            // handle until the switch completes keeps hyper from closing it.
+            let _conn = conn;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
                     let mut c = hyper_util::rt::TokioIo::new(c);
@@ -260,7 +267,7 @@ async fn proxy(
     }
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(body, target),
+        ProxyBody::upstream(body, target, conn),
     ))
 }
 
@@ -335,11 +342,18 @@ enum Failure {
     Other(String),
     /// The target answered 502/503/504; kept so that, when no retry
     /// follows, the client gets the upstream's own answer.
-    Status(Response<Incoming>, Chosen),
+    Status(Answer),
+}
+
+/// A target's response head, with what must live as long as its body.
+struct Answer {
+    resp: Response<Incoming>,
+    chosen: Chosen,
+    conn: PooledConn,
 }
 
 impl Attempts<'_> {
-    async fn run(mut self) -> Result<(Response<Incoming>, Chosen), GatewayError> {
+    async fn run(mut self) -> Result<Answer, GatewayError> {
         let up = self.up.clone();
         up.budget_deposit();
         let deadline = Instant::now() + up.timeouts.total;
@@ -382,7 +396,7 @@ impl Attempts<'_> {
             let req = self.build(idx, body, is_last);
             up.balancer.on_start(idx);
             let started = Instant::now();
-            let outcome = self.send(req, deadline).await;
+            let outcome = self.send(idx, req, deadline).await;
             let head_after = started.elapsed();
             let chosen = Chosen {
                 up: up.clone(),
@@ -402,14 +416,14 @@ impl Attempts<'_> {
                 return Err(GatewayError::RequestTimeout);
             }
             let failure = match outcome {
-                Ok(resp) => {
+                Ok((resp, conn)) => {
                     let retryable_status = matches!(resp.status().as_u16(), 502..=504);
                     if !retryable_status {
                         target.health.record_success();
-                        return Ok((resp, chosen));
+                        return Ok(Answer { resp, chosen, conn });
                     }
                     up.record_failure(idx, "status");
-                    Failure::Status(resp, chosen)
+                    Failure::Status(Answer { resp, chosen, conn })
                 }
                 Err(f) => {
                     let why = match &f {
@@ -453,14 +467,20 @@ impl Attempts<'_> {
         };
         let up = &self.up;
         let target = &up.targets[idx];
-        let uri = Uri::from_parts({
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(up.scheme.clone());
-            p.authority = Some(target.authority.clone());
-            p.path_and_query = Some(self.path_and_query.clone());
-            p
-        })
-        .expect("scheme, authority and path make a valid uri");
+        // HTTP/1.1 sends the origin form (`/path?query`); HTTP/2 needs the
+        // scheme and authority for its pseudo-headers.
+        let uri = if up.h2 {
+            Uri::from_parts({
+                let mut p = http::uri::Parts::default();
+                p.scheme = Some(up.scheme.clone());
+                p.authority = Some(target.authority.clone());
+                p.path_and_query = Some(self.path_and_query.clone());
+                p
+            })
+            .expect("scheme, authority and path make a valid uri")
+        } else {
+            Uri::from(self.path_and_query.clone())
+        };
         let host = match self.host_rule {
             HostHeaderRt::Pass => self
                 .host_value
@@ -486,11 +506,12 @@ impl Attempts<'_> {
     /// send, read and total timeouts.
     async fn send(
         &self,
+        idx: usize,
         req: Request<ReqBody>,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         let t = &self.up.timeouts;
-        let fut = self.up.client.request(req);
+        let fut = self.up.targets[idx].pool.send(req);
         tokio::pin!(fut);
         let attempt_start = now_ms();
         loop {
@@ -507,13 +528,12 @@ impl Attempts<'_> {
             let wake =
                 (Instant::now() + Duration::from_millis(due_ms.saturating_sub(now))).min(deadline);
             match tokio::time::timeout_at(wake, &mut fut).await {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(sent)) => return Ok(sent),
                 Ok(Err(e)) => {
                     let msg = error_chain(&e);
-                    return Err(if e.is_connect() {
-                        Failure::Connect(msg)
-                    } else {
-                        Failure::Other(msg)
+                    return Err(match e {
+                        SendError::Connect { .. } => Failure::Connect(msg),
+                        SendError::Request { .. } => Failure::Other(msg),
                     });
                 }
                 Err(_) => {
@@ -547,7 +567,7 @@ impl Attempts<'_> {
 }
 
 impl Failure {
-    fn into_result(self, up: &Upstream) -> Result<(Response<Incoming>, Chosen), GatewayError> {
+    fn into_result(self, up: &Upstream) -> Result<Answer, GatewayError> {
         match self {
             Failure::Timeout(t) => Err(GatewayError::UpstreamTimeout {
                 upstream: up.id.clone(),
@@ -558,7 +578,7 @@ impl Failure {
                 upstream: up.id.clone(),
                 reason: r,
             }),
-            Failure::Status(resp, chosen) => Ok((resp, chosen)),
+            Failure::Status(answer) => Ok(answer),
         }
     }
 }
@@ -785,6 +805,9 @@ pub enum ProxyBody {
         sleep: Option<Pin<Box<Sleep>>>,
         /// Keeps the target counted as in flight until the body ends.
         chosen: Chosen,
+        /// The HTTP/1.1 connection the body arrives on, back to its pool
+        /// once the body has been read to its end.
+        conn: PooledConn,
     },
 }
 
@@ -794,13 +817,19 @@ impl ProxyBody {
         ProxyBody::Full(Some(b))
     }
 
-    fn upstream(inner: Incoming, chosen: Chosen) -> Self {
+    fn upstream(inner: Incoming, chosen: Chosen, mut conn: PooledConn) -> Self {
         let read_timeout = chosen.up.timeouts.read;
+        // A body known to be empty (HEAD, 204, 304, `Content-Length: 0`) is
+        // never polled: the exchange is already complete.
+        if inner.is_end_stream() {
+            conn.release();
+        }
         ProxyBody::Upstream {
             inner,
             read_timeout,
             sleep: None,
             chosen,
+            conn,
         }
     }
 }
@@ -825,10 +854,16 @@ impl Body for ProxyBody {
                 read_timeout,
                 sleep,
                 chosen,
-            } => match Pin::new(inner).poll_frame(cx) {
+                conn,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
                     if let Some(s) = sleep.as_mut() {
                         s.as_mut().reset(Instant::now() + *read_timeout);
+                    }
+                    // With a known length, hyper stops polling after the
+                    // last chunk rather than waiting for the end.
+                    if inner.is_end_stream() {
+                        conn.release();
                     }
                     Poll::Ready(Some(Ok(f)))
                 }
@@ -836,7 +871,10 @@ impl Body for ProxyBody {
                     chosen.up.record_failure(chosen.idx, "body");
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    conn.release();
+                    Poll::Ready(None)
+                }
                 Poll::Pending => {
                     let s =
                         sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*read_timeout)));

@@ -1,31 +1,31 @@
 //! Upstreams at run time: targets, their passive health, the connection
 //! pools, the balancer and the retry budget.
 //!
-//! Connection pooling is hyper-util's client pool (keyed by target
-//! authority, HTTP/1.1 keep-alive or HTTP/2 multiplexing); see
-//! `docs/adr/0001-upstream-connection-pool.md`. Pools and health state are
-//! kept across config reloads when the settings that shape them are
+//! Each target has its own small connection pool ([`TargetPool`]) over
+//! hyper's connection-level clients: HTTP/1.1 keep-alive connections, or one
+//! multiplexed HTTP/2 (h2c) connection; see
+//! `docs/adr/0005-own-upstream-connection-pool.md`. Pools and health state
+//! are kept across config reloads when the settings that shape them are
 //! unchanged, so a reload neither drops warm connections nor forgets that a
 //! target is down.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balance::Balancer;
 use crate::config::{StickyConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme};
 use crate::proxy::ReqBody;
-
-/// The pooled HTTP client used towards targets.
-pub type HttpClient = Client<HttpConnector, ReqBody>;
 
 /// Milliseconds since the process started; a cheap monotonic clock that
 /// fits an atomic.
@@ -97,6 +97,8 @@ pub struct Target {
     pub sticky_id: String,
     /// Passive health, shared across reloads.
     pub health: Arc<TargetHealth>,
+    /// Keep-alive connections, shared across reloads.
+    pub pool: Arc<TargetPool>,
 }
 
 // === impl Upstream ===
@@ -109,8 +111,6 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     /// Chooses targets.
     pub balancer: Balancer,
-    /// The pooled client.
-    pub client: HttpClient,
     /// `http` (HTTP/1.1 or h2c share the scheme).
     pub scheme: Scheme,
     /// Whether requests go out as HTTP/2.
@@ -180,19 +180,38 @@ fn sticky_id(addr: &str) -> String {
 
 // === impl Pools ===
 
+/// What shapes a target's pool. Two upstreams naming the same address with
+/// the same settings share one pool.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
+struct PoolKey {
+    addr: String,
+    settings: PoolSettings,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolSettings {
     h2: bool,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
 }
 
+impl PoolSettings {
+    fn of(cfg: &UpstreamConfig) -> Self {
+        PoolSettings {
+            h2: cfg.scheme == UpstreamScheme::H2c,
+            max_idle: cfg.keepalive.max_idle,
+            idle_timeout: cfg.keepalive.idle_timeout,
+            connect_timeout: cfg.timeouts.connect,
+        }
+    }
+}
+
 /// State that outlives one config snapshot: connection pools and target
 /// health, looked up by what shapes them.
 #[derive(Default)]
 pub struct Pools {
-    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    pools: Mutex<HashMap<PoolKey, Arc<TargetPool>>>,
     health: Mutex<HashMap<(String, String), Arc<TargetHealth>>>,
 }
 
@@ -200,22 +219,10 @@ impl Pools {
     /// Builds the run-time upstream for a config, reusing pools and health
     /// state where they fit.
     pub fn upstream(&self, cfg: &UpstreamConfig) -> Upstream {
-        let h2 = cfg.scheme == UpstreamScheme::H2c;
-        let key = ClientKey {
-            h2,
-            max_idle: cfg.keepalive.max_idle,
-            idle_timeout: cfg.keepalive.idle_timeout,
-            connect_timeout: cfg.timeouts.connect,
-        };
-        let client = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            clients
-                .entry(key.clone())
-                .or_insert_with(|| build_client(&key))
-                .clone()
-        };
+        let settings = PoolSettings::of(cfg);
         let targets = {
             let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             cfg.targets
                 .iter()
                 .map(|t| {
@@ -225,12 +232,21 @@ impl Pools {
                         .entry((cfg.id.clone(), t.addr.clone()))
                         .or_default()
                         .clone();
+                    let key = PoolKey {
+                        addr: t.addr.clone(),
+                        settings,
+                    };
+                    let pool = pools
+                        .entry(key)
+                        .or_insert_with(|| Arc::new(TargetPool::new(t.addr.clone(), settings)))
+                        .clone();
                     Target {
                         addr: t.addr.clone(),
                         authority,
                         host_value,
                         sticky_id: sticky_id(&t.addr),
                         health: h,
+                        pool,
                     }
                 })
                 .collect()
@@ -240,9 +256,8 @@ impl Pools {
             id: cfg.id.clone(),
             targets,
             balancer: Balancer::new(&cfg.balancer, &cfg.targets),
-            client,
             scheme: Scheme::HTTP,
-            h2,
+            h2: settings.h2,
             timeouts: cfg.timeouts.clone(),
             retries: cfg.retries,
             budget: TpsBudget::new(b.ttl, b.min_per_sec, b.ratio),
@@ -267,38 +282,355 @@ impl Pools {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| live.contains(k));
-        let keys: std::collections::HashSet<ClientKey> = upstreams
+        let keys: std::collections::HashSet<PoolKey> = upstreams
             .iter()
-            .map(|u| ClientKey {
-                h2: u.scheme == UpstreamScheme::H2c,
-                max_idle: u.keepalive.max_idle,
-                idle_timeout: u.keepalive.idle_timeout,
-                connect_timeout: u.timeouts.connect,
+            .flat_map(|u| {
+                let settings = PoolSettings::of(u);
+                u.targets.iter().map(move |t| PoolKey {
+                    addr: t.addr.clone(),
+                    settings,
+                })
             })
             .collect();
-        self.clients
+        self.pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| keys.contains(k));
     }
 }
 
-fn build_client(key: &ClientKey) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(key.connect_timeout));
-    connector.enforce_http(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(key.idle_timeout)
-        .pool_max_idle_per_host(key.max_idle)
-        .http2_only(key.h2)
-        // The gateway sets Host itself, per route.
-        .set_host(false)
-        .retry_canceled_requests(true);
-    b.build(connector)
+// === impl TargetPool ===
+
+/// Why an attempt failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection to the target could be made; the request never left,
+    /// so sending it elsewhere is safe for any method.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect {
+        /// The target.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The exchange failed on an established connection.
+    #[error("request to {addr} failed: {source}")]
+    Request {
+        /// The target.
+        addr: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl SendError {
+    /// True when the target was never reached.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect { .. })
+    }
+}
+
+/// Keep-alive connections to one target.
+///
+/// HTTP/1.1: a stack of idle connections, most recently used on top, at
+/// most `max_idle` of them. A connection returns to the stack when the
+/// response body it carried has been read to its end ([`PooledConn`]);
+/// one whose exchange ended any other way is closed. HTTP/2: one shared
+/// connection that every request multiplexes over.
+///
+/// Idle connections are closed by a reaper task that runs while the pool
+/// holds any, every `idle_timeout / 2`: a connection goes once it has sat
+/// idle for three ticks, so between `idle_timeout` and 1.5 × `idle_timeout`.
+/// Counting ticks rather than reading the clock keeps the request path free
+/// of clock reads.
+pub struct TargetPool {
+    addr: String,
+    settings: PoolSettings,
+    idle: Mutex<Idle>,
+    /// Held while an HTTP/2 connection is being made, so that concurrent
+    /// requests wait for it and share it rather than each opening one.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Idle {
+    h1: Vec<(http1::SendRequest<ReqBody>, u64)>,
+    h2: Option<(http2::SendRequest<ReqBody>, u64)>,
+    /// Reaper ticks so far.
+    epoch: u64,
+    reaper_running: bool,
+}
+
+impl Idle {
+    fn is_empty(&self) -> bool {
+        self.h1.is_empty() && self.h2.is_none()
+    }
+}
+
+/// Ticks an idle connection survives (see [`TargetPool`]).
+const IDLE_TICKS: u64 = 3;
+
+enum Conn {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+impl TargetPool {
+    fn new(addr: String, settings: PoolSettings) -> Self {
+        TargetPool {
+            addr,
+            settings,
+            idle: Mutex::new(Idle::default()),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sends `req` on a pooled connection, or on a new one. Returns the
+    /// response head and, for HTTP/1.1, the connection to hand back once the
+    /// body has been read.
+    ///
+    /// A pooled connection that the target closed before our request was
+    /// written is no failure of the target: the request comes back unsent
+    /// and goes out again on another connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, PooledConn), SendError> {
+        loop {
+            let (conn, reused) = match self.checkout() {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            let sent = match conn {
+                Conn::H1(mut tx) => match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        return Ok((
+                            resp,
+                            PooledConn {
+                                conn: Some((self.clone(), tx)),
+                            },
+                        ));
+                    }
+                    Err(e) => e,
+                },
+                Conn::H2(mut tx) => match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, PooledConn { conn: None })),
+                    Err(e) => e,
+                },
+            };
+            let mut e = sent;
+            match e.take_message() {
+                Some(r) if reused => req = r,
+                _ => {
+                    return Err(SendError::Request {
+                        addr: self.addr.clone(),
+                        source: e.into_error(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// An idle connection that is still open, if any.
+    fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if self.settings.h2 {
+            let epoch = idle.epoch;
+            match &mut idle.h2 {
+                Some((tx, used)) if tx.is_ready() => {
+                    *used = epoch;
+                    return Some(Conn::H2(tx.clone()));
+                }
+                Some(_) => idle.h2 = None,
+                None => {}
+            }
+            return None;
+        }
+        while let Some((tx, _)) = idle.h1.pop() {
+            if tx.is_ready() {
+                return Some(Conn::H1(tx));
+            }
+        }
+        None
+    }
+
+    /// Hands an HTTP/1.1 connection back after a complete exchange.
+    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<ReqBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        if !tx.is_ready() {
+            // The connection task has not caught up with the end of the
+            // exchange yet (another worker thread runs it, or the request
+            // body is still being sent): wait for it off the request path.
+            let pool = Arc::downgrade(self);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let mut tx = tx;
+                    if tx.ready().await.is_ok()
+                        && let Some(pool) = pool.upgrade()
+                    {
+                        pool.push_idle(tx);
+                    }
+                });
+            }
+            return;
+        }
+        self.push_idle(tx);
+    }
+
+    fn push_idle(self: &Arc<Self>, tx: http1::SendRequest<ReqBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.h1.len() >= self.settings.max_idle {
+            return;
+        }
+        let epoch = idle.epoch;
+        idle.h1.push((tx, epoch));
+        self.ensure_reaper(&mut idle);
+    }
+
+    fn ensure_reaper(self: &Arc<Self>, idle: &mut Idle) {
+        if idle.reaper_running {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        idle.reaper_running = true;
+        let tick = (self.settings.idle_timeout / 2).max(Duration::from_millis(1));
+        rt.spawn(reap(Arc::downgrade(self), tick));
+    }
+
+    /// Opens a connection, bounded by the connect timeout. For HTTP/2, only
+    /// one request connects at a time; the others then share its connection.
+    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
+        if !self.settings.h2 {
+            let io = self.connect_tcp().await?;
+            let (tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| self.connect_error(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::trace!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            return Ok(Conn::H1(tx));
+        }
+        let _connecting = self.h2_connecting.lock().await;
+        if let Some(c) = self.checkout() {
+            return Ok(c);
+        }
+        let io = self.connect_tcp().await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| self.connect_error(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let epoch = idle.epoch;
+            idle.h2 = Some((tx.clone(), epoch));
+            self.ensure_reaper(&mut idle);
+        }
+        Ok(Conn::H2(tx))
+    }
+
+    async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, SendError> {
+        let timeout = self.settings.connect_timeout;
+        let addrs: Vec<SocketAddr> = match tokio::time::timeout(
+            timeout,
+            tokio::net::lookup_host(self.addr.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(self.connect_error(format!("dns error: {e}"))),
+            Err(_) => return Err(self.connect_error("dns timeout".into())),
+        };
+        if addrs.is_empty() {
+            return Err(self.connect_error("the name resolved to no address".into()));
+        }
+        // Like most proxies, split the connect timeout over the addresses a
+        // name resolves to, so one black-holed address cannot use it all.
+        let each = timeout / addrs.len() as u32;
+        let mut last = String::new();
+        for addr in addrs {
+            match tokio::time::timeout(each, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&s).set_tcp_keepalive(
+                        &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),
+                    );
+                    return Ok(TokioIo::new(s));
+                }
+                Ok(Err(e)) => last = format!("tcp connect error: {e}"),
+                Err(_) => {
+                    last = format!(
+                        "tcp connect timeout after {}",
+                        humantime::format_duration(each)
+                    )
+                }
+            }
+        }
+        Err(self.connect_error(last))
+    }
+
+    fn connect_error(&self, reason: String) -> SendError {
+        SendError::Connect {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+}
+
+/// Closes connections that sat idle too long; ends when the pool is empty
+/// or gone.
+async fn reap(pool: Weak<TargetPool>, tick: Duration) {
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.epoch += 1;
+        let epoch = idle.epoch;
+        let fresh = |since: u64| epoch - since < IDLE_TICKS;
+        idle.h1
+            .retain(|(tx, since)| fresh(*since) && !tx.is_closed());
+        if idle
+            .h2
+            .as_ref()
+            .is_some_and(|(tx, used)| !fresh(*used) || tx.is_closed())
+        {
+            idle.h2 = None;
+        }
+        if idle.is_empty() {
+            idle.reaper_running = false;
+            return;
+        }
+    }
+}
+
+/// The HTTP/1.1 connection a response arrived on, handed back to its pool
+/// by [`PooledConn::release`] once the response body has been read to its
+/// end. Dropped without that, it closes the connection: whatever is left
+/// of the exchange on the wire makes it unusable.
+pub struct PooledConn {
+    conn: Option<(Arc<TargetPool>, http1::SendRequest<ReqBody>)>,
+}
+
+impl PooledConn {
+    /// Returns the connection to its pool: the exchange on it is complete.
+    pub fn release(&mut self) {
+        if let Some((pool, tx)) = self.conn.take() {
+            pool.checkin(tx);
+        }
+    }
 }
 
 #[cfg(test)]
