@@ -470,3 +470,51 @@ async fn sticky_cookie_name_and_ttl_are_configurable() {
         [format!("sid={id}; Path=/; HttpOnly; Max-Age=3600")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_does_not_pin_a_drained_target() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = gateway(&config(
+        &[(&a, 1), (&b, 1)],
+        "{kind: round_robin}",
+        "    sticky: {}\n",
+    ))
+    .await;
+    let c = http_client();
+    // Find b's cookie.
+    let cookie = loop {
+        let r = fetch(c.get(gw.url("/x"))).await;
+        if r.upstream == "b" {
+            break r.cookie("weir_sticky").unwrap().to_string();
+        }
+    };
+    // Weight 0 drains b: its cookie no longer pins, and is replaced.
+    gw.rewrite_config(&config(
+        &[(&a, 1), (&b, 0)],
+        "{kind: round_robin}",
+        "    sticky: {}\n",
+    ))
+    .unwrap();
+    wait_until(
+        "the drained config is live",
+        Duration::from_secs(10),
+        || async {
+            fetch(c.get(gw.url("/x"))).await.upstream == "a"
+                && fetch(c.get(gw.url("/x"))).await.upstream == "a"
+        },
+    )
+    .await;
+    let before = b.hits();
+    let r = fetch(
+        c.get(gw.url("/x"))
+            .header("cookie", format!("weir_sticky={cookie}")),
+    )
+    .await;
+    assert_eq!(r.upstream, "a");
+    assert_ne!(
+        r.cookie("weir_sticky").expect("a replacement cookie"),
+        cookie
+    );
+    assert_eq!(b.hits(), before);
+}

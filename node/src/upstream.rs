@@ -95,6 +95,8 @@ pub struct Target {
     pub host_value: HeaderValue,
     /// Value of the sticky cookie that selects this target.
     pub sticky_id: String,
+    /// Configured weight; 0 means no traffic at all.
+    pub weight: u32,
     /// Passive health, shared across reloads.
     pub health: Arc<TargetHealth>,
     /// Keep-alive connections, shared across reloads.
@@ -162,8 +164,11 @@ impl Upstream {
     }
 
     /// The target named by a sticky cookie value.
+    /// A target with weight 0 is drained: its cookie no longer pins.
     pub fn sticky_target(&self, value: &str) -> Option<usize> {
-        self.targets.iter().position(|t| t.sticky_id == value)
+        self.targets
+            .iter()
+            .position(|t| t.sticky_id == value && t.weight > 0)
     }
 }
 
@@ -245,6 +250,7 @@ impl Pools {
                         authority,
                         host_value,
                         sticky_id: sticky_id(&t.addr),
+                        weight: t.weight,
                         health: h,
                         pool,
                     }
