@@ -183,17 +183,21 @@ async fn proxy(
     let strip_len = m.strip_len;
 
     // Path and query sent upstream.
-    let pq = {
-        let rest = &path[strip_len.min(path.len())..];
-        let rest = if rest.is_empty() { "/" } else { rest };
-        match req.uri().query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
+    // Without a prefix to strip, the client's own path and query go
+    // upstream as they are (a reference-counted clone of hyper's parse).
+    let path_and_query = match req.uri().path_and_query() {
+        Some(pq) if strip_len == 0 && pq.path().starts_with('/') => pq.clone(),
+        _ => {
+            let rest = &path[strip_len.min(path.len())..];
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let pq = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            pq.parse::<http::uri::PathAndQuery>()
+                .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?
         }
     };
-    let path_and_query: http::uri::PathAndQuery = pq
-        .parse()
-        .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?;
 
     let upgrade = headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -357,9 +361,12 @@ impl Attempts<'_> {
         let up = self.up.clone();
         up.budget_deposit();
         let deadline = Instant::now() + up.timeouts.total;
-        let max_attempts = 1 + up.retries as usize;
+        // Every attempt goes to a target not tried yet, so there are never
+        // more attempts than targets; knowing which attempt is the last
+        // spares it a copy of the headers.
+        let max_attempts = (1 + up.retries as usize).min(up.targets.len());
         let idempotent = is_idempotent(&self.method);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut last: Option<Failure> = None;
 
         let sticky_pref = up
@@ -370,7 +377,7 @@ impl Attempts<'_> {
 
         for attempt in 0..max_attempts {
             let now = now_ms();
-            let eligible = |i: usize| !tried.contains(&i) && up.is_up(i, now);
+            let eligible = |i: usize| !tried.contains(i) && up.is_up(i, now);
             let (idx, cookie_matched) = match sticky_pref.filter(|&i| attempt == 0 && eligible(i)) {
                 Some(i) => (i, true),
                 None => {
@@ -390,7 +397,7 @@ impl Attempts<'_> {
                 break;
             }
             let Some(body) = self.body.take() else { break };
-            tried.push(idx);
+            tried.insert(idx);
             let is_last = attempt + 1 == max_attempts;
             let target = &up.targets[idx];
             let req = self.build(idx, body, is_last);
@@ -562,6 +569,30 @@ impl Attempts<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The targets a request has tried: a bitmap, with a list for indices past
+/// 63 (an upstream that large is rare, and the list is only allocated then).
+#[derive(Default)]
+struct Tried {
+    low: u64,
+    high: Vec<usize>,
+}
+
+impl Tried {
+    fn insert(&mut self, i: usize) {
+        match u32::try_from(i).ok().and_then(|b| 1u64.checked_shl(b)) {
+            Some(bit) => self.low |= bit,
+            None => self.high.push(i),
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match u32::try_from(i).ok().and_then(|b| 1u64.checked_shl(b)) {
+            Some(bit) => self.low & bit != 0,
+            None => self.high.contains(&i),
         }
     }
 }
@@ -907,3 +938,19 @@ impl Body for ProxyBody {
 }
 
 use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_targets_low_and_high_indices() {
+        let mut t = Tried::default();
+        for i in [0, 5, 63, 64, 1000] {
+            assert!(!t.contains(i));
+            t.insert(i);
+            assert!(t.contains(i));
+        }
+        assert!(!t.contains(1) && !t.contains(62) && !t.contains(65));
+    }
+}
