@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -99,16 +99,27 @@ fn value_of(parts: &[&[u8]]) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
 }
 
-/// Text of an IP address in a stack buffer; an IPv4-mapped IPv6 peer
-/// (dual-stack listener) is written as IPv4.
-struct IpText {
+/// A client address as forwarding headers write it, formatted once per
+/// connection: an IPv4-mapped IPv6 peer (dual-stack listener) is written as
+/// IPv4.
+#[derive(Clone, Copy)]
+pub struct ClientIp {
+    ip: IpAddr,
     buf: [u8; 48],
-    len: usize,
+    len: u8,
 }
 
-impl IpText {
-    fn new(ip: IpAddr) -> Self {
+impl std::fmt::Debug for ClientIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClientIp").field(&self.ip).finish()
+    }
+}
+
+impl ClientIp {
+    /// Formats `ip`.
+    pub fn new(ip: IpAddr) -> Self {
         use std::io::Write;
+        let original = ip;
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
@@ -117,12 +128,21 @@ impl IpText {
         let mut w = &mut buf[..];
         // The longest IPv6 text is 45 bytes; this cannot fail.
         let _ = write!(w, "{ip}");
-        let len = 48 - w.len();
-        IpText { buf, len }
+        let len = (48 - w.len()) as u8;
+        ClientIp {
+            ip: original,
+            buf,
+            len,
+        }
     }
 
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+    /// The address as the peer connected from.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
     }
 }
 
@@ -130,20 +150,29 @@ impl IpText {
 /// (set) and an RFC 7239 `Forwarded` element (appended).
 pub fn add_forwarding(
     h: &mut HeaderMap,
-    client_ip: IpAddr,
+    client: &ClientIp,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let ip = IpText::new(client_ip);
-    let ip = ip.as_bytes();
+    let ip = client.text();
     // X-Forwarded-For: keep what earlier proxies said and append ourselves,
     // the convention every proxy downstream of us expects.
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => value_of(&[prev.as_bytes(), b", ", ip]),
-        _ => value_of(&[ip]),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
+    // Each appended header is looked up once, through its entry.
+    match h.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            let v = match e.get().to_str() {
+                Ok(prev) if !prev.trim().is_empty() => value_of(&[prev.as_bytes(), b", ", ip]),
+                _ => value_of(&[ip]),
+            };
+            if let Some(v) = v {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            if let Some(v) = value_of(&[ip]) {
+                e.insert(v);
+            }
+        }
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
@@ -152,7 +181,7 @@ pub fn add_forwarding(
     // The element: `for=IP;proto=P[;host=H]`. RFC 7239: IPv6 addresses are
     // bracketed and quoted; a host that is not a token is quoted. It is
     // sized exactly first, so that it becomes the value without a copy.
-    let v6 = client_ip.is_ipv6();
+    let v6 = client.ip.is_ipv6();
     let host = host.and_then(|v| v.to_str().ok()).map(|host| {
         let token = host
             .bytes()
@@ -197,25 +226,34 @@ pub fn add_forwarding(
         }
     }
     debug_assert_eq!(elem.len(), len);
-    let fwd = match h.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => value_of(&[prev.as_bytes(), b", ", &elem]),
-        _ => HeaderValue::from_maybe_shared(bytes::Bytes::from(elem)).ok(),
-    };
-    if let Some(v) = fwd {
-        h.insert(FORWARDED, v);
+    match h.entry(FORWARDED) {
+        Entry::Occupied(mut e) => {
+            let v = match e.get().to_str() {
+                Ok(prev) if !prev.trim().is_empty() => value_of(&[prev.as_bytes(), b", ", &elem]),
+                _ => HeaderValue::from_maybe_shared(bytes::Bytes::from(elem)).ok(),
+            };
+            if let Some(v) = v {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(elem)) {
+                e.insert(v);
+            }
+        }
     }
 }
 
 /// Appends our `Via` element to any existing ones.
 pub fn add_via(h: &mut HeaderMap, via: &HeaderValue) {
-    match h.get(header::VIA) {
-        Some(prev) => {
-            if let Some(v) = value_of(&[prev.as_bytes(), b", ", via.as_bytes()]) {
-                h.insert(header::VIA, v);
+    match h.entry(header::VIA) {
+        Entry::Occupied(mut e) => {
+            if let Some(v) = value_of(&[e.get().as_bytes(), b", ", via.as_bytes()]) {
+                e.insert(v);
             }
         }
-        None => {
-            h.insert(header::VIA, via.clone());
+        Entry::Vacant(e) => {
+            e.insert(via.clone());
         }
     }
 }
@@ -265,7 +303,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         let host = HeaderValue::from_static("api.example.com:8080");
-        add_forwarding(&mut h, "::1".parse().unwrap(), "http", Some(&host));
+        add_forwarding(
+            &mut h,
+            &ClientIp::new("::1".parse().unwrap()),
+            "http",
+            Some(&host),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, ::1");
         assert_eq!(
             h[&FORWARDED],
@@ -310,7 +353,12 @@ mod tests {
     fn forwarding_first_hop_and_quoting() {
         let mut h = HeaderMap::new();
         let host = HeaderValue::from_static("api.example.com");
-        add_forwarding(&mut h, "192.0.2.7".parse().unwrap(), "https", Some(&host));
+        add_forwarding(
+            &mut h,
+            &ClientIp::new("192.0.2.7".parse().unwrap()),
+            "https",
+            Some(&host),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(
@@ -325,7 +373,7 @@ mod tests {
         let host = HeaderValue::from_static("a\\b\"c:80");
         add_forwarding(
             &mut h,
-            "::ffff:192.0.2.7".parse().unwrap(),
+            &ClientIp::new("::ffff:192.0.2.7".parse().unwrap()),
             "http",
             Some(&host),
         );
@@ -336,7 +384,12 @@ mod tests {
         );
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "2001:db8::1".parse().unwrap(), "http", None);
+        add_forwarding(
+            &mut h,
+            &ClientIp::new("2001:db8::1".parse().unwrap()),
+            "http",
+            None,
+        );
         assert_eq!(h[&FORWARDED], "for=\"[2001:db8::1]\";proto=http");
         assert!(h.get(&X_FORWARDED_HOST).is_none());
     }
