@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use crate::headers;
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
-use crate::upstream::{PooledConn, SendError, Upstream, now_ms};
+use crate::upstream::{PooledConn, SendError, Upstream, ms_at, now_ms};
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,8 +37,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ConnInfo {
     /// The peer address.
     pub client: SocketAddr,
+    /// The peer's IP as forwarding headers write it, formatted once per
+    /// connection rather than per request.
+    pub client_ip: headers::ClientIp,
     /// `http` or `https`, for forwarding headers.
     pub proto: &'static str,
+}
+
+impl ConnInfo {
+    /// The connection from `client` over `proto`.
+    pub fn new(client: SocketAddr, proto: &'static str) -> Self {
+        ConnInfo {
+            client,
+            client_ip: headers::ClientIp::new(client.ip()),
+            proto,
+        }
+    }
 }
 
 /// Serves one request. Never fails: every problem becomes a JSON error.
@@ -183,17 +197,21 @@ async fn proxy(
     let strip_len = m.strip_len;
 
     // Path and query sent upstream.
-    let pq = {
-        let rest = &path[strip_len.min(path.len())..];
-        let rest = if rest.is_empty() { "/" } else { rest };
-        match req.uri().query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
+    // Without a prefix to strip, the client's own path and query go
+    // upstream as they are (a reference-counted clone of hyper's parse).
+    let path_and_query = match req.uri().path_and_query() {
+        Some(pq) if strip_len == 0 && pq.path().starts_with('/') => pq.clone(),
+        _ => {
+            let rest = &path[strip_len.min(path.len())..];
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let pq = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            pq.parse::<http::uri::PathAndQuery>()
+                .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?
         }
     };
-    let path_and_query: http::uri::PathAndQuery = pq
-        .parse()
-        .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?;
 
     let upgrade = headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -203,7 +221,9 @@ async fn proxy(
 
     headers::strip_hop_by_hop(&mut hdrs, upgrade, route.upstream.h2);
     hdrs.remove(header::EXPECT);
-    headers::add_forwarding(&mut hdrs, conn.client.ip(), conn.proto, host_value.as_ref());
+    // Room for what is added below, so the map grows once, not per header.
+    hdrs.reserve(8);
+    headers::add_forwarding(&mut hdrs, &conn.client_ip, conn.proto, host_value.as_ref());
     if let Some(via) = &snap.via {
         headers::add_via(&mut hdrs, via);
     }
@@ -356,10 +376,16 @@ impl Attempts<'_> {
     async fn run(mut self) -> Result<Answer, GatewayError> {
         let up = self.up.clone();
         up.budget_deposit();
-        let deadline = Instant::now() + up.timeouts.total;
-        let max_attempts = 1 + up.retries as usize;
+        // The clock is read once per attempt (and once more for its
+        // latency); everything else derives from that reading.
+        let first_start = Instant::now();
+        let deadline = first_start + up.timeouts.total;
+        // Every attempt goes to a target not tried yet, so there are never
+        // more attempts than targets; knowing which attempt is the last
+        // spares it a copy of the headers.
+        let max_attempts = (1 + up.retries as usize).min(up.targets.len());
         let idempotent = is_idempotent(&self.method);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut last: Option<Failure> = None;
 
         let sticky_pref = up
@@ -369,8 +395,13 @@ impl Attempts<'_> {
             .and_then(|v| up.sticky_target(v));
 
         for attempt in 0..max_attempts {
-            let now = now_ms();
-            let eligible = |i: usize| !tried.contains(&i) && up.is_up(i, now);
+            let started = if attempt == 0 {
+                first_start
+            } else {
+                Instant::now()
+            };
+            let now = ms_at(started.into_std());
+            let eligible = |i: usize| !tried.contains(i) && up.is_up(i, now);
             let (idx, cookie_matched) = match sticky_pref.filter(|&i| attempt == 0 && eligible(i)) {
                 Some(i) => (i, true),
                 None => {
@@ -390,13 +421,12 @@ impl Attempts<'_> {
                 break;
             }
             let Some(body) = self.body.take() else { break };
-            tried.push(idx);
+            tried.insert(idx);
             let is_last = attempt + 1 == max_attempts;
             let target = &up.targets[idx];
             let req = self.build(idx, body, is_last);
             up.balancer.on_start(idx);
-            let started = Instant::now();
-            let outcome = self.send(idx, req, deadline).await;
+            let outcome = self.send(idx, req, started, now, deadline).await;
             let head_after = started.elapsed();
             let chosen = Chosen {
                 up: up.clone(),
@@ -508,12 +538,16 @@ impl Attempts<'_> {
         &self,
         idx: usize,
         req: Request<ReqBody>,
+        started: Instant,
+        attempt_start: u64,
         deadline: Instant,
     ) -> Result<(Response<Incoming>, PooledConn), Failure> {
         let t = &self.up.timeouts;
         let fut = self.up.targets[idx].pool.send(req);
         tokio::pin!(fut);
-        let attempt_start = now_ms();
+        // The first wait starts from the attempt's own clock reading; only
+        // a wait that ends without an answer reads the clock again.
+        let mut clock = Some((started, attempt_start));
         loop {
             // The read timeout runs from when the body is fully sent; the
             // send timeout bounds each pause while it is being sent.
@@ -524,9 +558,11 @@ impl Attempts<'_> {
                 (progress, t.send)
             };
             let due_ms = base + limit.as_millis() as u64;
-            let now = now_ms();
-            let wake =
-                (Instant::now() + Duration::from_millis(due_ms.saturating_sub(now))).min(deadline);
+            let (now_at, now) = clock.take().unwrap_or_else(|| {
+                let at = Instant::now();
+                (at, ms_at(at.into_std()))
+            });
+            let wake = (now_at + Duration::from_millis(due_ms.saturating_sub(now))).min(deadline);
             match tokio::time::timeout_at(wake, &mut fut).await {
                 Ok(Ok(sent)) => return Ok(sent),
                 Ok(Err(e)) => {
@@ -562,6 +598,30 @@ impl Attempts<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The targets a request has tried: a bitmap, with a list for indices past
+/// 63 (an upstream that large is rare, and the list is only allocated then).
+#[derive(Default)]
+struct Tried {
+    low: u64,
+    high: Vec<usize>,
+}
+
+impl Tried {
+    fn insert(&mut self, i: usize) {
+        match u32::try_from(i).ok().and_then(|b| 1u64.checked_shl(b)) {
+            Some(bit) => self.low |= bit,
+            None => self.high.push(i),
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match u32::try_from(i).ok().and_then(|b| 1u64.checked_shl(b)) {
+            Some(bit) => self.low & bit != 0,
+            None => self.high.contains(&i),
         }
     }
 }
@@ -907,3 +967,19 @@ impl Body for ProxyBody {
 }
 
 use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_targets_low_and_high_indices() {
+        let mut t = Tried::default();
+        for i in [0, 5, 63, 64, 1000] {
+            assert!(!t.contains(i));
+            t.insert(i);
+            assert!(t.contains(i));
+        }
+        assert!(!t.contains(1) && !t.contains(62) && !t.contains(65));
+    }
+}

@@ -183,10 +183,7 @@ fn serve_conn(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    let conn_info = ConnInfo {
-        client: peer,
-        proto: "http",
-    };
+    let conn_info = ConnInfo::new(peer, "http");
     let svc = service_fn(move |req| proxy::handle(state.clone(), conn_info, req));
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)

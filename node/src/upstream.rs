@@ -30,8 +30,14 @@ use crate::proxy::ReqBody;
 /// Milliseconds since the process started; a cheap monotonic clock that
 /// fits an atomic.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] for an instant already read, sparing a clock read.
+pub fn ms_at(t: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 // === impl TargetHealth ===
@@ -406,7 +412,10 @@ impl TargetPool {
         loop {
             let (conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting is rare on a warm pool, and its large
+                // future would otherwise be part of every request's future
+                // (and of every move of it).
+                None => (Box::pin(self.connect()).await?, false),
             };
             let sent = match conn {
                 Conn::H1(mut tx) => match tx.try_send_request(req).await {
