@@ -7,6 +7,8 @@
 //! [`init`].
 #![forbid(unsafe_code)]
 
+pub mod config;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
