@@ -33,6 +33,9 @@ pub struct Config {
     /// Routes: what requests match and where they go.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Traces, metrics and the access log.
+    #[serde(default)]
+    pub observability: weir_observability::config::ObservabilityConfig,
 }
 
 fn default_version() -> u32 {
@@ -48,6 +51,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             services: Vec::new(),
             routes: Vec::new(),
+            observability: Default::default(),
         }
     }
 }
@@ -649,6 +653,9 @@ impl Config {
             );
         }
         self.settings.validate(&mut p);
+        for (path, reason) in self.observability.validate() {
+            p.push(format!("observability.{path}"), reason);
+        }
 
         let mut upstream_ids = HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

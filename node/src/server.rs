@@ -208,6 +208,21 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
     r
 }
 
+/// `GET /metrics`: OpenMetrics when the scraper asks for it, else the
+/// Prometheus text format.
+fn metrics_response(headers: &http::HeaderMap, generation: u64) -> Response<ProxyBody> {
+    use weir_observability::metrics::{Format, global};
+    let m = global();
+    m.set_config_generation(generation);
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let mut r = Response::new(ProxyBody::full(Bytes::from(m.encode_as(format))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(format.content_type()),
+    );
+    r
+}
+
 async fn admin(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -216,6 +231,9 @@ async fn admin(
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/v1/ready") => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
+        (&Method::GET, "/metrics") if weir_observability::metrics::global().enabled() => {
+            metrics_response(req.headers(), snap.generation)
+        }
         (&Method::GET, "/v1/status") => json(
             StatusCode::OK,
             serde_json::json!({

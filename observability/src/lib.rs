@@ -1,11 +1,17 @@
-//! Logging and tracing set-up shared by every weir crate.
+//! Logging, metrics and the access log, shared by every weir crate.
 //!
-//! Owns how `tracing` events leave the process. For now that is a formatted
-//! log on stderr, filtered by `WEIR_LOG` (or `RUST_LOG`); OTLP export,
-//! Prometheus metrics and the JSON access log arrive with the observability
-//! issue and will be wired in here, so other crates only ever call
-//! [`init`].
+//! Owns how `tracing` events leave the process (a formatted log on stderr,
+//! filtered by `WEIR_LOG` or `RUST_LOG`; other crates only ever call
+//! [`init`]), the Prometheus metrics ([`metrics`], with process metrics
+//! from [`process`]) and the JSON access log ([`access_log`]). It does not
+//! own what is measured or logged: the gateway calls the recording API from
+//! its request path.
 #![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod config;
+pub mod metrics;
+pub mod process;
 
 use tracing_subscriber::EnvFilter;
 
