@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
