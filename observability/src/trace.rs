@@ -398,14 +398,14 @@ impl Tracing {
             span.set_attributes(attrs);
         }
         RequestSpan {
-            inner: Some(ReqInner {
+            inner: Some(Box::new(ReqInner {
                 span,
                 shared: shared.clone(),
                 method,
                 attempts: AtomicU32::new(0),
                 recording,
                 error_type_set: false,
-            }),
+            })),
         }
     }
 
@@ -650,7 +650,9 @@ fn static_method(m: &Method) -> &'static str {
 /// [`RequestSpan::end`]; dropping it ends it without a status code.
 #[derive(Debug)]
 pub struct RequestSpan {
-    inner: Option<ReqInner>,
+    // Boxed: an SDK span is ~400 bytes, and a disabled handle should cost
+    // the request future one pointer, not that.
+    inner: Option<Box<ReqInner>>,
 }
 
 struct ReqInner {
@@ -678,7 +680,7 @@ impl RequestSpan {
     }
 
     fn recording(&mut self) -> Option<&mut ReqInner> {
-        self.inner.as_mut().filter(|i| i.recording)
+        self.inner.as_deref_mut().filter(|i| i.recording)
     }
 
     fn set_str(&mut self, key: &'static str, value: &str) {
@@ -801,7 +803,7 @@ impl RequestSpan {
             span.set_attributes(attrs);
         }
         AttemptSpan {
-            inner: Some(AttemptInner { span, recording }),
+            inner: Some(Box::new(AttemptInner { span, recording })),
         }
     }
 
@@ -837,7 +839,7 @@ impl RequestSpan {
 /// The CLIENT span of one upstream attempt.
 #[derive(Debug)]
 pub struct AttemptSpan {
-    inner: Option<AttemptInner>,
+    inner: Option<Box<AttemptInner>>,
 }
 
 struct AttemptInner {
@@ -940,6 +942,19 @@ impl AttemptSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_handle_is_one_pointer() {
+        // Request futures carry these across awaits.
+        assert_eq!(
+            std::mem::size_of::<RequestSpan>(),
+            std::mem::size_of::<usize>()
+        );
+        assert_eq!(
+            std::mem::size_of::<AttemptSpan>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn handles_can_cross_tasks_and_threads() {

@@ -691,3 +691,29 @@ fn bad_variables_stop_init_and_name_the_variable() {
         assert!(err.to_string().contains(var), "{err}");
     }
 }
+
+#[test]
+fn works_without_any_tokio_runtime_around() {
+    // The gateway builds `Tracing` before its runtime starts; nothing here
+    // may assume a runtime on the calling thread.
+    let cfg = TracingConfig {
+        enabled: true,
+        endpoint: Some("http://127.0.0.1:1".into()),
+        scheduled_delay: Duration::from_millis(10),
+        export_timeout: Duration::from_millis(200),
+        ..TracingConfig::default()
+    };
+    let tracing = Tracing::init_with_env(&cfg, &node(), &EnvVars::default()).unwrap();
+    for _ in 0..10 {
+        let span = start_request(&tracing, &request(None));
+        span.start_attempt("127.0.0.1:9001")
+            .end_with_error("connect");
+        span.end(StatusCode::BAD_GATEWAY);
+    }
+    tracing.shutdown();
+    assert_eq!(tracing.dropped_spans() + tracing.failed_spans(), 20);
+    // Spans after shutdown are not recorded, and propagate nothing new.
+    let span = start_request(&tracing, &request(None));
+    assert!(!span.is_recording());
+    span.end(StatusCode::OK);
+}
