@@ -12,6 +12,9 @@
 //!   ([`upload_body`]) and counting downloads ([`drain_response`]) over a
 //!   deterministic byte pattern ([`PatternBody`], [`PatternCheck`]), and
 //!   [`RawHttp`] for bytes no client library would send.
+//! - [`OtlpReceiver`]: a real OTLP trace collector (gRPC or HTTP/protobuf)
+//!   that keeps every span it gets, and can stall or stop to play a hung or
+//!   dead collector.
 //! - [`wait_until`] / [`wait_for`]: deadlines instead of sleeps.
 //!
 //! It does not own the gateway's behaviour or its config schema: tests
@@ -25,6 +28,7 @@
 
 mod client;
 mod gateway;
+mod otlp;
 mod pattern;
 mod raw;
 mod upstream;
@@ -34,6 +38,7 @@ pub use client::{
     Drained, drain_response, h2c_client, http_client, upload_body, upload_body_chunked,
 };
 pub use gateway::{DEFAULT_READY_TIMEOUT, Gateway, GatewayBuilder, Ready, Signal};
+pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, ReceiverKind, SpanKind, SpanStatus};
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
 pub use upstream::{Behaviour, RecordedRequest, Upstream, unused_addr};
