@@ -1,5 +1,5 @@
 //! Getting finished spans to the collector without touching the request
-//! path (see `docs/adr/0005-otlp-export.md`).
+//! path (see `docs/adr/0006-otlp-export.md`).
 //!
 //! ```text
 //! request task ──on_end──▶ QueueGate ──try_send──▶ SDK BatchSpanProcessor
