@@ -561,7 +561,8 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
-    fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A single problem.
+    pub(crate) fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigErrors(vec![ConfigProblem {
             path: path.into(),
             location: None,

@@ -65,23 +65,29 @@ impl Snapshot {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| (u.id.clone(), Arc::new(pools.upstream(u))))
-            .collect();
+            .map(|u| Ok((u.id.clone(), Arc::new(pools.upstream(u)?))))
+            .collect::<Result<_, ConfigErrors>>()?;
         pools.retain(&config.upstreams);
         let services: HashMap<&str, _> =
             config.services.iter().map(|s| (s.id.as_str(), s)).collect();
 
         let mut routes = Vec::with_capacity(config.routes.len());
-        for r in &config.routes {
+        for (i, r) in config.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
             let service = r.service.as_deref().and_then(|s| services.get(s));
             let upstream_id = r
                 .upstream
                 .as_deref()
                 .or(service.map(|s| s.upstream.as_str()))
-                .expect("validated: route has a service or an upstream");
+                .ok_or_else(|| ConfigErrors::one(&at, "a route needs `service` or `upstream`"))?;
             let upstream = upstreams
                 .get(upstream_id)
-                .expect("validated: upstream exists")
+                .ok_or_else(|| {
+                    ConfigErrors::one(
+                        format!("{at}.upstream"),
+                        format!("no upstream with id `{upstream_id}`"),
+                    )
+                })?
                 .clone();
             let host_header = match r
                 .host_header
@@ -91,7 +97,12 @@ impl Snapshot {
                 None | Some(HostHeader::Pass) => HostHeaderRt::Pass,
                 Some(HostHeader::Target) => HostHeaderRt::Target,
                 Some(HostHeader::Rewrite(v)) => {
-                    HostHeaderRt::Rewrite(HeaderValue::from_str(v).expect("validated host value"))
+                    HostHeaderRt::Rewrite(HeaderValue::from_str(v).map_err(|_| {
+                        ConfigErrors::one(
+                            format!("{at}.host_header"),
+                            format!("`{v}` is not a valid Host header value"),
+                        )
+                    })?)
                 }
             };
             routes.push((
@@ -105,8 +116,14 @@ impl Snapshot {
             ));
         }
         let router = Router::build(routes)?;
-        let via = (!config.settings.via.is_empty())
-            .then(|| HeaderValue::from_str(&config.settings.via).expect("validated via"));
+        let via =
+            if config.settings.via.is_empty() {
+                None
+            } else {
+                Some(HeaderValue::from_str(&config.settings.via).map_err(|_| {
+                    ConfigErrors::one("settings.via", "is not a valid header value")
+                })?)
+            };
         Ok(Snapshot {
             router,
             upstreams,

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balance::Balancer;
-use crate::config::{StickyConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme};
+use crate::config::{ConfigErrors, StickyConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme};
 use crate::proxy::ReqBody;
 
 /// Milliseconds since the process started; a cheap monotonic clock that
@@ -229,16 +229,23 @@ pub struct Pools {
 impl Pools {
     /// Builds the run-time upstream for a config, reusing pools and health
     /// state where they fit.
-    pub fn upstream(&self, cfg: &UpstreamConfig) -> Upstream {
+    pub fn upstream(&self, cfg: &UpstreamConfig) -> Result<Upstream, ConfigErrors> {
         let settings = PoolSettings::of(cfg);
         let targets = {
             let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
             let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             cfg.targets
                 .iter()
-                .map(|t| {
-                    let authority: Authority = t.addr.parse().expect("validated authority");
-                    let host_value = HeaderValue::from_str(&t.addr).expect("validated authority");
+                .enumerate()
+                .map(|(i, t)| {
+                    let bad = || {
+                        ConfigErrors::one(
+                            format!("upstream `{}`.targets[{i}].addr", cfg.id),
+                            format!("`{}` is not a valid host:port", t.addr),
+                        )
+                    };
+                    let authority: Authority = t.addr.parse().map_err(|_| bad())?;
+                    let host_value = HeaderValue::from_str(&t.addr).map_err(|_| bad())?;
                     let h = health
                         .entry((cfg.id.clone(), t.addr.clone()))
                         .or_default()
@@ -251,7 +258,7 @@ impl Pools {
                         .entry(key)
                         .or_insert_with(|| Arc::new(TargetPool::new(t.addr.clone(), settings)))
                         .clone();
-                    Target {
+                    Ok(Target {
                         addr: t.addr.clone(),
                         authority,
                         host_value,
@@ -259,12 +266,12 @@ impl Pools {
                         weight: t.weight,
                         health: h,
                         pool,
-                    }
+                    })
                 })
-                .collect()
+                .collect::<Result<Vec<_>, ConfigErrors>>()?
         };
         let b = &cfg.retry_budget;
-        Upstream {
+        Ok(Upstream {
             id: cfg.id.clone(),
             targets,
             balancer: Balancer::new(&cfg.balancer, &cfg.targets),
@@ -276,7 +283,7 @@ impl Pools {
             max_fails: cfg.passive_health.max_fails,
             fail_timeout: cfg.passive_health.fail_timeout,
             sticky: cfg.sticky.clone(),
-        }
+        })
     }
 
     /// Forgets pools and health of upstreams and targets no longer
