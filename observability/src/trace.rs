@@ -587,20 +587,10 @@ enum MethodName {
 
 impl MethodName {
     fn of(m: &Method) -> MethodName {
-        let known = [
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::CONNECT,
-            Method::OPTIONS,
-            Method::TRACE,
-            Method::PATCH,
-        ];
-        match known.iter().find(|k| *k == m) {
-            Some(k) => MethodName::Known(static_method(k)),
-            None => MethodName::Other(m.as_str().to_string()),
+        // The same nine standard methods the metrics label with.
+        match crate::metrics::method_label(m) {
+            "_OTHER" => MethodName::Other(m.as_str().to_string()),
+            known => MethodName::Known(known),
         }
     }
 
@@ -626,20 +616,6 @@ impl MethodName {
                 original.clone(),
             ));
         }
-    }
-}
-
-fn static_method(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::CONNECT => "CONNECT",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        _ => "PATCH",
     }
 }
 
