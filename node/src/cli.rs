@@ -183,7 +183,14 @@ async fn serve_async(
     ready_file: Option<PathBuf>,
     overrides: crate::reload::Overrides,
 ) -> anyhow::Result<()> {
-    let state = State::new(&cfg).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    let telemetry = Arc::new(crate::telemetry::Telemetry::start(
+        &cfg.observability,
+        &crate::telemetry::node_info(cfg.settings.admin_listen),
+    )?);
+    let state = State::with_telemetry(&cfg, telemetry.clone())
+        .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let server = Server::bind(state.clone(), config_path.clone())?;
     let bound = server.bound()?;
 
@@ -217,6 +224,11 @@ async fn serve_async(
         let _ = tx.send(true);
     });
     server.run(rx).await;
+    // Lines and spans of the last requests, then the exporters' threads.
+    let drain = cfg.settings.drain_timeout;
+    tokio::task::spawn_blocking(move || telemetry.shutdown(drain))
+        .await
+        .ok();
     tracing::info!("stopped");
     Ok(())
 }

@@ -19,4 +19,5 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;

@@ -27,7 +27,9 @@ use crate::error::GatewayError;
 use crate::headers;
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
+use crate::telemetry::RequestLog;
 use crate::upstream::{PooledConn, SendError, Upstream, ms_at, now_ms};
+use weir_observability::metrics::{AttemptMetrics, AttemptOutcome, RetryReason};
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,21 +65,34 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let snap = state.load();
     let rid = headers::request_id(req.headers());
-    let mut resp = match proxy(&snap, &conn, req, &rid).await {
+    let mut log = state.telemetry().begin(&req, &conn);
+    let mut resp = match proxy(&snap, &conn, req, &rid, log.as_deref_mut()).await {
         Ok(r) => r,
         Err(e) => {
             if e.source() == crate::error::Source::Upstream {
                 tracing::debug!(request_id = ?rid, error = %e, "request failed");
             }
+            if let Some(l) = log.as_deref_mut() {
+                l.set_error_type(e.code());
+            }
             e.into_response(&rid)
         }
     };
     let h = resp.headers_mut();
-    h.insert(headers::X_REQUEST_ID, rid);
+    h.insert(headers::X_REQUEST_ID, rid.clone());
     if let Some(via) = &snap.via
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         headers::add_via(resp.headers_mut(), via);
+    }
+    if let Some(mut l) = log {
+        l.set_status(resp.status(), &rid);
+        match resp.body_mut() {
+            // The log is closed when the streamed body ends or is dropped.
+            ProxyBody::Upstream { log, .. } => *log = Some(l),
+            ProxyBody::Full(b) => l.add_bytes_out(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Empty => {}
+        }
     }
     Ok(resp)
 }
@@ -124,6 +139,7 @@ async fn proxy(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     rid: &HeaderValue,
+    mut log: Option<&mut RequestLog>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let settings = &snap.settings;
     let size = head_size(&req);
@@ -195,6 +211,11 @@ async fn proxy(
     };
     let route: &Route = m.value;
     let strip_len = m.strip_len;
+    if let Some(l) = log.as_deref_mut() {
+        let template = route.paths.get(m.path_index()).map(|p| &**p);
+        l.set_route(&route.id, route.service.as_ref(), template);
+        l.set_upstream(&route.upstream);
+    }
 
     // Path and query sent upstream.
     // Without a prefix to strip, the client's own path and query go
@@ -232,7 +253,11 @@ async fn proxy(
     let has_body =
         declared_len.is_some_and(|n| n > 0) || (declared_len.is_none() && !body.is_end_stream());
     let body = if has_body {
-        BodySource::Stream(Arc::new(BodySlot::new(body, limit)))
+        let slot = Arc::new(BodySlot::new(body, limit));
+        if let Some(l) = log.as_deref_mut() {
+            l.set_body(&slot);
+        }
+        BodySource::Stream(slot)
     } else {
         BodySource::Empty
     };
@@ -246,6 +271,7 @@ async fn proxy(
         host_rule: &route.host_header,
         client_ip: conn.client.ip(),
         body,
+        log,
     };
     let Answer {
         mut resp,
@@ -352,6 +378,7 @@ struct Attempts<'r> {
     host_rule: &'r HostHeaderRt,
     client_ip: std::net::IpAddr,
     body: BodySource,
+    log: Option<&'r mut RequestLog>,
 }
 
 enum Failure {
@@ -418,16 +445,61 @@ impl Attempts<'_> {
             };
             if attempt > 0 && !up.budget_withdraw() {
                 tracing::debug!(upstream = %up.id, "retry budget spent; not retrying");
+                if let Some(m) = self.log.as_deref().and_then(RequestLog::metrics) {
+                    m.record_retry_budget_exhausted(&up.id);
+                }
                 break;
             }
             let Some(body) = self.body.take() else { break };
+            if let (Some(f), Some(m)) = (&last, self.log.as_deref().and_then(RequestLog::metrics)) {
+                m.record_retry(&up.id, f.retry_reason());
+            }
             tried.insert(idx);
             let is_last = attempt + 1 == max_attempts;
             let target = &up.targets[idx];
-            let req = self.build(idx, body, is_last);
+            let mut req = self.build(idx, body, is_last);
+            let span = match self.log.as_deref() {
+                Some(l) => {
+                    let mut span = l.span.start_attempt(&target.addr);
+                    span.inject(req.headers_mut());
+                    if span.is_recording()
+                        && let Ok(peer) = target.addr.parse::<std::net::SocketAddr>()
+                    {
+                        span.set_peer_address(peer);
+                    }
+                    Some(span)
+                }
+                None => None,
+            };
             up.balancer.on_start(idx);
             let outcome = self.send(idx, req, started, now, deadline).await;
             let head_after = started.elapsed();
+            if let Some(l) = self.log.as_deref_mut() {
+                l.add_upstream_time(head_after);
+                let result = match &outcome {
+                    Ok((resp, _)) => AttemptOutcome::Status(resp.status().as_u16()),
+                    Err(Failure::Connect(_)) => AttemptOutcome::ConnectError,
+                    Err(Failure::Timeout(_)) => AttemptOutcome::Timeout,
+                    Err(_) => AttemptOutcome::Error,
+                };
+                if let Some(m) = l.metrics() {
+                    m.record_attempt(&AttemptMetrics {
+                        upstream: &up.id,
+                        target: &target.addr,
+                        outcome: result,
+                        duration: head_after,
+                    });
+                }
+                if let Some(span) = span {
+                    match &outcome {
+                        Ok((resp, _)) => span.end(resp.status()),
+                        Err(f) => span.end_with_error(f.error_type()),
+                    }
+                }
+                if outcome.is_ok() {
+                    l.set_target(idx);
+                }
+            }
             let chosen = Chosen {
                 up: up.clone(),
                 idx,
@@ -627,6 +699,26 @@ impl Tried {
 }
 
 impl Failure {
+    /// Why the next attempt is sent, for the retry counter.
+    fn retry_reason(&self) -> RetryReason {
+        match self {
+            Failure::Connect(_) => RetryReason::ConnectError,
+            Failure::Timeout(_) => RetryReason::Timeout,
+            Failure::Status(_) => RetryReason::Status,
+            Failure::ClientStalled | Failure::Other(_) => RetryReason::Error,
+        }
+    }
+
+    /// `error.type` of an attempt that got no response.
+    fn error_type(&self) -> &'static str {
+        match self {
+            Failure::Connect(_) => "connect_error",
+            Failure::Timeout(_) => "timeout",
+            Failure::ClientStalled => "client_stalled",
+            Failure::Other(_) | Failure::Status(_) => "error",
+        }
+    }
+
     fn into_result(self, up: &Upstream) -> Result<Answer, GatewayError> {
         match self {
             Failure::Timeout(t) => Err(GatewayError::UpstreamTimeout {
@@ -670,6 +762,8 @@ pub struct BodySlot {
     /// True while the last read of the client's body is pending: a stall
     /// then is the client's, not the upstream's.
     waiting_on_client: AtomicBool,
+    /// Body bytes read from the client.
+    received: AtomicU64,
 }
 
 impl BodySlot {
@@ -683,7 +777,13 @@ impl BodySlot {
             too_large: AtomicBool::new(false),
             client_error: AtomicBool::new(false),
             waiting_on_client: AtomicBool::new(false),
+            received: AtomicU64::new(0),
         }
+    }
+
+    /// Body bytes read from the client so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 }
 
@@ -805,6 +905,7 @@ impl Body for ReqBody {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *seen += data.len() as u64;
+                    slot.received.store(*seen, Ordering::Relaxed);
                     if slot.limit > 0 && *seen > slot.limit {
                         slot.too_large.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge))));
@@ -868,6 +969,8 @@ pub enum ProxyBody {
         /// The HTTP/1.1 connection the body arrives on, back to its pool
         /// once the body has been read to its end.
         conn: PooledConn,
+        /// The request's log, closed when this body is dropped.
+        log: Option<Box<RequestLog>>,
     },
 }
 
@@ -890,6 +993,7 @@ impl ProxyBody {
             sleep: None,
             chosen,
             conn,
+            log: None,
         }
     }
 }
@@ -915,8 +1019,12 @@ impl Body for ProxyBody {
                 sleep,
                 chosen,
                 conn,
+                log,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
+                    if let (Some(l), Some(d)) = (log.as_deref_mut(), f.data_ref()) {
+                        l.add_bytes_out(d.len() as u64);
+                    }
                     if let Some(s) = sleep.as_mut() {
                         s.as_mut().reset(Instant::now() + *read_timeout);
                     }

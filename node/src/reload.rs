@@ -26,6 +26,18 @@ pub fn reload_once(
     path: &Path,
     overrides: &Overrides,
 ) -> Result<u64, config::ConfigErrors> {
+    let result = reload_inner(state, path, overrides);
+    if let Some(m) = state.telemetry().metrics() {
+        m.record_config_reload(result.is_ok());
+    }
+    result
+}
+
+fn reload_inner(
+    state: &State,
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<u64, config::ConfigErrors> {
     let mut cfg = config::load_file(path)?;
     overrides(&mut cfg);
     let old = state.load();
@@ -36,6 +48,9 @@ pub fn reload_once(
         tracing::warn!(
             "settings.listen, settings.admin_listen and settings.workers change only on restart"
         );
+    }
+    if cfg.observability != old.observability {
+        tracing::warn!("the observability section changes only on restart");
     }
     state.apply(&cfg)
 }

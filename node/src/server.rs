@@ -210,10 +210,10 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
 
 /// `GET /metrics`: OpenMetrics when the scraper asks for it, else the
 /// Prometheus text format.
-fn metrics_response(headers: &http::HeaderMap, generation: u64) -> Response<ProxyBody> {
+fn metrics_response(state: &State, headers: &http::HeaderMap) -> Response<ProxyBody> {
     use weir_observability::metrics::{Format, global};
     let m = global();
-    m.set_config_generation(generation);
+    state.telemetry().refresh(&state.load());
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let mut r = Response::new(ProxyBody::full(Bytes::from(m.encode_as(format))));
     r.headers_mut().insert(
@@ -232,7 +232,7 @@ async fn admin(
         (&Method::GET, "/v1/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/v1/ready") => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
         (&Method::GET, "/metrics") if weir_observability::metrics::global().enabled() => {
-            metrics_response(req.headers(), snap.generation)
+            metrics_response(&state, req.headers())
         }
         (&Method::GET, "/v1/status") => json(
             StatusCode::OK,

@@ -14,6 +14,7 @@ use http::HeaderValue;
 
 use crate::config::{Config, ConfigErrors, HostHeader, Settings};
 use crate::router::Router;
+use crate::telemetry::Telemetry;
 use crate::upstream::{Pools, Upstream};
 
 /// What a matched route resolves to.
@@ -26,6 +27,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     /// `Host` header sent upstream.
     pub host_header: HostHeaderRt,
+    /// The route's path templates as configured, for `http.route`.
+    pub paths: Box<[Arc<str>]>,
 }
 
 /// Compiled `Host` rule.
@@ -46,6 +49,9 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Process-wide settings.
     pub settings: Settings,
+    /// The `observability:` section it was built from (the sinks are
+    /// started once; a change takes a restart).
+    pub observability: weir_observability::config::ObservabilityConfig,
     /// `Via` value, pre-built.
     pub via: Option<HeaderValue>,
     /// Counts the snapshots built by this process (1 = the first).
@@ -112,6 +118,7 @@ impl Snapshot {
                     service: r.service.as_deref().map(Into::into),
                     upstream,
                     host_header,
+                    paths: r.paths.iter().map(|p| Arc::from(p.as_str())).collect(),
                 },
             ));
         }
@@ -128,6 +135,7 @@ impl Snapshot {
             router,
             upstreams,
             settings: config.settings.clone(),
+            observability: config.observability.clone(),
             via,
             generation,
             built_at: SystemTime::now(),
@@ -138,6 +146,7 @@ impl Snapshot {
 /// The published snapshot and what is needed to build the next one.
 pub struct State {
     current: ArcSwap<Snapshot>,
+    telemetry: Arc<Telemetry>,
     pools: Pools,
     next_generation: std::sync::atomic::AtomicU64,
 }
@@ -145,13 +154,27 @@ pub struct State {
 impl State {
     /// Builds the first snapshot.
     pub fn new(config: &Config) -> Result<Arc<State>, ConfigErrors> {
+        State::with_telemetry(config, Arc::default())
+    }
+
+    /// Builds the first snapshot; requests report to `telemetry`.
+    pub fn with_telemetry(
+        config: &Config,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Arc<State>, ConfigErrors> {
         let pools = Pools::default();
         let snap = Snapshot::build(config, &pools, 1)?;
         Ok(Arc::new(State {
             current: ArcSwap::from_pointee(snap),
+            telemetry,
             pools,
             next_generation: std::sync::atomic::AtomicU64::new(2),
         }))
+    }
+
+    /// Where requests report.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// The snapshot requests should use now.

@@ -127,6 +127,8 @@ pub enum RetryReason {
     Timeout,
     /// The previous target answered 502, 503 or 504.
     Status,
+    /// The previous attempt failed otherwise (reset, protocol error).
+    Error,
 }
 
 impl RetryReason {
@@ -136,6 +138,7 @@ impl RetryReason {
             RetryReason::ConnectError => "connect_error",
             RetryReason::Timeout => "timeout",
             RetryReason::Status => "status",
+            RetryReason::Error => "error",
         }
     }
 }

@@ -103,6 +103,7 @@ pub struct RouteMatch<'r, T> {
     /// proxy forwards as `/`.
     pub strip_len: usize,
     index: usize,
+    path_index: usize,
     params: &'r [(Box<str>, usize)],
 }
 
@@ -111,6 +112,12 @@ impl<'r, T> RouteMatch<'r, T> {
     /// [`Router::build`].
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// Position, in the route's `paths`, of the path pattern that matched
+    /// (for `http.route`).
+    pub fn path_index(&self) -> usize {
+        self.path_index
     }
 
     /// The value of path parameter `name` (`id` for `/users/:id`), taken
@@ -245,7 +252,7 @@ impl<T> Router<T> {
                     (self.suffix_hosts.entry(s.clone()).or_default(), rank)
                 }
             };
-            for path in &route.paths {
+            for (path_index, path) in route.paths.iter().enumerate() {
                 for (pattern, strip_len, unversioned_only) in effective_patterns(route, path) {
                     let (kind, literal_segments) =
                         path_specificity(&pattern.segs, pattern.wildcard);
@@ -271,6 +278,7 @@ impl<T> Router<T> {
                         Entry {
                             key,
                             route: index,
+                            path: path_index,
                             strip_len,
                             unversioned_only,
                             params,
@@ -329,6 +337,7 @@ impl<T> Router<T> {
             value: &self.values[e.route],
             strip_len: e.strip_len,
             index: e.route,
+            path_index: e.path,
             params: &e.params,
         })
     }

@@ -55,6 +55,8 @@ pub(super) fn path_specificity(segs: &[Seg], wildcard: bool) -> (u8, u32) {
 pub(super) struct Entry {
     pub(super) key: SortKey,
     pub(super) route: usize,
+    /// Which of the route's `paths` this entry was built from.
+    pub(super) path: usize,
     /// Bytes to strip from the front of the path (a version prefix).
     pub(super) strip_len: usize,
     /// Matches only requests that state no path version (`default: true`
