@@ -3,7 +3,7 @@
 # proxy-compare.sh: same upstream, same pinning, same wrk command.
 #
 # Usage:   bench/profile.sh
-# Env:     PROXY=weir        which proxy to profile (weir, nginx or haproxy)
+# Env:     PROXY=weir        which proxy to profile (weir, weir-t1, weir-t100, weir-nometrics, nginx or haproxy)
 #          DURATION=10       seconds of load, all of them recorded
 #          CONNECTIONS=64    wrk connections (one wrk thread)
 #          PATH_TO_GET=/     request path
@@ -33,14 +33,14 @@ FREQ="${FREQ:-999}"
 PERF_EVENT="${PERF_EVENT:-cpu-clock}"
 CALL_GRAPH="${CALL_GRAPH:-fp}"
 bench_common_settings
-case "$PROXY" in nginx|haproxy|weir) ;; *) die "PROXY must be weir, nginx or haproxy";; esac
+case "$PROXY" in nginx|haproxy|weir|weir-nometrics|weir-t1|weir-t100) ;; *) die "PROXY must be weir (or a weir variant: weir-nometrics, weir-t1, weir-t100), nginx or haproxy";; esac
 [[ "$FREQ" =~ ^[0-9]+$ && "$FREQ" -ge 1 ]] || die "FREQ must be a positive integer"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH_ROOT/bench/results/$STAMP-profile-$PROXY}"
 
 need_tools "$PROXY"
 need_pkg perf linux-perf
-if [[ "$PROXY" == weir ]]; then ensure_weir; fi
+if [[ "$PROXY" == weir* ]]; then ensure_weir; fi
 
 # perf must be able to sample here at all (containers and VMs often lack
 # hardware counters; the software cpu-clock event usually still works).

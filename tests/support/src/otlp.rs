@@ -203,6 +203,10 @@ struct Shared {
     headers: Mutex<Vec<HeaderMap>>,
     /// Export requests received, answered or not.
     requests: std::sync::atomic::AtomicU64,
+    /// Spans received.
+    span_count: std::sync::atomic::AtomicU64,
+    /// Keep spans and headers (tests), or only count them (load).
+    keep: bool,
     mode: watch::Sender<Mode>,
 }
 
@@ -217,7 +221,20 @@ impl Shared {
     }
 
     fn record(&self, headers: HeaderMap, req: ExportTraceServiceRequest) {
+        if !self.keep {
+            let n: usize = req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.span_count
+                .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
         let spans = convert(req);
+        self.span_count
+            .fetch_add(spans.len() as u64, std::sync::atomic::Ordering::SeqCst);
         lock(&self.spans).extend(spans);
         lock(&self.headers).push(headers);
     }
@@ -262,12 +279,25 @@ impl OtlpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an otlp receiver on loopback");
+        OtlpReceiver::with_listener(listener, protocol, true)
+    }
+
+    /// A receiver on `listener` that only counts spans (see
+    /// [`OtlpReceiver::span_count`]) and keeps none: for load, where
+    /// keeping every span would grow without bound.
+    pub fn counting(listener: TcpListener, protocol: ReceiverKind) -> OtlpReceiver {
+        OtlpReceiver::with_listener(listener, protocol, false)
+    }
+
+    fn with_listener(listener: TcpListener, protocol: ReceiverKind, keep: bool) -> OtlpReceiver {
         let addr = listener.local_addr().expect("listener address");
         let (mode, _) = watch::channel(Mode::Serving);
         let shared = Arc::new(Shared {
             spans: Mutex::new(Vec::new()),
             headers: Mutex::new(Vec::new()),
             requests: Default::default(),
+            span_count: Default::default(),
+            keep,
             mode,
         });
         let accept = tokio::spawn(accept_loop(listener, protocol, shared.clone()));
@@ -316,6 +346,13 @@ impl OtlpReceiver {
             (spans.len() >= n).then(|| spans.clone())
         })
         .await
+    }
+
+    /// Spans received so far (kept or only counted).
+    pub fn span_count(&self) -> u64 {
+        self.shared
+            .span_count
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forgets the spans and headers received so far.
