@@ -122,7 +122,7 @@ fn is_idempotent(m: &Method) -> bool {
 async fn proxy(
     snap: &Snapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     rid: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let settings = &snap.settings;
@@ -195,6 +195,76 @@ async fn proxy(
     };
     let route: &Route = m.value;
     let strip_len = m.strip_len;
+    let front = Front {
+        host_value,
+        declared_len,
+        limit,
+        strip_len,
+    };
+    let Some(chain) = &route.plugins else {
+        return forward(snap, conn, req, rid, route, front, None).await;
+    };
+
+    // The plugin phases: access may answer on its own; whatever answer the
+    // client gets then passes the response phases.
+    let mut ctx = crate::plugin::RequestCtx::new(
+        route.id.clone(),
+        route.service.clone(),
+        conn.client,
+        rid.clone(),
+    );
+    let (mut parts, body) = req.into_parts();
+    let access = {
+        let mut head = crate::plugin::RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &mut parts.headers,
+        };
+        chain.access(&mut head, &mut ctx).await
+    };
+    let resp = match access {
+        Err(early) => crate::plugin::Chain::early_response(early, rid),
+        Ok(()) => {
+            let req = Request::from_parts(parts, body);
+            match forward(snap, conn, req, rid, route, front, Some((chain, &mut ctx))).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(rid),
+            }
+        }
+    };
+    Ok(chain.respond(resp, ctx))
+}
+
+/// The host rule when a plugin chose the `Host` itself.
+static PASS_HOST: HostHeaderRt = HostHeaderRt::Pass;
+
+/// What the checks before route matching found out about the request.
+struct Front {
+    host_value: Option<HeaderValue>,
+    declared_len: Option<u64>,
+    limit: u64,
+    strip_len: usize,
+}
+
+/// Sends a request on its matched route to the upstream and returns the
+/// response head, with its body streaming.
+async fn forward(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    rid: &HeaderValue,
+    route: &Route,
+    front: Front,
+    mut plugins: Option<(&Arc<crate::plugin::Chain>, &mut crate::plugin::RequestCtx)>,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let Front {
+        host_value,
+        declared_len,
+        limit,
+        strip_len,
+    } = front;
+    let path = req.uri().path();
 
     // Path and query sent upstream.
     // Without a prefix to strip, the client's own path and query go
@@ -216,7 +286,7 @@ async fn proxy(
     let upgrade = headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let method = parts.method;
+    let mut method = parts.method;
     let mut hdrs = parts.headers;
 
     headers::strip_hop_by_hop(&mut hdrs, upgrade, route.upstream.h2);
@@ -228,6 +298,32 @@ async fn proxy(
         headers::add_via(&mut hdrs, via);
     }
     hdrs.insert(headers::X_REQUEST_ID, rid.clone());
+    // Only the gateway says who the consumer is.
+    for h in [&snap.consumer_name_header, &snap.consumer_groups_header]
+        .into_iter()
+        .flatten()
+    {
+        hdrs.remove(h);
+    }
+    let mut path_and_query = path_and_query;
+    let mut host_override = None;
+    if let Some((chain, ctx)) = plugins.as_mut() {
+        if let Some(c) = &ctx.consumer {
+            if let Some(h) = &snap.consumer_name_header {
+                hdrs.insert(h.clone(), c.name_header.clone());
+            }
+            if let (Some(h), Some(v)) = (&snap.consumer_groups_header, &c.groups_header) {
+                hdrs.insert(h.clone(), v.clone());
+            }
+        }
+        let mut up = crate::plugin::UpstreamRequest {
+            method: &mut method,
+            path_and_query: &mut path_and_query,
+            headers: &mut hdrs,
+            host: &mut host_override,
+        };
+        chain.upstream_request(&mut up, ctx);
+    }
 
     let has_body =
         declared_len.is_some_and(|n| n > 0) || (declared_len.is_none() && !body.is_end_stream());
@@ -237,13 +333,18 @@ async fn proxy(
         BodySource::Empty
     };
 
+    let plugins_host = host_override.is_some();
     let ctx = Attempts {
         up: route.upstream.clone(),
         method,
         headers: hdrs,
         path_and_query,
-        host_value,
-        host_rule: &route.host_header,
+        host_value: host_override.or(host_value),
+        host_rule: if plugins_host {
+            &PASS_HOST
+        } else {
+            &route.host_header
+        },
         client_ip: conn.client.ip(),
         body,
     };
@@ -869,6 +970,8 @@ pub enum ProxyBody {
         /// once the body has been read to its end.
         conn: PooledConn,
     },
+    /// A body passing through a route's plugin chain.
+    Plugin(Box<crate::plugin::PluginBody>),
 }
 
 impl ProxyBody {
@@ -908,6 +1011,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Plugin(p) => p.poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream {
                 inner,
@@ -954,6 +1058,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Plugin(p) => p.is_end_stream(),
         }
     }
 
@@ -962,6 +1067,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Plugin(p) => p.size_hint(),
         }
     }
 }
