@@ -57,6 +57,52 @@ pub struct ConsumerConfig {
     /// Free-form labels.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Credentials, per auth method; several per method are allowed (key
+    /// rotation).
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+}
+
+/// A consumer's credentials. Secrets are only ever given hashed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// API keys for `key-auth`.
+    #[serde(default, rename = "key-auth")]
+    pub key_auth: Vec<KeyCredential>,
+    /// Username and password for `basic-auth`.
+    #[serde(default, rename = "basic-auth")]
+    pub basic_auth: Vec<BasicCredential>,
+    /// Keys for `jwt-auth`.
+    #[serde(default, rename = "jwt-auth")]
+    pub jwt_auth: Vec<JwtCredential>,
+}
+
+/// An API key, stored as the hex SHA-256 of the key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCredential {
+    /// `sha256(key)` as 64 hex digits (`printf %s KEY | sha256sum`).
+    pub key_sha256: String,
+}
+
+/// A username and an argon2 password hash.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredential {
+    /// The username; unique over all consumers.
+    pub username: String,
+    /// The password's argon2 hash as a PHC string (`$argon2id$v=19$...`).
+    pub password_hash: String,
+}
+
+/// How `jwt-auth` recognises this consumer's tokens.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredential {
+    /// The value of the route's consumer claim (default `sub`) that means
+    /// this consumer; unique over all consumers.
+    pub subject: String,
 }
 
 fn default_version() -> u32 {

@@ -39,11 +39,19 @@ use crate::config::{Config, ConfigErrors, Problems};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
 
+mod basic_auth;
+mod consumer_restriction;
+mod key_auth;
 mod response_rewrite;
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.
-pub static REGISTRY: &[PluginDef] = &[response_rewrite::DEF];
+pub static REGISTRY: &[PluginDef] = &[
+    basic_auth::DEF,
+    consumer_restriction::DEF,
+    key_auth::DEF,
+    response_rewrite::DEF,
+];
 
 /// Finds a plugin type by its config name.
 pub fn lookup(name: &str) -> Option<&'static PluginDef> {
@@ -140,6 +148,27 @@ pub fn parse_config<T: DeserializeOwned>(v: &serde_yaml_ng::Value) -> Result<T, 
         let path = if path == "." { String::new() } else { path };
         vec![(path, e.into_inner().to_string())]
     })
+}
+
+/// A refused authentication: counted per route
+/// (`weir_auth_failures{weir_route, reason}`), logged without the
+/// credential, and answered with a 401 that does not say what was wrong.
+pub fn auth_failure(
+    ctx: &RequestCtx,
+    plugin: &'static str,
+    reason: &'static str,
+    challenge: &HeaderValue,
+) -> Early {
+    weir_observability::metrics::global().record_auth_failure(&ctx.route_id, reason);
+    tracing::info!(
+        route = %ctx.route_id,
+        plugin,
+        reason,
+        client = %ctx.peer.ip(),
+        request_id = ?ctx.request_id,
+        "authentication failed"
+    );
+    Early::unauthorized(challenge.clone())
 }
 
 // === per-request data ===
