@@ -792,3 +792,92 @@ async fn otel_environment_variables_win_over_the_file() {
     );
     assert!(file_receiver.spans().is_empty());
 }
+
+// === plugins in the log phase ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_reaches_the_access_log_and_span_and_auth_failures_are_counted() {
+    use sha2::Digest;
+    const KEY: &str = "obs-test-key-9f8e7d";
+    let receiver = OtlpReceiver::grpc().await;
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sha: String = sha2::Sha256::digest(KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let yaml = format!(
+        "upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]
+consumers:
+  - name: alice
+    credentials:
+      key-auth: [{{key_sha256: {sha}}}]
+routes:
+  - id: keyed
+    paths: [/*]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+observability:
+  access_log: {{enabled: true, target: !file {}}}
+  tracing: {{enabled: true, endpoint: {}, scheduled_delay: 50ms}}
+",
+        up.target(),
+        log.display(),
+        receiver.endpoint()
+    );
+    let gw = start(&yaml).await;
+    let c = http_client();
+    let ok = c
+        .get(gw.url("/a"))
+        .header("apikey", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    ok.bytes().await.unwrap();
+    let denied = c
+        .get(gw.url("/b"))
+        .header("apikey", "wrong-key-1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    denied.bytes().await.unwrap();
+
+    let lines = wait_for("2 access-log lines", WAIT, || async {
+        let l = read_lines(&log);
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    assert_eq!(lines[0]["consumer"], "alice");
+    assert_eq!(lines[0]["status"], 200);
+    assert!(lines[0]["bytes_out"].as_u64().is_some_and(|b| b > 0));
+    assert_eq!(lines[1]["consumer"], serde_json::Value::Null);
+    assert_eq!(lines[1]["status"], 401);
+
+    let spans = receiver.wait_for_spans(3, WAIT).await;
+    let servers = of_kind(&spans, SpanKind::Server);
+    assert!(
+        servers
+            .iter()
+            .any(|s| s.str_attr("weir.consumer") == Some("alice")),
+        "{servers:#?}"
+    );
+
+    let text = metrics_text(&gw).await;
+    let failures: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("weir_auth_failures_total{") && l.contains("weir_route=\"keyed\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failures, 1.0, "{text}");
+
+    let raw = std::fs::read_to_string(&log).unwrap();
+    for secret in [KEY, "wrong-key-1234"] {
+        assert!(!raw.contains(secret) && !gw.log().contains(secret));
+    }
+}

@@ -36,6 +36,73 @@ pub struct Config {
     /// Traces, metrics and the access log.
     #[serde(default)]
     pub observability: weir_observability::config::ObservabilityConfig,
+    /// Plugins for every route; a service's or route's own entry of the
+    /// same name replaces it (see `docs/plugins.md`).
+    #[serde(default)]
+    pub plugins: crate::plugin::PluginMap,
+    /// Consumers: named API clients and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+/// A named API client.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Unique name, sent upstream in the consumer header.
+    pub name: String,
+    /// Groups, for `consumer-restriction` and the groups header.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Credentials, per auth method; several per method are allowed (key
+    /// rotation).
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+}
+
+/// A consumer's credentials. Secrets are only ever given hashed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// API keys for `key-auth`.
+    #[serde(default, rename = "key-auth")]
+    pub key_auth: Vec<KeyCredential>,
+    /// Username and password for `basic-auth`.
+    #[serde(default, rename = "basic-auth")]
+    pub basic_auth: Vec<BasicCredential>,
+    /// Keys for `jwt-auth`.
+    #[serde(default, rename = "jwt-auth")]
+    pub jwt_auth: Vec<JwtCredential>,
+}
+
+/// An API key, stored as the hex SHA-256 of the key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCredential {
+    /// `sha256(key)` as 64 hex digits (`printf %s KEY | sha256sum`).
+    pub key_sha256: String,
+}
+
+/// A username and an argon2 password hash.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredential {
+    /// The username; unique over all consumers.
+    pub username: String,
+    /// The password's argon2 hash as a PHC string (`$argon2id$v=19$...`).
+    pub password_hash: String,
+}
+
+/// How `jwt-auth` recognises this consumer's tokens.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredential {
+    /// The value of the route's consumer claim (default `sub`) that means
+    /// this consumer; unique over all consumers.
+    pub subject: String,
 }
 
 fn default_version() -> u32 {
@@ -52,6 +119,8 @@ impl Default for Config {
             services: Vec::new(),
             routes: Vec::new(),
             observability: Default::default(),
+            plugins: Default::default(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -83,6 +152,29 @@ pub struct Settings {
     pub via: String,
     /// Also run the built-in echo upstream on this address (demos, tests).
     pub echo_listen: Option<SocketAddr>,
+    /// Headers that tell the upstream which consumer was authenticated.
+    /// The client's own copies of these headers are always removed.
+    pub consumer_headers: ConsumerHeaders,
+}
+
+/// Names of the headers carrying the authenticated consumer upstream; an
+/// empty name disables that header.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerHeaders {
+    /// The consumer's name.
+    pub name: String,
+    /// The consumer's groups, comma-separated.
+    pub groups: String,
+}
+
+impl Default for ConsumerHeaders {
+    fn default() -> Self {
+        ConsumerHeaders {
+            name: "x-consumer-name".to_string(),
+            groups: "x-consumer-groups".to_string(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -97,6 +189,7 @@ impl Default for Settings {
             max_body_bytes: 0,
             via: "1.1 weir".to_string(),
             echo_listen: None,
+            consumer_headers: ConsumerHeaders::default(),
         }
     }
 }
@@ -334,6 +427,9 @@ pub struct ServiceConfig {
     /// `Host` header sent upstream, unless the route sets its own.
     #[serde(default)]
     pub host_header: Option<HostHeader>,
+    /// Plugins for the service's routes; override global ones by name.
+    #[serde(default)]
+    pub plugins: crate::plugin::PluginMap,
 }
 
 /// What `Host` header the upstream receives: `pass`, `target`, or
@@ -414,6 +510,9 @@ pub struct RouteConfig {
     /// `Host` header sent upstream; overrides the service's.
     #[serde(default)]
     pub host_header: Option<HostHeader>,
+    /// Plugins of this route; override service and global ones by name.
+    #[serde(default)]
+    pub plugins: crate::plugin::PluginMap,
 }
 
 /// A condition on one header or query argument: `name` and exactly one of
@@ -717,6 +816,8 @@ impl Config {
             }
             crate::router::validate_route(r, &at, &mut p);
         }
+        crate::consumer::validate(self, &mut p);
+        crate::plugin::validate(self, &mut p);
         if p.0.is_empty() {
             Ok(())
         } else {
@@ -763,6 +864,17 @@ impl Settings {
         }
         if !self.via.is_empty() && http::HeaderValue::from_str(&self.via).is_err() {
             p.push("settings.via", "is not a valid header value");
+        }
+        for (key, name) in [
+            ("name", &self.consumer_headers.name),
+            ("groups", &self.consumer_headers.groups),
+        ] {
+            if !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.push(
+                    format!("settings.consumer_headers.{key}"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
         }
     }
 }

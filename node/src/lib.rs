@@ -11,9 +11,11 @@
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod echo;
 pub mod error;
 pub mod headers;
+pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -90,6 +90,7 @@ pub async fn handle(
         match resp.body_mut() {
             // The log is closed when the streamed body ends or is dropped.
             ProxyBody::Upstream { log, .. } => *log = Some(l),
+            ProxyBody::Plugin(p) => p.attach_log(l),
             ProxyBody::Full(b) => l.add_bytes_out(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Empty => {}
         }
@@ -137,7 +138,7 @@ fn is_idempotent(m: &Method) -> bool {
 async fn proxy(
     snap: &Snapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     rid: &HeaderValue,
     mut log: Option<&mut RequestLog>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -216,6 +217,99 @@ async fn proxy(
         l.set_route(&route.id, route.service.as_ref(), template);
         l.set_upstream(&route.upstream);
     }
+    let front = Front {
+        host_value,
+        declared_len,
+        limit,
+        strip_len,
+    };
+    let Some(chain) = &route.plugins else {
+        return forward(snap, conn, req, rid, route, front, None, log).await;
+    };
+
+    // The plugin phases: access may answer on its own; whatever answer the
+    // client gets then passes the response phases.
+    let mut ctx = crate::plugin::RequestCtx::new(
+        route.id.clone(),
+        route.service.clone(),
+        conn.client,
+        rid.clone(),
+    );
+    let (mut parts, body) = req.into_parts();
+    let access = {
+        let mut head = crate::plugin::RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &mut parts.headers,
+        };
+        chain.access(&mut head, &mut ctx).await
+    };
+    if let (Some(l), Some(c)) = (log.as_deref_mut(), &ctx.consumer) {
+        l.set_consumer(&c.name);
+    }
+    let resp = match access {
+        Err(early) => crate::plugin::Chain::early_response(early, rid),
+        Ok(()) => {
+            let req = Request::from_parts(parts, body);
+            let sent = forward(
+                snap,
+                conn,
+                req,
+                rid,
+                route,
+                front,
+                Some((chain, &mut ctx)),
+                log.as_deref_mut(),
+            );
+            match sent.await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(l) = log {
+                        l.set_error_type(e.code());
+                    }
+                    e.into_response(rid)
+                }
+            }
+        }
+    };
+    Ok(chain.respond(resp, ctx))
+}
+
+/// The host rule when a plugin chose the `Host` itself.
+static PASS_HOST: HostHeaderRt = HostHeaderRt::Pass;
+
+/// What the checks before route matching found out about the request.
+struct Front {
+    host_value: Option<HeaderValue>,
+    declared_len: Option<u64>,
+    limit: u64,
+    strip_len: usize,
+}
+
+/// Sends a request on its matched route to the upstream and returns the
+/// response head, with its body streaming.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request's parts as the phases before it left them; a struct would only rename them"
+)]
+async fn forward(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    rid: &HeaderValue,
+    route: &Route,
+    front: Front,
+    mut plugins: Option<(&Arc<crate::plugin::Chain>, &mut crate::plugin::RequestCtx)>,
+    mut log: Option<&mut RequestLog>,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let Front {
+        host_value,
+        declared_len,
+        limit,
+        strip_len,
+    } = front;
+    let path = req.uri().path();
 
     // Path and query sent upstream.
     // Without a prefix to strip, the client's own path and query go
@@ -237,7 +331,7 @@ async fn proxy(
     let upgrade = headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let method = parts.method;
+    let mut method = parts.method;
     let mut hdrs = parts.headers;
 
     headers::strip_hop_by_hop(&mut hdrs, upgrade, route.upstream.h2);
@@ -249,6 +343,32 @@ async fn proxy(
         headers::add_via(&mut hdrs, via);
     }
     hdrs.insert(headers::X_REQUEST_ID, rid.clone());
+    // Only the gateway says who the consumer is.
+    for h in [&snap.consumer_name_header, &snap.consumer_groups_header]
+        .into_iter()
+        .flatten()
+    {
+        hdrs.remove(h);
+    }
+    let mut path_and_query = path_and_query;
+    let mut host_override = None;
+    if let Some((chain, ctx)) = plugins.as_mut() {
+        if let Some(c) = &ctx.consumer {
+            if let Some(h) = &snap.consumer_name_header {
+                hdrs.insert(h.clone(), c.name_header.clone());
+            }
+            if let (Some(h), Some(v)) = (&snap.consumer_groups_header, &c.groups_header) {
+                hdrs.insert(h.clone(), v.clone());
+            }
+        }
+        let mut up = crate::plugin::UpstreamRequest {
+            method: &mut method,
+            path_and_query: &mut path_and_query,
+            headers: &mut hdrs,
+            host: &mut host_override,
+        };
+        chain.upstream_request(&mut up, ctx);
+    }
 
     let has_body =
         declared_len.is_some_and(|n| n > 0) || (declared_len.is_none() && !body.is_end_stream());
@@ -262,13 +382,18 @@ async fn proxy(
         BodySource::Empty
     };
 
+    let plugins_host = host_override.is_some();
     let ctx = Attempts {
         up: route.upstream.clone(),
         method,
         headers: hdrs,
         path_and_query,
-        host_value,
-        host_rule: &route.host_header,
+        host_value: host_override.or(host_value),
+        host_rule: if plugins_host {
+            &PASS_HOST
+        } else {
+            &route.host_header
+        },
         client_ip: conn.client.ip(),
         body,
         log,
@@ -972,6 +1097,8 @@ pub enum ProxyBody {
         /// The request's log, closed when this body is dropped.
         log: Option<Box<RequestLog>>,
     },
+    /// A body passing through a route's plugin chain.
+    Plugin(Box<crate::plugin::PluginBody>),
 }
 
 impl ProxyBody {
@@ -1012,6 +1139,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Plugin(p) => p.poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream {
                 inner,
@@ -1062,6 +1190,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Plugin(p) => p.is_end_stream(),
         }
     }
 
@@ -1070,6 +1199,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Plugin(p) => p.size_hint(),
         }
     }
 }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::config::{Config, ConfigErrors, HostHeader, Settings};
+use crate::consumer::Consumers;
+use crate::plugin::Chain;
 use crate::router::Router;
 use crate::telemetry::Telemetry;
 use crate::upstream::{Pools, Upstream};
@@ -29,6 +31,8 @@ pub struct Route {
     pub host_header: HostHeaderRt,
     /// The route's path templates as configured, for `http.route`.
     pub paths: Box<[Arc<str>]>,
+    /// The compiled plugin chain; `None` when the route has no plugins.
+    pub plugins: Option<Arc<Chain>>,
 }
 
 /// Compiled `Host` rule.
@@ -54,6 +58,12 @@ pub struct Snapshot {
     pub observability: weir_observability::config::ObservabilityConfig,
     /// `Via` value, pre-built.
     pub via: Option<HeaderValue>,
+    /// The consumers, with their credential indexes.
+    pub consumers: Arc<Consumers>,
+    /// Header naming the authenticated consumer upstream.
+    pub consumer_name_header: Option<HeaderName>,
+    /// Header listing the authenticated consumer's groups upstream.
+    pub consumer_groups_header: Option<HeaderName>,
     /// Counts the snapshots built by this process (1 = the first).
     pub generation: u64,
     /// When it was built.
@@ -76,6 +86,8 @@ impl Snapshot {
         pools.retain(&config.upstreams);
         let services: HashMap<&str, _> =
             config.services.iter().map(|s| (s.id.as_str(), s)).collect();
+        let consumers = Arc::new(Consumers::build(config)?);
+        let mut chains = crate::plugin::build_chains(config, &consumers)?.into_iter();
 
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
@@ -119,6 +131,7 @@ impl Snapshot {
                     upstream,
                     host_header,
                     paths: r.paths.iter().map(|p| Arc::from(p.as_str())).collect(),
+                    plugins: chains.next().flatten(),
                 },
             ));
         }
@@ -131,12 +144,22 @@ impl Snapshot {
                     ConfigErrors::one("settings.via", "is not a valid header value")
                 })?)
             };
+        let header = |name: &str| {
+            if name.is_empty() {
+                None
+            } else {
+                HeaderName::from_bytes(name.as_bytes()).ok()
+            }
+        };
         Ok(Snapshot {
             router,
             upstreams,
             settings: config.settings.clone(),
             observability: config.observability.clone(),
             via,
+            consumers,
+            consumer_name_header: header(&config.settings.consumer_headers.name),
+            consumer_groups_header: header(&config.settings.consumer_headers.groups),
             generation,
             built_at: SystemTime::now(),
         })

@@ -185,6 +185,14 @@ impl RequestLog {
         }
     }
 
+    /// Notes the authenticated consumer (`weir.consumer`, access log).
+    pub fn set_consumer(&mut self, name: &Arc<str>) {
+        self.span.set_consumer(name);
+        if let Some(r) = &mut self.record {
+            r.consumer = Some(name.clone());
+        }
+    }
+
     /// Notes the upstream the request goes to.
     pub fn set_upstream(&mut self, up: &Arc<crate::upstream::Upstream>) {
         self.upstream = Some(up.clone());

@@ -1,0 +1,295 @@
+//! Consumers: named API clients with labels, groups and credentials,
+//! compiled once per snapshot into lookup tables the auth plugins share.
+//!
+//! Secrets are never kept in the clear here: API keys are stored as their
+//! SHA-256, passwords as argon2/bcrypt PHC strings, and every comparison of
+//! a secret runs in constant time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigErrors, Problems};
+
+/// An authenticated API client, as later phases and upstreams see it.
+#[derive(Debug)]
+pub struct Consumer {
+    /// Unique name.
+    pub name: Arc<str>,
+    /// Groups it belongs to.
+    pub groups: Vec<Arc<str>>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// The `groups` joined by `,`, as sent upstream.
+    pub groups_header: Option<http::HeaderValue>,
+    /// The name as a header value.
+    pub name_header: http::HeaderValue,
+}
+
+impl Consumer {
+    /// Whether the consumer is in `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| &**g == group)
+    }
+}
+
+/// Every consumer of a snapshot, with the credential indexes.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    by_name: HashMap<String, Arc<Consumer>>,
+    /// API key digests, bucketed by their first 8 bytes so the final
+    /// comparison of the whole digest can run in constant time.
+    keys: HashMap<u64, Vec<KeyEntry>>,
+    /// Basic-auth usernames → (PHC hash, consumer).
+    basic: HashMap<String, (String, Arc<Consumer>)>,
+    /// JWT subjects → consumer.
+    jwt: HashMap<String, Arc<Consumer>>,
+}
+
+/// A stored key digest and its consumer.
+type KeyEntry = ([u8; 32], Arc<Consumer>);
+
+/// SHA-256 of an API key.
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key).into()
+}
+
+fn bucket(d: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// A fixed argon2 hash checked when a username is unknown, so that an
+/// unknown user costs the same time as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        SaltString::encode_b64(b"weir-dummy-salt!")
+            .ok()
+            .and_then(|salt| {
+                argon2::Argon2::default()
+                    .hash_password(b"weir-no-such-user", &salt)
+                    .ok()
+                    .map(|h| h.to_string())
+            })
+            .unwrap_or_default()
+    })
+}
+
+impl Consumers {
+    /// Compiles the `consumers:` list of a config.
+    pub fn build(config: &Config) -> Result<Consumers, ConfigErrors> {
+        let mut p = Problems::default();
+        let mut out = Consumers::default();
+        for (i, c) in config.consumers.iter().enumerate() {
+            let at = format!("consumers[{i}]");
+            if let Some(consumer) = compile(c, &at, &mut p) {
+                if out.by_name.contains_key(&c.name) {
+                    p.push(
+                        format!("{at}.name"),
+                        format!("duplicate consumer name `{}`", c.name),
+                    );
+                    continue;
+                }
+                let consumer = Arc::new(consumer);
+                out.index_credentials(c, &consumer, &at, &mut p);
+                out.by_name.insert(c.name.clone(), consumer);
+            }
+        }
+        if p.0.is_empty() {
+            Ok(out)
+        } else {
+            Err(ConfigErrors(p.0))
+        }
+    }
+
+    /// A consumer by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(name)
+    }
+
+    /// Whether there are no consumers.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The consumer owning an API key, comparing digests in constant time.
+    pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+        use subtle::ConstantTimeEq;
+        let d = key_digest(key);
+        self.keys
+            .get(&bucket(&d))?
+            .iter()
+            .find(|(stored, _)| bool::from(stored.ct_eq(&d)))
+            .map(|(_, c)| c)
+    }
+
+    /// The consumer with these basic-auth credentials. Runs argon2 (on a
+    /// blocking thread); an unknown username costs the same as a wrong
+    /// password.
+    pub async fn by_password(&self, username: &str, password: &[u8]) -> Option<Arc<Consumer>> {
+        let (hash, consumer) = match self.basic.get(username) {
+            Some((h, c)) => (h.clone(), Some(c.clone())),
+            None => (dummy_hash().to_string(), None),
+        };
+        let password = password.to_vec();
+        let ok = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHash, PasswordVerifier};
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(&password, &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if ok { consumer } else { None }
+    }
+
+    /// The consumer a JWT subject (the route's consumer claim) names.
+    pub fn by_jwt_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
+        self.jwt.get(subject)
+    }
+}
+
+impl Consumers {
+    fn index_credentials(
+        &mut self,
+        c: &crate::config::ConsumerConfig,
+        consumer: &Arc<Consumer>,
+        at: &str,
+        p: &mut Problems,
+    ) {
+        let cred = &c.credentials;
+        for (j, k) in cred.key_auth.iter().enumerate() {
+            let here = format!("{at}.credentials.key-auth[{j}].key_sha256");
+            let mut d = [0u8; 32];
+            let hex = k.key_sha256.as_bytes();
+            let ok = hex.len() == 64
+                && hex.chunks(2).zip(d.iter_mut()).all(|(pair, out)| {
+                    let s = std::str::from_utf8(pair).ok();
+                    match s.and_then(|s| u8::from_str_radix(s, 16).ok()) {
+                        Some(b) => {
+                            *out = b;
+                            true
+                        }
+                        None => false,
+                    }
+                });
+            if !ok {
+                // The value is (the hash of) a secret: not echoed.
+                p.push(here, "must be the SHA-256 of the key as 64 hex digits");
+                continue;
+            }
+            let slot = self.keys.entry(bucket(&d)).or_default();
+            if slot.iter().any(|(e, _)| *e == d) {
+                p.push(here, "the same key is given to another credential");
+                continue;
+            }
+            slot.push((d, consumer.clone()));
+        }
+        for (j, b) in cred.basic_auth.iter().enumerate() {
+            let here = format!("{at}.credentials.basic-auth[{j}]");
+            if b.username.is_empty() || b.username.contains(':') {
+                p.push(
+                    format!("{here}.username"),
+                    "must be non-empty and must not contain `:`",
+                );
+                continue;
+            }
+            match argon2::password_hash::PasswordHash::new(&b.password_hash) {
+                Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
+                _ => {
+                    p.push(
+                        format!("{here}.password_hash"),
+                        "must be an argon2 PHC string (`$argon2id$v=19$m=...`)",
+                    );
+                    continue;
+                }
+            }
+            if self.basic.contains_key(&b.username) {
+                p.push(
+                    format!("{here}.username"),
+                    format!("username `{}` is used by another credential", b.username),
+                );
+                continue;
+            }
+            self.basic.insert(
+                b.username.clone(),
+                (b.password_hash.clone(), consumer.clone()),
+            );
+        }
+        for (j, t) in cred.jwt_auth.iter().enumerate() {
+            let here = format!("{at}.credentials.jwt-auth[{j}].subject");
+            if t.subject.is_empty() {
+                p.push(here, "must not be empty");
+                continue;
+            }
+            if self.jwt.contains_key(&t.subject) {
+                p.push(
+                    here,
+                    format!("subject `{}` is used by another consumer", t.subject),
+                );
+                continue;
+            }
+            self.jwt.insert(t.subject.clone(), consumer.clone());
+        }
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+}
+
+fn compile(c: &crate::config::ConsumerConfig, at: &str, p: &mut Problems) -> Option<Consumer> {
+    let mut ok = true;
+    if !is_token(&c.name) {
+        p.push(
+            format!("{at}.name"),
+            format!(
+                "`{}` is not a valid consumer name: use 1 to 128 of letters, digits, `-`, `_`, `.`, `@`",
+                c.name
+            ),
+        );
+        ok = false;
+    }
+    for (j, g) in c.groups.iter().enumerate() {
+        if !is_token(g) {
+            p.push(
+                format!("{at}.groups[{j}]"),
+                format!("`{g}` is not a valid group name: use 1 to 128 of letters, digits, `-`, `_`, `.`, `@`"),
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let name_header = http::HeaderValue::from_str(&c.name).ok()?;
+    let groups_header = if c.groups.is_empty() {
+        None
+    } else {
+        http::HeaderValue::from_str(&c.groups.join(",")).ok()
+    };
+    Some(Consumer {
+        name: c.name.as_str().into(),
+        groups: c.groups.iter().map(|g| g.as_str().into()).collect(),
+        labels: c.labels.clone(),
+        groups_header,
+        name_header,
+    })
+}
+
+/// Checks the `consumers:` list, for [`Config::validate`].
+pub(crate) fn validate(config: &Config, p: &mut Problems) {
+    if let Err(e) = Consumers::build(config) {
+        p.0.extend(e.0);
+    }
+}

@@ -1,0 +1,738 @@
+//! The plugin pipeline: one trait with a method per request phase, a
+//! per-request context, the registry of plugin types, and the compiled
+//! per-route chain.
+//!
+//! A request on a route with plugins goes through these phases, each plugin
+//! of the route's chain in priority order (highest first):
+//!
+//! 1. [`Plugin::access`] — auth, ACLs, limits; may answer on its own
+//!    ([`Early`]), and then the upstream is never called.
+//! 2. [`Plugin::upstream_request`] — rewrites of what is sent upstream.
+//! 3. [`Plugin::response_headers`] — status and headers of whatever answer
+//!    the client gets (the upstream's, a plugin's early one, or a gateway
+//!    error), and optionally a replacement body.
+//! 4. [`Plugin::response_body`] — each chunk of the body, streamed.
+//! 5. [`Plugin::log`] — once the body has been sent or abandoned.
+//!
+//! Every phase has a no-op default, so a plugin implements only what it
+//! needs. Config is parsed and validated once, when a snapshot is built
+//! ([`build_chains`]); a route without plugins has no chain at all and its
+//! requests never touch this module.
+//!
+//! Adding a plugin is one file in this folder plus one line in
+//! [`REGISTRY`]; `docs/plugins.md` shows how.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, ConfigErrors, Problems};
+use crate::consumer::{Consumer, Consumers};
+use crate::proxy::{BoxError, ProxyBody};
+
+mod basic_auth;
+mod consumer_restriction;
+mod key_auth;
+mod response_rewrite;
+
+/// The plugin types weir knows. The position in this list means nothing:
+/// the run order comes from each type's `priority`.
+pub static REGISTRY: &[PluginDef] = &[
+    basic_auth::DEF,
+    consumer_restriction::DEF,
+    key_auth::DEF,
+    response_rewrite::DEF,
+];
+
+/// Finds a plugin type by its config name.
+pub fn lookup(name: &str) -> Option<&'static PluginDef> {
+    REGISTRY.iter().find(|d| d.name == name)
+}
+
+// === the trait ===
+
+/// One plugin instance: a validated, compiled config plus the code of its
+/// phases. Instances are shared by every request of the snapshot that built
+/// them, so they hold no per-request state (that goes in [`RequestCtx`]).
+#[async_trait::async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// Access phase, before anything is sent upstream. `Err` answers the
+    /// client at once with the [`Early`] response.
+    ///
+    /// The request URI is read-only here: path and query rewrites belong to
+    /// [`Plugin::upstream_request`], after the route's prefix handling.
+    async fn access(&self, _req: &mut RequestHead<'_>, _ctx: &mut RequestCtx) -> Result<(), Early> {
+        Ok(())
+    }
+
+    /// Upstream request phase: the request as it will be sent (forwarding
+    /// headers already added), before a target is picked. Runs once, not
+    /// per retry.
+    fn upstream_request(&self, _req: &mut UpstreamRequest<'_>, _ctx: &mut RequestCtx) {}
+
+    /// Response header phase: the status and headers the client will get.
+    fn response_headers(&self, _resp: &mut ResponseHead<'_>, _ctx: &mut RequestCtx) {}
+
+    /// Whether [`Plugin::response_body`] does anything; the chain skips
+    /// body filtering when no plugin wants it.
+    fn filters_body(&self) -> bool {
+        false
+    }
+
+    /// Response body phase: one data chunk on its way to the client. A
+    /// plugin that changes the body's length must drop `Content-Length` in
+    /// [`Plugin::response_headers`].
+    fn response_body(&self, _chunk: &mut Bytes, _ctx: &mut RequestCtx) {}
+
+    /// Log phase: the exchange is over (body sent, failed or abandoned).
+    fn log(&self, _ctx: &RequestCtx, _outcome: &Outcome) {}
+}
+
+/// How a plugin type is registered: its config name, where it runs in the
+/// chain, and how its config becomes an instance.
+pub struct PluginDef {
+    /// The key in a `plugins:` map.
+    pub name: &'static str,
+    /// Run order: higher runs first in every phase. The table is in
+    /// `docs/plugins.md`.
+    pub priority: i32,
+    /// Parses and validates a config and builds the instance. Must not do
+    /// I/O or start tasks: it also runs for `weir validate`.
+    pub build: BuildFn,
+}
+
+/// Turns a plugin's config into an instance, or lists what is wrong.
+pub type BuildFn = fn(&serde_yaml_ng::Value, &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList>;
+
+/// What a plugin may look at while it is built.
+pub struct BuildEnv {
+    consumers: Arc<Consumers>,
+    settings: Arc<crate::config::Settings>,
+}
+
+impl BuildEnv {
+    /// The consumers of the config being built.
+    pub fn consumers(&self) -> &Arc<Consumers> {
+        &self.consumers
+    }
+
+    /// Process-wide settings of the config being built.
+    pub fn settings(&self) -> &crate::config::Settings {
+        &self.settings
+    }
+}
+
+/// Problems in one plugin's config: `(field, reason)` pairs, the field
+/// relative to the plugin (empty for the plugin as a whole).
+pub type ConfigErrorList = Vec<(String, String)>;
+
+/// Parses a plugin's config into its typed form (`deny_unknown_fields`
+/// recommended); an absent config (`key-auth: ~`) reads as an empty map.
+pub fn parse_config<T: DeserializeOwned>(v: &serde_yaml_ng::Value) -> Result<T, ConfigErrorList> {
+    let v = if v.is_null() {
+        serde_yaml_ng::Value::Mapping(Default::default())
+    } else {
+        v.clone()
+    };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![(path, e.into_inner().to_string())]
+    })
+}
+
+/// A refused authentication: counted per route
+/// (`weir_auth_failures{weir_route, reason}`), logged without the
+/// credential, and answered with a 401 that does not say what was wrong.
+pub fn auth_failure(
+    ctx: &RequestCtx,
+    plugin: &'static str,
+    reason: &'static str,
+    challenge: &HeaderValue,
+) -> Early {
+    weir_observability::metrics::global().record_auth_failure(&ctx.route_id, reason);
+    tracing::info!(
+        route = %ctx.route_id,
+        plugin,
+        reason,
+        client = %ctx.peer.ip(),
+        request_id = ?ctx.request_id,
+        "authentication failed"
+    );
+    Early::unauthorized(challenge.clone())
+}
+
+// === per-request data ===
+
+/// The client request as the access phase sees it.
+pub struct RequestHead<'a> {
+    /// Request method.
+    pub method: &'a Method,
+    /// Request target as the client sent it.
+    pub uri: &'a Uri,
+    /// HTTP version.
+    pub version: Version,
+    /// Request headers; a plugin may remove credentials it consumed.
+    pub headers: &'a mut HeaderMap,
+}
+
+/// The request as it will be sent upstream.
+pub struct UpstreamRequest<'a> {
+    /// Method sent upstream.
+    pub method: &'a mut Method,
+    /// Path and query sent upstream (after the route's prefix strip).
+    pub path_and_query: &'a mut http::uri::PathAndQuery,
+    /// Headers sent upstream (hop-by-hop headers already removed).
+    pub headers: &'a mut HeaderMap,
+    /// When set, the `Host` sent upstream, overriding the route's
+    /// `host_header` rule.
+    pub host: &'a mut Option<HeaderValue>,
+}
+
+/// The response head as the client will get it.
+pub struct ResponseHead<'a> {
+    /// Status code.
+    pub status: &'a mut StatusCode,
+    /// Response headers.
+    pub headers: &'a mut HeaderMap,
+    /// When set, replaces the whole body (the original one is dropped and
+    /// `Content-Length` is recomputed).
+    pub replace_body: &'a mut Option<Bytes>,
+}
+
+/// What the log phase learns about the finished exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Status sent to the client.
+    pub status: StatusCode,
+    /// Body bytes sent to the client.
+    pub body_bytes: u64,
+    /// False when the body failed or the client went away before its end.
+    pub completed: bool,
+}
+
+/// Per-request state shared by the phases of one request.
+pub struct RequestCtx {
+    /// Id of the matched route.
+    pub route_id: Arc<str>,
+    /// Id of the route's service, if any.
+    pub service_id: Option<Arc<str>>,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The request id sent upstream and to the client.
+    pub request_id: HeaderValue,
+    /// The authenticated consumer, set by an auth plugin in the access
+    /// phase; later plugins read it and it is passed upstream in headers.
+    pub consumer: Option<Arc<Consumer>>,
+    /// A typed slot for plugins to hand data to their own later phases
+    /// or to each other (one value per type).
+    pub ext: http::Extensions,
+}
+
+impl RequestCtx {
+    /// The context for a request on `route`.
+    pub fn new(
+        route_id: Arc<str>,
+        service_id: Option<Arc<str>>,
+        peer: SocketAddr,
+        request_id: HeaderValue,
+    ) -> Self {
+        RequestCtx {
+            route_id,
+            service_id,
+            peer,
+            request_id,
+            consumer: None,
+            ext: http::Extensions::new(),
+        }
+    }
+
+    /// The client's IP (the TCP peer).
+    pub fn client_ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+}
+
+/// An answer a plugin gives instead of the upstream's.
+#[derive(Debug)]
+pub enum Early {
+    /// A gateway error in the project's JSON error shape.
+    Error {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Human-readable message; must not contain secrets.
+        message: Cow<'static, str>,
+        /// Extra headers, e.g. `WWW-Authenticate`.
+        headers: HeaderMap,
+    },
+    /// A complete response made by the plugin.
+    Response(Response<Bytes>),
+}
+
+impl Early {
+    /// A JSON error answer.
+    pub fn error(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Early {
+        Early::Error {
+            status,
+            code,
+            message: message.into(),
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// 401 with a `WWW-Authenticate` challenge. The message is the same
+    /// whatever was wrong with the credential.
+    pub fn unauthorized(challenge: HeaderValue) -> Early {
+        let mut e = Early::error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid credentials",
+        );
+        e.insert_header(header::WWW_AUTHENTICATE, challenge);
+        e
+    }
+
+    /// 403 for a known client that may not use this route.
+    pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Early {
+        Early::error(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// Adds a header to the answer.
+    pub fn insert_header(&mut self, name: HeaderName, value: HeaderValue) {
+        match self {
+            Early::Error { headers, .. } => {
+                headers.insert(name, value);
+            }
+            Early::Response(r) => {
+                r.headers_mut().insert(name, value);
+            }
+        }
+    }
+
+    /// The HTTP status of this answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Early::Error { status, .. } => *status,
+            Early::Response(r) => r.status(),
+        }
+    }
+
+    fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        match self {
+            Early::Error {
+                status,
+                code,
+                message,
+                headers,
+            } => {
+                let mut r = crate::error::error_response(status, code, &message, request_id);
+                r.headers_mut().extend(headers);
+                r
+            }
+            Early::Response(r) => r.map(ProxyBody::full),
+        }
+    }
+}
+
+// === the chain ===
+
+struct Entry {
+    name: &'static str,
+    plugin: Arc<dyn Plugin>,
+}
+
+/// A route's compiled plugins, in run order.
+pub struct Chain {
+    entries: Box<[Entry]>,
+    filters_body: bool,
+}
+
+impl Chain {
+    /// Plugin names in run order (for status pages and tests).
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.entries.iter().map(|e| e.name)
+    }
+
+    /// Runs the access phase; the first plugin that answers stops it.
+    pub async fn access(
+        &self,
+        req: &mut RequestHead<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Early> {
+        for e in self.entries.iter() {
+            e.plugin.access(req, ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the upstream request phase.
+    pub fn upstream_request(&self, req: &mut UpstreamRequest<'_>, ctx: &mut RequestCtx) {
+        for e in self.entries.iter() {
+            e.plugin.upstream_request(req, ctx);
+        }
+    }
+
+    /// Turns an early answer into a response.
+    pub fn early_response(early: Early, request_id: &HeaderValue) -> Response<ProxyBody> {
+        early.into_response(request_id)
+    }
+
+    /// Runs the response header phase on `resp` and wraps its body so the
+    /// body and log phases run as it streams.
+    pub fn respond(
+        self: &Arc<Self>,
+        resp: Response<ProxyBody>,
+        mut ctx: RequestCtx,
+    ) -> Response<ProxyBody> {
+        let (mut parts, mut body) = resp.into_parts();
+        let mut replace = None;
+        {
+            let mut head = ResponseHead {
+                status: &mut parts.status,
+                headers: &mut parts.headers,
+                replace_body: &mut replace,
+            };
+            for e in self.entries.iter() {
+                e.plugin.response_headers(&mut head, &mut ctx);
+            }
+        }
+        if let Some(b) = replace {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            body = ProxyBody::full(b);
+        }
+        let status = parts.status;
+        Response::from_parts(
+            parts,
+            ProxyBody::Plugin(Box::new(PluginBody {
+                inner: body,
+                log: None,
+                chain: self.clone(),
+                ctx,
+                status,
+                sent: 0,
+                completed: false,
+            })),
+        )
+    }
+}
+
+/// A response body passing through the body and log phases.
+pub struct PluginBody {
+    inner: ProxyBody,
+    /// The request's log, closed (after the plugins' log phase) when this
+    /// body is dropped.
+    log: Option<Box<crate::telemetry::RequestLog>>,
+    chain: Arc<Chain>,
+    ctx: RequestCtx,
+    status: StatusCode,
+    sent: u64,
+    completed: bool,
+}
+
+impl PluginBody {
+    /// Hands the request's log to this body: it records the bytes the
+    /// client was sent, after every filter.
+    pub fn attach_log(&mut self, log: Box<crate::telemetry::RequestLog>) {
+        self.log = Some(log);
+    }
+
+    /// Whether the wrapped body is known to be complete.
+    pub fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    /// Size hint of the wrapped body (unknown once a filter may change it).
+    pub fn size_hint(&self) -> SizeHint {
+        if self.chain.filters_body {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+
+    /// Polls the wrapped body, filtering each data chunk.
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        if self.chain.filters_body {
+                            for e in self.chain.entries.iter() {
+                                e.plugin.response_body(&mut data, &mut self.ctx);
+                            }
+                        }
+                        self.sent += data.len() as u64;
+                        Frame::data(data)
+                    }
+                    Err(frame) => frame,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => {
+                self.completed = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for PluginBody {
+    fn drop(&mut self) {
+        let completed = self.completed || self.inner.is_end_stream();
+        let outcome = Outcome {
+            status: self.status,
+            body_bytes: self.sent,
+            completed,
+        };
+        for e in self.chain.entries.iter() {
+            e.plugin.log(&self.ctx, &outcome);
+        }
+        if let Some(l) = self.log.as_deref_mut() {
+            l.add_bytes_out(self.sent);
+        }
+    }
+}
+
+// === building chains ===
+
+/// A `plugins:` map in config: plugin name → that plugin's config.
+pub type PluginMap = BTreeMap<String, serde_yaml_ng::Value>;
+
+/// Built plugin instances of one config level, by name.
+type Level = HashMap<String, (&'static PluginDef, Arc<dyn Plugin>)>;
+
+fn build_level(map: &PluginMap, at: &str, env: &BuildEnv, p: &mut Problems) -> Level {
+    let mut out = Level::new();
+    for (name, value) in map {
+        let here = format!("{at}.{name}");
+        let Some(def) = lookup(name) else {
+            let known: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+            p.push(
+                here,
+                format!("unknown plugin `{name}`; known: {}", known.join(", ")),
+            );
+            continue;
+        };
+        match (def.build)(value, env) {
+            Ok(plugin) => {
+                out.insert(name.clone(), (def, plugin));
+            }
+            Err(problems) => {
+                for (field, reason) in problems {
+                    let path = if field.is_empty() {
+                        here.clone()
+                    } else {
+                        format!("{here}.{field}")
+                    };
+                    p.push(path, reason);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Compiles the plugin chain of every route: global, service and route
+/// `plugins:` maps merged by name (the most specific level wins), ordered
+/// by priority. `None` for a route without plugins. Every problem found is
+/// reported with its path, e.g. `routes[2].plugins.key-auth.header`.
+pub fn build_chains(
+    config: &Config,
+    consumers: &Arc<Consumers>,
+) -> Result<Vec<Option<Arc<Chain>>>, ConfigErrors> {
+    let env = BuildEnv {
+        consumers: consumers.clone(),
+        settings: Arc::new(config.settings.clone()),
+    };
+    let mut p = Problems::default();
+    let global = build_level(&config.plugins, "plugins", &env, &mut p);
+    let services: HashMap<&str, Level> = config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let at = format!("services[{i}].plugins");
+            (s.id.as_str(), build_level(&s.plugins, &at, &env, &mut p))
+        })
+        .collect();
+    let mut chains = Vec::with_capacity(config.routes.len());
+    for (i, r) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}].plugins");
+        let own = build_level(&r.plugins, &at, &env, &mut p);
+        let service = r.service.as_deref().and_then(|s| services.get(s));
+        let mut merged: HashMap<&str, (&'static PluginDef, Arc<dyn Plugin>)> = HashMap::new();
+        for level in [Some(&global), service, Some(&own)].into_iter().flatten() {
+            for (name, (def, plugin)) in level {
+                merged.insert(name.as_str(), (*def, plugin.clone()));
+            }
+        }
+        chains.push(chain_of(merged.into_values().collect()));
+    }
+    if p.0.is_empty() {
+        Ok(chains)
+    } else {
+        Err(ConfigErrors(p.0))
+    }
+}
+
+fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<Chain>> {
+    if list.is_empty() {
+        return None;
+    }
+    // Ties (none among built-in types) fall back to the name, so the order
+    // never depends on hash iteration.
+    list.sort_by(|a, b| b.0.priority.cmp(&a.0.priority).then(a.0.name.cmp(b.0.name)));
+    let filters_body = list.iter().any(|(_, p)| p.filters_body());
+    Some(Arc::new(Chain {
+        entries: list
+            .into_iter()
+            .map(|(def, plugin)| Entry {
+                name: def.name,
+                plugin,
+            })
+            .collect(),
+        filters_body,
+    }))
+}
+
+/// Checks every `plugins:` map of a config, for [`Config::validate`].
+pub(crate) fn validate(config: &Config, p: &mut Problems) {
+    let consumers = match Consumers::build(config) {
+        Ok(c) => Arc::new(c),
+        // The consumer problems are reported by their own check.
+        Err(_) => Arc::new(Consumers::default()),
+    };
+    if let Err(e) = build_chains(config, &consumers) {
+        p.0.extend(e.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_priorities_distinct() {
+        let mut names = std::collections::HashSet::new();
+        let mut prios = std::collections::HashSet::new();
+        for d in REGISTRY {
+            assert!(names.insert(d.name), "duplicate plugin name {}", d.name);
+            assert!(
+                prios.insert(d.priority),
+                "duplicate priority {}",
+                d.priority
+            );
+        }
+    }
+
+    struct Recorder(&'static str);
+
+    #[derive(Clone)]
+    struct Seen(Vec<&'static str>);
+
+    #[async_trait::async_trait]
+    impl Plugin for Recorder {
+        async fn access(
+            &self,
+            _req: &mut RequestHead<'_>,
+            ctx: &mut RequestCtx,
+        ) -> Result<(), Early> {
+            match ctx.ext.get_mut::<Seen>() {
+                Some(s) => s.0.push(self.0),
+                None => {
+                    ctx.ext.insert(Seen(vec![self.0]));
+                }
+            }
+            if self.0 == "deny" {
+                return Err(Early::forbidden("denied", "no"));
+            }
+            Ok(())
+        }
+    }
+
+    fn no_build(
+        _: &serde_yaml_ng::Value,
+        _: &BuildEnv,
+    ) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
+        Err(vec![])
+    }
+
+    static LOW: PluginDef = PluginDef {
+        name: "low",
+        priority: 1,
+        build: no_build,
+    };
+    static HIGH: PluginDef = PluginDef {
+        name: "high",
+        priority: 100,
+        build: no_build,
+    };
+    static DENY: PluginDef = PluginDef {
+        name: "deny",
+        priority: 50,
+        build: no_build,
+    };
+
+    #[tokio::test]
+    async fn access_runs_by_priority_and_stops_at_the_first_answer() {
+        let chain = chain_of(vec![
+            (&LOW, Arc::new(Recorder("low"))),
+            (&DENY, Arc::new(Recorder("deny"))),
+            (&HIGH, Arc::new(Recorder("high"))),
+        ])
+        .unwrap();
+        assert_eq!(chain.names().collect::<Vec<_>>(), ["high", "deny", "low"]);
+        let mut ctx = RequestCtx::new(
+            "r".into(),
+            None,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("id"),
+        );
+        let (method, uri, mut headers) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
+        let mut head = RequestHead {
+            method: &method,
+            uri: &uri,
+            version: Version::HTTP_11,
+            headers: &mut headers,
+        };
+        let e = chain.access(&mut head, &mut ctx).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert_eq!(ctx.ext.get::<Seen>().unwrap().0, ["high", "deny"]);
+        assert!(chain_of(vec![]).is_none());
+    }
+
+    #[test]
+    fn null_config_reads_as_empty_map() {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct C {
+            #[serde(default)]
+            a: u32,
+        }
+        let c: C = parse_config(&serde_yaml_ng::Value::Null).unwrap();
+        assert_eq!(c.a, 0);
+        let bad: serde_yaml_ng::Value = serde_yaml_ng::from_str("{a: x}").unwrap();
+        let e = parse_config::<C>(&bad).err().unwrap();
+        assert_eq!(e[0].0, "a");
+    }
+}

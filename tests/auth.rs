@@ -1,0 +1,387 @@
+//! Consumers and the auth plugins through a real gateway: key-auth,
+//! basic-auth and consumer-restriction, the consumer headers upstream,
+//! uniform 401s, failed attempts counted, and no secret in any log line.
+
+mod common;
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use base64::Engine;
+use common::{error_of, weir_bin};
+use sha2::Digest;
+use weir_testsupport::{Gateway, Upstream, http_client};
+
+const KEY_ALICE: &str = "alice-secret-key-0001";
+const KEY_ALICE_NEW: &str = "alice-secret-key-0002";
+const KEY_BOB: &str = "bob-secret-key-0003";
+const PASSWORD_CAROL: &str = "carol-pa55word-zz";
+
+fn sha_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn argon(password: &str) -> String {
+    let salt = SaltString::encode_b64(b"test-salt-bytes!").unwrap();
+    // Small parameters keep the test fast; the PHC string carries them.
+    let params = argon2::Params::new(1024, 1, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+fn config(target: &str) -> String {
+    format!(
+        "upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
+consumers:
+  - name: alice
+    groups: [gold, staff]
+    credentials:
+      key-auth: [{{key_sha256: {a1}}}, {{key_sha256: {a2}}}]
+  - name: bob
+    groups: [free]
+    credentials:
+      key-auth: [{{key_sha256: {b}}}]
+  - name: carol
+    groups: [gold]
+    credentials:
+      basic-auth: [{{username: carol, password_hash: '{carol}'}}]
+routes:
+  - id: keyed
+    paths: [/keyed/*]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+  - id: keyed-visible
+    paths: [/visible]
+    upstream: u
+    plugins:
+      key-auth: {{header: x-api-key, query: '', hide_credentials: false}}
+  - id: basic
+    paths: [/basic]
+    upstream: u
+    plugins:
+      basic-auth: {{}}
+  - id: gold-only
+    paths: [/gold]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+      consumer-restriction: {{allow: {{groups: [gold]}}}}
+  - id: not-bob
+    paths: [/not-bob]
+    upstream: u
+    plugins:
+      basic-auth: {{}}
+      key-auth: {{}}
+      consumer-restriction: {{deny: {{consumers: [bob]}}}}
+  - id: acl-no-auth
+    paths: [/acl-only]
+    upstream: u
+    plugins:
+      consumer-restriction: {{allow: {{consumers: [alice]}}}}
+",
+        a1 = sha_hex(KEY_ALICE),
+        a2 = sha_hex(KEY_ALICE_NEW),
+        b = sha_hex(KEY_BOB),
+        carol = argon(PASSWORD_CAROL),
+    )
+}
+
+async fn start(up: &Upstream) -> Gateway {
+    Gateway::builder(weir_bin())
+        .config(Gateway::config(&config(&up.target())))
+        .env("WEIR_LOG", "debug")
+        .start()
+        .await
+        .expect("weir starts")
+}
+
+/// Asserts a uniform 401 and returns its body's `error` object.
+async fn assert_401(r: reqwest::Response, scheme: &str) -> serde_json::Value {
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.starts_with(scheme), "{challenge}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    let e = error_of(&body).clone();
+    assert_eq!(e["code"], "unauthorized");
+    // Missing, unknown and wrong credentials all read the same.
+    assert_eq!(e["message"], "missing or invalid credentials");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_auth_identifies_consumers_and_hides_the_key() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+
+    assert_401(c.get(gw.url("/keyed/x")).send().await.unwrap(), "ApiKey").await;
+    assert_401(
+        c.get(gw.url("/keyed/x"))
+            .header("apikey", "not-a-key")
+            .send()
+            .await
+            .unwrap(),
+        "ApiKey",
+    )
+    .await;
+    assert_eq!(up.hits(), 0, "refused requests never reach the upstream");
+
+    // Both of alice's keys work (rotation), in the header or the query.
+    for key in [KEY_ALICE, KEY_ALICE_NEW] {
+        let r = c
+            .get(gw.url("/keyed/x?a=1&b=%20"))
+            .header("apikey", key)
+            .header("x-consumer-name", "mallory")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["headers"]["x-consumer-name"], "alice");
+        assert_eq!(body["headers"]["x-consumer-groups"], "gold,staff");
+        assert!(body["headers"].get("apikey").is_none(), "{body}");
+        assert_eq!(body["query"], "a=1&b=%20");
+    }
+    let r = c
+        .get(gw.url(&format!("/keyed/x?a=1&apikey={KEY_BOB}&z=2")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["headers"]["x-consumer-name"], "bob");
+    assert_eq!(body["headers"]["x-consumer-groups"], "free");
+    assert_eq!(body["query"], "a=1&z=2");
+
+    // Configured header, query keys off, key kept.
+    let r = c
+        .get(gw.url(&format!("/visible?apikey={KEY_ALICE}")))
+        .send()
+        .await
+        .unwrap();
+    assert_401(r, "ApiKey").await;
+    let r = c
+        .get(gw.url("/visible"))
+        .header("x-api-key", KEY_BOB)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["headers"]["x-api-key"], KEY_BOB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_checks_argon2_hashes() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+
+    assert_401(c.get(gw.url("/basic")).send().await.unwrap(), "Basic").await;
+    for (user, pass) in [
+        ("carol", "wrong"),
+        ("nobody", PASSWORD_CAROL),
+        ("carol", ""),
+    ] {
+        let r = c
+            .get(gw.url("/basic"))
+            .basic_auth(user, Some(pass))
+            .send()
+            .await
+            .unwrap();
+        assert_401(r, "Basic").await;
+    }
+    let r = c
+        .get(gw.url("/basic"))
+        .header("authorization", "Basic !!notbase64")
+        .send()
+        .await
+        .unwrap();
+    assert_401(r, "Basic").await;
+    assert_eq!(up.hits(), 0);
+
+    let r = c
+        .get(gw.url("/basic"))
+        .basic_auth("carol", Some(PASSWORD_CAROL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["headers"]["x-consumer-name"], "carol");
+    assert!(body["headers"].get("authorization").is_none(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_restriction_allows_and_denies() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+    let get = |path: &str, key: &str| c.get(gw.url(path)).header("apikey", key).send();
+
+    assert_eq!(get("/gold", KEY_ALICE).await.unwrap().status(), 200);
+    let r = get("/gold", KEY_BOB).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(error_of(&body)["code"], "consumer_not_allowed");
+
+    // Several auth plugins on one route: each one must pass, in priority
+    // order (basic-auth runs before key-auth).
+    let r = c
+        .get(gw.url("/not-bob"))
+        .header("apikey", KEY_ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_401(r, "Basic").await;
+    let r = c
+        .get(gw.url("/not-bob"))
+        .basic_auth("carol", Some(PASSWORD_CAROL))
+        .header("apikey", KEY_BOB)
+        .send()
+        .await
+        .unwrap();
+    // The later key-auth sets bob as the consumer, who is denied.
+    assert_eq!(r.status(), 403);
+
+    // An ACL without any auth plugin has no consumer to check.
+    assert_401(c.get(gw.url("/acl-only")).send().await.unwrap(), "ApiKey").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_and_secrets_never_logged() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+    let wrong_password = "carol-wrong-pa55-yy";
+    for _ in 0..3 {
+        let r = c
+            .get(gw.url("/keyed/x"))
+            .header("apikey", "leaked-guess-key-9")
+            .send()
+            .await
+            .unwrap();
+        let e = assert_401(r, "ApiKey").await;
+        assert!(!e.to_string().contains("leaked-guess-key-9"));
+    }
+    let r = c
+        .get(gw.url("/basic"))
+        .basic_auth("carol", Some(wrong_password))
+        .send()
+        .await
+        .unwrap();
+    assert_401(r, "Basic").await;
+    for (path, key) in [("/keyed/x", KEY_ALICE), ("/visible", KEY_BOB)] {
+        let h = if path == "/visible" {
+            "x-api-key"
+        } else {
+            "apikey"
+        };
+        let r = c.get(gw.url(path)).header(h, key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .get(gw.url("/basic"))
+        .basic_auth("carol", Some(PASSWORD_CAROL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |route: &str| -> f64 {
+        let prefix =
+            format!("weir_auth_failures_total{{weir_route=\"{route}\",reason=\"invalid\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no auth failure series for {route}:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count("keyed"), 3.0);
+    assert_eq!(count("basic"), 1.0);
+
+    let log = gw.log();
+    assert!(log.contains("authentication failed"), "{log}");
+    let basic = base64::engine::general_purpose::STANDARD;
+    for secret in [
+        KEY_ALICE.to_string(),
+        KEY_BOB.to_string(),
+        PASSWORD_CAROL.to_string(),
+        wrong_password.to_string(),
+        "leaked-guess-key-9".to_string(),
+        basic.encode(format!("carol:{PASSWORD_CAROL}")),
+        basic.encode(format!("carol:{wrong_password}")),
+    ] {
+        assert!(
+            !log.contains(&secret),
+            "the log holds a secret: {secret}\n{log}"
+        );
+    }
+}
+
+#[test]
+fn credential_errors_name_the_field_without_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    let digest = sha_hex("dup");
+    std::fs::write(
+        &f,
+        format!(
+            "upstreams: [{{id: u, targets: [{{addr: '127.0.0.1:1'}}]}}]
+consumers:
+  - name: a
+    credentials:
+      key-auth: [{{key_sha256: plain-secret-value}}, {{key_sha256: {digest}}}]
+      basic-auth: [{{username: a, password_hash: 'hunter2'}}]
+  - name: b
+    credentials:
+      key-auth: [{{key_sha256: {digest}}}]
+  - name: 'bad name'
+routes:
+  - id: r
+    paths: [/]
+    upstream: u
+    plugins:
+      key-auth: {{header: 'bad header'}}
+      consumer-restriction: {{allow: {{consumers: [nobody]}}}}
+"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(weir_bin())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "consumers[0].credentials.key-auth[0].key_sha256: must be the SHA-256 of the key as 64 hex digits",
+        "consumers[0].credentials.basic-auth[0].password_hash: must be an argon2 PHC string",
+        "consumers[1].credentials.key-auth[0].key_sha256: the same key is given to another credential",
+        "consumers[2].name: `bad name` is not a valid consumer name",
+        "routes[0].plugins.key-auth.header: `bad header` is not a valid header name",
+        "routes[0].plugins.consumer-restriction.allow.consumers[0]: no consumer named `nobody`",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    for secret in ["plain-secret-value", "hunter2"] {
+        assert!(!err.contains(secret), "{err}");
+    }
+}

@@ -1,0 +1,214 @@
+//! The plugin pipeline through a real gateway: placement (global, service,
+//! route; the most specific wins), the response phases on upstream and
+//! gateway answers, config errors at load and on reload, and the consumer
+//! headers only the gateway may set.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{error_of, gateway, weir_bin};
+use weir_testsupport::{Gateway, Upstream, http_client, wait_until};
+
+fn config(target: &str, extra_routes: &str, top: &str) -> String {
+    format!(
+        "{top}
+upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
+services:
+  - id: svc
+    upstream: u
+    plugins:
+      response-rewrite: {{headers: {{set: {{x-level: service}}}}}}
+routes:
+  - id: plain
+    paths: [/plain]
+    upstream: u
+  - id: via-service
+    paths: [/svc]
+    service: svc
+  - id: own
+    paths: [/own]
+    service: svc
+    plugins:
+      response-rewrite:
+        headers:
+          set: {{x-level: route}}
+          add: {{x-extra: one}}
+          remove: [x-upstream]
+{extra_routes}"
+    )
+}
+
+#[tokio::test]
+async fn most_specific_level_wins() {
+    let up = Upstream::start("a").await;
+    let top = "plugins:\n  response-rewrite: {headers: {set: {x-level: global}}}\n";
+    let gw = gateway(&config(&up.target(), "", top)).await;
+    let c = http_client();
+
+    let r = c.get(gw.url("/plain")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-level"], "global");
+
+    let r = c.get(gw.url("/svc")).send().await.unwrap();
+    assert_eq!(r.headers()["x-level"], "service");
+
+    let r = c.get(gw.url("/own")).send().await.unwrap();
+    assert_eq!(r.headers()["x-level"], "route");
+    assert_eq!(r.headers()["x-extra"], "one");
+    assert!(r.headers().get("x-upstream").is_none());
+    // The upstream body still streams through the chain untouched.
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["path"], "/own");
+
+    // A 404 matches no route, so no route's plugins run on it.
+    let r = c.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().get("x-level").is_none());
+}
+
+#[tokio::test]
+async fn fixed_status_and_body_replace_the_upstream_answer() {
+    let up = Upstream::start("a").await;
+    let extra = "  - id: mock
+    paths: [/mock]
+    upstream: u
+    plugins:
+      response-rewrite: {status: 201, body: '{\"mocked\":true}', headers: {set: {content-type: application/json}}}
+  - id: dead
+    paths: [/dead]
+    upstream: gone
+    plugins:
+      response-rewrite: {headers: {set: {x-seen: 'yes'}}}
+";
+    let yaml = config(&up.target(), extra, "").replace(
+        "upstreams: [",
+        "upstreams: [{id: gone, targets: [{addr: \"127.0.0.1:1\"}], retries: 0}, ",
+    );
+    let gw = gateway(&yaml).await;
+    let c = http_client();
+
+    let r = c.get(gw.url("/mock")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["content-length"], "15");
+    assert_eq!(r.text().await.unwrap(), "{\"mocked\":true}");
+
+    // The response phase also runs on the gateway's own error answers.
+    let r = c.get(gw.url("/dead")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-seen"], "yes");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(error_of(&body)["code"], "upstream_error");
+}
+
+#[tokio::test]
+async fn consumer_headers_from_the_client_never_reach_the_upstream() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&config(&up.target(), "", "")).await;
+    let c = http_client();
+    for path in ["/plain", "/own"] {
+        let r = c
+            .get(gw.url(path))
+            .header("x-consumer-name", "admin")
+            .header("x-consumer-groups", "root")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["headers"].get("x-consumer-name").is_none(), "{body}");
+        assert!(body["headers"].get("x-consumer-groups").is_none(), "{body}");
+    }
+}
+
+#[test]
+fn validate_names_plugin_field_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(
+        &f,
+        "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
+plugins:
+  no-such-plugin: {}
+routes:
+  - id: a
+    paths: [/a]
+    upstream: u
+  - id: b
+    paths: [/b]
+    upstream: u
+  - id: c
+    paths: [/c]
+    upstream: u
+    plugins:
+      response-rewrite: {status: 999, headers: {set: {'bad header': x}}, colour: red}
+  - id: d
+    paths: [/d]
+    upstream: u
+    plugins:
+      response-rewrite: {status: 99, headers: {set: {'bad header': x}}}
+",
+    )
+    .unwrap();
+    let out = Command::new(weir_bin())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plugins.no-such-plugin: unknown plugin `no-such-plugin`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[2].plugins.response-rewrite.colour: unknown field `colour`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[3].plugins.response-rewrite.status: 99 is not a status"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "routes[3].plugins.response-rewrite.headers.set.bad header: `bad header` is not a valid header name"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugin_config_on_reload_keeps_the_running_config() {
+    let up = Upstream::start("a").await;
+    let good = config(&up.target(), "", "");
+    let gw = gateway(&good).await;
+    let c = http_client();
+    let bad = good.replace("x-level: route", "x-level: \"bad\\nvalue\"");
+    gw.rewrite_config(&Gateway::config(&bad)).unwrap();
+    wait_until(
+        "the rejection is logged",
+        Duration::from_secs(10),
+        || async { gw.log().contains("config rejected") },
+    )
+    .await;
+    assert!(
+        gw.log()
+            .contains("routes[2].plugins.response-rewrite.headers.set.x-level"),
+        "{}",
+        gw.log()
+    );
+    let r = c.get(gw.url("/own")).send().await.unwrap();
+    assert_eq!(r.headers()["x-level"], "route");
+
+    // A good change is applied again.
+    gw.rewrite_config(&Gateway::config(
+        &good.replace("x-level: route", "x-level: route2"),
+    ))
+    .unwrap();
+    wait_until("the new config serves", Duration::from_secs(10), || async {
+        let r = c.get(gw.url("/own")).send().await.unwrap();
+        r.headers()["x-level"] == "route2"
+    })
+    .await;
+}
