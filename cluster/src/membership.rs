@@ -428,8 +428,8 @@ impl Membership {
 
     /// Graceful leave: publishes `status: leaving`, pushes it to every live
     /// peer, gives the exchange one gossip interval to complete, then stops
-    /// gossiping.
-    pub async fn leave(self) {
+    /// gossiping. Calling it again does nothing more.
+    pub async fn leave(&self) {
         let peers: Vec<SocketAddr> = {
             let chitchat = self.handle.chitchat();
             let mut guard = chitchat.lock().await;
@@ -447,9 +447,8 @@ impl Membership {
         }
         tokio::time::sleep(self.timing.gossip_interval.min(Duration::from_secs(1))).await;
         tracing::info!(peers = peers.len(), "left gossip");
-        if let Err(e) = self.handle.shutdown().await {
-            tracing::warn!(error = %e, "gossip server ended with an error");
-        }
+        // Already stopped is fine: leaving twice is not an error.
+        let _ = self.handle.initiate_shutdown();
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Config {
     /// Traces, metrics and the access log.
     #[serde(default)]
     pub observability: weir_observability::config::ObservabilityConfig,
+    /// Gossip membership; absent means this node runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 fn default_version() -> u32 {
@@ -52,6 +55,7 @@ impl Default for Config {
             services: Vec::new(),
             routes: Vec::new(),
             observability: Default::default(),
+            cluster: None,
         }
     }
 }
@@ -654,6 +658,9 @@ impl Config {
             );
         }
         self.settings.validate(&mut p);
+        for (path, reason) in self.cluster.iter().flat_map(|c| c.validate()) {
+            p.push(format!("cluster.{path}"), reason);
+        }
         for (path, reason) in self.observability.validate() {
             p.push(format!("observability.{path}"), reason);
         }

@@ -10,6 +10,7 @@
 
 pub mod balance;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod echo;
 pub mod error;
