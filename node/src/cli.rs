@@ -225,6 +225,9 @@ async fn serve_async(
         None => None,
     };
     server.cluster = cluster.clone();
+    let health = Arc::new(crate::health::HealthChecker::default());
+    server.health = health.clone();
+    let _health = AbortOnDrop(tokio::spawn(health.run(state.clone(), cluster.clone())));
 
     let _echo = match cfg.settings.echo_listen {
         Some(addr) => {

@@ -137,6 +137,9 @@ pub struct UpstreamConfig {
     /// Session persistence through a cookie naming the target.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
+    /// Active health checks, sharded over the cluster.
+    #[serde(default)]
+    pub health_check: Option<crate::health::HealthCheckConfig>,
 }
 
 fn default_retries() -> u32 {
@@ -152,6 +155,12 @@ pub struct TargetConfig {
     /// Relative share of traffic; 0 keeps the target configured but unused.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Region label, for region-aware health-check sharding.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    /// Zone label.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
 }
 
 fn default_weight() -> u32 {
@@ -809,6 +818,21 @@ impl UpstreamConfig {
             if t.weight > 10_000 {
                 p.push(format!("{at}.targets[{i}].weight"), "must be at most 10000");
             }
+            for (k, v) in [("region", &t.region), ("zone", &t.zone)] {
+                if v.len() > 63
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    p.push(
+                        format!("{at}.targets[{i}].{k}"),
+                        "must be at most 63 characters of letters, digits, `-`, `_` or `.`",
+                    );
+                }
+            }
+        }
+        for (k, why) in self.health_check.iter().flat_map(|h| h.validate()) {
+            p.push(format!("{at}.health_check.{k}"), why);
         }
         // Each unit of weight is 160 points on a ketama ring: keep rings
         // (and reload times) small.

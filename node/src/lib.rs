@@ -15,6 +15,7 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -61,6 +61,8 @@ pub struct Server {
     pub config_path: Option<PathBuf>,
     /// Gossip membership, when clustering is on.
     pub cluster: crate::cluster::SharedCluster,
+    /// Active health checks and the merged view.
+    pub health: Arc<crate::health::HealthChecker>,
 }
 
 impl Server {
@@ -91,6 +93,7 @@ impl Server {
             admin,
             config_path,
             cluster: None,
+            health: Arc::default(),
         })
     }
 
@@ -127,6 +130,7 @@ impl Server {
 
         let admin_state = self.state.clone();
         let admin_cluster = self.cluster.clone();
+        let admin_health = self.health.clone();
         let admin_listener = self.admin;
         let (admin_stop_tx, mut admin_stop) = watch::channel(false);
         let admin_task = tokio::spawn(async move {
@@ -137,8 +141,9 @@ impl Server {
                         let Ok((stream, _)) = accepted else { continue };
                         let st = admin_state.clone();
                         let cl = admin_cluster.clone();
+                        let hl = admin_health.clone();
                         tokio::spawn(async move {
-                            let svc = service_fn(move |req| admin(st.clone(), cl.clone(), req));
+                            let svc = service_fn(move |req| admin(st.clone(), cl.clone(), hl.clone(), req));
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .await;
@@ -231,10 +236,18 @@ fn metrics_response(headers: &http::HeaderMap, generation: u64) -> Response<Prox
 async fn admin(
     state: Arc<State>,
     cluster: crate::cluster::SharedCluster,
+    health: Arc<crate::health::HealthChecker>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let snap = state.load();
     let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/cluster/health") => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "node_id": cluster.as_ref().map(|c| c.membership().node_id().to_string()),
+                "targets": health.view(),
+            }),
+        ),
         (&Method::GET, "/v1/cluster/members") => match &cluster {
             Some(c) => json(StatusCode::OK, c.members_json().await),
             None => crate::error::error_response(

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -48,12 +48,21 @@ pub struct TargetHealth {
     fails: AtomicU32,
     window_start_ms: AtomicU64,
     down_until_ms: AtomicU64,
+    /// The merged verdict of the cluster's active checks (`health.rs`).
+    cluster_down: AtomicBool,
 }
 
 impl TargetHealth {
-    /// Whether the target may receive traffic now.
+    /// Whether the target may receive traffic now: neither taken out by
+    /// this node's own failures nor down for the cluster.
     pub fn is_up(&self, now_ms: u64) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+            && !self.cluster_down.load(Ordering::Relaxed)
+    }
+
+    /// Sets the cluster verdict; true when it changed.
+    pub fn set_cluster_down(&self, down: bool) -> bool {
+        self.cluster_down.swap(down, Ordering::Relaxed) != down
     }
 
     /// Records a failed attempt; returns true when this failure took the
@@ -103,6 +112,10 @@ pub struct Target {
     pub sticky_id: String,
     /// Configured weight; 0 means no traffic at all.
     pub weight: u32,
+    /// Region label; empty when none.
+    pub region: String,
+    /// Zone label; empty when none.
+    pub zone: String,
     /// Passive health, shared across reloads.
     pub health: Arc<TargetHealth>,
     /// Keep-alive connections, shared across reloads.
@@ -135,6 +148,8 @@ pub struct Upstream {
     pub fail_timeout: Duration,
     /// Sticky sessions, when configured.
     pub sticky: Option<StickyConfig>,
+    /// Active health checks, when configured.
+    pub health_check: Option<crate::health::HealthCheckConfig>,
 }
 
 impl Upstream {
@@ -264,6 +279,8 @@ impl Pools {
                         host_value,
                         sticky_id: sticky_id(&t.addr),
                         weight: t.weight,
+                        region: t.region.clone(),
+                        zone: t.zone.clone(),
                         health: h,
                         pool,
                     })
@@ -283,6 +300,7 @@ impl Pools {
             max_fails: cfg.passive_health.max_fails,
             fail_timeout: cfg.passive_health.fail_timeout,
             sticky: cfg.sticky.clone(),
+            health_check: cfg.health_check.clone(),
         })
     }
 
