@@ -140,6 +140,32 @@ pub struct UpstreamConfig {
     /// Active health checks, sharded over the cluster.
     #[serde(default)]
     pub health_check: Option<crate::health::HealthCheckConfig>,
+    /// Region preference when targets carry `region` labels and the node
+    /// has a region (`cluster.region`).
+    #[serde(default)]
+    pub locality: Locality,
+    /// With `prefer-local`: other regions are used while the healthy
+    /// weight in the node's region is below this.
+    #[serde(default = "default_locality_min_weight")]
+    pub locality_min_weight: u32,
+}
+
+fn default_locality_min_weight() -> u32 {
+    1
+}
+
+/// How a node weighs targets by region.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Locality {
+    /// Targets in the node's region only, while their healthy weight is at
+    /// least `locality_min_weight`; then every region.
+    #[default]
+    PreferLocal,
+    /// Targets in the node's region only, even when none is healthy.
+    StrictLocal,
+    /// Every target, whatever its region.
+    None,
 }
 
 fn default_retries() -> u32 {

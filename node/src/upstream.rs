@@ -150,12 +150,45 @@ pub struct Upstream {
     pub sticky: Option<StickyConfig>,
     /// Active health checks, when configured.
     pub health_check: Option<crate::health::HealthCheckConfig>,
+    /// Region preference; `None` when it does not apply (no labels, no
+    /// node region, or `locality: none`).
+    pub locality: Option<(crate::config::Locality, u32)>,
+    /// Per target: whether it is in this node's region.
+    pub local: Vec<bool>,
 }
 
 impl Upstream {
     /// Whether target `i` may take traffic now.
     pub fn is_up(&self, i: usize, now_ms: u64) -> bool {
         self.targets[i].health.is_up(now_ms)
+    }
+
+    /// Whether the balancer may pick target `i` now: it is up, and its
+    /// region is allowed by `locality`. A remote target is allowed under
+    /// `prefer-local` only while the healthy local weight is below the
+    /// threshold (spill-over), never under `strict-local`.
+    pub fn eligible(&self, i: usize, now_ms: u64) -> bool {
+        if !self.is_up(i, now_ms) {
+            return false;
+        }
+        match self.locality {
+            None => true,
+            Some(_) if self.local.get(i).copied().unwrap_or(true) => true,
+            Some((crate::config::Locality::PreferLocal, min_weight)) => {
+                self.local_up_weight(now_ms) < min_weight
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Sum of the weights of healthy targets in this node's region.
+    pub fn local_up_weight(&self, now_ms: u64) -> u32 {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| self.local.get(*i).copied().unwrap_or(false) && t.health.is_up(now_ms))
+            .map(|(_, t)| t.weight)
+            .sum()
     }
 
     /// Records a failed attempt on target `i`, logging when it goes down.
@@ -244,7 +277,10 @@ pub struct Pools {
 impl Pools {
     /// Builds the run-time upstream for a config, reusing pools and health
     /// state where they fit.
-    pub fn upstream(&self, cfg: &UpstreamConfig) -> Result<Upstream, ConfigErrors> {
+    ///
+    /// `region` is this node's region (empty when it has none): targets
+    /// labelled with it are local for `locality`.
+    pub fn upstream(&self, cfg: &UpstreamConfig, region: &str) -> Result<Upstream, ConfigErrors> {
         let settings = PoolSettings::of(cfg);
         let targets = {
             let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,6 +337,15 @@ impl Pools {
             fail_timeout: cfg.passive_health.fail_timeout,
             sticky: cfg.sticky.clone(),
             health_check: cfg.health_check.clone(),
+            locality: (!region.is_empty()
+                && cfg.locality != crate::config::Locality::None
+                && cfg.targets.iter().any(|t| !t.region.is_empty()))
+            .then_some((cfg.locality, cfg.locality_min_weight)),
+            local: cfg
+                .targets
+                .iter()
+                .map(|t| t.region.is_empty() || t.region == region)
+                .collect(),
         })
     }
 
