@@ -289,16 +289,7 @@ impl Membership {
             gossip_interval: t.gossip_interval,
             listen_addr: bound,
             seed_nodes: cfg.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: t.phi_threshold,
-                // Enough samples to average out scheduling jitter, few
-                // enough that the mean follows a change in rhythm within a
-                // minute.
-                sampling_window_size: 100,
-                max_interval: t.max_interval,
-                initial_interval: t.initial_interval,
-                dead_node_grace_period: t.dead_node_grace,
-            },
+            failure_detector_config: failure_detector_config(t),
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
             extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
@@ -449,6 +440,19 @@ impl Membership {
         tracing::info!(peers = peers.len(), "left gossip");
         // Already stopped is fine: leaving twice is not an error.
         let _ = self.handle.initiate_shutdown();
+    }
+}
+
+/// chitchat's detector settings for `t` (shared with the simulation).
+pub fn failure_detector_config(t: &GossipTiming) -> FailureDetectorConfig {
+    FailureDetectorConfig {
+        phi_threshold: t.phi_threshold,
+        // Enough samples to average out scheduling jitter, few enough that
+        // the mean follows a change in rhythm within a minute.
+        sampling_window_size: 100,
+        max_interval: t.max_interval,
+        initial_interval: t.initial_interval,
+        dead_node_grace_period: t.dead_node_grace,
     }
 }
 
