@@ -132,6 +132,24 @@ async fn killed_target_leaves_rotation_everywhere_without_client_failures() {
         );
     }
 
+    // `weir cluster status` shows the matrix.
+    let out = std::process::Command::new(weir_bin())
+        .args([
+            "cluster",
+            "status",
+            "--admin",
+            &c.node(0).gateway().admin_addr().to_string(),
+        ])
+        .output()
+        .expect("run weir cluster status");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&a.target()))
+        .unwrap_or_else(|| panic!("no row for the target:\n{table}"));
+    assert!(row.contains("down"), "{table}");
+
     a.restart().await;
     wait_all(&c, &a.target(), true).await;
     let hits_before = a.hits_for("/echo");

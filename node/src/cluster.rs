@@ -368,8 +368,9 @@ async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// `weir cluster status`: fetches the member list and prints it as a table,
-/// or as the JSON the admin API returned.
+/// `weir cluster status`: fetches the member list and the health matrix and
+/// prints them as tables, or as JSON (the members document with the health
+/// view's `targets` under `health`).
 ///
 /// # Errors
 /// If the admin API cannot be reached or answers with an error.
@@ -378,12 +379,37 @@ pub async fn status(admin: SocketAddr, json: bool) -> anyhow::Result<String> {
     if code != 200 {
         anyhow::bail!("GET /v1/cluster/members on {admin} answered {code}: {body}");
     }
-    let doc: serde_json::Value = serde_json::from_str(&body)
+    let mut doc: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| anyhow::anyhow!("the admin API answered with invalid JSON: {e}"))?;
+    let (code, body) = admin_get(admin, "/v1/cluster/health").await?;
+    if code != 200 {
+        anyhow::bail!("GET /v1/cluster/health on {admin} answered {code}: {body}");
+    }
+    let health: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("the admin API answered with invalid JSON: {e}"))?;
+    doc["health"] = health["targets"].clone();
     if json {
         return Ok(serde_json::to_string_pretty(&doc)?);
     }
     Ok(render_table(&doc))
+}
+
+/// Left-aligned columns, two spaces apart.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn render_table(doc: &serde_json::Value) -> String {
@@ -418,23 +444,12 @@ fn render_table(doc: &serde_json::Value) -> String {
             s(&m["gossip_addr"]),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
     let mut out = format!(
         "cluster {} (seen from {})\n\n",
         s(&doc["cluster"]),
         s(&doc["node_id"])
     );
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&columns(&rows));
     let g = &doc["gossip"];
     out.push_str(&format!(
         "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
@@ -443,6 +458,44 @@ fn render_table(doc: &serde_json::Value) -> String {
         s(&g["rejected_datagrams"]),
         s(&g["malformed_datagrams"]),
     ));
+    let targets = doc["health"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if !targets.is_empty() {
+        let list = |v: &serde_json::Value| {
+            let items: Vec<String> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| x.as_str().unwrap_or("?").to_string())
+                .collect();
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        let mut rows = vec![
+            [
+                "UPSTREAM", "TARGET", "REGION", "CLUSTER", "PROBERS", "DOWN FOR",
+            ]
+            .map(String::from),
+        ];
+        for t in targets {
+            rows.push([
+                s(&t["upstream"]),
+                s(&t["target"]),
+                s(&t["region"]),
+                if t["cluster_down"] == serde_json::Value::Bool(true) {
+                    "down".to_string()
+                } else {
+                    "up".to_string()
+                },
+                list(&t["probers"]),
+                list(&t["down_reports"]),
+            ]);
+        }
+        out.push_str("\nhealth checks (DOWN FOR: members reporting the target down)\n\n");
+        out.push_str(&columns(&rows));
+    }
     out
 }
 
@@ -502,12 +555,26 @@ mod tests {
                 {"id": "b", "is_self": false, "state": "dead", "region": "us", "zone": "z",
                  "age_seconds": null, "proxy_addr": null, "admin_addr": null, "gossip_addr": "127.0.0.1:3"}
             ],
-            "gossip": {"sent_datagrams": 5, "received_datagrams": 4, "rejected_datagrams": 1, "malformed_datagrams": 0}
+            "gossip": {"sent_datagrams": 5, "received_datagrams": 4, "rejected_datagrams": 1, "malformed_datagrams": 0},
+            "health": [
+                {"upstream": "u", "target": "10.0.0.1:80", "region": "eu", "cluster_down": true,
+                 "probers": ["a", "b"], "down_reports": ["a", "b"]},
+                {"upstream": "u", "target": "10.0.0.2:80", "region": "", "cluster_down": false,
+                 "probers": ["b", "a"], "down_reports": []}
+            ]
         });
         let t = render_table(&doc);
         assert!(t.contains("a (self)  alive"), "{t}");
         assert!(t.contains("1m 1s"), "{t}");
         assert!(t.contains("b         dead "), "{t}");
         assert!(t.contains("1 rejected"), "{t}");
+        assert!(
+            t.contains("u         10.0.0.1:80  eu      down     a,b      a,b"),
+            "{t}"
+        );
+        assert!(
+            t.contains("u         10.0.0.2:80  -       up       b,a      -"),
+            "{t}"
+        );
     }
 }
