@@ -93,7 +93,8 @@ struct ServeArgs {
     #[arg(long)]
     workers: Option<usize>,
     /// After binding, write `{"proxy":ADDR,"admin":ADDR,"pid":N}` to this
-    /// file (for scripts and tests that bind port 0).
+    /// file (for scripts and tests that bind port 0); in a cluster also
+    /// `"gossip":ADDR` and `"node_id":ID`.
     #[arg(long)]
     ready_file: Option<PathBuf>,
     #[command(flatten)]
@@ -193,6 +194,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         print_problems(Path::new("command line"), &errors);
         return ExitCode::from(2);
     }
+    // Cluster settings are read at start only: a reload keeps them, so
+    // locality never disagrees with the region this node gossips.
+    let pinned_cluster = cfg.cluster.clone();
+    let base = overrides;
+    let overrides: crate::reload::Overrides = Arc::new(move |cfg: &mut Config| {
+        base(cfg);
+        cfg.cluster.clone_from(&pinned_cluster);
+    });
     let rt = match runtime(cfg.settings.workers) {
         Ok(rt) => rt,
         Err(e) => {
