@@ -1,7 +1,10 @@
 //! Cluster state for weir: membership by gossip, the Raft-replicated config
 //! store, the QUIC mesh, global counters and the shared cache.
 //!
-//! Nothing lives here yet: the single-node data plane needs none of it. The
-//! crate exists so the workspace has the shape `ARCHITECTURE.md` describes
-//! and dependencies keep pointing one way (`node` → `cluster` → `storage`).
+//! It knows nothing about HTTP routes: it carries keys and values that the
+//! node gives their meaning. Built so far: gossip membership
+//! ([`membership`]) over a sealed UDP transport ([`gossip`]).
 #![forbid(unsafe_code)]
+
+pub mod gossip;
+pub mod membership;

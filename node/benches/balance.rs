@@ -16,6 +16,8 @@ fn targets() -> Vec<TargetConfig> {
         .map(|i| TargetConfig {
             addr: format!("10.0.0.{i}:8080"),
             weight: i,
+            region: String::new(),
+            zone: String::new(),
         })
         .collect()
 }

@@ -37,14 +37,20 @@ enum LogFormatArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway node. With no flags: proxy on 0.0.0.0:9080, admin on
-    /// 127.0.0.1:9180, no routes (every request gets a JSON 404).
-    Serve(ServeArgs),
+    /// 127.0.0.1:9180, no routes (every request gets a JSON 404), no
+    /// cluster (any cluster flag joins one; gossip on UDP 7946).
+    Serve(Box<ServeArgs>),
     /// Check a config file and print every problem with its location.
     /// Exits 0 when valid, 2 when not.
     Validate {
         /// The config file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+    },
+    /// Inspect the cluster through a node's admin API.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Run the built-in echo upstream, which answers every request with a
     /// JSON description of it.
@@ -55,6 +61,20 @@ enum Command {
         /// Name reported in each answer (`served_by`).
         #[arg(long, default_value = "echo")]
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Print the members this node sees (id, state, region, zone, age,
+    /// addresses) and gossip counters.
+    Status {
+        /// The node's admin address.
+        #[arg(long, default_value = "127.0.0.1:9180", env = "WEIR_ADMIN")]
+        admin: SocketAddr,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -73,9 +93,12 @@ struct ServeArgs {
     #[arg(long)]
     workers: Option<usize>,
     /// After binding, write `{"proxy":ADDR,"admin":ADDR,"pid":N}` to this
-    /// file (for scripts and tests that bind port 0).
+    /// file (for scripts and tests that bind port 0); in a cluster also
+    /// `"gossip":ADDR` and `"node_id":ID`.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 /// Entry point of the `weir` binary.
@@ -87,8 +110,11 @@ pub fn main() -> ExitCode {
     };
     weir_observability::init(format, "info");
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Validate { file } => validate(&file),
+        Command::Cluster {
+            command: ClusterCommand::Status { admin, json },
+        } => cluster_status(admin, json),
         Command::Echo { listen, name } => echo(listen, name),
     }
 }
@@ -149,7 +175,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => Config::default(),
     };
     let (listen, admin_listen, workers) = (args.listen, args.admin_listen, args.workers);
+    let cluster_args = args.cluster.clone();
     let overrides: crate::reload::Overrides = std::sync::Arc::new(move |cfg: &mut Config| {
+        cluster_args.apply(&mut cfg.cluster);
         if let Some(l) = listen {
             cfg.settings.listen = l;
         }
@@ -161,6 +189,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     });
     overrides(&mut cfg);
+    // Flags are checked like the file, so a bad `--region` is named.
+    if let Err(errors) = cfg.validate() {
+        print_problems(Path::new("command line"), &errors);
+        return ExitCode::from(2);
+    }
+    // Cluster settings are read at start only: a reload keeps them, so
+    // locality never disagrees with the region this node gossips.
+    let pinned_cluster = cfg.cluster.clone();
+    let base = overrides;
+    let overrides: crate::reload::Overrides = Arc::new(move |cfg: &mut Config| {
+        base(cfg);
+        cfg.cluster.clone_from(&pinned_cluster);
+    });
     let rt = match runtime(cfg.settings.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -185,14 +226,29 @@ async fn serve_async(
 ) -> anyhow::Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    // One node id for gossip, spans and metrics alike.
+    let mut cfg = cfg;
+    if let Some(c) = cfg.cluster.as_mut() {
+        c.node_id = crate::cluster::resolve_node_id(c);
+    }
     let telemetry = Arc::new(crate::telemetry::Telemetry::start(
         &cfg.observability,
-        &crate::telemetry::node_info(cfg.settings.admin_listen),
+        &crate::telemetry::node_info(&cfg),
     )?);
     let state = State::with_telemetry(&cfg, telemetry.clone())
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
-    let server = Server::bind(state.clone(), config_path.clone())?;
+    let mut server = Server::bind(state.clone(), config_path.clone())?;
     let bound = server.bound()?;
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(Arc::new(
+            crate::cluster::Cluster::start(c, bound.proxy, bound.admin).await?,
+        )),
+        None => None,
+    };
+    server.cluster = cluster.clone();
+    let health = Arc::new(crate::health::HealthChecker::default());
+    server.health = health.clone();
+    let _health = AbortOnDrop(tokio::spawn(health.run(state.clone(), cluster.clone())));
 
     let _echo = match cfg.settings.echo_listen {
         Some(addr) => {
@@ -215,12 +271,16 @@ async fn serve_async(
 
     tracing::info!(proxy = %bound.proxy, admin = %bound.admin, routes = state.load().router.len(), "weir is serving");
     if let Some(path) = &ready_file {
-        write_ready_file(path, bound.proxy, bound.admin)?;
+        write_ready_file(path, bound.proxy, bound.admin, cluster.as_deref())?;
     }
 
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
+        // Peers stop routing to us first, then we drain.
+        if let Some(c) = &cluster {
+            c.leave().await;
+        }
         let _ = tx.send(true);
     });
     server.run(rx).await;
@@ -259,12 +319,41 @@ async fn wait_for_signal() {
 
 /// Writes the ready file atomically (temp file, then rename), so a reader
 /// never sees half of it.
-fn write_ready_file(path: &Path, proxy: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
-    let doc = serde_json::json!({"proxy": proxy.to_string(), "admin": admin.to_string(), "pid": std::process::id()});
+fn write_ready_file(
+    path: &Path,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> anyhow::Result<()> {
+    let mut doc = serde_json::json!({"proxy": proxy.to_string(), "admin": admin.to_string(), "pid": std::process::id()});
+    if let Some(c) = cluster {
+        doc["gossip"] = serde_json::json!(c.membership().gossip_addr().to_string());
+        doc["node_id"] = serde_json::json!(c.membership().node_id());
+    }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, doc.to_string())?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+fn cluster_status(admin: SocketAddr, json: bool) -> ExitCode {
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::cluster::status(admin, json)) {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn echo(listen: SocketAddr, name: String) -> ExitCode {

@@ -36,6 +36,9 @@ pub struct Config {
     /// Traces, metrics and the access log.
     #[serde(default)]
     pub observability: weir_observability::config::ObservabilityConfig,
+    /// Gossip membership; absent means this node runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Plugins for every route; a service's or route's own entry of the
     /// same name replaces it (see `docs/plugins.md`).
     #[serde(default)]
@@ -121,6 +124,7 @@ impl Default for Config {
             observability: Default::default(),
             plugins: Default::default(),
             consumers: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -226,6 +230,35 @@ pub struct UpstreamConfig {
     /// Session persistence through a cookie naming the target.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
+    /// Active health checks, sharded over the cluster.
+    #[serde(default)]
+    pub health_check: Option<crate::health::HealthCheckConfig>,
+    /// Region preference when targets carry `region` labels and the node
+    /// has a region (`cluster.region`).
+    #[serde(default)]
+    pub locality: Locality,
+    /// With `prefer-local`: other regions are used while the healthy
+    /// weight in the node's region is below this.
+    #[serde(default = "default_locality_min_weight")]
+    pub locality_min_weight: u32,
+}
+
+fn default_locality_min_weight() -> u32 {
+    1
+}
+
+/// How a node weighs targets by region.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Locality {
+    /// Targets in the node's region only, while their healthy weight is at
+    /// least `locality_min_weight`; then every region.
+    #[default]
+    PreferLocal,
+    /// Targets in the node's region only, even when none is healthy.
+    StrictLocal,
+    /// Every target, whatever its region.
+    None,
 }
 
 fn default_retries() -> u32 {
@@ -241,6 +274,12 @@ pub struct TargetConfig {
     /// Relative share of traffic; 0 keeps the target configured but unused.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Region label, for region-aware health-check sharding.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    /// Zone label.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
 }
 
 fn default_weight() -> u32 {
@@ -753,6 +792,9 @@ impl Config {
             );
         }
         self.settings.validate(&mut p);
+        for (path, reason) in self.cluster.iter().flat_map(|c| c.validate()) {
+            p.push(format!("cluster.{path}"), reason);
+        }
         for (path, reason) in self.observability.validate() {
             p.push(format!("observability.{path}"), reason);
         }
@@ -900,6 +942,21 @@ impl UpstreamConfig {
             if t.weight > 10_000 {
                 p.push(format!("{at}.targets[{i}].weight"), "must be at most 10000");
             }
+            for (k, v) in [("region", &t.region), ("zone", &t.zone)] {
+                if v.len() > 63
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    p.push(
+                        format!("{at}.targets[{i}].{k}"),
+                        "must be at most 63 characters of letters, digits, `-`, `_` or `.`",
+                    );
+                }
+            }
+        }
+        for (k, why) in self.health_check.iter().flat_map(|h| h.validate()) {
+            p.push(format!("{at}.health_check.{k}"), why);
         }
         // Each unit of weight is 160 points on a ketama ring: keep rings
         // (and reload times) small.

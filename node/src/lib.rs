@@ -10,11 +10,13 @@
 
 pub mod balance;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod consumer;
 pub mod echo;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;

@@ -553,7 +553,7 @@ impl Attempts<'_> {
                 Instant::now()
             };
             let now = ms_at(started.into_std());
-            let eligible = |i: usize| !tried.contains(i) && up.is_up(i, now);
+            let eligible = |i: usize| !tried.contains(i) && up.eligible(i, now);
             let (idx, cookie_matched) = match sticky_pref.filter(|&i| attempt == 0 && eligible(i)) {
                 Some(i) => (i, true),
                 None => {

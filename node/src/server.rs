@@ -59,6 +59,10 @@ pub struct Server {
     admin: TcpListener,
     /// Where the config came from, shown in status.
     pub config_path: Option<PathBuf>,
+    /// Gossip membership, when clustering is on.
+    pub cluster: crate::cluster::SharedCluster,
+    /// Active health checks and the merged view.
+    pub health: Arc<crate::health::HealthChecker>,
 }
 
 impl Server {
@@ -88,6 +92,8 @@ impl Server {
             proxy,
             admin,
             config_path,
+            cluster: None,
+            health: Arc::default(),
         })
     }
 
@@ -123,6 +129,8 @@ impl Server {
         let builder = Arc::new(builder);
 
         let admin_state = self.state.clone();
+        let admin_cluster = self.cluster.clone();
+        let admin_health = self.health.clone();
         let admin_listener = self.admin;
         let (admin_stop_tx, mut admin_stop) = watch::channel(false);
         let admin_task = tokio::spawn(async move {
@@ -132,8 +140,10 @@ impl Server {
                     accepted = admin_listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let st = admin_state.clone();
+                        let cl = admin_cluster.clone();
+                        let hl = admin_health.clone();
                         tokio::spawn(async move {
-                            let svc = service_fn(move |req| admin(st.clone(), req));
+                            let svc = service_fn(move |req| admin(st.clone(), cl.clone(), hl.clone(), req));
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .await;
@@ -225,10 +235,28 @@ fn metrics_response(state: &State, headers: &http::HeaderMap) -> Response<ProxyB
 
 async fn admin(
     state: Arc<State>,
+    cluster: crate::cluster::SharedCluster,
+    health: Arc<crate::health::HealthChecker>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let snap = state.load();
     let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/cluster/health") => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "node_id": cluster.as_ref().map(|c| c.membership().node_id().to_string()),
+                "targets": health.view(),
+            }),
+        ),
+        (&Method::GET, "/v1/cluster/members") => match &cluster {
+            Some(c) => json(StatusCode::OK, c.members_json().await),
+            None => crate::error::error_response(
+                StatusCode::NOT_FOUND,
+                "cluster_disabled",
+                "this node runs alone: no `cluster` config section and no cluster flags",
+                &crate::headers::request_id(req.headers()),
+            ),
+        },
         (&Method::GET, "/v1/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/v1/ready") => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
         (&Method::GET, "/metrics") if weir_observability::metrics::global().enabled() => {

@@ -81,7 +81,10 @@ impl Snapshot {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Ok((u.id.clone(), Arc::new(pools.upstream(u)?))))
+            .map(|u| {
+                let region = config.cluster.as_ref().map_or("", |c| c.region.as_str());
+                Ok((u.id.clone(), Arc::new(pools.upstream(u, region)?)))
+            })
             .collect::<Result<_, ConfigErrors>>()?;
         pools.retain(&config.upstreams);
         let services: HashMap<&str, _> =

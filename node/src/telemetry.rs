@@ -283,8 +283,18 @@ impl Drop for RequestLog {
     }
 }
 
-/// A short description of the node for resource attributes.
-pub fn node_info(admin: std::net::SocketAddr) -> NodeInfo {
+/// Who this node is, for resource attributes and span attributes: the
+/// cluster's node id and region when it runs in a cluster, else
+/// `<hostname>:<admin port>`.
+pub fn node_info(cfg: &crate::config::Config) -> NodeInfo {
+    let admin = cfg.settings.admin_listen;
+    if let Some(c) = &cfg.cluster {
+        return NodeInfo {
+            node_id: crate::cluster::resolve_node_id(c),
+            region: Some(c.region.clone()).filter(|r| !r.is_empty()),
+            admin: Some(admin),
+        };
+    }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

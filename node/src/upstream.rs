@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -48,12 +48,21 @@ pub struct TargetHealth {
     fails: AtomicU32,
     window_start_ms: AtomicU64,
     down_until_ms: AtomicU64,
+    /// The merged verdict of the cluster's active checks (`health.rs`).
+    cluster_down: AtomicBool,
 }
 
 impl TargetHealth {
-    /// Whether the target may receive traffic now.
+    /// Whether the target may receive traffic now: neither taken out by
+    /// this node's own failures nor down for the cluster.
     pub fn is_up(&self, now_ms: u64) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+            && !self.cluster_down.load(Ordering::Relaxed)
+    }
+
+    /// Sets the cluster verdict; true when it changed.
+    pub fn set_cluster_down(&self, down: bool) -> bool {
+        self.cluster_down.swap(down, Ordering::Relaxed) != down
     }
 
     /// Records a failed attempt; returns true when this failure took the
@@ -103,6 +112,10 @@ pub struct Target {
     pub sticky_id: String,
     /// Configured weight; 0 means no traffic at all.
     pub weight: u32,
+    /// Region label; empty when none.
+    pub region: String,
+    /// Zone label; empty when none.
+    pub zone: String,
     /// Passive health, shared across reloads.
     pub health: Arc<TargetHealth>,
     /// Keep-alive connections, shared across reloads.
@@ -135,12 +148,47 @@ pub struct Upstream {
     pub fail_timeout: Duration,
     /// Sticky sessions, when configured.
     pub sticky: Option<StickyConfig>,
+    /// Active health checks, when configured.
+    pub health_check: Option<crate::health::HealthCheckConfig>,
+    /// Region preference; `None` when it does not apply (no labels, no
+    /// node region, or `locality: none`).
+    pub locality: Option<(crate::config::Locality, u32)>,
+    /// Per target: whether it is in this node's region.
+    pub local: Vec<bool>,
 }
 
 impl Upstream {
     /// Whether target `i` may take traffic now.
     pub fn is_up(&self, i: usize, now_ms: u64) -> bool {
         self.targets[i].health.is_up(now_ms)
+    }
+
+    /// Whether the balancer may pick target `i` now: it is up, and its
+    /// region is allowed by `locality`. A remote target is allowed under
+    /// `prefer-local` only while the healthy local weight is below the
+    /// threshold (spill-over), never under `strict-local`.
+    pub fn eligible(&self, i: usize, now_ms: u64) -> bool {
+        if !self.is_up(i, now_ms) {
+            return false;
+        }
+        match self.locality {
+            None => true,
+            Some(_) if self.local.get(i).copied().unwrap_or(true) => true,
+            Some((crate::config::Locality::PreferLocal, min_weight)) => {
+                self.local_up_weight(now_ms) < min_weight
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Sum of the weights of healthy targets in this node's region.
+    pub fn local_up_weight(&self, now_ms: u64) -> u32 {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| self.local.get(*i).copied().unwrap_or(false) && t.health.is_up(now_ms))
+            .map(|(_, t)| t.weight)
+            .sum()
     }
 
     /// Records a failed attempt on target `i`, logging when it goes down.
@@ -229,7 +277,10 @@ pub struct Pools {
 impl Pools {
     /// Builds the run-time upstream for a config, reusing pools and health
     /// state where they fit.
-    pub fn upstream(&self, cfg: &UpstreamConfig) -> Result<Upstream, ConfigErrors> {
+    ///
+    /// `region` is this node's region (empty when it has none): targets
+    /// labelled with it are local for `locality`.
+    pub fn upstream(&self, cfg: &UpstreamConfig, region: &str) -> Result<Upstream, ConfigErrors> {
         let settings = PoolSettings::of(cfg);
         let targets = {
             let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -264,6 +315,8 @@ impl Pools {
                         host_value,
                         sticky_id: sticky_id(&t.addr),
                         weight: t.weight,
+                        region: t.region.clone(),
+                        zone: t.zone.clone(),
                         health: h,
                         pool,
                     })
@@ -283,6 +336,16 @@ impl Pools {
             max_fails: cfg.passive_health.max_fails,
             fail_timeout: cfg.passive_health.fail_timeout,
             sticky: cfg.sticky.clone(),
+            health_check: cfg.health_check.clone(),
+            locality: (!region.is_empty()
+                && cfg.locality != crate::config::Locality::None
+                && cfg.targets.iter().any(|t| !t.region.is_empty()))
+            .then_some((cfg.locality, cfg.locality_min_weight)),
+            local: cfg
+                .targets
+                .iter()
+                .map(|t| t.region.is_empty() || t.region == region)
+                .collect(),
         })
     }
 

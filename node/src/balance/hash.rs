@@ -266,6 +266,8 @@ mod tests {
             .map(|&(a, w)| TargetConfig {
                 addr: a.to_string(),
                 weight: w,
+                region: String::new(),
+                zone: String::new(),
             })
             .collect()
     }
@@ -275,6 +277,8 @@ mod tests {
             .map(|i| TargetConfig {
                 addr: format!("10.0.0.{}:8080", i + 1),
                 weight: 1,
+                region: String::new(),
+                zone: String::new(),
             })
             .collect()
     }
@@ -446,6 +450,8 @@ mod tests {
             .map(|i| TargetConfig {
                 addr: format!("host-{i}:80"),
                 weight: 1,
+                region: String::new(),
+                zone: String::new(),
             })
             .collect();
         let b = ConsistentHash::new(&HashOn::Uri, &many);

@@ -39,6 +39,8 @@ fn targets(weights: &[u32]) -> Vec<TargetConfig> {
         .map(|(i, &weight)| TargetConfig {
             addr: format!("10.0.{}.{}:80", i / 200, i % 200 + 1),
             weight,
+            region: String::new(),
+            zone: String::new(),
         })
         .collect()
 }

@@ -64,6 +64,10 @@ pub enum Signal {
     Hup,
     /// SIGKILL.
     Kill,
+    /// SIGSTOP: freeze the process.
+    Stop,
+    /// SIGCONT: let a frozen process run again.
+    Cont,
 }
 
 impl Signal {
@@ -73,6 +77,8 @@ impl Signal {
             Signal::Int => "INT",
             Signal::Hup => "HUP",
             Signal::Kill => "KILL",
+            Signal::Stop => "STOP",
+            Signal::Cont => "CONT",
         }
     }
 }
@@ -366,6 +372,11 @@ impl Gateway {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// The extra arguments, to change before a [`Gateway::restart`].
+    pub fn args_mut(&mut self) -> &mut Vec<OsString> {
+        &mut self.args
     }
 
     /// Starts the process again in the same dir with the same config file

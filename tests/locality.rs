@@ -1,0 +1,103 @@
+//! Region-aware balancing with real processes: two nodes in two regions,
+//! targets labelled with regions, `prefer-local` with spill-over,
+//! `strict-local`, and `none`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::weir_bin;
+use weir_chaos::{Cluster, ClusterSpec, NodeSpec};
+use weir_testsupport::Upstream;
+
+fn config(ups: &[(&str, &str, &Upstream, &Upstream)]) -> String {
+    let mut y = String::from("upstreams:\n");
+    for (id, locality, eu, us) in ups {
+        y.push_str(&format!(
+            "  - id: {id}\n    locality: {locality}\n    retries: 1\n    targets:\n      - {{addr: \"{}\", region: eu}}\n      - {{addr: \"{}\", region: us}}\n",
+            eu.target(),
+            us.target()
+        ));
+    }
+    y.push_str("routes:\n");
+    for (id, ..) in ups {
+        y.push_str(&format!(
+            "  - id: {id}\n    paths: [\"/{id}/*\"]\n    upstream: {id}\n"
+        ));
+    }
+    y
+}
+
+async fn get_n(url: &str, n: usize) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let status = client
+            .get(url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        out.push(status);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_prefer_their_region_and_spill_over_when_it_is_down() {
+    let (pe, pu) = (Upstream::start("p-eu").await, Upstream::start("p-us").await);
+    let (se, su) = (Upstream::start("s-eu").await, Upstream::start("s-us").await);
+    let (ne, nu) = (Upstream::start("n-eu").await, Upstream::start("n-us").await);
+    let mut spec = ClusterSpec::new(0).config(config(&[
+        ("p", "prefer-local", &pe, &pu),
+        ("s", "strict-local", &se, &su),
+        ("n", "none", &ne, &nu),
+    ]));
+    spec.nodes = vec![
+        NodeSpec::new("eu-node", "eu"),
+        NodeSpec::new("us-node", "us"),
+    ];
+    let c = Cluster::start(weir_bin(), spec).await.expect("starts");
+    let (eu, us) = (c.node(0).gateway(), c.node(1).gateway());
+
+    // Each node keeps to its own region.
+    assert!(get_n(&eu.url("/p/x"), 20).await.iter().all(|s| *s == 200));
+    assert!(get_n(&us.url("/p/x"), 20).await.iter().all(|s| *s == 200));
+    assert_eq!((pe.hits_for("/p/"), pu.hits_for("/p/")), (20, 20));
+    assert!(get_n(&eu.url("/s/x"), 10).await.iter().all(|s| *s == 200));
+    assert_eq!((se.hits_for("/s/"), su.hits_for("/s/")), (10, 0));
+    // `none` ignores regions: both get traffic.
+    assert!(get_n(&eu.url("/n/x"), 40).await.iter().all(|s| *s == 200));
+    assert!(ne.hits_for("/n/") > 0 && nu.hits_for("/n/") > 0);
+
+    // The eu targets die: prefer-local spills over to us without a failed
+    // request (the retry goes to the other region); strict-local does not.
+    pe.kill().await;
+    se.kill().await;
+    let statuses = get_n(&eu.url("/p/x"), 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(pu.hits_for("/p/"), 40);
+    let statuses = get_n(&eu.url("/s/x"), 5).await;
+    assert!(statuses.iter().all(|s| *s >= 500), "{statuses:?}");
+    assert_eq!(
+        su.hits_for("/s/"),
+        0,
+        "strict-local never leaves the region"
+    );
+
+    // Back in its region once it recovers (passive health lets it back
+    // after fail_timeout; wait for the first request that lands there).
+    pe.restart().await;
+    weir_testsupport::wait_until("eu target used again", Duration::from_secs(20), || async {
+        let _ = get_n(&eu.url("/p/x"), 1).await;
+        pe.hits_for("/p/") > 20
+    })
+    .await;
+    let before = pu.hits_for("/p/");
+    assert!(get_n(&eu.url("/p/x"), 10).await.iter().all(|s| *s == 200));
+    assert_eq!(
+        pu.hits_for("/p/"),
+        before,
+        "no more spill once local is back"
+    );
+}
