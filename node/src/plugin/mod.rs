@@ -41,6 +41,7 @@ use crate::proxy::{BoxError, ProxyBody};
 
 mod basic_auth;
 mod consumer_restriction;
+mod jwt_auth;
 mod key_auth;
 mod response_rewrite;
 
@@ -49,6 +50,7 @@ mod response_rewrite;
 pub static REGISTRY: &[PluginDef] = &[
     basic_auth::DEF,
     consumer_restriction::DEF,
+    jwt_auth::DEF,
     key_auth::DEF,
     response_rewrite::DEF,
 ];
