@@ -119,7 +119,9 @@ fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
 }
 
 fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("              {l}\n")).collect()
+    pem.lines()
+        .map(|l| format!("              {l}\n"))
+        .collect()
 }
 
 fn config(target: &str, jwks_url: &str) -> String {

@@ -41,6 +41,7 @@ use crate::proxy::{BoxError, ProxyBody};
 
 mod basic_auth;
 mod consumer_restriction;
+mod governance;
 mod jwt_auth;
 mod key_auth;
 mod response_rewrite;
@@ -564,6 +565,18 @@ pub fn build_chains(
             (s.id.as_str(), build_level(&s.plugins, &at, &env, &mut p))
         })
         .collect();
+    let service_lifecycles: HashMap<&str, Option<Arc<dyn Plugin>>> = config
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let l = s.lifecycle.as_ref()?;
+            let at = format!("services[{i}].lifecycle");
+            Some((s.id.as_str(), governance::lifecycle(l, &at, &mut p)))
+        })
+        .collect();
+    let service_cfgs: HashMap<&str, &crate::config::ServiceConfig> =
+        config.services.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut chains = Vec::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
         let at = format!("routes[{i}].plugins");
@@ -575,7 +588,40 @@ pub fn build_chains(
                 merged.insert(name.as_str(), (*def, plugin.clone()));
             }
         }
-        chains.push(chain_of(merged.into_values().collect()));
+        let mut list: Vec<_> = merged.into_values().collect();
+
+        // Governance: the route's own settings, else its service's.
+        let svc = r.service.as_deref().and_then(|s| service_cfgs.get(s));
+        let lifecycle = match &r.lifecycle {
+            Some(l) => governance::lifecycle(l, &format!("routes[{i}].lifecycle"), &mut p),
+            None => r
+                .service
+                .as_deref()
+                .and_then(|s| service_lifecycles.get(s).cloned().flatten()),
+        };
+        if let Some(l) = lifecycle {
+            list.push((&governance::LIFECYCLE, l));
+        }
+        let required = r
+            .require_subscription
+            .or(svc.and_then(|s| s.require_subscription))
+            .unwrap_or(false);
+        if required {
+            if !list.iter().any(|(d, _)| AUTH_PLUGINS.contains(&d.name)) {
+                p.push(
+                    format!("routes[{i}].require_subscription"),
+                    format!(
+                        "needs an auth plugin ({}) on the route, its service or globally",
+                        AUTH_PLUGINS.join(", ")
+                    ),
+                );
+            }
+            list.push((
+                &governance::SUBSCRIPTION,
+                governance::subscription(config, &r.id, r.service.as_deref()),
+            ));
+        }
+        chains.push(chain_of(list));
     }
     if p.0.is_empty() {
         Ok(chains)
@@ -604,8 +650,13 @@ fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<
     }))
 }
 
-/// Checks every `plugins:` map of a config, for [`Config::validate`].
+/// The plugins that identify a consumer.
+const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth"];
+
+/// Checks every `plugins:` map, lifecycle and subscription of a config,
+/// for [`Config::validate`].
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
+    governance::validate_subscriptions(config, p);
     let consumers = match Consumers::build(config) {
         Ok(c) => Arc::new(c),
         // The consumer problems are reported by their own check.
@@ -624,7 +675,10 @@ mod tests {
     fn registry_names_are_unique_and_priorities_distinct() {
         let mut names = std::collections::HashSet::new();
         let mut prios = std::collections::HashSet::new();
-        for d in REGISTRY {
+        for d in REGISTRY
+            .iter()
+            .chain([&governance::LIFECYCLE, &governance::SUBSCRIPTION])
+        {
             assert!(names.insert(d.name), "duplicate plugin name {}", d.name);
             assert!(
                 prios.insert(d.priority),
