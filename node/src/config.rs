@@ -79,6 +79,29 @@ pub struct CredentialsConfig {
     /// Keys for `jwt-auth`.
     #[serde(default, rename = "jwt-auth")]
     pub jwt_auth: Vec<JwtCredential>,
+    /// Shared secrets for `hmac-auth`.
+    #[serde(default, rename = "hmac-auth")]
+    pub hmac_auth: Vec<HmacCredential>,
+}
+
+/// A key id and its shared HMAC secret. HMAC needs the secret itself, so
+/// this is the one credential kept in the clear; it is never logged.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HmacCredential {
+    /// Key id the client names in its signature; unique over all consumers.
+    pub key_id: String,
+    /// The shared secret, at least 32 bytes.
+    pub secret: String,
+}
+
+impl fmt::Debug for HmacCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HmacCredential")
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// An API key, stored as the hex SHA-256 of the key.

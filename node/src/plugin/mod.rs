@@ -42,6 +42,7 @@ use crate::proxy::{BoxError, ProxyBody};
 mod basic_auth;
 mod consumer_restriction;
 mod governance;
+mod hmac_auth;
 mod jwt_auth;
 mod key_auth;
 mod response_rewrite;
@@ -51,6 +52,7 @@ mod response_rewrite;
 pub static REGISTRY: &[PluginDef] = &[
     basic_auth::DEF,
     consumer_restriction::DEF,
+    hmac_auth::DEF,
     jwt_auth::DEF,
     key_auth::DEF,
     response_rewrite::DEF,
@@ -651,7 +653,7 @@ fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<
 }
 
 /// The plugins that identify a consumer.
-const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth"];
+const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth", "hmac-auth"];
 
 /// Checks every `plugins:` map, lifecycle and subscription of a config,
 /// for [`Config::validate`].
