@@ -766,6 +766,45 @@ mod tests {
         assert!(chain_of(vec![]).is_none());
     }
 
+    struct Upper(Arc<std::sync::Mutex<Option<Outcome>>>);
+
+    impl Plugin for Upper {
+        fn filters_body(&self) -> bool {
+            true
+        }
+
+        fn response_body(&self, chunk: &mut Bytes, _ctx: &mut RequestCtx) {
+            *chunk = Bytes::from(chunk.to_ascii_uppercase());
+        }
+
+        fn log(&self, _ctx: &RequestCtx, outcome: &Outcome) {
+            *self.0.lock().unwrap() = Some(*outcome);
+        }
+    }
+
+    #[tokio::test]
+    async fn body_and_log_phases_see_the_whole_exchange() {
+        use http_body_util::BodyExt;
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let chain = chain_of(vec![(&LOW, Arc::new(Upper(seen.clone())))]).unwrap();
+        let ctx = RequestCtx::new(
+            "r".into(),
+            None,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("id"),
+        );
+        let resp = Response::new(ProxyBody::full(Bytes::from_static(b"hello")));
+        let resp = chain.respond(resp, ctx);
+        // A filtering chain may change the length: no exact size promised.
+        assert_eq!(resp.body().size_hint().exact(), None);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"HELLO");
+        let outcome = seen.lock().unwrap().expect("log phase ran");
+        assert_eq!(outcome.status, StatusCode::OK);
+        assert_eq!(outcome.body_bytes, 5);
+        assert!(outcome.completed);
+    }
+
     #[test]
     fn null_config_reads_as_empty_map() {
         #[derive(serde::Deserialize)]
