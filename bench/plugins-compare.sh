@@ -46,6 +46,23 @@ ensure_weir
 
 KEY_SHA="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 
+# Ports below the kernel's ephemeral range (32768+): on a busy machine a
+# port that refuses connections may still be some client socket's local
+# port, and binding it then fails.
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS+="$p "
+            FREE_PORT="$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
 # setup_variant NAME: a weir for one variant.
 setup_variant() {
     local v="$1" d="$WORK/$1" port admin bin="$WEIR_BIN" plugins="" consumers=""
