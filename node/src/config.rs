@@ -46,6 +46,9 @@ pub struct Config {
     /// Consumers: named API clients and their credentials.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
+    /// Subscriptions of consumers to routes and services.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 /// A named API client.
@@ -79,6 +82,29 @@ pub struct CredentialsConfig {
     /// Keys for `jwt-auth`.
     #[serde(default, rename = "jwt-auth")]
     pub jwt_auth: Vec<JwtCredential>,
+    /// Shared secrets for `hmac-auth`.
+    #[serde(default, rename = "hmac-auth")]
+    pub hmac_auth: Vec<HmacCredential>,
+}
+
+/// A key id and its shared HMAC secret. HMAC needs the secret itself, so
+/// this is the one credential kept in the clear; it is never logged.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HmacCredential {
+    /// Key id the client names in its signature; unique over all consumers.
+    pub key_id: String,
+    /// The shared secret, at least 32 bytes.
+    pub secret: String,
+}
+
+impl fmt::Debug for HmacCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HmacCredential")
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// An API key, stored as the hex SHA-256 of the key.
@@ -125,6 +151,7 @@ impl Default for Config {
             plugins: Default::default(),
             consumers: Vec::new(),
             cluster: None,
+            subscriptions: Vec::new(),
         }
     }
 }
@@ -469,6 +496,78 @@ pub struct ServiceConfig {
     /// Plugins for the service's routes; override global ones by name.
     #[serde(default)]
     pub plugins: crate::plugin::PluginMap,
+    /// Lifecycle status of the service's routes, unless a route sets its
+    /// own.
+    #[serde(default)]
+    pub lifecycle: Option<LifecycleConfig>,
+    /// Admit only consumers with an approved subscription to the service
+    /// (or to the route), unless a route sets its own.
+    #[serde(default)]
+    pub require_subscription: Option<bool>,
+}
+
+/// Where an API is in its life.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// `published`, `deprecated` or `retired`.
+    #[serde(default)]
+    pub status: LifecycleStatus,
+    /// When it was (or will be) deprecated, RFC 3339; required for
+    /// `deprecated`, sent in the `Deprecation` header (RFC 9745).
+    #[serde(default)]
+    pub deprecated_at: Option<String>,
+    /// When it stops working, RFC 3339; sent in the `Sunset` header
+    /// (RFC 8594).
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// URL of the API replacing it, sent as
+    /// `Link: <URL>; rel="successor-version"` and in the 410 body.
+    #[serde(default)]
+    pub successor: Option<String>,
+}
+
+/// Lifecycle status of a route or service.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleStatus {
+    /// In service (the default).
+    #[default]
+    Published,
+    /// Still served, with deprecation headers.
+    Deprecated,
+    /// No longer served: 410 Gone, the upstream is never called.
+    Retired,
+}
+
+/// A consumer's subscription to a route or a service.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Consumer name.
+    pub consumer: String,
+    /// Route id (exactly one of `route`, `service`).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Service id (exactly one of `route`, `service`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Only `approved` admits the consumer.
+    pub state: SubscriptionState,
+}
+
+/// Where a subscription stands.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionState {
+    /// Asked for, not decided.
+    Requested,
+    /// Granted.
+    Approved,
+    /// Refused.
+    Rejected,
+    /// Granted, then withdrawn.
+    Revoked,
 }
 
 /// What `Host` header the upstream receives: `pass`, `target`, or
@@ -552,6 +651,13 @@ pub struct RouteConfig {
     /// Plugins of this route; override service and global ones by name.
     #[serde(default)]
     pub plugins: crate::plugin::PluginMap,
+    /// Lifecycle status; overrides the service's.
+    #[serde(default)]
+    pub lifecycle: Option<LifecycleConfig>,
+    /// Admit only consumers with an approved subscription; overrides the
+    /// service's.
+    #[serde(default)]
+    pub require_subscription: Option<bool>,
 }
 
 /// A condition on one header or query argument: `name` and exactly one of

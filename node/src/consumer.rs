@@ -43,6 +43,24 @@ pub struct Consumers {
     basic: HashMap<String, (String, Arc<Consumer>)>,
     /// JWT subjects → consumer.
     jwt: HashMap<String, Arc<Consumer>>,
+    /// HMAC key ids → (secret, consumer).
+    hmac: HashMap<String, HmacEntry>,
+}
+
+/// An HMAC secret and its consumer.
+pub struct HmacEntry {
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// Its owner.
+    pub consumer: Arc<Consumer>,
+}
+
+impl std::fmt::Debug for HmacEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacEntry")
+            .field("consumer", &self.consumer.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A stored key digest and its consumer.
@@ -150,6 +168,11 @@ impl Consumers {
         if ok { consumer } else { None }
     }
 
+    /// The HMAC secret and consumer of a key id.
+    pub fn by_hmac_key(&self, key_id: &str) -> Option<&HmacEntry> {
+        self.hmac.get(key_id)
+    }
+
     /// The consumer a JWT subject (the route's consumer claim) names.
     pub fn by_jwt_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
         self.jwt.get(subject)
@@ -237,6 +260,34 @@ impl Consumers {
                 continue;
             }
             self.jwt.insert(t.subject.clone(), consumer.clone());
+        }
+        for (j, h) in cred.hmac_auth.iter().enumerate() {
+            let here = format!("{at}.credentials.hmac-auth[{j}]");
+            if h.key_id.is_empty() || h.key_id.contains(['"', ',', '\\']) {
+                p.push(
+                    format!("{here}.key_id"),
+                    "must be non-empty without `\"`, `,` or `\\`",
+                );
+                continue;
+            }
+            if h.secret.len() < 32 {
+                p.push(format!("{here}.secret"), "must be at least 32 bytes");
+                continue;
+            }
+            if self.hmac.contains_key(&h.key_id) {
+                p.push(
+                    format!("{here}.key_id"),
+                    format!("key id `{}` is used by another credential", h.key_id),
+                );
+                continue;
+            }
+            self.hmac.insert(
+                h.key_id.clone(),
+                HmacEntry {
+                    secret: h.secret.as_bytes().to_vec(),
+                    consumer: consumer.clone(),
+                },
+            );
         }
     }
 }

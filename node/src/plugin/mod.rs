@@ -41,6 +41,9 @@ use crate::proxy::{BoxError, ProxyBody};
 
 mod basic_auth;
 mod consumer_restriction;
+mod governance;
+mod hmac_auth;
+mod jwt_auth;
 mod key_auth;
 mod response_rewrite;
 
@@ -49,6 +52,8 @@ mod response_rewrite;
 pub static REGISTRY: &[PluginDef] = &[
     basic_auth::DEF,
     consumer_restriction::DEF,
+    hmac_auth::DEF,
+    jwt_auth::DEF,
     key_auth::DEF,
     response_rewrite::DEF,
 ];
@@ -575,6 +580,18 @@ pub fn build_chains(
             (s.id.as_str(), build_level(&s.plugins, &at, &env, &mut p))
         })
         .collect();
+    let service_lifecycles: HashMap<&str, Option<Arc<dyn Plugin>>> = config
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let l = s.lifecycle.as_ref()?;
+            let at = format!("services[{i}].lifecycle");
+            Some((s.id.as_str(), governance::lifecycle(l, &at, &mut p)))
+        })
+        .collect();
+    let service_cfgs: HashMap<&str, &crate::config::ServiceConfig> =
+        config.services.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut chains = Vec::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
         let at = format!("routes[{i}].plugins");
@@ -586,7 +603,40 @@ pub fn build_chains(
                 merged.insert(name.as_str(), (*def, plugin.clone()));
             }
         }
-        chains.push(chain_of(merged.into_values().collect()));
+        let mut list: Vec<_> = merged.into_values().collect();
+
+        // Governance: the route's own settings, else its service's.
+        let svc = r.service.as_deref().and_then(|s| service_cfgs.get(s));
+        let lifecycle = match &r.lifecycle {
+            Some(l) => governance::lifecycle(l, &format!("routes[{i}].lifecycle"), &mut p),
+            None => r
+                .service
+                .as_deref()
+                .and_then(|s| service_lifecycles.get(s).cloned().flatten()),
+        };
+        if let Some(l) = lifecycle {
+            list.push((&governance::LIFECYCLE, l));
+        }
+        let required = r
+            .require_subscription
+            .or(svc.and_then(|s| s.require_subscription))
+            .unwrap_or(false);
+        if required {
+            if !list.iter().any(|(d, _)| AUTH_PLUGINS.contains(&d.name)) {
+                p.push(
+                    format!("routes[{i}].require_subscription"),
+                    format!(
+                        "needs an auth plugin ({}) on the route, its service or globally",
+                        AUTH_PLUGINS.join(", ")
+                    ),
+                );
+            }
+            list.push((
+                &governance::SUBSCRIPTION,
+                governance::subscription(config, &r.id, r.service.as_deref()),
+            ));
+        }
+        chains.push(chain_of(list));
     }
     if p.0.is_empty() {
         Ok(chains)
@@ -615,8 +665,13 @@ fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<
     }))
 }
 
-/// Checks every `plugins:` map of a config, for [`Config::validate`].
+/// The plugins that identify a consumer.
+const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth", "hmac-auth"];
+
+/// Checks every `plugins:` map, lifecycle and subscription of a config,
+/// for [`Config::validate`].
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
+    governance::validate_subscriptions(config, p);
     let consumers = match Consumers::build(config) {
         Ok(c) => Arc::new(c),
         // The consumer problems are reported by their own check.
@@ -635,7 +690,10 @@ mod tests {
     fn registry_names_are_unique_and_priorities_distinct() {
         let mut names = std::collections::HashSet::new();
         let mut prios = std::collections::HashSet::new();
-        for d in REGISTRY {
+        for d in REGISTRY
+            .iter()
+            .chain([&governance::LIFECYCLE, &governance::SUBSCRIPTION])
+        {
             assert!(names.insert(d.name), "duplicate plugin name {}", d.name);
             assert!(
                 prios.insert(d.priority),
@@ -719,6 +777,45 @@ mod tests {
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
         assert_eq!(ctx.ext.get::<Seen>().unwrap().0, ["high", "deny"]);
         assert!(chain_of(vec![]).is_none());
+    }
+
+    struct Upper(Arc<std::sync::Mutex<Option<Outcome>>>);
+
+    impl Plugin for Upper {
+        fn filters_body(&self) -> bool {
+            true
+        }
+
+        fn response_body(&self, chunk: &mut Bytes, _ctx: &mut RequestCtx) {
+            *chunk = Bytes::from(chunk.to_ascii_uppercase());
+        }
+
+        fn log(&self, _ctx: &RequestCtx, outcome: &Outcome) {
+            *self.0.lock().unwrap() = Some(*outcome);
+        }
+    }
+
+    #[tokio::test]
+    async fn body_and_log_phases_see_the_whole_exchange() {
+        use http_body_util::BodyExt;
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let chain = chain_of(vec![(&LOW, Arc::new(Upper(seen.clone())))]).unwrap();
+        let ctx = RequestCtx::new(
+            "r".into(),
+            None,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("id"),
+        );
+        let resp = Response::new(ProxyBody::full(Bytes::from_static(b"hello")));
+        let resp = chain.respond(resp, ctx);
+        // A filtering chain may change the length: no exact size promised.
+        assert_eq!(resp.body().size_hint().exact(), None);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"HELLO");
+        let outcome = seen.lock().unwrap().expect("log phase ran");
+        assert_eq!(outcome.status, StatusCode::OK);
+        assert_eq!(outcome.body_bytes, 5);
+        assert!(outcome.completed);
     }
 
     #[test]
