@@ -258,7 +258,7 @@ EOF
 # worker, wait until it answers through to the upstream.
 start_proxy() {
     local p="$1"
-    "setup_$p"
+    "setup_${p//-/_}"
     log "starting $p on 127.0.0.1:${PORT_OF[$p]} (core $PROXY_CPU)"
     wait_ready "$p" "${PORT_OF[$p]}" "${LOG_OF[$p]}"
 }
@@ -326,16 +326,78 @@ EOF
     start haproxy "$PROXY_CPU" "${LOG_OF[haproxy]}" "$HAPROXY_BIN" -db -f "$d/proxy-haproxy.cfg"
 }
 
-setup_weir() {
-    local d="$WORK/weir" port admin; free_port; port="$FREE_PORT"; free_port; admin="$FREE_PORT"
-    mkdir -p "$d/logs"
-    cat >"$d/proxy-weir.yaml" <<EOF
+setup_weir() { setup_weir_named weir ""; }
+
+# Variants of weir under the same load, for overhead figures:
+#   weir-nometrics  metrics off (the default has them on)
+#   weir-t1         tracing at 1% sampling, exporting to a live OTLP receiver
+#   weir-t100       tracing at 100% sampling, exporting to a live OTLP receiver
+setup_weir_nometrics() { setup_weir_named weir-nometrics "observability: {metrics: {enabled: false}}"; }
+setup_weir_t1() { ensure_otlp; setup_weir_named weir-t1 "$(traced_yaml 0.01)"; }
+setup_weir_t100() { ensure_otlp; setup_weir_named weir-t100 "$(traced_yaml 1.0)"; }
+# weir-plugins  the plugin chain ip-restriction + cors + proxy-rewrite set
+#               globally (every request passes all three; key-auth joins the
+#               chain once it is available)
+setup_weir_plugins() { setup_weir_named weir-plugins "$(plugins_yaml)"; }
+plugins_yaml() {
+    cat <<'EOF2'
+plugins:
+  ip-restriction: {allow: [127.0.0.0/8, "::1"], deny: [10.0.0.0/8]}
+  cors: {allow_origins: ["https://app.example.com", "https://*.example.org"], allow_credentials: true, max_age: 10m}
+  proxy-rewrite: {regex_uri: ["^/(.*)$", "/$1"], headers: {set: {x-bench: "1"}, remove: [x-debug]}}
+EOF2
+}
+traced_yaml() {
+    echo "observability: {tracing: {enabled: true, endpoint: \"http://127.0.0.1:$OTLP_PORT\", sample_ratio: $1}}"
+}
+
+# setup_weir_named NAME EXTRA_YAML: one weir with the shared proxy config
+# plus EXTRA_YAML (top-level keys).
+setup_weir_named() {
+    local name="$1" extra="$2" d port admin; free_port; port="$FREE_PORT"; free_port; admin="$FREE_PORT"
+    d="$WORK/$name"; mkdir -p "$d/logs"
+    cat >"$d/proxy-$name.yaml" <<EOF
 settings: {listen: "127.0.0.1:$port", admin_listen: "127.0.0.1:$admin", workers: 1}
 upstreams: [{id: bench, targets: [{addr: "127.0.0.1:$UP_PORT"}]}]
 routes: [{id: all, paths: ["/*"], upstream: bench}]
+$extra
 EOF
-    PORT_OF[weir]=$port; LOG_OF[weir]="$d/logs/proxy-weir-stderr.log"
-    start weir "$PROXY_CPU" "${LOG_OF[weir]}" env WEIR_LOG=warn "$WEIR_BIN" serve --config "$d/proxy-weir.yaml"
+    PORT_OF[$name]=$port; LOG_OF[$name]="$d/logs/proxy-$name-stderr.log"
+    start "$name" "$PROXY_CPU" "${LOG_OF[$name]}" env WEIR_LOG=warn "$WEIR_BIN" serve --config "$d/proxy-$name.yaml"
+}
+
+# ensure_otlp: start the counting OTLP/gRPC receiver once, pinned with the
+# load (sets OTLP_PORT). Built from the workspace unless OTLP_BIN is set.
+OTLP_PORT=""
+ensure_otlp() {
+    [[ -n "$OTLP_PORT" ]] && return 0
+    if [[ -z "${OTLP_BIN:-}" ]]; then
+        log "building the OTLP receiver: cargo build --release -p weir-testsupport --bin otlp-receiver"
+        (cd "$BENCH_ROOT" && cargo build --release -q -p weir-testsupport --bin otlp-receiver) \
+            || die "otlp-receiver failed to build; set OTLP_BIN"
+        local target
+        target="$(cd "$BENCH_ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+            | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+        OTLP_BIN="${target:-${CARGO_TARGET_DIR:-$BENCH_ROOT/target}}/release/otlp-receiver"
+    fi
+    [[ -x "$OTLP_BIN" ]] || die "OTLP_BIN '$OTLP_BIN' is not an executable file"
+    free_port; OTLP_PORT="$FREE_PORT"
+    mkdir -p "$WORK/otlp"
+    OTLP_LOG="$WORK/otlp/otlp-receiver.log"
+    log "starting the OTLP receiver on 127.0.0.1:$OTLP_PORT (core $LOAD_CPU)"
+    start otlp "$LOAD_CPU" "$OTLP_LOG" "$OTLP_BIN" "127.0.0.1:$OTLP_PORT"
+    local deadline=$((SECONDS + 20))
+    until grep -q '^listening' "$OTLP_LOG" 2>/dev/null; do
+        kill -0 "${PID_OF[otlp]}" 2>/dev/null || { sed 's/^/    /' "$OTLP_LOG" >&2; die "otlp-receiver exited"; }
+        [[ $SECONDS -lt $deadline ]] || die "otlp-receiver not listening within 20 s"
+        sleep 0.1
+    done
+}
+
+# otlp_spans: spans the receiver has counted so far (0 when not started).
+otlp_spans() {
+    [[ -n "$OTLP_PORT" ]] || { echo 0; return; }
+    awk '/^spans / {n = $2} END {print n + 0}' "$OTLP_LOG"
 }
 
 # worker_pids NAME: the pids doing the proxy work (nginx: the workers, not the master).

@@ -9,7 +9,11 @@
 # reported together with ratios to nginx.
 #
 # Usage:   bench/proxy-compare.sh
-# Env:     PROXIES="nginx haproxy weir"  subset and base order
+#          PROXIES="weir weir-t1 weir-t100" BASELINE=weir bench/proxy-compare.sh   # tracing overhead
+#          PROXIES="weir weir-plugins" BASELINE=weir bench/proxy-compare.sh        # plugin chain overhead
+# Env:     PROXIES="nginx haproxy weir"  subset and base order; weir variants:
+#                           weir-nometrics, weir-t1, weir-t100, weir-plugins (see lib.sh)
+#          BASELINE=nginx   the proxy the ratio columns compare with
 #          DURATION=10      seconds per measured run
 #          ROUNDS=3         interleaved rounds
 #          CONNECTIONS=64   wrk connections (one wrk thread)
@@ -30,23 +34,26 @@ export BENCH_NAME=proxy-compare
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CMDLINE="$(bench_cmdline PROXIES DURATION ROUNDS CONNECTIONS PATH_TO_GET WARMUP WEIR_BIN \
+CMDLINE="$(bench_cmdline PROXIES BASELINE OTLP_BIN DURATION ROUNDS CONNECTIONS PATH_TO_GET WARMUP WEIR_BIN \
     PROXY_CPU LOAD_CPU NICE RESULTS_DIR CARGO_TARGET_DIR -- "$0" "$@")"
 
 PROXIES="${PROXIES:-nginx haproxy weir}"
+BASELINE="${BASELINE:-nginx}"
 ROUNDS="${ROUNDS:-3}"
 bench_common_settings
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 ]] || die "ROUNDS must be a positive integer"
 read -r -a ORDER <<<"$PROXIES"
 [[ ${#ORDER[@]} -ge 1 ]] || die "PROXIES is empty"
 for p in "${ORDER[@]}"; do
-    case "$p" in nginx|haproxy|weir) ;; *) die "unknown proxy '$p' in PROXIES (known: nginx haproxy weir)";; esac
+    case "$p" in nginx|haproxy|weir|weir-nometrics|weir-t1|weir-t100|weir-plugins) ;;
+        *) die "unknown proxy '$p' in PROXIES (known: nginx haproxy weir weir-nometrics weir-t1 weir-t100 weir-plugins)";; esac
 done
+[[ " $PROXIES " == *" $BASELINE "* ]] || die "BASELINE '$BASELINE' is not in PROXIES"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH_ROOT/bench/results/$STAMP}"
 
 need_tools "${ORDER[@]}"
-if [[ " $PROXIES " == *" weir "* ]]; then ensure_weir; fi
+if [[ " $PROXIES " == *" weir"* ]]; then ensure_weir; fi
 
 mkdir -p "$RESULTS_DIR/raw"
 {
@@ -105,13 +112,10 @@ for p in "${ORDER[@]}"; do
     RPS[$p]="$(col "$p" 3)"; P99[$p]="$(col "$p" 4)"; PCPU_OF[$p]="$(col "$p" 7)"; USPR[$p]="$(col "$p" 8)"
     ERR[$p]="$(awk -F, -v p="$p" 'NR > 1 && $2 == p {n += $6} END {print n + 0}' "$CSV")"
 done
+B="$BASELINE"
 for p in "${ORDER[@]}"; do
-    if [[ -n "${RPS[nginx]:-}" ]]; then
-        RR[$p]="$(ratio "${RPS[$p]}" "${RPS[nginx]}")"; PR[$p]="$(ratio "${P99[$p]}" "${P99[nginx]}")"
-        UR[$p]="$(ratio "${USPR[$p]}" "${USPR[nginx]}")"
-    else
-        RR[$p]="n/a"; PR[$p]="n/a"; UR[$p]="n/a"
-    fi
+    RR[$p]="$(ratio "${RPS[$p]}" "${RPS[$B]}")"; PR[$p]="$(ratio "${P99[$p]}" "${P99[$B]}")"
+    UR[$p]="$(ratio "${USPR[$p]}" "${USPR[$B]}")"
 done
 
 SUMMARY="$RESULTS_DIR/summary.md"
@@ -122,7 +126,7 @@ SUMMARY="$RESULTS_DIR/summary.md"
     echo "upstream nginx and wrk pinned to core(s) $LOAD_CPU. Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`"
     echo "on \`GET $PATH_TO_GET\` (13-byte body), ${WARMUP} s warm-up before each run, $ROUNDS interleaved rounds; medians over rounds."
     echo
-    echo "| proxy | req/s (median) | p99 ms (median) | req/s vs nginx | p99 vs nginx | proxy CPU µs/req | CPU/req vs nginx | proxy CPU % | errors |"
+    echo "| proxy | req/s (median) | p99 ms (median) | req/s vs $B | p99 vs $B | proxy CPU µs/req | CPU/req vs $B | proxy CPU % | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for p in "${ORDER[@]}"; do
         printf '| %s | %.0f | %.2f | %s | %s | %.2f | %s | %.0f%% | %s |\n' "$p" "${RPS[$p]}" "${P99[$p]}" \
@@ -131,10 +135,14 @@ SUMMARY="$RESULTS_DIR/summary.md"
 } >"$SUMMARY"
 
 printf '%-8s %11s %8s %12s %10s %11s %10s %8s %7s\n' \
-    proxy "req/s(med)" "p99(ms)" "req/s/nginx" "p99/nginx" "cpu_us/req" "cpu/nginx" "cpu%" errors
+    proxy "req/s(med)" "p99(ms)" "req/s/$B" "p99/$B" "cpu_us/req" "cpu/$B" "cpu%" errors
 for p in "${ORDER[@]}"; do
     printf '%-8s %11.0f %8.2f %12s %10s %11.2f %10s %7.0f%% %7s\n' "$p" "${RPS[$p]}" "${P99[$p]}" \
         "${RR[$p]}" "${PR[$p]}" "${USPR[$p]}" "${UR[$p]}" "${PCPU_OF[$p]}" "${ERR[$p]}"
 done
+if [[ -n "$OTLP_PORT" ]]; then
+    sleep 2   # the receiver prints its count every second
+    echo "spans received by the OTLP receiver: $(otlp_spans)" | tee -a "$SUMMARY"
+fi
 echo
 log "raw wrk outputs, runs.csv, summary.md and configs in $RESULTS_DIR"
