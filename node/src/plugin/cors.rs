@@ -257,7 +257,7 @@ impl Cors {
 
     /// Whether the answer depends on `Origin`, so caches must key on it.
     fn varies(&self) -> bool {
-        !(self.origins.any && !self.credentials)
+        !self.origins.any || self.credentials
     }
 
     fn preflight(&self, origin: &HeaderValue, req: &RequestHead<'_>) -> Early {

@@ -220,7 +220,7 @@ impl ProxyRewrite {
                 .next()
                 .map(|(n, _)| n.into_owned())
                 .unwrap_or_default();
-            if self.query_drop.iter().any(|d| *d == name) {
+            if self.query_drop.contains(&name) {
                 continue;
             }
             if !out.is_empty() {
