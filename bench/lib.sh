@@ -335,6 +335,18 @@ setup_weir() { setup_weir_named weir ""; }
 setup_weir_nometrics() { setup_weir_named weir-nometrics "observability: {metrics: {enabled: false}}"; }
 setup_weir_t1() { ensure_otlp; setup_weir_named weir-t1 "$(traced_yaml 0.01)"; }
 setup_weir_t100() { ensure_otlp; setup_weir_named weir-t100 "$(traced_yaml 1.0)"; }
+# weir-plugins  the plugin chain ip-restriction + cors + proxy-rewrite set
+#               globally (every request passes all three; key-auth joins the
+#               chain once it is available)
+setup_weir_plugins() { setup_weir_named weir-plugins "$(plugins_yaml)"; }
+plugins_yaml() {
+    cat <<'EOF2'
+plugins:
+  ip-restriction: {allow: [127.0.0.0/8, "::1"], deny: [10.0.0.0/8]}
+  cors: {allow_origins: ["https://app.example.com", "https://*.example.org"], allow_credentials: true, max_age: 10m}
+  proxy-rewrite: {regex_uri: ["^/(.*)$", "/$1"], headers: {set: {x-bench: "1"}, remove: [x-debug]}}
+EOF2
+}
 traced_yaml() {
     echo "observability: {tracing: {enabled: true, endpoint: \"http://127.0.0.1:$OTLP_PORT\", sample_ratio: $1}}"
 }

@@ -176,6 +176,9 @@ pub struct Settings {
     /// Largest request head (request line plus headers) in bytes; larger
     /// heads get 431.
     pub max_header_bytes: usize,
+    /// Most header fields a request may carry (each value of a repeated
+    /// header counts); more get 431.
+    pub max_header_count: usize,
     /// Largest request body in bytes; 0 means unlimited. Larger bodies get
     /// 413.
     pub max_body_bytes: u64,
@@ -217,6 +220,7 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
+            max_header_count: 100,
             max_body_bytes: 0,
             via: "1.1 weir".to_string(),
             echo_listen: None,
@@ -996,6 +1000,9 @@ fn check_host_header(p: &mut Problems, at: &str, h: &HostHeader) {
     }
 }
 
+/// Upper bound of `settings.max_header_count`.
+pub const MAX_HEADER_COUNT: usize = 10_000;
+
 impl Settings {
     fn validate(&self, p: &mut Problems) {
         if self.workers > 1024 {
@@ -1006,6 +1013,12 @@ impl Settings {
         }
         if self.max_header_bytes < 1024 {
             p.push("settings.max_header_bytes", "must be at least 1024");
+        }
+        if !(1..=MAX_HEADER_COUNT).contains(&self.max_header_count) {
+            p.push(
+                "settings.max_header_count",
+                format!("must be between 1 and {MAX_HEADER_COUNT}"),
+            );
         }
         if self.header_read_timeout.is_zero() {
             p.push("settings.header_read_timeout", "must be greater than zero");

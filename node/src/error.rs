@@ -53,6 +53,12 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
+    /// The request carries more header fields than allowed.
+    #[error("request carries more than {limit} header fields")]
+    TooManyHeaders {
+        /// The configured limit.
+        limit: usize,
+    },
     /// No target could be reached, or the upstream broke the exchange.
     #[error("upstream `{upstream}` failed: {reason}")]
     BadGateway {
@@ -85,7 +91,9 @@ impl GatewayError {
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -100,6 +108,7 @@ impl GatewayError {
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::TooManyHeaders { .. } => "too_many_headers",
             GatewayError::BadGateway { .. } => "upstream_error",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -112,7 +121,8 @@ impl GatewayError {
             GatewayError::BadRequest(_)
             | GatewayError::RequestTimeout
             | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::HeadersTooLarge { .. } => Source::Downstream,
+            | GatewayError::HeadersTooLarge { .. }
+            | GatewayError::TooManyHeaders { .. } => Source::Downstream,
             GatewayError::NoRoute { .. } => Source::Internal,
             GatewayError::BadGateway { .. }
             | GatewayError::NoHealthyUpstream { .. }

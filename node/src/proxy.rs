@@ -149,6 +149,11 @@ async fn proxy(
             limit: settings.max_header_bytes,
         });
     }
+    if req.headers().len() > settings.max_header_count {
+        return Err(GatewayError::TooManyHeaders {
+            limit: settings.max_header_count,
+        });
+    }
     // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (an
     // absolute-form target wins over Host, RFC 9112 §3.2.2).
     let host_value: Option<HeaderValue> = match req.uri().authority() {
@@ -217,7 +222,7 @@ async fn proxy(
         l.set_route(&route.id, route.service.as_ref(), template);
         l.set_upstream(&route.upstream);
     }
-    let front = Front {
+    let mut front = Front {
         host_value,
         declared_len,
         limit,
@@ -251,6 +256,15 @@ async fn proxy(
     let resp = match access {
         Err(early) => crate::plugin::Chain::early_response(early, rid),
         Ok(()) => {
+            // A plugin may lower the body limit for this request; the
+            // smaller of its and the global one applies while streaming.
+            if let Some(l) = ctx.body_limit {
+                front.limit = if front.limit == 0 {
+                    l
+                } else {
+                    front.limit.min(l)
+                };
+            }
             let req = Request::from_parts(parts, body);
             let sent = forward(
                 snap,

@@ -118,7 +118,8 @@ impl Server {
             // Leave room above our own header limit so oversized heads reach
             // the handler and get a JSON 431 rather than a bare one.
             .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024))
-            .max_headers(256);
+            // Same for the header count: hyper's own cap sits above ours.
+            .max_headers((settings.max_header_count * 2).max(256));
         // No `pipeline_flush`: it lets hyper buffer response bodies without
         // bound when the client reads slower than the upstream sends.
         builder

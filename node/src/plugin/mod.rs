@@ -41,10 +41,14 @@ use crate::proxy::{BoxError, ProxyBody};
 
 mod basic_auth;
 mod consumer_restriction;
+mod cors;
 mod governance;
 mod hmac_auth;
+mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
+mod proxy_rewrite;
+mod request_size_limit;
 mod response_rewrite;
 
 /// The plugin types weir knows. The position in this list means nothing:
@@ -56,6 +60,10 @@ pub static REGISTRY: &[PluginDef] = &[
     jwt_auth::DEF,
     key_auth::DEF,
     response_rewrite::DEF,
+    ip_restriction::DEF,
+    cors::DEF,
+    proxy_rewrite::DEF,
+    request_size_limit::DEF,
 ];
 
 /// Finds a plugin type by its config name.
@@ -238,6 +246,10 @@ pub struct RequestCtx {
     /// The authenticated consumer, set by an auth plugin in the access
     /// phase; later plugins read it and it is passed upstream in headers.
     pub consumer: Option<Arc<Consumer>>,
+    /// A body size limit for this request, set in the access phase (e.g.
+    /// by `request-size-limit`); the smaller of it and
+    /// `settings.max_body_bytes` is enforced while the body streams.
+    pub body_limit: Option<u64>,
     /// A typed slot for plugins to hand data to their own later phases
     /// or to each other (one value per type).
     pub ext: http::Extensions,
@@ -257,6 +269,7 @@ impl RequestCtx {
             peer,
             request_id,
             consumer: None,
+            body_limit: None,
             ext: http::Extensions::new(),
         }
     }
