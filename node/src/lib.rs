@@ -21,4 +21,5 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod traffic;
 pub mod upstream;

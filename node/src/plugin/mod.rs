@@ -39,11 +39,22 @@ use crate::config::{Config, ConfigErrors, Problems};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
 
+mod adaptive_concurrency;
+mod limit_conn;
+mod limit_count;
+mod limit_req;
+mod ratelimit;
 mod response_rewrite;
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.
-pub static REGISTRY: &[PluginDef] = &[response_rewrite::DEF];
+pub static REGISTRY: &[PluginDef] = &[
+    response_rewrite::DEF,
+    limit_count::DEF,
+    limit_req::DEF,
+    limit_conn::DEF,
+    adaptive_concurrency::DEF,
+];
 
 /// Finds a plugin type by its config name.
 pub fn lookup(name: &str) -> Option<&'static PluginDef> {
