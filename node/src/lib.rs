@@ -24,4 +24,5 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod traffic;
 pub mod upstream;

@@ -39,6 +39,7 @@ use crate::config::{Config, ConfigErrors, Problems};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
 
+mod adaptive_concurrency;
 mod basic_auth;
 mod consumer_restriction;
 mod cors;
@@ -47,7 +48,11 @@ mod hmac_auth;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
+mod limit_conn;
+mod limit_count;
+mod limit_req;
 mod proxy_rewrite;
+mod ratelimit;
 mod request_size_limit;
 mod response_rewrite;
 
@@ -64,6 +69,10 @@ pub static REGISTRY: &[PluginDef] = &[
     cors::DEF,
     proxy_rewrite::DEF,
     request_size_limit::DEF,
+    limit_count::DEF,
+    limit_req::DEF,
+    limit_conn::DEF,
+    adaptive_concurrency::DEF,
 ];
 
 /// Finds a plugin type by its config name.

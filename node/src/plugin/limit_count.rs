@@ -1,0 +1,113 @@
+//! `limit-count`: at most `count` requests per `time_window` and key, with
+//! fixed windows or the sliding window counter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ratelimit::{self, Common, Compiled};
+use super::{
+    BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
+    parse_config,
+};
+use crate::traffic::counter::{CounterStore, LocalCounters};
+use crate::traffic::limiter::WindowPolicy;
+use crate::traffic::now_us;
+
+/// Registration.
+pub(super) const DEF: PluginDef = PluginDef {
+    name: "limit-count",
+    priority: 1002,
+    build,
+};
+
+/// Config of `limit-count`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Requests admitted per window and key.
+    count: u64,
+    /// Window length, e.g. `60s`.
+    #[serde(with = "humantime_serde")]
+    time_window: Duration,
+    /// `fixed` (default) or `sliding`.
+    #[serde(default)]
+    policy: WindowKind,
+    /// Most keys kept at once; beyond it the least useful are dropped.
+    #[serde(default = "default_max_keys")]
+    max_keys: u64,
+    /// What makes requests share a limit: `client_ip`, `route`,
+    /// `service`, `consumer`, `header:<name>`, or a list of them.
+    #[serde(default)]
+    key: Vec<String>,
+    /// Status of a rejection (400–599). Default 429.
+    #[serde(default = "ratelimit::default_rejected")]
+    rejected_code: u16,
+    /// Whether admitted responses carry the `RateLimit-*` headers.
+    #[serde(default = "ratelimit::yes")]
+    headers: bool,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum WindowKind {
+    #[default]
+    Fixed,
+    Sliding,
+}
+
+pub(super) fn default_max_keys() -> u64 {
+    100_000
+}
+
+struct LimitCount {
+    policy: WindowPolicy,
+    common: Compiled,
+    store: Arc<dyn CounterStore>,
+}
+
+fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
+    let raw: RawConfig = parse_config(v)?;
+    let mut errs = Vec::new();
+    ratelimit::at_least_one(raw.count, "count", &mut errs);
+    ratelimit::at_least_one(raw.max_keys, "max_keys", &mut errs);
+    let window_us = u64::try_from(raw.time_window.as_micros()).unwrap_or(u64::MAX);
+    if raw.time_window < Duration::from_millis(1) {
+        errs.push(("time_window".into(), "must be at least 1ms".into()));
+    }
+    let common = Common {
+        key: &raw.key,
+        rejected_code: raw.rejected_code,
+        headers: raw.headers,
+    }
+    .compile(&mut errs);
+    let Some(common) = common.filter(|_| errs.is_empty()) else {
+        return Err(errs);
+    };
+    Ok(Arc::new(LimitCount {
+        policy: WindowPolicy {
+            limit: raw.count,
+            window_us,
+            sliding: raw.policy == WindowKind::Sliding,
+        },
+        common,
+        store: Arc::new(LocalCounters::new(
+            raw.max_keys,
+            ratelimit::idle_for(raw.time_window),
+        )),
+    }))
+}
+
+#[async_trait::async_trait]
+impl Plugin for LimitCount {
+    async fn access(&self, req: &mut RequestHead<'_>, ctx: &mut RequestCtx) -> Result<(), Early> {
+        let key = self.common.key.key(req.headers, ctx);
+        let v = self.store.hit_window(&key, &self.policy, now_us(), 1);
+        ratelimit::decide(&v, &self.common, ctx)
+    }
+
+    fn response_headers(&self, resp: &mut ResponseHead<'_>, ctx: &mut RequestCtx) {
+        ratelimit::response_headers(resp.headers, ctx);
+    }
+}
