@@ -202,7 +202,7 @@ wait_ready() {
             log "$name exited during start-up; its output:"; sed 's/^/    /' "$logf" >&2 || true
             die "$name did not start"
         fi
-        if out="$(curl -sS --max-time 1 -o - -w '\n%{http_code}' "http://127.0.0.1:$port$PATH_TO_GET" 2>/dev/null)"; then
+        if out="$(curl -sS --max-time 1 -H "$BENCH_HEADER" -o - -w '\n%{http_code}' "http://127.0.0.1:$port$PATH_TO_GET" 2>/dev/null)"; then
             if [[ "$out" == "$BODY"$'\n\n200' ]]; then return 0; fi
         fi
         sleep 0.2
@@ -339,6 +339,18 @@ setup_weir_t100() { ensure_otlp; setup_weir_named weir-t100 "$(traced_yaml 1.0)"
 #               globally (every request passes all three; key-auth joins the
 #               chain once it is available)
 setup_weir_plugins() { setup_weir_named weir-plugins "$(plugins_yaml)"; }
+
+# weir-chain4   key-auth + ip-restriction + cors + proxy-rewrite, the chain
+#               of the plugin issue's target. Every request (of every proxy,
+#               so the load is the same) carries the key in BENCH_HEADER;
+#               the consumer stores its SHA-256.
+BENCH_HEADER="apikey: bench-key-0123456789"
+setup_weir_chain4() {
+    local sha
+    sha="$(printf %s "${BENCH_HEADER#apikey: }" | sha256sum | cut -d' ' -f1)"
+    setup_weir_named weir-chain4 "$(plugins_yaml | sed 's/^plugins:$/plugins:\n  key-auth: {}/')
+consumers: [{name: bench, credentials: {key-auth: [{key_sha256: $sha}]}}]"
+}
 plugins_yaml() {
     cat <<'EOF2'
 plugins:
@@ -420,7 +432,7 @@ run_wrk() {
 # start_wrk PORT SECONDS OUTFILE: start the load in the background (WRK_PID).
 start_wrk() {
     timeout --kill-after=5 $(($2 + 30)) env NICE="$NICE" setsid bash -c 'prio "$@"' prio taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNECTIONS" -d"$2"s \
-        --timeout 5s --latency "http://127.0.0.1:$1$PATH_TO_GET" >"$3" 2>&1 </dev/null &
+        --timeout 5s --latency -H "$BENCH_HEADER" "http://127.0.0.1:$1$PATH_TO_GET" >"$3" 2>&1 </dev/null &
     WRK_PID=$!
 }
 # wait_wrk OUTFILE: wait for the load started by start_wrk; fail if wrk did.
