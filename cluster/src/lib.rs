@@ -1,7 +1,9 @@
 //! Cluster state for weir: membership by gossip, the Raft-replicated config
 //! store, the QUIC mesh, global counters and the shared cache.
 //!
-//! Nothing lives here yet: the single-node data plane needs none of it. The
-//! crate exists so the workspace has the shape `ARCHITECTURE.md` describes
-//! and dependencies keep pointing one way (`node` → `cluster` → `storage`).
+//! Dependencies point one way (`node` → `cluster` → `storage`). The
+//! replicated config store lives in [`raft`]; it replicates JSON documents
+//! and knows nothing about routes.
 #![forbid(unsafe_code)]
+
+pub mod raft;

@@ -1,4 +1,6 @@
-//! The `weir` command line: `serve`, `validate`, `echo`.
+//! The `weir` command line: `serve`, `validate`, `echo`, and the admin
+//! client commands `apply`, `get`, `delete`, `revisions`, `rollback`,
+//! `cluster status`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use crate::snapshot::State;
 #[command(
     name = "weir",
     version,
-    about = "weir, an API gateway: routing, load balancing, retries and passive health over a hot-reloaded YAML config",
+    about = "weir, an API gateway: routing, load balancing, retries and passive health, configured by a hot-reloaded YAML file or a Raft-replicated store with an admin API",
     long_about = None
 )]
 pub struct Cli {
@@ -56,6 +58,70 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Make the cluster's routes, services and upstreams match a config
+    /// file (the `--config` format): prints the plan, then applies it as
+    /// one atomic change. Running it twice changes nothing the second time.
+    Apply {
+        /// The config file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Show documents of a kind (routes, services, upstreams, consumers,
+    /// credentials, subscriptions, plugins), or one of them.
+    Get {
+        /// Document kind.
+        kind: String,
+        /// Document id (all when absent).
+        id: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::client::Output::Table)]
+        output: crate::client::Output,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Delete a document.
+    Delete {
+        /// Document kind.
+        kind: String,
+        /// Document id.
+        id: String,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Show the config history: who changed what, when.
+    Revisions {
+        /// Only revisions after this one.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Restore the config as it was at a revision (as a new revision).
+    Rollback {
+        /// The revision to restore.
+        revision: u64,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Cluster commands.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The node's view of the config cluster: members, leader, staleness.
+    Status {
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +142,8 @@ struct ServeArgs {
     /// file (for scripts and tests that bind port 0).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 /// Entry point of the `weir` binary.
@@ -90,6 +158,23 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate { file } => validate(&file),
         Command::Echo { listen, name } => echo(listen, name),
+        Command::Apply {
+            file,
+            dry_run,
+            conn,
+        } => crate::client::apply(&conn, &file, dry_run),
+        Command::Get {
+            kind,
+            id,
+            output,
+            conn,
+        } => crate::client::get(&conn, &kind, id.as_deref(), output),
+        Command::Delete { kind, id, conn } => crate::client::delete(&conn, &kind, &id),
+        Command::Revisions { after, conn } => crate::client::revisions(&conn, after),
+        Command::Rollback { revision, conn } => crate::client::rollback(&conn, revision),
+        Command::Cluster {
+            command: ClusterCommand::Status { conn },
+        } => crate::client::cluster_status(&conn),
     }
 }
 
@@ -168,7 +253,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve_async(cfg, args.config, args.ready_file, overrides)) {
+    let cluster = args.cluster.clone();
+    let file_mode = args.config.is_some() && !cluster.enabled_with_file();
+    let run = async {
+        if file_mode {
+            serve_async(cfg, args.config, args.ready_file, overrides).await
+        } else {
+            crate::cluster::serve(cfg, args.config, args.ready_file, cluster).await
+        }
+    };
+    match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: {e:#}");
@@ -177,7 +271,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve_async(
+pub(crate) async fn serve_async(
     cfg: Config,
     config_path: Option<PathBuf>,
     ready_file: Option<PathBuf>,
@@ -221,7 +315,7 @@ async fn serve_async(
     Ok(())
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -229,7 +323,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -247,7 +341,11 @@ async fn wait_for_signal() {
 
 /// Writes the ready file atomically (temp file, then rename), so a reader
 /// never sees half of it.
-fn write_ready_file(path: &Path, proxy: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn write_ready_file(
+    path: &Path,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
     let doc = serde_json::json!({"proxy": proxy.to_string(), "admin": admin.to_string(), "pid": std::process::id()});
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, doc.to_string())?;

@@ -8,12 +8,17 @@
 //! reads snapshots.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod cli;
+pub mod client;
+pub mod cluster;
 pub mod config;
+pub mod docs;
 pub mod echo;
 pub mod error;
 pub mod headers;
+pub mod openapi;
 pub mod proxy;
 pub mod reload;
 pub mod router;
