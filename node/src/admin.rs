@@ -462,8 +462,8 @@ struct WriteQuery {
     timeout_ms: Option<u64>,
 }
 
-/// Proposes `batch` after a local dry run (fast 400/409 without a Raft
-/// round), then maps the outcome.
+/// Proposes `batch` and maps the outcome (the state machine checks
+/// preconditions and validates the result when it applies the entry).
 async fn write(
     ctx: &AdminCtx,
     batch: Batch,
@@ -480,13 +480,8 @@ async fn write(
             ));
         }
     }
-    let preview = kv
-        .view()
-        .preview(&batch, &docs::validator())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    if let Some(e) = outcome_error(&preview) {
-        return Err(e);
-    }
+    // No local dry run: this node may lag the leader, and the state
+    // machine validates every batch against the latest state anyway.
     let written = kv.write(batch).await?;
     if let Some(e) = outcome_error(&written.outcome) {
         return Err(e);
@@ -861,6 +856,8 @@ async fn apply(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
+    // Plan against the latest committed state, not a lagging local copy.
+    kv.read_barrier(Duration::from_secs(5)).await?;
     let managed: BTreeSet<&String> = req.documents.keys().collect();
     let current = kv.view().docs();
     let mut plan = Vec::new();

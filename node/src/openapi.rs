@@ -62,6 +62,7 @@ struct DocumentSchema {
     /// Revision that created it.
     created: u64,
     /// The document.
+    #[schema(value_type = Object)]
     value: Value,
 }
 
