@@ -3,229 +3,22 @@
 //! isolated node, bad writes, `weir apply`, admin keys and the OpenAPI
 //! document.
 //!
-//! The launcher here is local to this file (each node: its own data dir,
-//! port-0 listeners, a ready file, SIGKILL on drop).
+//! The launcher is `weir_testsupport::raftnode`.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
-use weir_testsupport::{Upstream, http_client, wait_for, wait_until};
+use weir_testsupport::raftnode::{Node, cluster};
+use weir_testsupport::{Upstream, http_client, wait_until};
 
 use common::weir_bin;
 
-const START: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// One `weir serve` process in cluster mode.
-struct Node {
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    proxy: String,
-    admin: String,
-    pid: u32,
-}
-
-impl Node {
-    /// Starts a node whose data lives in `dir` (created if missing).
-    async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(dir)?;
-        let mut n = Node {
-            dir: dir.to_path_buf(),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            proxy: String::new(),
-            admin: String::new(),
-            pid: 0,
-        };
-        n.launch(None).await?;
-        Ok(n)
-    }
-
-    /// (Re)spawns the process; `admin` pins the admin address (a restarted
-    /// node keeps its Raft address).
-    async fn launch(&mut self, admin: Option<&str>) -> anyhow::Result<()> {
-        let ready = self.dir.join("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("weir.log"))?;
-        let child = Command::new(weir_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen"])
-            .arg(admin.unwrap_or("127.0.0.1:0"))
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(&self.args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn weir")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START;
-        loop {
-            if let Some(doc) = std::fs::read(&ready)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            {
-                self.proxy = doc["proxy"].as_str().unwrap_or_default().to_string();
-                self.admin = doc["admin"].as_str().unwrap_or_default().to_string();
-                self.pid = doc["pid"].as_u64().unwrap_or_default() as u32;
-                return Ok(());
-            }
-            if let Some(c) = self.child.as_mut()
-                && let Some(status) = c.try_wait()?
-            {
-                bail!("weir exited with {status}; log:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!("weir not ready; log:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("weir.log")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        let admin = self.admin.clone();
-        self.launch(Some(&admin)).await
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.pid.to_string()])
-            .status();
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    async fn status(&self) -> Option<Value> {
-        http_client()
-            .get(self.url("/v1/status"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
-    }
-
-    async fn put(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
-        let r = http_client()
-            .put(self.url(path))
-            .timeout(Duration::from_secs(20))
-            .json(&body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        let r = http_client()
-            .get(self.url(path))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
-    }
-
-    /// GET on the proxy port: the status code.
-    async fn proxy_status(&self, path: &str) -> Option<u16> {
-        http_client()
-            .get(format!("http://{}{path}", self.proxy))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()
-            .map(|r| r.status().as_u16())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail = log.len().saturating_sub(4000);
-            let tail = (tail..log.len())
-                .find(|&i| log.is_char_boundary(i))
-                .unwrap_or(0);
-            eprintln!("--- {} ---\n{}", self.dir.display(), &log[tail..]);
-        }
-    }
-}
-
-/// Three nodes: the first bootstraps, the others join it; returns once
-/// all three are voters that agree on a leader.
-async fn cluster(root: &Path) -> anyhow::Result<Vec<Node>> {
-    let first = Node::start(&root.join("n1"), &[]).await?;
-    let join = first.admin.clone();
-    let second = Node::start(&root.join("n2"), &["--join", &join]).await?;
-    let third = Node::start(&root.join("n3"), &["--join", &join]).await?;
-    let nodes = vec![first, second, third];
-    wait_until(
-        "three voters with one leader everywhere",
-        CONVERGE,
-        || async {
-            let mut leaders = Vec::new();
-            for n in &nodes {
-                let Some(s) = n.status().await else {
-                    return false;
-                };
-                let voters = s["cluster"]["members"]
-                    .as_array()
-                    .map_or(0, |m| m.iter().filter(|m| m["role"] == "voter").count());
-                if voters != 3 || s["cluster"]["leader"].is_null() {
-                    return false;
-                }
-                leaders.push(s["cluster"]["leader"].clone());
-            }
-            leaders.windows(2).all(|w| w[0] == w[1])
-        },
-    )
-    .await;
-    Ok(nodes)
-}
-
-async fn leader_index(nodes: &[Node]) -> usize {
-    wait_for("a leader", CONVERGE, || async {
-        for (i, n) in nodes.iter().enumerate() {
-            if let Some(s) = n.status().await
-                && s["cluster"]["role"] == "leader"
-            {
-                return Some(i);
-            }
-        }
-        None
-    })
-    .await
-}
 
 fn upstream_doc(target: &str) -> Value {
     json!({"targets": [{"addr": target}]})
@@ -235,8 +28,8 @@ fn upstream_doc(target: &str) -> Value {
 async fn a_route_written_on_a_follower_is_served_by_all_three_nodes() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
-    let nodes = cluster(root.path()).await?;
-    let leader = leader_index(&nodes).await;
+    let nodes = cluster(weir_bin(), root.path()).await?;
+    let leader = weir_testsupport::raftnode::leader_index(&nodes).await;
     let follower = &nodes[(leader + 1) % 3];
     let (s, _) = follower
         .put("/v1/upstreams/u", upstream_doc(&up.target()))
@@ -268,8 +61,8 @@ async fn a_route_written_on_a_follower_is_served_by_all_three_nodes() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_a_leader_kill() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let mut nodes = cluster(root.path()).await?;
-    let leader = leader_index(&nodes).await;
+    let mut nodes = cluster(weir_bin(), root.path()).await?;
+    let leader = weir_testsupport::raftnode::leader_index(&nodes).await;
     let admins: Vec<String> = nodes.iter().map(|n| n.admin.clone()).collect();
     // Four writers, spread over the nodes, 500 writes in all.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
@@ -370,7 +163,7 @@ async fn acknowledged_writes_survive_a_leader_kill() -> anyhow::Result<()> {
 async fn a_full_restart_keeps_the_config() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
-    let mut nodes = cluster(root.path()).await?;
+    let mut nodes = cluster(weir_bin(), root.path()).await?;
     let (s, _) = nodes[0]
         .put("/v1/upstreams/u", upstream_doc(&up.target()))
         .await?;
@@ -396,7 +189,7 @@ async fn a_full_restart_keeps_the_config() -> anyhow::Result<()> {
         })
         .await;
     }
-    leader_index(&nodes).await;
+    weir_testsupport::raftnode::leader_index(&nodes).await;
     let (s, d) = nodes[2].get("/v1/routes/r?consistent=true").await?;
     assert_eq!(s, 200, "{d}");
     Ok(())
@@ -406,7 +199,7 @@ async fn a_full_restart_keeps_the_config() -> anyhow::Result<()> {
 async fn an_isolated_node_keeps_serving_and_says_it_is_stale() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
-    let nodes = cluster(root.path()).await?;
+    let nodes = cluster(weir_bin(), root.path()).await?;
     let (s, _) = nodes[0]
         .put("/v1/upstreams/u", upstream_doc(&up.target()))
         .await?;
@@ -446,7 +239,7 @@ async fn an_isolated_node_keeps_serving_and_says_it_is_stale() -> anyhow::Result
 async fn a_bad_write_changes_nothing() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
-    let node = Node::start(&root.path().join("n"), &[]).await?;
+    let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
     assert_eq!(
         node.put("/v1/upstreams/u", upstream_doc(&up.target()))
             .await?
@@ -562,7 +355,7 @@ fn cli(admin: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
 async fn apply_is_one_change_and_idempotent() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
-    let node = Node::start(&root.path().join("n"), &[]).await?;
+    let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
     let file = root.path().join("weir.yaml");
     std::fs::write(
         &file,
@@ -631,6 +424,7 @@ async fn admin_keys_gate_the_api() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("without an admin key"));
 
     let node = Node::start(
+        weir_bin(),
         &root.path().join("n"),
         &[
             "--admin-key",
@@ -677,7 +471,7 @@ async fn admin_keys_gate_the_api() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_validates_and_covers_every_route() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let node = Node::start(&root.path().join("n"), &[]).await?;
+    let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
     let (s, doc) = node.get("/v1/openapi.json").await?;
     assert_eq!(s, 200);
     // It is a well-formed OpenAPI 3 document.
