@@ -15,7 +15,14 @@ use weir_testsupport::raftnode::{Node, cluster, leader_index};
 use weir_testsupport::{Upstream, http_client, wait_until};
 
 const WRITES: usize = 1000;
-const ROUTES: usize = 10_000;
+/// Routes for the apply measurement (`WEIR_BENCH_ROUTES`, default
+/// 10,000).
+fn routes_count() -> usize {
+    std::env::var("WEIR_BENCH_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 
 async fn revision(n: &Node) -> u64 {
     loop {
@@ -93,36 +100,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let throughput = total as f64 / 5.0;
 
-    // 3. apply of 10,000 routes, then until every node serves the last one.
-    let mut routes = Vec::with_capacity(ROUTES);
-    for i in 0..ROUTES {
-        routes.push(json!({"id": format!("r{i}"), "paths": [format!("/r/{i}")], "upstream": "u"}));
-    }
-    let body = json!({"documents": {
-        "upstreams": [{"id": "u", "targets": [{"addr": up.target()}]}],
-        "routes": routes,
-        "services": [],
-    }});
-    let t0 = Instant::now();
-    let r = c
-        .post(nodes[leader].url("/v1/apply"))
-        .json(&body)
-        .send()
-        .await?;
-    let status = r.status();
-    let applied = t0.elapsed();
-    anyhow::ensure!(status == 200, "apply: {status}");
-    let last = format!("/r/{}", ROUTES - 1);
-    for n in &nodes {
-        wait_until(
-            "every node serves the routes",
-            Duration::from_secs(120),
-            || async { n.proxy_status(&last).await == Some(200) },
-        )
-        .await;
-    }
-    let served = t0.elapsed();
-
     println!("| measure | value |");
     println!("| --- | --- |");
     println!(
@@ -138,12 +115,46 @@ async fn main() -> anyhow::Result<()> {
         pct(&lat, 1.0).as_secs_f64() * 1e3
     );
     println!("| admin writes/s (16 writers, 3 nodes) | {throughput:.0} |");
+    // 3. apply of 10,000 routes, then until every node serves the last one.
+    let routes_n = routes_count();
+    let mut routes = Vec::with_capacity(routes_n);
+    for i in 0..routes_n {
+        routes.push(json!({"id": format!("r{i}"), "paths": [format!("/r/{i}")], "upstream": "u"}));
+    }
+    let body = json!({"documents": {
+        "upstreams": [{"id": "u", "targets": [{"addr": up.target()}]}],
+        "routes": routes,
+        "services": [],
+    }});
+    let slow = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()?;
+    let t0 = Instant::now();
+    let r = slow
+        .post(nodes[leader].url("/v1/apply"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let applied = t0.elapsed();
+    anyhow::ensure!(status == 200, "apply: {status}: {}", r.text().await?);
+    let last = format!("/r/{}", routes_n - 1);
+    for n in &nodes {
+        wait_until(
+            "every node serves the routes",
+            Duration::from_secs(900),
+            || async { n.proxy_status(&last).await == Some(200) },
+        )
+        .await;
+    }
+    let served = t0.elapsed();
+
     println!(
-        "| apply {ROUTES} routes: accepted | {:.2} s |",
+        "| apply {routes_n} routes: accepted | {:.2} s |",
         applied.as_secs_f64()
     );
     println!(
-        "| apply {ROUTES} routes: served by all 3 nodes | {:.2} s |",
+        "| apply {routes_n} routes: served by all 3 nodes | {:.2} s |",
         served.as_secs_f64()
     );
     Ok(())
