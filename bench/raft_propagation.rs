@@ -42,6 +42,11 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test`/`nextest` (listing or
+    // running all targets) do not, and must not start a cluster.
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
     let root = tempfile::tempdir()?;
     let up = Upstream::start("bench").await;
