@@ -100,6 +100,8 @@ async fn serve_without_a_config_answers_json_404() {
             "--ready-file",
         ])
         .arg(&ready)
+        // A bare `weir serve` keeps its config store in ./weir-data.
+        .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

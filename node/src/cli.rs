@@ -1,4 +1,6 @@
-//! The `weir` command line: `serve`, `validate`, `echo`.
+//! The `weir` command line: `serve`, `validate`, `echo`, and the admin
+//! client commands `apply`, `get`, `delete`, `revisions`, `rollback`,
+//! `cluster status` (gossip members) and `cluster store` (the config store).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use crate::snapshot::State;
 #[command(
     name = "weir",
     version,
-    about = "weir, an API gateway: routing, load balancing, retries and passive health over a hot-reloaded YAML config",
+    about = "weir, an API gateway: routing, load balancing, retries and passive health, configured by a hot-reloaded YAML file or a Raft-replicated store with an admin API",
     long_about = None
 )]
 pub struct Cli {
@@ -62,6 +64,56 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Make the cluster's routes, services and upstreams match a config
+    /// file (the `--config` format): prints the plan, then applies it as
+    /// one atomic change. Running it twice changes nothing the second time.
+    Apply {
+        /// The config file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Show documents of a kind (routes, services, upstreams, consumers,
+    /// credentials, subscriptions, plugins), or one of them.
+    Get {
+        /// Document kind.
+        kind: String,
+        /// Document id (all when absent).
+        id: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::client::Output::Table)]
+        output: crate::client::Output,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Delete a document.
+    Delete {
+        /// Document kind.
+        kind: String,
+        /// Document id.
+        id: String,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Show the config history: who changed what, when.
+    Revisions {
+        /// Only revisions after this one.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
+    /// Restore the config as it was at a revision (as a new revision).
+    Rollback {
+        /// The revision to restore.
+        revision: u64,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +127,12 @@ enum ClusterCommand {
         /// Print the admin API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// The node's view of the replicated config store: Raft members,
+    /// leader, staleness.
+    Store {
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
     },
 }
 
@@ -99,6 +157,8 @@ struct ServeArgs {
     ready_file: Option<PathBuf>,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
+    #[command(flatten)]
+    store: crate::store_mode::StoreArgs,
 }
 
 /// Entry point of the `weir` binary.
@@ -116,6 +176,23 @@ pub fn main() -> ExitCode {
             command: ClusterCommand::Status { admin, json },
         } => cluster_status(admin, json),
         Command::Echo { listen, name } => echo(listen, name),
+        Command::Apply {
+            file,
+            dry_run,
+            conn,
+        } => crate::client::apply(&conn, &file, dry_run),
+        Command::Get {
+            kind,
+            id,
+            output,
+            conn,
+        } => crate::client::get(&conn, &kind, id.as_deref(), output),
+        Command::Delete { kind, id, conn } => crate::client::delete(&conn, &kind, &id),
+        Command::Revisions { after, conn } => crate::client::revisions(&conn, after),
+        Command::Rollback { revision, conn } => crate::client::rollback(&conn, revision),
+        Command::Cluster {
+            command: ClusterCommand::Store { conn },
+        } => crate::client::cluster_status(&conn),
     }
 }
 
@@ -209,7 +286,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve_async(cfg, args.config, args.ready_file, overrides)) {
+    let store = args.store.clone();
+    let file_mode = args.config.is_some() && !store.enabled_with_file();
+    let run = async {
+        if file_mode {
+            serve_async(cfg, args.config, args.ready_file, overrides).await
+        } else {
+            crate::store_mode::serve(cfg, args.config, args.ready_file, store).await
+        }
+    };
+    match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: {e:#}");
@@ -218,7 +304,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve_async(
+pub(crate) async fn serve_async(
     cfg: Config,
     config_path: Option<PathBuf>,
     ready_file: Option<PathBuf>,
@@ -226,29 +312,13 @@ async fn serve_async(
 ) -> anyhow::Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
-    // One node id for gossip, spans and metrics alike.
     let mut cfg = cfg;
-    if let Some(c) = cfg.cluster.as_mut() {
-        c.node_id = crate::cluster::resolve_node_id(c);
-    }
-    let telemetry = Arc::new(crate::telemetry::Telemetry::start(
-        &cfg.observability,
-        &crate::telemetry::node_info(&cfg),
-    )?);
+    let telemetry = start_telemetry(&mut cfg)?;
     let state = State::with_telemetry(&cfg, telemetry.clone())
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let mut server = Server::bind(state.clone(), config_path.clone())?;
     let bound = server.bound()?;
-    let cluster = match &cfg.cluster {
-        Some(c) => Some(Arc::new(
-            crate::cluster::Cluster::start(c, bound.proxy, bound.admin).await?,
-        )),
-        None => None,
-    };
-    server.cluster = cluster.clone();
-    let health = Arc::new(crate::health::HealthChecker::default());
-    server.health = health.clone();
-    let _health = AbortOnDrop(tokio::spawn(health.run(state.clone(), cluster.clone())));
+    let (cluster, _health) = start_cluster(&cfg, &mut server, bound, &state).await?;
 
     let _echo = match cfg.settings.echo_listen {
         Some(addr) => {
@@ -293,7 +363,42 @@ async fn serve_async(
     Ok(())
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Resolves the node id (one for gossip, spans and metrics alike) and
+/// starts the exporters; both serve modes begin here.
+pub(crate) fn start_telemetry(
+    cfg: &mut Config,
+) -> anyhow::Result<Arc<crate::telemetry::Telemetry>> {
+    if let Some(c) = cfg.cluster.as_mut() {
+        c.node_id = crate::cluster::resolve_node_id(c);
+    }
+    Ok(Arc::new(crate::telemetry::Telemetry::start(
+        &cfg.observability,
+        &crate::telemetry::node_info(cfg),
+    )?))
+}
+
+/// Joins gossip membership when the config has a `cluster` section and
+/// starts active health checks; both serve modes run them.
+pub(crate) async fn start_cluster(
+    cfg: &Config,
+    server: &mut Server,
+    bound: crate::server::Bound,
+    state: &Arc<State>,
+) -> anyhow::Result<(crate::cluster::SharedCluster, AbortOnDrop)> {
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(Arc::new(
+            crate::cluster::Cluster::start(c, bound.proxy, bound.admin).await?,
+        )),
+        None => None,
+    };
+    server.cluster = cluster.clone();
+    let health = Arc::new(crate::health::HealthChecker::default());
+    server.health = health.clone();
+    let task = AbortOnDrop(tokio::spawn(health.run(state.clone(), cluster.clone())));
+    Ok((cluster, task))
+}
+
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -301,7 +406,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -319,7 +424,7 @@ async fn wait_for_signal() {
 
 /// Writes the ready file atomically (temp file, then rename), so a reader
 /// never sees half of it.
-fn write_ready_file(
+pub(crate) fn write_ready_file(
     path: &Path,
     proxy: SocketAddr,
     admin: SocketAddr,

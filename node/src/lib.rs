@@ -8,21 +8,26 @@
 //! reads snapshots.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod consumer;
+pub mod docs;
 pub mod echo;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod openapi;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod store_mode;
 pub mod telemetry;
 pub mod traffic;
 pub mod upstream;

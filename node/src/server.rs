@@ -6,15 +6,11 @@
 //! current response, HTTP/2 ones get GOAWAY), and give up after the drain
 //! timeout.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::proxy::{self, ConnInfo, ProxyBody};
+use crate::proxy::{self, ConnInfo};
 use crate::snapshot::State;
 
 /// Addresses the server actually bound (useful with port 0).
@@ -57,6 +53,7 @@ pub struct Server {
     state: Arc<State>,
     proxy: TcpListener,
     admin: TcpListener,
+    admin_router: Option<axum::Router>,
     /// Where the config came from, shown in status.
     pub config_path: Option<PathBuf>,
     /// Gossip membership, when clustering is on.
@@ -91,10 +88,17 @@ impl Server {
             state,
             proxy,
             admin,
+            admin_router: None,
             config_path,
             cluster: None,
             health: Arc::default(),
         })
+    }
+
+    /// Serves `router` on the admin listener instead of the read-only
+    /// default (health, readiness, status, metrics).
+    pub fn set_admin_router(&mut self, router: axum::Router) {
+        self.admin_router = Some(router);
     }
 
     /// The bound addresses.
@@ -129,28 +133,27 @@ impl Server {
             .max_concurrent_streams(1024);
         let builder = Arc::new(builder);
 
-        let admin_state = self.state.clone();
-        let admin_cluster = self.cluster.clone();
-        let admin_health = self.health.clone();
+        let admin_router = self.admin_router.unwrap_or_else(|| {
+            crate::admin::router(Arc::new(crate::admin::AdminCtx {
+                state: self.state.clone(),
+                store: None,
+                keys: Vec::new(),
+                applied_revision: Default::default(),
+                cluster: self.cluster.clone(),
+                health: self.health.clone(),
+            }))
+        });
         let admin_listener = self.admin;
         let (admin_stop_tx, mut admin_stop) = watch::channel(false);
         let admin_task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = admin_stop.changed() => break,
-                    accepted = admin_listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let st = admin_state.clone();
-                        let cl = admin_cluster.clone();
-                        let hl = admin_health.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req| admin(st.clone(), cl.clone(), hl.clone(), req));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                }
+            let stop = async move {
+                let _ = admin_stop.changed().await;
+            };
+            if let Err(e) = axum::serve(admin_listener, admin_router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
             }
         });
 
@@ -205,92 +208,4 @@ fn serve_conn(
             tracing::trace!(error = %e, "connection ended with an error");
         }
     });
-}
-
-// === admin ===
-
-fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// `GET /metrics`: OpenMetrics when the scraper asks for it, else the
-/// Prometheus text format.
-fn metrics_response(state: &State, headers: &http::HeaderMap) -> Response<ProxyBody> {
-    use weir_observability::metrics::{Format, global};
-    let m = global();
-    state.telemetry().refresh(&state.load());
-    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let mut r = Response::new(ProxyBody::full(Bytes::from(m.encode_as(format))));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(format.content_type()),
-    );
-    r
-}
-
-async fn admin(
-    state: Arc<State>,
-    cluster: crate::cluster::SharedCluster,
-    health: Arc<crate::health::HealthChecker>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let snap = state.load();
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/cluster/health") => json(
-            StatusCode::OK,
-            serde_json::json!({
-                "node_id": cluster.as_ref().map(|c| c.membership().node_id().to_string()),
-                "targets": health.view(),
-            }),
-        ),
-        (&Method::GET, "/v1/cluster/members") => match &cluster {
-            Some(c) => json(StatusCode::OK, c.members_json().await),
-            None => crate::error::error_response(
-                StatusCode::NOT_FOUND,
-                "cluster_disabled",
-                "this node runs alone: no `cluster` config section and no cluster flags",
-                &crate::headers::request_id(req.headers()),
-            ),
-        },
-        (&Method::GET, "/v1/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/v1/ready") => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
-        (&Method::GET, "/metrics") if weir_observability::metrics::global().enabled() => {
-            metrics_response(&state, req.headers())
-        }
-        (&Method::GET, "/v1/status") => json(
-            StatusCode::OK,
-            serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "config": {
-                    "generation": snap.generation,
-                    "loaded_at": humantime::format_rfc3339_seconds(snap.built_at).to_string(),
-                    "routes": snap.router.len(),
-                    "upstreams": snap.upstreams.len(),
-                },
-                "upstreams": snap.upstreams.values().map(|u| {
-                    let now = crate::upstream::now_ms();
-                    serde_json::json!({
-                        "id": u.id,
-                        "targets": u.targets.iter().enumerate().map(|(i, t)| serde_json::json!({
-                            "addr": t.addr,
-                            "up": u.is_up(i, now),
-                        })).collect::<Vec<_>>(),
-                    })
-                }).collect::<Vec<_>>(),
-            }),
-        ),
-        _ => crate::error::error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such admin endpoint",
-            &crate::headers::request_id(req.headers()),
-        ),
-    };
-    Ok(resp)
 }

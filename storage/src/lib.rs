@@ -1,5 +1,29 @@
-//! Durable storage for weir: the Raft log and state machine on disk, and the
-//! optional Redis backend for counters and cache.
+//! Durable storage for weir: the Raft log, the vote and the replicated
+//! config state machine, all in one redb file under the node's data dir.
 //!
-//! Empty for now; the Raft issue fills it.
+//! This crate owns bytes on disk and the deterministic apply of a config
+//! write batch: an ordered, versioned map of JSON documents keyed by
+//! `(kind, id)`, a cluster-wide revision and the revision history. It does
+//! not know what a route is (the validator that does is handed in by the
+//! caller) and it runs no network: that is `weir-cluster`.
+//!
+//! Durability: every write transaction commits with redb's
+//! `Durability::Immediate` (an fsync before `commit` returns), so a vote,
+//! a log append or an applied batch is on disk before Raft is told it is
+//! done. See `docs/raft.md` and ADR 0014.
 #![forbid(unsafe_code)]
+
+mod db;
+mod error;
+mod log_store;
+mod state_machine;
+mod types;
+
+pub use db::{DATA_FILE, FORMAT_VERSION, Store};
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use state_machine::{ConfigView, StateMachine, Validator};
+pub use types::{
+    Action, Batch, Change, DocKey, Docs, Document, NodeId, Op, Problem, RevisionRecord, TypeConfig,
+    WriteOutcome,
+};

@@ -30,6 +30,7 @@ mod client;
 mod gateway;
 mod otlp;
 mod pattern;
+pub mod raftnode;
 mod raw;
 mod upstream;
 mod wait;

@@ -1,0 +1,166 @@
+//! Config propagation on a 3-node loopback cluster of real `weir`
+//! processes: write accepted → applied on every node (p50/p99 over 1,000
+//! writes), admin write throughput, and `apply` of 10,000 routes until
+//! every node serves them. Prints a Markdown table; see
+//! `docs/benchmarks.md`.
+//!
+//! ```sh
+//! cargo bench --profile dev --bench raft_propagation
+//! ```
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use weir_testsupport::raftnode::{Node, cluster, leader_index};
+use weir_testsupport::{Upstream, http_client, wait_until};
+
+const WRITES: usize = 1000;
+/// Routes for the apply measurement (`WEIR_BENCH_ROUTES`, default
+/// 10,000).
+fn routes_count() -> usize {
+    std::env::var("WEIR_BENCH_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+async fn revision(n: &Node) -> u64 {
+    loop {
+        if let Ok(r) = http_client().get(n.url("/raft/applied")).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && let Some(rev) = v["revision"].as_u64()
+        {
+            return rev;
+        }
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test`/`nextest` (listing or
+    // running all targets) do not, and must not start a cluster.
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let root = tempfile::tempdir()?;
+    let up = Upstream::start("bench").await;
+    let nodes = cluster(bin, root.path()).await?;
+    let leader = leader_index(&nodes).await;
+    let c = http_client();
+
+    // 1. Propagation: one write at a time on the leader, then poll the
+    // followers' applied revision in a tight loop.
+    let mut lat = Vec::with_capacity(WRITES);
+    for i in 0..WRITES {
+        let t0 = Instant::now();
+        let r = c
+            .put(nodes[leader].url(&format!("/v1/consumers/p{i}")))
+            .json(&json!({"n": i}))
+            .send()
+            .await?;
+        let v: Value = r.json().await?;
+        let rev = v["revision"].as_u64().unwrap_or(u64::MAX);
+        for (j, n) in nodes.iter().enumerate() {
+            if j != leader {
+                while revision(n).await < rev {}
+            }
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+
+    // 2. Throughput: 16 concurrent writers spread over the nodes for 5 s.
+    let admins: Vec<String> = nodes.iter().map(|n| n.admin.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for w in 0..16usize {
+        let admins = admins.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            let mut i = 0usize;
+            while Instant::now() < deadline {
+                let a = &admins[(w + i) % admins.len()];
+                let r = http_client()
+                    .put(format!("http://{a}/v1/consumers/t{w}-{i}"))
+                    .json(&json!({"n": i}))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    ok += 1;
+                }
+                i += 1;
+            }
+            ok
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    let throughput = total as f64 / 5.0;
+
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| propagation p50 ({WRITES} writes) | {:.1} ms |",
+        pct(&lat, 0.5).as_secs_f64() * 1e3
+    );
+    println!(
+        "| propagation p99 | {:.1} ms |",
+        pct(&lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| propagation max | {:.1} ms |",
+        pct(&lat, 1.0).as_secs_f64() * 1e3
+    );
+    println!("| admin writes/s (16 writers, 3 nodes) | {throughput:.0} |");
+    // 3. apply of 10,000 routes, then until every node serves the last one.
+    let routes_n = routes_count();
+    let mut routes = Vec::with_capacity(routes_n);
+    for i in 0..routes_n {
+        routes.push(json!({"id": format!("r{i}"), "paths": [format!("/r/{i}")], "upstream": "u"}));
+    }
+    let body = json!({"documents": {
+        "upstreams": [{"id": "u", "targets": [{"addr": up.target()}]}],
+        "routes": routes,
+        "services": [],
+    }});
+    let slow = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()?;
+    let t0 = Instant::now();
+    let r = slow
+        .post(nodes[leader].url("/v1/apply"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let applied = t0.elapsed();
+    anyhow::ensure!(status == 200, "apply: {status}: {}", r.text().await?);
+    let last = format!("/r/{}", routes_n - 1);
+    for n in &nodes {
+        wait_until(
+            "every node serves the routes",
+            Duration::from_secs(900),
+            || async { n.proxy_status(&last).await == Some(200) },
+        )
+        .await;
+    }
+    let served = t0.elapsed();
+
+    println!(
+        "| apply {routes_n} routes: accepted | {:.2} s |",
+        applied.as_secs_f64()
+    );
+    println!(
+        "| apply {routes_n} routes: served by all 3 nodes | {:.2} s |",
+        served.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! `/raft/*` endpoints and the client side of forwarding: writes, joins and
+//! read barriers go to the leader from whichever node got them.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use weir_storage::{Batch, NodeId, TypeConfig};
+
+use super::{ClusterError, RaftKv, Written};
+
+/// Marks a request that was already forwarded once, so it is never
+/// forwarded again (no loops while leadership moves).
+const FORWARDED: &str = "x-weir-forwarded";
+
+/// Raft messages can carry large config batches and snapshot chunks.
+const RAFT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// How long a write keeps looking for a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// A join request: add this node as a learner.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JoinRequest {
+    node_id: NodeId,
+    addr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexReply {
+    index: u64,
+    revision: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorReply {
+    error: String,
+    retryable: bool,
+}
+
+pub(crate) fn router(kv: RaftKv) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/write", post(forwarded_write))
+        .route("/raft/join", post(join))
+        .route("/raft/read-index", post(read_index))
+        .route("/raft/applied", get(applied))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        .with_state(kv)
+}
+
+fn error_response(e: &ClusterError) -> Response {
+    let status = if e.retryable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (
+        status,
+        Json(ErrorReply {
+            error: e.to_string(),
+            retryable: e.retryable(),
+        }),
+    )
+        .into_response()
+}
+
+async fn append(
+    State(kv): State<RaftKv>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    let res = kv.inner.raft.append_entries(req).await;
+    if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        *kv.inner
+            .last_leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+    Json(res)
+}
+
+async fn vote(
+    State(kv): State<RaftKv>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(kv.inner.raft.vote(req).await)
+}
+
+async fn snapshot(
+    State(kv): State<RaftKv>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(kv.inner.raft.install_snapshot(req).await)
+}
+
+async fn forwarded_write(
+    State(kv): State<RaftKv>,
+    headers: HeaderMap,
+    Json(batch): Json<Batch>,
+) -> Response {
+    let forwarded = headers.contains_key(FORWARDED);
+    match write(&kv, batch, forwarded).await {
+        Ok(w) => Json(w).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn join(
+    State(kv): State<RaftKv>,
+    headers: HeaderMap,
+    Json(req): Json<JoinRequest>,
+) -> Response {
+    let forwarded = headers.contains_key(FORWARDED);
+    match add_learner(&kv, req.node_id, req.addr, forwarded).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn read_index(State(kv): State<RaftKv>) -> Response {
+    match kv.inner.raft.ensure_linearizable().await {
+        Ok(l) => Json(IndexReply {
+            index: l.map_or(0, |l| l.index),
+            revision: kv.inner.view.revision(),
+        })
+        .into_response(),
+        Err(e) => error_response(&check_leader_error(e)),
+    }
+}
+
+async fn applied(State(kv): State<RaftKv>) -> Json<IndexReply> {
+    Json(IndexReply {
+        index: kv.inner.view.applied_index(),
+        revision: kv.inner.view.revision(),
+    })
+}
+
+fn check_leader_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> ClusterError {
+    match e {
+        RaftError::APIError(e) => ClusterError::NoLeader(e.to_string()),
+        RaftError::Fatal(f) => ClusterError::Raft(f.to_string()),
+    }
+}
+
+fn leader_addr(kv: &RaftKv) -> Option<String> {
+    let m = kv.inner.raft.metrics().borrow().clone();
+    let leader = m.current_leader?;
+    if leader == kv.inner.id {
+        return None;
+    }
+    m.membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
+}
+
+/// Sends `body` to the leader's `path`. `Ok(None)`: nobody to send to
+/// yet, or the request never left (safe to retry).
+async fn to_leader<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    kv: &RaftKv,
+    path: &str,
+    body: &Req,
+) -> Result<Option<Resp>, ClusterError> {
+    let Some(addr) = leader_addr(kv) else {
+        return Ok(None);
+    };
+    let mut rb = kv
+        .inner
+        .http
+        .post(format!("http://{addr}{path}"))
+        .header(FORWARDED, "1")
+        .timeout(LEADER_WAIT)
+        .json(body);
+    if let Some(k) = &kv.inner.settings.key {
+        rb = rb.bearer_auth(k);
+    }
+    let resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Ok(None),
+        Err(e) => return Err(ClusterError::Timeout(format!("leader at {addr}: {e}"))),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return serde_json::from_str("null")
+                .map(Some)
+                .map_err(|e| ClusterError::Raft(e.to_string()));
+        }
+        return resp
+            .json()
+            .await
+            .map(Some)
+            .map_err(|e| ClusterError::Raft(format!("leader at {addr}: bad reply: {e}")));
+    }
+    let reply: Option<ErrorReply> = resp.json().await.ok();
+    match reply {
+        Some(r) if r.retryable => Ok(None),
+        Some(r) => Err(ClusterError::Raft(r.error)),
+        None => Err(ClusterError::Raft(format!(
+            "leader at {addr}: HTTP {status}"
+        ))),
+    }
+}
+
+pub(crate) async fn write(
+    kv: &RaftKv,
+    batch: Batch,
+    forwarded: bool,
+) -> Result<Written, ClusterError> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        match kv.inner.raft.client_write(batch.clone()).await {
+            Ok(r) => {
+                return Ok(Written {
+                    outcome: r.data,
+                    index: r.log_id.index,
+                });
+            }
+            Err(RaftError::Fatal(f)) => return Err(ClusterError::Raft(f.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                return Err(ClusterError::Raft(e.to_string()));
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
+        }
+        if !forwarded && let Some(w) = to_leader::<_, Written>(kv, "/raft/write", &batch).await? {
+            return Ok(w);
+        }
+        if forwarded || Instant::now() >= deadline {
+            return Err(ClusterError::NoLeader(
+                "no leader accepted the write".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) async fn add_learner(
+    kv: &RaftKv,
+    node_id: NodeId,
+    addr: String,
+    forwarded: bool,
+) -> Result<(), ClusterError> {
+    if addr.is_empty() || addr.len() > 255 {
+        return Err(ClusterError::Raft("addr must be a host:port".into()));
+    }
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        let m = kv.inner.raft.metrics().borrow().clone();
+        if m.current_leader == Some(kv.inner.id) {
+            if m.membership_config
+                .membership()
+                .get_node(&node_id)
+                .is_some_and(|n| n.addr == addr)
+            {
+                return Ok(());
+            }
+            return match kv
+                .inner
+                .raft
+                .add_learner(node_id, BasicNode { addr }, false)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(node_id, "added a learner");
+                    Ok(())
+                }
+                Err(e) => Err(ClusterError::NoLeader(e.to_string())),
+            };
+        }
+        let req = JoinRequest {
+            node_id,
+            addr: addr.clone(),
+        };
+        if !forwarded && to_leader::<_, ()>(kv, "/raft/join", &req).await?.is_some() {
+            return Ok(());
+        }
+        if forwarded || Instant::now() >= deadline {
+            return Err(ClusterError::NoLeader(
+                "no leader to add the learner".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) async fn join_loop(kv: RaftKv, via: String) {
+    let req = JoinRequest {
+        node_id: kv.inner.id,
+        addr: kv.inner.settings.advertise.clone(),
+    };
+    loop {
+        let m = kv.inner.raft.metrics().borrow().clone();
+        if m.membership_config
+            .membership()
+            .get_node(&kv.inner.id)
+            .is_some()
+        {
+            return;
+        }
+        let mut rb = kv
+            .inner
+            .http
+            .post(format!("http://{via}/raft/join"))
+            .timeout(LEADER_WAIT)
+            .json(&req);
+        if let Some(k) = &kv.inner.settings.key {
+            rb = rb.bearer_auth(k);
+        }
+        match rb.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(via = %via, "join accepted");
+                return;
+            }
+            Ok(r) => tracing::warn!(via = %via, status = %r.status(), "join refused; retrying"),
+            Err(e) => tracing::warn!(via = %via, error = %e, "join failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub(crate) async fn read_barrier(kv: &RaftKv, timeout: Duration) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match kv.inner.raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::Fatal(f)) => return Err(ClusterError::Raft(f.to_string())),
+            Err(RaftError::APIError(_)) => {}
+        }
+        if let Some(r) = to_leader::<_, IndexReply>(kv, "/raft/read-index", &()).await? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            return kv.wait_local(r.index, left).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::NoLeader(
+                "no leader confirmed the read".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) async fn wait_applied(kv: &RaftKv, index: u64, timeout: Duration) -> Vec<NodeId> {
+    let deadline = Instant::now() + timeout;
+    let members: Vec<(NodeId, String)> = {
+        let m = kv.inner.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    };
+    let mut pending: Vec<(NodeId, String)> = members;
+    loop {
+        let mut still = Vec::new();
+        for (id, addr) in pending {
+            let done = if id == kv.inner.id {
+                kv.inner.view.applied_index() >= index
+            } else {
+                let mut rb = kv
+                    .inner
+                    .http
+                    .get(format!("http://{addr}/raft/applied"))
+                    .timeout(Duration::from_millis(500));
+                if let Some(k) = &kv.inner.settings.key {
+                    rb = rb.bearer_auth(k);
+                }
+                match rb.send().await {
+                    Ok(r) => r.json::<IndexReply>().await.is_ok_and(|r| r.index >= index),
+                    Err(_) => false,
+                }
+            };
+            if !done {
+                still.push((id, addr));
+            }
+        }
+        if still.is_empty() || Instant::now() >= deadline {
+            return still.into_iter().map(|(id, _)| id).collect();
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

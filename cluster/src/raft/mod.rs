@@ -1,0 +1,386 @@
+//! The Raft-replicated config store: an ordered, versioned map of JSON
+//! documents keyed by `(kind, id)`, with a cluster-wide revision and a
+//! change stream. It does not know what the documents mean; the caller
+//! hands in a validator.
+//!
+//! - A node started without `join` and with an empty data dir bootstraps a
+//!   single-voter cluster.
+//! - A node started with `join` asks that address to add it as a learner
+//!   ([`RaftKv::add_learner`], the same call the gossip layer will make);
+//!   the leader then promotes learners to voters up to `voters`, and
+//!   replaces a voter silent for longer than `voter_down_timeout` with a
+//!   live learner, one membership change at a time.
+//! - Writes on any node are forwarded to the leader; reads are local.
+//! - Raft RPC is HTTP/1.1 + JSON on `/raft/*` (see [`RaftKv::router`]).
+
+mod api;
+mod network;
+mod policy;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use weir_storage::{
+    Batch, ConfigView, NodeId, Store, StoreError, TypeConfig, Validator, WriteOutcome,
+};
+
+pub use network::PeerLiveness;
+
+/// How a node takes part in the config cluster.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// This node's id; by default read from (or created in)
+    /// `<data_dir>/node-id`.
+    pub node_id: Option<NodeId>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// `host:port` where peers reach this node's `/raft/*` endpoints.
+    pub advertise: String,
+    /// Address of a member to join through (`None` = bootstrap alone when
+    /// the data dir is empty).
+    pub join: Option<String>,
+    /// How many voters the leader keeps (fewer when fewer nodes exist).
+    pub voters: usize,
+    /// A voter silent this long is replaced by a live learner.
+    pub voter_down_timeout: Duration,
+    /// Without contact with a leader for this long, the config is stale.
+    pub stale_after: Duration,
+    /// Build a snapshot (and purge the log) after this many entries.
+    pub snapshot_every: u64,
+    /// Bearer key sent with Raft RPCs and forwarded writes.
+    pub key: Option<String>,
+}
+
+impl RaftSettings {
+    /// Defaults for a node with the given data dir and address.
+    pub fn new(data_dir: PathBuf, advertise: String) -> RaftSettings {
+        RaftSettings {
+            node_id: None,
+            data_dir,
+            advertise,
+            join: None,
+            voters: 3,
+            voter_down_timeout: Duration::from_secs(30),
+            stale_after: Duration::from_secs(3),
+            snapshot_every: 1000,
+            key: None,
+        }
+    }
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No leader is known right now (election, partition): retry later.
+    #[error("no leader is reachable right now: {0}")]
+    NoLeader(String),
+    /// The operation did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Raft itself failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The node id file is unusable.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ClusterError {
+    /// True when retrying later may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ClusterError::NoLeader(_) | ClusterError::Timeout(_))
+    }
+}
+
+/// A write that Raft committed and applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Written {
+    /// What the state machine did.
+    pub outcome: WriteOutcome,
+    /// Raft log index of the entry.
+    pub index: u64,
+}
+
+/// A member as seen from this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: NodeId,
+    /// Raft address.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// What `/v1/status` shows about the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// `leader`, `follower`, `learner`, `candidate` or `shutdown`.
+    pub role: String,
+    /// Current leader, if known.
+    pub leader: Option<NodeId>,
+    /// Raft term.
+    pub term: u64,
+    /// Members.
+    pub members: Vec<Member>,
+    /// Revision of the applied config.
+    pub revision: u64,
+    /// Last applied log index.
+    pub applied_index: u64,
+    /// True when this node has not heard from a leader (or, as leader,
+    /// from a quorum) for longer than `stale_after`.
+    pub config_stale: bool,
+    /// Milliseconds since that contact (absent: never).
+    pub config_age_ms: Option<u64>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) view: ConfigView,
+    pub(crate) http: reqwest::Client,
+    pub(crate) settings: RaftSettings,
+    pub(crate) liveness: PeerLiveness,
+    pub(crate) last_leader_contact: Mutex<Option<Instant>>,
+    pub(crate) started: Instant,
+}
+
+/// A running member of the config cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftKv {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn node_id_for(settings: &RaftSettings) -> Result<NodeId, ClusterError> {
+    if let Some(id) = settings.node_id {
+        return Ok(id);
+    }
+    let path = settings.data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            ClusterError::Setup(format!(
+                "{}: not a node id (a decimal integer)",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Never 0 (it reads as "unset"), and below 2^53 so JSON clients
+            // that use doubles keep it exact.
+            let id = fastrand::u64(1..1 << 53);
+            std::fs::create_dir_all(&settings.data_dir)
+                .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+                .map_err(|e| ClusterError::Setup(format!("{}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(ClusterError::Setup(format!("{}: {e}", path.display()))),
+    }
+}
+
+impl RaftKv {
+    /// Opens the store in `settings.data_dir` and starts Raft.
+    pub async fn start(
+        settings: RaftSettings,
+        validator: Validator,
+    ) -> Result<RaftKv, ClusterError> {
+        let store = Store::open(&settings.data_dir)?;
+        let id = node_id_for(&settings)?;
+        let sm = store.state_machine(validator)?;
+        let view = sm.view();
+        let config = openraft::Config {
+            cluster_name: "weir".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 800,
+            election_timeout_max: 1600,
+            install_snapshot_timeout: 5000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.snapshot_every / 2,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Setup(format!("raft config: {e}")))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClusterError::Setup(format!("http client: {e}")))?;
+        let liveness = PeerLiveness::default();
+        let net = network::HttpNetwork {
+            http: http.clone(),
+            key: settings.key.clone(),
+            liveness: liveness.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), net, store.log_store(), sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let kv = RaftKv {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                view,
+                http,
+                settings,
+                liveness,
+                last_leader_contact: Mutex::new(None),
+                started: Instant::now(),
+            }),
+        };
+        let initialized = kv
+            .inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        match (&kv.inner.settings.join, initialized) {
+            (None, false) => {
+                let mut members = BTreeMap::new();
+                members.insert(
+                    id,
+                    BasicNode {
+                        addr: kv.inner.settings.advertise.clone(),
+                    },
+                );
+                kv.inner
+                    .raft
+                    .initialize(members)
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                tracing::info!(node_id = id, "bootstrapped a single-voter config cluster");
+            }
+            (Some(join), false) => {
+                tracing::info!(node_id = id, via = %join, "joining the config cluster as a learner");
+                tokio::spawn(api::join_loop(kv.clone(), join.clone()));
+            }
+            (_, true) => tracing::info!(node_id = id, "config store opened"),
+        }
+        tokio::spawn(policy::run(Arc::downgrade(&kv.inner)));
+        Ok(kv)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Read handle on the applied config (and its change stream).
+    pub fn view(&self) -> &ConfigView {
+        &self.inner.view
+    }
+
+    /// The openraft handle (metrics, tests).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// Proposes `batch`; on a follower it goes to the leader. Returns once
+    /// the leader has applied it.
+    pub async fn write(&self, batch: Batch) -> Result<Written, ClusterError> {
+        api::write(self, batch, false).await
+    }
+
+    /// Adds `node_id` at `addr` as a learner (forwarded to the leader).
+    /// The voter policy promotes it when voters are missing.
+    pub async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), ClusterError> {
+        api::add_learner(self, node_id, addr, false).await
+    }
+
+    /// Waits until this node has applied everything the leader had
+    /// committed when the call started (a linearizable read barrier).
+    pub async fn read_barrier(&self, timeout: Duration) -> Result<(), ClusterError> {
+        api::read_barrier(self, timeout).await
+    }
+
+    /// Waits (at most `timeout`) until every member has applied `index`.
+    /// Returns the members that had not.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Vec<NodeId> {
+        api::wait_applied(self, index, timeout).await
+    }
+
+    /// Waits until this node has applied log `index`.
+    pub async fn wait_local(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        let mut rx = self.inner.raft.metrics();
+        let done = async {
+            loop {
+                if rx.borrow().last_applied.map_or(0, |l| l.index) >= index {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, done)
+            .await
+            .map_err(|_| ClusterError::Timeout(format!("log index {index} not applied here")))
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = mem.voter_ids().collect();
+        let members = mem
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+            })
+            .collect();
+        let stale_after = self.inner.settings.stale_after;
+        let age = match m.state {
+            ServerState::Leader if voters.len() == 1 && voters.contains(&self.inner.id) => {
+                Some(Duration::ZERO)
+            }
+            ServerState::Leader => m.millis_since_quorum_ack.map(Duration::from_millis),
+            _ => self
+                .inner
+                .last_leader_contact
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|t| t.elapsed()),
+        };
+        ClusterStatus {
+            node_id: self.inner.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Learner => "learner",
+                ServerState::Candidate => "candidate",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            leader: m.current_leader,
+            term: m.current_term,
+            members,
+            revision: self.inner.view.revision(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            config_stale: age.is_none_or(|a| a > stale_after),
+            config_age_ms: age.map(|a| a.as_millis() as u64),
+        }
+    }
+
+    /// Axum routes for `/raft/*` (Raft RPC, forwarded writes, join,
+    /// read index, applied index). The caller adds authentication.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
