@@ -295,13 +295,8 @@ pub fn node_info(cfg: &crate::config::Config) -> NodeInfo {
             admin: Some(admin),
         };
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "weir".to_string());
     NodeInfo {
-        node_id: format!("{host}:{}", admin.port()),
+        node_id: format!("{}:{}", crate::cluster::host_name(), admin.port()),
         region: None,
         admin: Some(admin),
     }
