@@ -115,6 +115,15 @@ pub trait Plugin: Send + Sync + 'static {
     /// [`Plugin::response_headers`].
     fn response_body(&self, _chunk: &mut Bytes, _ctx: &mut RequestCtx) {}
 
+    /// End of the response body (only when [`Plugin::filters_body`]): the
+    /// upstream's body is complete. A plugin that holds bytes back (a
+    /// compressor's last block) returns them here; they pass the body phase
+    /// of the plugins after it. Not called when the body fails or the
+    /// client goes away.
+    fn response_end(&self, _ctx: &mut RequestCtx) -> Option<Bytes> {
+        None
+    }
+
     /// Log phase: the exchange is over (body sent, failed or abandoned).
     fn log(&self, _ctx: &RequestCtx, _outcome: &Outcome) {}
 }
@@ -454,6 +463,8 @@ impl Chain {
                 status,
                 sent: 0,
                 completed: false,
+                held: None,
+                finished: false,
             })),
         )
     }
@@ -470,6 +481,11 @@ pub struct PluginBody {
     status: StatusCode,
     sent: u64,
     completed: bool,
+    /// A non-data frame (trailers) that arrived at the end of the body and
+    /// waits until the plugins' last bytes are sent.
+    held: Option<Frame<Bytes>>,
+    /// The end phase has run.
+    finished: bool,
 }
 
 impl PluginBody {
@@ -481,7 +497,12 @@ impl PluginBody {
 
     /// Whether the wrapped body is known to be complete.
     pub fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        if self.chain.filters_body {
+            // The end phase may still add bytes.
+            self.finished && self.held.is_none()
+        } else {
+            self.inner.is_end_stream()
+        }
     }
 
     /// Size hint of the wrapped body (unknown once a filter may change it).
@@ -498,6 +519,12 @@ impl PluginBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.finished {
+            // The plugins' last bytes went out; what is left is the held
+            // trailers frame, then the end.
+            self.completed = self.held.is_none() || self.completed;
+            return Poll::Ready(self.held.take().map(Ok));
+        }
         match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 let frame = match frame.into_data() {
@@ -510,16 +537,54 @@ impl PluginBody {
                         self.sent += data.len() as u64;
                         Frame::data(data)
                     }
+                    Err(frame) if self.chain.filters_body => {
+                        // Trailers end the data: the plugins finish first.
+                        self.held = Some(frame);
+                        return Poll::Ready(Some(Ok(self.finish())));
+                    }
                     Err(frame) => frame,
                 };
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None if self.chain.filters_body && !self.finished => {
+                let last = self.finish();
+                if last.data_ref().is_some_and(|d| d.is_empty()) {
+                    self.completed = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(last)))
+            }
             None => {
                 self.completed = true;
                 Poll::Ready(None)
             }
         }
+    }
+
+    /// Runs the end phase: each plugin's held-back bytes pass the body
+    /// phase of the plugins after it. Returns them as one data frame
+    /// (possibly empty).
+    fn finish(&mut self) -> Frame<Bytes> {
+        self.finished = true;
+        let mut pending = Bytes::new();
+        for e in self.chain.entries.iter() {
+            if !pending.is_empty() {
+                e.plugin.response_body(&mut pending, &mut self.ctx);
+            }
+            if let Some(tail) = e.plugin.response_end(&mut self.ctx) {
+                pending = if pending.is_empty() {
+                    tail
+                } else {
+                    let mut joined = Vec::with_capacity(pending.len() + tail.len());
+                    joined.extend_from_slice(&pending);
+                    joined.extend_from_slice(&tail);
+                    Bytes::from(joined)
+                };
+            }
+        }
+        self.sent += pending.len() as u64;
+        Frame::data(pending)
     }
 }
 
@@ -837,6 +902,53 @@ mod tests {
         let outcome = seen.lock().unwrap().expect("log phase ran");
         assert_eq!(outcome.status, StatusCode::OK);
         assert_eq!(outcome.body_bytes, 5);
+        assert!(outcome.completed);
+    }
+
+    /// Holds every chunk back and lets it out, with a tail, at the end.
+    struct Hold;
+
+    impl Plugin for Hold {
+        fn filters_body(&self) -> bool {
+            true
+        }
+
+        fn response_body(&self, chunk: &mut Bytes, ctx: &mut RequestCtx) {
+            let held = ctx.ext.get_or_insert_default::<Vec<u8>>();
+            held.extend_from_slice(chunk);
+            *chunk = Bytes::new();
+        }
+
+        fn response_end(&self, ctx: &mut RequestCtx) -> Option<Bytes> {
+            let mut held = ctx.ext.remove::<Vec<u8>>().unwrap_or_default();
+            held.extend_from_slice(b"-end");
+            Some(Bytes::from(held))
+        }
+    }
+
+    #[tokio::test]
+    async fn end_phase_bytes_pass_the_plugins_after_it() {
+        use http_body_util::BodyExt;
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        // `Hold` runs first (higher priority); its tail passes `Upper`.
+        let chain = chain_of(vec![
+            (&HIGH, Arc::new(Hold)),
+            (&LOW, Arc::new(Upper(seen.clone()))),
+        ])
+        .unwrap();
+        let ctx = RequestCtx::new(
+            "r".into(),
+            None,
+            "127.0.0.1:1".parse().unwrap(),
+            HeaderValue::from_static("id"),
+        );
+        let resp = Response::new(ProxyBody::full(Bytes::from_static(b"hello")));
+        let body = chain.respond(resp, ctx).into_body();
+        assert!(!body.is_end_stream(), "the end phase has not run yet");
+        let body = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"HELLO-END");
+        let outcome = seen.lock().unwrap().expect("log phase ran");
+        assert_eq!(outcome.body_bytes, 9);
         assert!(outcome.completed);
     }
 
