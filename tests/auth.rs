@@ -1,5 +1,5 @@
 //! Consumers and the auth plugins through a real gateway: key-auth,
-//! basic-auth and consumer-restriction, the consumer headers upstream,
+//! basic-auth (argon2 and bcrypt) and consumer-restriction, the consumer headers upstream,
 //! uniform 401s, failed attempts counted, and no secret in any log line.
 
 mod common;
@@ -14,6 +14,7 @@ const KEY_ALICE: &str = "alice-secret-key-0001";
 const KEY_ALICE_NEW: &str = "alice-secret-key-0002";
 const KEY_BOB: &str = "bob-secret-key-0003";
 const PASSWORD_CAROL: &str = "carol-pa55word-zz";
+const PASSWORD_ERIN: &str = "erin-bcrypt-pa55";
 const HMAC_SECRET: &str = "dave-hmac-shared-secret-0123456789abcdef";
 
 fn sha_hex(s: &str) -> String {
@@ -31,6 +32,14 @@ fn argon(password: &str) -> String {
         .hash_password(password.as_bytes(), &salt)
         .unwrap()
         .to_string()
+}
+
+/// A bcrypt hash of `password` in the given version (`$2a$`, `$2b$`,
+/// `$2y$`), made by the `bcrypt` crate with a small cost.
+fn bcrypt_hash(password: &str, version: bcrypt::Version) -> String {
+    bcrypt::hash_with_result(password, 4)
+        .unwrap()
+        .format_for_version(version)
 }
 
 fn config(target: &str) -> String {
@@ -52,6 +61,12 @@ consumers:
   - name: dave
     credentials:
       hmac-auth: [{{key_id: dave-key, secret: {HMAC_SECRET}}}]
+  - name: erin
+    credentials:
+      basic-auth:
+        - {{username: erin-2a, password_hash: '{erin_a}'}}
+        - {{username: erin-2b, password_hash: '{erin_b}'}}
+        - {{username: erin-2y, password_hash: '{erin_y}'}}
 routes:
   - id: signed
     paths: [/signed]
@@ -96,6 +111,9 @@ routes:
         a2 = sha_hex(KEY_ALICE_NEW),
         b = sha_hex(KEY_BOB),
         carol = argon(PASSWORD_CAROL),
+        erin_a = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoA),
+        erin_b = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoB),
+        erin_y = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoY),
     )
 }
 
@@ -229,6 +247,43 @@ async fn basic_auth_checks_argon2_hashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_checks_bcrypt_hashes() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+    for user in ["erin-2a", "erin-2b", "erin-2y"] {
+        let r = c
+            .get(gw.url("/basic"))
+            .basic_auth(user, Some(PASSWORD_ERIN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{user}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["headers"]["x-consumer-name"], "erin", "{user}");
+        for wrong in ["erin-bcrypt-pa56", "", PASSWORD_CAROL] {
+            let r = c
+                .get(gw.url("/basic"))
+                .basic_auth(user, Some(wrong))
+                .send()
+                .await
+                .unwrap();
+            assert_401(r, "Basic").await;
+        }
+    }
+    // argon2 and bcrypt credentials live side by side.
+    let r = c
+        .get(gw.url("/basic"))
+        .basic_auth("carol", Some(PASSWORD_CAROL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.hits(), 4, "refused passwords never reach the upstream");
+    assert!(!gw.log().contains(PASSWORD_ERIN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_restriction_allows_and_denies() {
     let up = Upstream::start("a").await;
     let gw = start(&up).await;
@@ -357,7 +412,10 @@ consumers:
   - name: a
     credentials:
       key-auth: [{{key_sha256: plain-secret-value}}, {{key_sha256: {digest}}}]
-      basic-auth: [{{username: a, password_hash: 'hunter2'}}]
+      basic-auth:
+        - {{username: a, password_hash: 'hunter2'}}
+        - {{username: a2, password_hash: '$2x$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie'}}
+        - {{username: a3, password_hash: '$2b$04$tooShort'}}
   - name: b
     credentials:
       key-auth: [{{key_sha256: {digest}}}]
@@ -382,7 +440,9 @@ routes:
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
         "consumers[0].credentials.key-auth[0].key_sha256: must be the SHA-256 of the key as 64 hex digits",
-        "consumers[0].credentials.basic-auth[0].password_hash: must be an argon2 PHC string",
+        "consumers[0].credentials.basic-auth[0].password_hash: must be an argon2 PHC string (`$argon2id$v=19$m=...`) or a bcrypt hash",
+        "consumers[0].credentials.basic-auth[1].password_hash: must be an argon2 PHC string",
+        "consumers[0].credentials.basic-auth[2].password_hash: must be an argon2 PHC string",
         "consumers[1].credentials.key-auth[0].key_sha256: the same key is given to another credential",
         "consumers[2].name: `bad name` is not a valid consumer name",
         "routes[0].plugins.key-auth.header: `bad header` is not a valid header name",
@@ -390,7 +450,7 @@ routes:
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
-    for secret in ["plain-secret-value", "hunter2"] {
+    for secret in ["plain-secret-value", "hunter2", "EGdrhbKUv8", "tooShort"] {
         assert!(!err.contains(secret), "{err}");
     }
 }
