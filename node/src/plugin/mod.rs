@@ -137,7 +137,8 @@ pub struct PluginDef {
     /// `docs/plugins.md`.
     pub priority: i32,
     /// Parses and validates a config and builds the instance. Must not do
-    /// I/O or start tasks: it also runs for `weir validate`.
+    /// network I/O or start tasks: it also runs for `weir validate`
+    /// (reading a local file the config names is fine).
     pub build: BuildFn,
 }
 
@@ -214,6 +215,36 @@ pub struct RequestHead<'a> {
     pub version: Version,
     /// Request headers; a plugin may remove credentials it consumed.
     pub headers: &'a mut HeaderMap,
+    /// The request body; see [`RequestHead::read_body`].
+    pub body: &'a mut crate::proxy::ClientBody,
+    /// `settings.max_body_bytes` (0: none).
+    pub body_limit: u64,
+}
+
+impl RequestHead<'_> {
+    /// Reads the whole request body (once; it is still sent upstream).
+    /// At most the smallest of `cap`, the route's limit set so far
+    /// (`ctx.body_limit`, e.g. by `request-size-limit`) and the global
+    /// `settings.max_body_bytes` is read, so a request holds no more than
+    /// that in memory; a larger body gets 413, a client slower than
+    /// `timeout` 408, an unreadable body 400.
+    pub async fn read_body(
+        &mut self,
+        ctx: &RequestCtx,
+        cap: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, Early> {
+        let limit = [Some(cap), ctx.body_limit, Some(self.body_limit)]
+            .into_iter()
+            .flatten()
+            .filter(|&l| l > 0)
+            .min()
+            .unwrap_or(0);
+        self.body
+            .read_all(limit, timeout)
+            .await
+            .map_err(|e| Early::error(e.status(), e.code(), e.to_string()))
+    }
 }
 
 /// The request as it will be sent upstream.
@@ -905,11 +936,14 @@ mod tests {
             HeaderValue::from_static("id"),
         );
         let (method, uri, mut headers) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
+        let mut body = crate::proxy::ClientBody::Read(None);
         let mut head = RequestHead {
             method: &method,
             uri: &uri,
             version: Version::HTTP_11,
             headers: &mut headers,
+            body: &mut body,
+            body_limit: 0,
         };
         let e = chain.access(&mut head, &mut ctx).await.unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
