@@ -1,5 +1,5 @@
 //! Consumers and the auth plugins through a real gateway: key-auth,
-//! basic-auth and consumer-restriction, the consumer headers upstream,
+//! basic-auth (argon2 and bcrypt) and consumer-restriction, the consumer headers upstream,
 //! uniform 401s, failed attempts counted, and no secret in any log line.
 
 mod common;
@@ -14,6 +14,7 @@ const KEY_ALICE: &str = "alice-secret-key-0001";
 const KEY_ALICE_NEW: &str = "alice-secret-key-0002";
 const KEY_BOB: &str = "bob-secret-key-0003";
 const PASSWORD_CAROL: &str = "carol-pa55word-zz";
+const PASSWORD_ERIN: &str = "erin-bcrypt-pa55";
 const HMAC_SECRET: &str = "dave-hmac-shared-secret-0123456789abcdef";
 
 fn sha_hex(s: &str) -> String {
@@ -31,6 +32,14 @@ fn argon(password: &str) -> String {
         .hash_password(password.as_bytes(), &salt)
         .unwrap()
         .to_string()
+}
+
+/// A bcrypt hash of `password` in the given version (`$2a$`, `$2b$`,
+/// `$2y$`), made by the `bcrypt` crate with a small cost.
+fn bcrypt_hash(password: &str, version: bcrypt::Version) -> String {
+    bcrypt::hash_with_result(password, 4)
+        .unwrap()
+        .format_for_version(version)
 }
 
 fn config(target: &str) -> String {
@@ -52,12 +61,29 @@ consumers:
   - name: dave
     credentials:
       hmac-auth: [{{key_id: dave-key, secret: {HMAC_SECRET}}}]
+  - name: erin
+    credentials:
+      basic-auth:
+        - {{username: erin-2a, password_hash: '{erin_a}'}}
+        - {{username: erin-2b, password_hash: '{erin_b}'}}
+        - {{username: erin-2y, password_hash: '{erin_y}'}}
 routes:
   - id: signed
     paths: [/signed]
     upstream: u
     plugins:
       hmac-auth: {{clock_skew: 60s, signed_headers: ['@request-target', x-body-sha]}}
+  - id: signed-body
+    paths: [/signed-body]
+    upstream: u
+    plugins:
+      hmac-auth: {{validate_request_body: true, max_body_bytes: 1024}}
+  - id: signed-small
+    paths: [/signed-small]
+    upstream: u
+    plugins:
+      request-size-limit: {{max_body_bytes: 16}}
+      hmac-auth: {{validate_request_body: true}}
   - id: keyed
     paths: [/keyed/*]
     upstream: u
@@ -96,6 +122,9 @@ routes:
         a2 = sha_hex(KEY_ALICE_NEW),
         b = sha_hex(KEY_BOB),
         carol = argon(PASSWORD_CAROL),
+        erin_a = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoA),
+        erin_b = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoB),
+        erin_y = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoY),
     )
 }
 
@@ -229,6 +258,43 @@ async fn basic_auth_checks_argon2_hashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_checks_bcrypt_hashes() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+    for user in ["erin-2a", "erin-2b", "erin-2y"] {
+        let r = c
+            .get(gw.url("/basic"))
+            .basic_auth(user, Some(PASSWORD_ERIN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{user}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["headers"]["x-consumer-name"], "erin", "{user}");
+        for wrong in ["erin-bcrypt-pa56", "", PASSWORD_CAROL] {
+            let r = c
+                .get(gw.url("/basic"))
+                .basic_auth(user, Some(wrong))
+                .send()
+                .await
+                .unwrap();
+            assert_401(r, "Basic").await;
+        }
+    }
+    // argon2 and bcrypt credentials live side by side.
+    let r = c
+        .get(gw.url("/basic"))
+        .basic_auth("carol", Some(PASSWORD_CAROL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.hits(), 4, "refused passwords never reach the upstream");
+    assert!(!gw.log().contains(PASSWORD_ERIN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_restriction_allows_and_denies() {
     let up = Upstream::start("a").await;
     let gw = start(&up).await;
@@ -357,7 +423,10 @@ consumers:
   - name: a
     credentials:
       key-auth: [{{key_sha256: plain-secret-value}}, {{key_sha256: {digest}}}]
-      basic-auth: [{{username: a, password_hash: 'hunter2'}}]
+      basic-auth:
+        - {{username: a, password_hash: 'hunter2'}}
+        - {{username: a2, password_hash: '$2x$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie'}}
+        - {{username: a3, password_hash: '$2b$04$tooShort'}}
   - name: b
     credentials:
       key-auth: [{{key_sha256: {digest}}}]
@@ -382,7 +451,9 @@ routes:
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
         "consumers[0].credentials.key-auth[0].key_sha256: must be the SHA-256 of the key as 64 hex digits",
-        "consumers[0].credentials.basic-auth[0].password_hash: must be an argon2 PHC string",
+        "consumers[0].credentials.basic-auth[0].password_hash: must be an argon2 PHC string (`$argon2id$v=19$m=...`) or a bcrypt hash",
+        "consumers[0].credentials.basic-auth[1].password_hash: must be an argon2 PHC string",
+        "consumers[0].credentials.basic-auth[2].password_hash: must be an argon2 PHC string",
         "consumers[1].credentials.key-auth[0].key_sha256: the same key is given to another credential",
         "consumers[2].name: `bad name` is not a valid consumer name",
         "routes[0].plugins.key-auth.header: `bad header` is not a valid header name",
@@ -390,7 +461,7 @@ routes:
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
-    for secret in ["plain-secret-value", "hunter2"] {
+    for secret in ["plain-secret-value", "hunter2", "EGdrhbKUv8", "tooShort"] {
         assert!(!err.contains(secret), "{err}");
     }
 }
@@ -461,4 +532,149 @@ async fn hmac_auth_checks_signature_and_clock_skew() {
     }
     assert!(!gw.log().contains(HMAC_SECRET));
     assert!(!gw.log().contains(&good));
+}
+
+/// `Digest: SHA-256=<base64>` of a body.
+fn digest_of(body: &[u8]) -> String {
+    format!(
+        "SHA-256={}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body))
+    )
+}
+
+/// An `Authorization: Signature …` over `@request-target`, `date` and
+/// (when given) `digest`.
+fn signed_auth(pq: &str, date: &str, digest: Option<&str>) -> String {
+    use hmac::Mac;
+    let mut data = format!("@request-target: post {pq}\ndate: {date}");
+    let mut headers = String::from("@request-target date");
+    if let Some(d) = digest {
+        data.push_str(&format!("\ndigest: {d}"));
+        headers.push_str(" digest");
+    }
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).unwrap();
+    m.update(data.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
+    format!(
+        r#"Signature keyId="dave-key",algorithm="hmac-sha256",headers="{headers}",signature="{sig}""#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmac_body_digest_is_checked_before_proxying() {
+    let up = Upstream::start("a").await;
+    let gw = start(&up).await;
+    let c = http_client();
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let body = br#"{"order":42}"#.to_vec();
+    let digest = digest_of(&body);
+    let post = |path: &str, digest: Option<&str>, signed: Option<&str>, body: reqwest::Body| {
+        let mut r = c
+            .post(gw.url(path))
+            .header("date", &now)
+            .header("authorization", signed_auth(path, &now, signed))
+            .body(body);
+        if let Some(d) = digest {
+            r = r.header("digest", d);
+        }
+        r.send()
+    };
+
+    // The body matches its signed digest: proxied whole.
+    let r = post(
+        "/signed-body",
+        Some(&digest),
+        Some(&digest),
+        body.clone().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echo["body_len"], body.len());
+    assert_eq!(echo["headers"]["x-consumer-name"], "dave");
+    assert_eq!(echo["headers"]["digest"], digest.as_str());
+    // A chunked body (no Content-Length) is read the same way.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(body[..5].to_vec()), Ok(body[5..].to_vec())];
+    let r = post(
+        "/signed-body",
+        Some(&digest),
+        Some(&digest),
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echo["body_len"], body.len());
+    assert_eq!(up.hits(), 2);
+
+    // Another body under the signed digest, a digest of another body, a
+    // digest left out of the signature, no digest at all: one 401 each,
+    // and the upstream never sees them.
+    let other = digest_of(b"{\"order\":43}");
+    for (label, d, signed, b) in [
+        (
+            "tampered body",
+            Some(&digest),
+            Some(&digest),
+            br#"{"order":43}"#.to_vec(),
+        ),
+        ("wrong digest", Some(&other), Some(&other), body.clone()),
+        ("unsigned digest", Some(&digest), None, body.clone()),
+        ("no digest", None, None, body.clone()),
+        (
+            "unusable digest",
+            Some(&"MD5=abc".to_string()),
+            Some(&"MD5=abc".to_string()),
+            body.clone(),
+        ),
+    ] {
+        let r = post(
+            "/signed-body",
+            d.map(|s| s.as_str()),
+            signed.map(|s| s.as_str()),
+            b.into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 401, "{label}");
+        assert_401(r, "Signature").await;
+    }
+    assert_eq!(up.hits(), 2, "refused requests never reach the upstream");
+
+    // The body is read within the route's limits: request-size-limit's
+    // 16 bytes, and the plugin's own 1024.
+    let r = post(
+        "/signed-small",
+        Some(&digest),
+        Some(&digest),
+        body.clone().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let big = vec![b'x'; 40];
+    let d = digest_of(&big);
+    let r = post("/signed-small", Some(&d), Some(&d), big.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(error_of(&e)["code"], "payload_too_large");
+    let huge = vec![b'y'; 2000];
+    let d = digest_of(&huge);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        huge.chunks(500).map(|c| Ok(c.to_vec())).collect();
+    let r = post(
+        "/signed-body",
+        Some(&d),
+        Some(&d),
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(up.hits(), 3);
 }

@@ -1,6 +1,7 @@
 //! `jwt-auth` through a real gateway: tokens signed here with
 //! `jsonwebtoken` (HS, RS, ES, EdDSA), claim checks with leeway, and a real
-//! JWKS served over HTTP whose keys rotate.
+//! JWKS served over HTTP and HTTPS (a CA made at test time) whose keys
+//! rotate.
 
 mod common;
 
@@ -13,7 +14,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use weir_testsupport::{Gateway, Upstream, http_client, wait_until};
+use weir_testsupport::{Gateway, HttpsDocServer, TestCa, Upstream, http_client, wait_until};
 
 const HS_SECRET: &str = "hs-secret-that-is-long-enough-0123456789";
 
@@ -387,10 +388,29 @@ routes:
           - {algorithm: HS256, secret: short}
           - {algorithm: RS256, public_key: 'not a pem'}
           - {algorithm: ES256, secret: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'}
+        jwks_url: 'ftp://keys.example/jwks.json'
+        jwks_ca_file: /no/such/ca.pem
+  - id: r2
+    paths: [/2]
+    upstream: u
+    plugins:
+      jwt-auth:
         jwks_url: 'https://keys.example/jwks.json'
+        jwks_ca_file: /no/such/ca.pem
+  - id: r3
+    paths: [/3]
+    upstream: u
+    plugins:
+      jwt-auth:
+        jwks_url: 'https://keys.example/jwks.json'
+        jwks_ca_file: NOT_PEM
 ",
     )
     .unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let yaml = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, yaml.replace("NOT_PEM", &not_pem.display().to_string())).unwrap();
     let out = std::process::Command::new(weir_bin())
         .args(["validate", "-f"])
         .arg(&f)
@@ -404,7 +424,10 @@ routes:
         "routes[0].plugins.jwt-auth.keys[1].public_key: not a PEM public key for RS256",
         "routes[0].plugins.jwt-auth.keys[1].algorithm: RS256 is not in `algorithms`",
         "routes[0].plugins.jwt-auth.keys[2]: ES256 needs `public_key`",
-        "routes[0].plugins.jwt-auth.jwks_url: https JWKS URLs are not supported",
+        "routes[0].plugins.jwt-auth.jwks_url: `ftp://keys.example/jwks.json` is not an https:// or http:// URL",
+        "routes[1].plugins.jwt-auth.jwks_ca_file: cannot read `/no/such/ca.pem`",
+        "routes[2].plugins.jwt-auth.jwks_ca_file: ",
+        "holds no PEM certificate",
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
@@ -412,4 +435,116 @@ routes:
         !err.contains("short\n") && !err.contains("xxxxxxxx"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_over_https_trusts_only_what_it_should() {
+    let up = Upstream::start("a").await;
+    let doc = jwks(&[("k1", Algorithm::RS256, "rsa1.pem")]);
+    let ca = TestCa::new("weir test CA").unwrap();
+    let trusted = HttpsDocServer::start(&ca.leaf(&["127.0.0.1"]).unwrap(), doc.clone())
+        .await
+        .unwrap();
+    // Signed by the configured CA, but for another host name.
+    let wrong_name = HttpsDocServer::start(&ca.leaf(&["jwks.example"]).unwrap(), doc.clone())
+        .await
+        .unwrap();
+    // Signed by a CA nobody trusts; the route has no `jwks_ca_file`, so
+    // only the public roots count.
+    let other_ca = TestCa::new("unknown CA").unwrap();
+    let untrusted = HttpsDocServer::start(&other_ca.leaf(&["127.0.0.1"]).unwrap(), doc.clone())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(dir.path(), "ca.pem").unwrap();
+    let route = |id: &str, url: String, ca: Option<&std::path::Path>| {
+        let ca = ca.map_or(String::new(), |p| {
+            format!("        jwks_ca_file: {}\n", p.display())
+        });
+        format!(
+            "  - id: {id}
+    paths: [/{id}]
+    upstream: u
+    plugins:
+      jwt-auth:
+        jwks_url: {url}
+{ca}        jwks_refresh: 1s
+        jwks_refetch_gap: 100ms
+        require_consumer: false
+"
+        )
+    };
+    let yaml = format!(
+        "upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]\nroutes:\n{}{}{}",
+        up.target(),
+        route("trusted", trusted.url("/jwks.json"), Some(&ca_file)),
+        route("wrong-name", wrong_name.url("/jwks.json"), Some(&ca_file)),
+        route("untrusted", untrusted.url("/jwks.json"), None),
+    );
+    let gw = Gateway::builder(weir_bin())
+        .config(Gateway::config(&yaml))
+        .start()
+        .await
+        .expect("weir starts");
+    let claims = json!({"sub": "alice-sub", "exp": now() + 600});
+    let t1 = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &enc(Algorithm::RS256, "rsa1.pem"),
+        claims.clone(),
+    );
+    let t2 = sign(
+        Algorithm::ES256,
+        Some("k2"),
+        &enc(Algorithm::ES256, "ec256.pem"),
+        claims.clone(),
+    );
+
+    assert_eq!(status(&gw, "/trusted", &t1).await, 200);
+    assert!(trusted.hits() >= 1);
+    assert_eq!(status(&gw, "/trusted", &t2).await, 401);
+
+    // Rotation over https: the unknown kid triggers a fetch, the periodic
+    // refresh drops the withdrawn key.
+    trusted.set(jwks(&[("k2", Algorithm::ES256, "ec256.pem")]));
+    wait_until(
+        "the new kid is picked up over https",
+        Duration::from_secs(10),
+        || async { status(&gw, "/trusted", &t2).await == 200 },
+    )
+    .await;
+    wait_until(
+        "the old kid is dropped",
+        Duration::from_secs(10),
+        || async { status(&gw, "/trusted", &t1).await == 401 },
+    )
+    .await;
+
+    // Untrusted certificates: the fetch fails, the token is refused, the
+    // server never sees a request, and the log says why.
+    let hits = up.hits();
+    assert_eq!(status(&gw, "/untrusted", &t1).await, 401);
+    assert_eq!(status(&gw, "/wrong-name", &t1).await, 401);
+    wait_until(
+        "both failures are logged",
+        Duration::from_secs(10),
+        || async {
+            let log = gw.log();
+            log.contains("UnknownIssuer") && log.contains("certificate not valid for name")
+        },
+    )
+    .await;
+    let log = gw.log();
+    for (server, why) in [
+        (&untrusted, "UnknownIssuer"),
+        (&wrong_name, "certificate not valid for name"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&server.url("/jwks.json")) && l.contains(why))
+            .unwrap_or_else(|| panic!("no log line for {why}:\n{log}"));
+        assert!(line.contains("jwks fetch failed"), "{line}");
+        assert_eq!(server.hits(), 0, "{why}: no request may pass the handshake");
+    }
+    assert_eq!(up.hits(), hits, "refused tokens never reach the upstream");
 }

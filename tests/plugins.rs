@@ -212,3 +212,110 @@ async fn bad_plugin_config_on_reload_keeps_the_running_config() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn disable_plugins_switches_off_wider_ones() {
+    let up = Upstream::start("a").await;
+    let yaml = format!(
+        "plugins:
+  response-rewrite: {{headers: {{set: {{x-level: global}}}}}}
+  proxy-rewrite: {{headers: {{set: {{x-global-rewrite: 'yes'}}}}}}
+upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]
+services:
+  - id: svc
+    upstream: u
+    plugins:
+      response-rewrite: {{headers: {{set: {{x-level: service}}}}}}
+  - id: quiet
+    upstream: u
+    disable_plugins: [response-rewrite]
+routes:
+  - id: plain
+    paths: [/plain]
+    upstream: u
+  - id: route-off
+    paths: [/route-off]
+    upstream: u
+    disable_plugins: [response-rewrite, proxy-rewrite]
+  - id: service-plugin-off
+    paths: [/svc-off]
+    service: svc
+    disable_plugins: [response-rewrite]
+  - id: quiet-service
+    paths: [/quiet]
+    service: quiet
+  - id: quiet-but-own
+    paths: [/quiet-own]
+    service: quiet
+    plugins:
+      response-rewrite: {{headers: {{set: {{x-level: route}}}}}}
+",
+        up.target()
+    );
+    let gw = gateway(&yaml).await;
+    let c = http_client();
+    // (path, x-level answered, whether proxy-rewrite ran)
+    for (path, level, rewrite) in [
+        ("/plain", Some("global"), true),
+        ("/route-off", None, false),
+        ("/svc-off", None, true),
+        ("/quiet", None, true),
+        ("/quiet-own", Some("route"), true),
+    ] {
+        let r = c.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers().get("x-level").map(|v| v.to_str().unwrap()),
+            level,
+            "{path}"
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["headers"].get("x-global-rewrite").is_some(),
+            rewrite,
+            "{path}: {body}"
+        );
+    }
+}
+
+#[test]
+fn disable_plugins_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(
+        &f,
+        "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
+services:
+  - id: s
+    upstream: u
+    disable_plugins: [corz]
+routes:
+  - id: a
+    paths: [/a]
+    upstream: u
+    disable_plugins: [cors, no-such-plugin, cors]
+  - id: b
+    paths: [/b]
+    upstream: u
+    plugins:
+      cors: {allow_origins: ['*']}
+    disable_plugins: [cors]
+",
+    )
+    .unwrap();
+    let out = Command::new(weir_bin())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "services[0].disable_plugins[0]: unknown plugin `corz`; known:",
+        "routes[0].disable_plugins[1]: unknown plugin `no-such-plugin`",
+        "routes[0].disable_plugins[2]: `cors` is listed twice",
+        "routes[1].disable_plugins[0]: `cors` is also set in `routes[1].plugins`",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+}

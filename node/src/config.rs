@@ -500,6 +500,10 @@ pub struct ServiceConfig {
     /// Plugins for the service's routes; override global ones by name.
     #[serde(default)]
     pub plugins: crate::plugin::PluginMap,
+    /// Global plugins switched off for the service's routes (a route may
+    /// set one again in its own `plugins`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable_plugins: Vec<String>,
     /// Lifecycle status of the service's routes, unless a route sets its
     /// own.
     #[serde(default)]
@@ -655,6 +659,9 @@ pub struct RouteConfig {
     /// Plugins of this route; override service and global ones by name.
     #[serde(default)]
     pub plugins: crate::plugin::PluginMap,
+    /// Global and service plugins switched off for this route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable_plugins: Vec<String>,
     /// Lifecycle status; overrides the service's.
     #[serde(default)]
     pub lifecycle: Option<LifecycleConfig>,

@@ -144,8 +144,8 @@ impl Consumers {
             .map(|(_, c)| c)
     }
 
-    /// The consumer with these basic-auth credentials. Runs argon2 (on a
-    /// blocking thread); an unknown username costs the same as a wrong
+    /// The consumer with these basic-auth credentials. Runs argon2 or
+    /// bcrypt (on a blocking thread); an unknown username costs the same as a wrong
     /// password.
     pub async fn by_password(&self, username: &str, password: &[u8]) -> Option<Arc<Consumer>> {
         let (hash, consumer) = match self.basic.get(username) {
@@ -155,6 +155,10 @@ impl Consumers {
         let password = password.to_vec();
         let ok = tokio::task::spawn_blocking(move || {
             use argon2::password_hash::{PasswordHash, PasswordVerifier};
+            if is_bcrypt(&hash) {
+                // The crate compares the digests in constant time.
+                return bcrypt::verify(&password, &hash).unwrap_or(false);
+            }
             PasswordHash::new(&hash)
                 .map(|h| {
                     argon2::Argon2::default()
@@ -224,15 +228,18 @@ impl Consumers {
                 );
                 continue;
             }
-            match argon2::password_hash::PasswordHash::new(&b.password_hash) {
-                Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
-                _ => {
-                    p.push(
-                        format!("{here}.password_hash"),
-                        "must be an argon2 PHC string (`$argon2id$v=19$m=...`)",
-                    );
-                    continue;
-                }
+            let known = if b.password_hash.starts_with("$2") {
+                is_bcrypt(&b.password_hash)
+            } else {
+                argon2::password_hash::PasswordHash::new(&b.password_hash)
+                    .is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
+            };
+            if !known {
+                p.push(
+                    format!("{here}.password_hash"),
+                    "must be an argon2 PHC string (`$argon2id$v=19$m=...`) or a bcrypt hash (`$2b$12$...`, cost 4 to 31)",
+                );
+                continue;
             }
             if self.basic.contains_key(&b.username) {
                 p.push(
@@ -292,6 +299,28 @@ impl Consumers {
     }
 }
 
+/// Whether `hash` is a well-formed bcrypt hash: `$2a$`, `$2b$` or `$2y$`,
+/// a cost of 4 to 31, then 22 characters of salt and 31 of digest in
+/// bcrypt's base64 alphabet. (`$2x$`, the marker of a broken old
+/// implementation, is refused.)
+fn is_bcrypt(hash: &str) -> bool {
+    let Some(rest) = ["$2a$", "$2b$", "$2y$"]
+        .iter()
+        .find_map(|v| hash.strip_prefix(v))
+    else {
+        return false;
+    };
+    let Some((cost, tail)) = rest.split_once('$') else {
+        return false;
+    };
+    cost.len() == 2
+        && cost.parse::<u32>().is_ok_and(|c| (4..=31).contains(&c))
+        && tail.len() == 53
+        && tail
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -342,5 +371,24 @@ fn compile(c: &crate::config::ConsumerConfig, at: &str, p: &mut Problems) -> Opt
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
     if let Err(e) = Consumers::build(config) {
         p.0.extend(e.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bcrypt;
+
+    #[test]
+    fn bcrypt_hashes_are_recognised() {
+        let h = "$2b$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie";
+        assert!(is_bcrypt(h));
+        assert!(is_bcrypt(&h.replacen("$2b$", "$2a$", 1)));
+        assert!(is_bcrypt(&h.replacen("$2b$", "$2y$", 1)));
+        assert!(!is_bcrypt(&h.replacen("$2b$", "$2x$", 1)));
+        assert!(!is_bcrypt(&h.replacen("$04$", "$03$", 1)));
+        assert!(!is_bcrypt(&h.replacen("$04$", "$32$", 1)));
+        assert!(!is_bcrypt(&h[..h.len() - 1]));
+        assert!(!is_bcrypt(&h.replacen('E', "!", 1)));
+        assert!(!is_bcrypt("$argon2id$v=19$m=19456,t=2,p=1$abc$def"));
     }
 }

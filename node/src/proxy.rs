@@ -229,6 +229,7 @@ async fn proxy(
         strip_len,
     };
     let Some(chain) = &route.plugins else {
+        let req = req.map(ClientBody::Streamed);
         return forward(snap, conn, req, rid, route, front, None, log).await;
     };
 
@@ -241,12 +242,15 @@ async fn proxy(
         rid.clone(),
     );
     let (mut parts, body) = req.into_parts();
+    let mut body = ClientBody::Streamed(body);
     let access = {
         let mut head = crate::plugin::RequestHead {
             method: &parts.method,
             uri: &parts.uri,
             version: parts.version,
             headers: &mut parts.headers,
+            body: &mut body,
+            body_limit: front.limit,
         };
         chain.access(&mut head, &mut ctx).await
     };
@@ -310,7 +314,7 @@ struct Front {
 async fn forward(
     snap: &Snapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     rid: &HeaderValue,
     route: &Route,
     front: Front,
@@ -874,7 +878,8 @@ impl Failure {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: …`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -891,7 +896,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// until an attempt starts reading it, it stays in the slot, so a retry
 /// after a connect failure can still send it.
 pub struct BodySlot {
-    body: std::sync::Mutex<Option<Incoming>>,
+    body: std::sync::Mutex<Option<ClientBody>>,
     started: AtomicBool,
     done: AtomicBool,
     progress_ms: AtomicU64,
@@ -906,7 +911,7 @@ pub struct BodySlot {
 }
 
 impl BodySlot {
-    fn new(body: Incoming, limit: u64) -> Self {
+    fn new(body: ClientBody, limit: u64) -> Self {
         BodySlot {
             body: std::sync::Mutex::new(Some(body)),
             started: AtomicBool::new(false),
@@ -1004,7 +1009,7 @@ pub enum ReqBody {
         /// Where the body waits until an attempt reads it.
         slot: Arc<BodySlot>,
         /// The body, once this attempt took it.
-        body: Option<Incoming>,
+        body: Option<ClientBody>,
         /// Bytes forwarded so far.
         seen: u64,
     },
@@ -1083,6 +1088,80 @@ impl Body for ReqBody {
                     None => SizeHint::default(),
                 }
             }
+        }
+    }
+}
+
+/// The client's request body: still streaming from the client, or read
+/// whole by a plugin of the access phase (e.g. to check its digest).
+pub enum ClientBody {
+    /// Not read yet; it streams upstream as it arrives.
+    Streamed(Incoming),
+    /// Read whole; sent upstream as one chunk (taken when sent).
+    Read(Option<Bytes>),
+}
+
+impl ClientBody {
+    /// Reads the whole body, refusing more than `limit` bytes (0: no
+    /// limit) or a client slower than `timeout`, and keeps it so it is
+    /// still sent upstream. Reading again returns the same bytes.
+    pub async fn read_all(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, GatewayError> {
+        use http_body_util::BodyExt;
+        let incoming = match self {
+            ClientBody::Read(b) => return Ok(b.clone().unwrap_or_default()),
+            ClientBody::Streamed(i) => i,
+        };
+        if limit > 0 && incoming.size_hint().lower() > limit {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        let read = async {
+            let mut buf = bytes::BytesMut::new();
+            while let Some(frame) = incoming.frame().await {
+                let frame = frame.map_err(|_| {
+                    GatewayError::BadRequest("the request body could not be read".into())
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if limit > 0 && (buf.len() + data.len()) as u64 > limit {
+                        return Err(GatewayError::PayloadTooLarge { limit });
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(buf.freeze())
+        };
+        let bytes = tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| GatewayError::RequestTimeout)??;
+        *self = ClientBody::Read(Some(bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Streamed(i) => Pin::new(i).poll_frame(cx),
+            ClientBody::Read(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Streamed(i) => i.is_end_stream(),
+            ClientBody::Read(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Streamed(i) => i.size_hint(),
+            ClientBody::Read(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

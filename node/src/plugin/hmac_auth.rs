@@ -7,6 +7,11 @@
 //! headers="@request-target date",signature="<base64>"` where the signed
 //! string is one `name: value` line per listed header, joined by `\n`, and
 //! `@request-target` is `<method lowercase> <path?query>`.
+//!
+//! With `validate_request_body`, the body is read whole (bounded by the
+//! route's body limits and `max_body_bytes`) and must match a signed
+//! `Digest: SHA-256=<base64>` header (RFC 3230), so a captured signature
+//! cannot carry another body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +36,7 @@ pub(super) const DEF: PluginDef = PluginDef {
 };
 
 const TARGET: &str = "@request-target";
+const DIGEST: &str = "digest";
 
 /// Config of `hmac-auth`.
 #[derive(Debug, Deserialize)]
@@ -52,6 +58,25 @@ struct RawConfig {
     /// Remove `Authorization` before proxying.
     #[serde(default = "default_true")]
     hide_credentials: bool,
+    /// Check the body against a `Digest` header (which the signature must
+    /// then cover) before proxying.
+    #[serde(default)]
+    validate_request_body: bool,
+    /// Most body bytes read for the digest check (the route's and the
+    /// global body limits apply too).
+    #[serde(default = "default_max_body")]
+    max_body_bytes: u64,
+    /// How long the client may take to send the body for the check.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    body_timeout: Duration,
+}
+
+fn default_max_body() -> u64 {
+    1024 * 1024
+}
+
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_skew() -> Duration {
@@ -87,6 +112,8 @@ struct HmacAuth {
     required: Vec<String>,
     hide: bool,
     consumers: Arc<Consumers>,
+    /// `Some((max bytes, timeout))` when the body digest is checked.
+    body: Option<(u64, Duration)>,
 }
 
 static CHALLENGE: HeaderValue =
@@ -127,6 +154,16 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         }
         required.push(h);
     }
+    if raw.max_body_bytes == 0 {
+        errs.push(("max_body_bytes".into(), "must be greater than zero".into()));
+    }
+    if raw.body_timeout.is_zero() {
+        errs.push(("body_timeout".into(), "must be greater than zero".into()));
+    }
+    if raw.validate_request_body && !required.iter().any(|h| h == DIGEST) {
+        // An unsigned digest could be swapped along with the body.
+        required.push(DIGEST.to_string());
+    }
     if raw.clock_skew.is_zero() || raw.clock_skew > Duration::from_secs(3600) {
         errs.push(("clock_skew".into(), "must be between 1s and 1h".into()));
     }
@@ -144,6 +181,9 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         required,
         hide: raw.hide_credentials,
         consumers: env.consumers().clone(),
+        body: raw
+            .validate_request_body
+            .then_some((raw.max_body_bytes, raw.body_timeout)),
     }))
 }
 
@@ -255,19 +295,66 @@ impl HmacAuth {
     }
 }
 
+/// The digests of a `Digest` header (RFC 3230: `alg=<base64>`, comma
+/// separated; algorithm names are case-insensitive). Entries of other
+/// algorithms are skipped; `None` when no SHA-256/SHA-512 entry is usable.
+fn parse_digests(values: http::header::GetAll<'_, HeaderValue>) -> Option<Vec<(Alg, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for v in values {
+        for item in v.to_str().ok()?.split(',') {
+            let (alg, b64) = item.trim().split_once('=')?;
+            let alg = if alg.eq_ignore_ascii_case("sha-256") {
+                Alg::Sha256
+            } else if alg.eq_ignore_ascii_case("sha-512") {
+                Alg::Sha512
+            } else {
+                continue;
+            };
+            let d = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()?;
+            out.push((alg, d));
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether every usable digest matches `body`.
+fn digests_match(digests: &[(Alg, Vec<u8>)], body: &[u8]) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    digests.iter().all(|(alg, want)| {
+        let have = match alg {
+            Alg::Sha256 => sha2::Sha256::digest(body).to_vec(),
+            Alg::Sha512 => sha2::Sha512::digest(body).to_vec(),
+        };
+        bool::from(have.ct_eq(want))
+    })
+}
+
 #[async_trait::async_trait]
 impl Plugin for HmacAuth {
     async fn access(&self, req: &mut RequestHead<'_>, ctx: &mut RequestCtx) -> Result<(), Early> {
-        match self.check(req) {
-            Ok(c) => {
-                ctx.consumer = Some(c);
-                if self.hide {
-                    req.headers.remove(header::AUTHORIZATION);
-                }
-                Ok(())
+        let consumer = match self.check(req) {
+            Ok(c) => c,
+            Err(reason) => return Err(auth_failure(ctx, DEF.name, reason, &CHALLENGE)),
+        };
+        if let Some((cap, timeout)) = self.body {
+            // The signature covers the digest; the digest must cover the
+            // body. Checked before the body is read.
+            let Some(digests) = parse_digests(req.headers.get_all(DIGEST)) else {
+                return Err(auth_failure(ctx, DEF.name, "body_digest", &CHALLENGE));
+            };
+            let body = req.read_body(ctx, cap, timeout).await?;
+            if !digests_match(&digests, &body) {
+                return Err(auth_failure(ctx, DEF.name, "body_digest", &CHALLENGE));
             }
-            Err(reason) => Err(auth_failure(ctx, DEF.name, reason, &CHALLENGE)),
         }
+        ctx.consumer = Some(consumer);
+        if self.hide {
+            req.headers.remove(header::AUTHORIZATION);
+        }
+        Ok(())
     }
 }
 
@@ -285,5 +372,28 @@ mod tests {
         assert_eq!(p["signature"], "c2ln");
         assert!(parse_params("Basic abc").is_none());
         assert!(parse_params("Signature keyId=k1").is_none());
+    }
+
+    #[test]
+    fn digest_header_is_parsed_and_checked() {
+        use sha2::Digest;
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let body = b"{\"a\":1}";
+        let sha256 = b64(&sha2::Sha256::digest(body));
+        let sha512 = b64(&sha2::Sha512::digest(body));
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            DIGEST,
+            HeaderValue::from_str(&format!("MD5=abc, sha-256={sha256},SHA-512={sha512}")).unwrap(),
+        );
+        let d = parse_digests(h.get_all(DIGEST)).unwrap();
+        assert_eq!(d.len(), 2);
+        assert!(digests_match(&d, body));
+        assert!(!digests_match(&d, b"{\"a\":2}"));
+        h.insert(DIGEST, HeaderValue::from_static("MD5=abc"));
+        assert!(parse_digests(h.get_all(DIGEST)).is_none());
+        h.insert(DIGEST, HeaderValue::from_static("SHA-256=!!"));
+        assert!(parse_digests(h.get_all(DIGEST)).is_none());
+        assert!(parse_digests(http::HeaderMap::new().get_all(DIGEST)).is_none());
     }
 }

@@ -6,6 +6,11 @@
 //!
 //! Signatures and claims are checked by the `jsonwebtoken` crate; the
 //! token's own `jku`/`jwk`/`x5u` headers are never followed.
+//!
+//! An `https://` JWKS is fetched with rustls (the aws-lc-rs provider that
+//! `jsonwebtoken` already links), trusting Mozilla's root set compiled in
+//! from `webpki-roots`, or only the CAs of `jwks_ca_file` when it is set
+//! (ADR 0021). The host name is always verified.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -49,6 +54,9 @@ const SUPPORTED: &[Algorithm] = &[
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// Longest a JWKS fetch (connect, TLS handshake, whole body) may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Config of `jwt-auth`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,9 +64,13 @@ struct RawConfig {
     /// Inline keys.
     #[serde(default)]
     keys: Vec<RawKey>,
-    /// A JWKS document (`http://` only in this build).
+    /// A JWKS document, `https://` (or `http://`, e.g. a local sidecar).
     #[serde(default)]
     jwks_url: Option<String>,
+    /// PEM file of the CAs trusted for an `https://` `jwks_url`, instead
+    /// of the built-in public roots (for a private CA).
+    #[serde(default)]
+    jwks_ca_file: Option<std::path::PathBuf>,
     /// How often the JWKS is fetched again in the background.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     jwks_refresh: Duration,
@@ -231,25 +243,62 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
     }
 
     let jwks = match &raw.jwks_url {
-        None => None,
-        Some(u) => match reqwest::Url::parse(u) {
-            Ok(url) if url.scheme() == "http" && url.host().is_some() => Some(Arc::new(Jwks {
-                url: url.to_string(),
-                keys: ArcSwap::from_pointee(HashMap::new()),
-                last_fetch: tokio::sync::Mutex::new(None),
-                refresh: raw.jwks_refresh,
-                gap: raw.jwks_refetch_gap,
-                started: AtomicBool::new(false),
-            })),
-            Ok(url) if url.scheme() == "https" => {
+        None => {
+            if raw.jwks_ca_file.is_some() {
                 errs.push((
-                    "jwks_url".into(),
-                    "https JWKS URLs are not supported by this build yet; use http:// (e.g. a local sidecar)".into(),
+                    "jwks_ca_file".into(),
+                    "is only used with an https:// `jwks_url`".into(),
                 ));
-                None
+            }
+            None
+        }
+        Some(u) => match http::Uri::try_from(u.as_str()) {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http" | "https"))
+                    && url.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                let https = url.scheme_str() == Some("https");
+                let tls = match (&raw.jwks_ca_file, https) {
+                    (Some(_), false) => {
+                        errs.push((
+                            "jwks_ca_file".into(),
+                            "is only used with an https:// `jwks_url`".into(),
+                        ));
+                        None
+                    }
+                    (Some(path), true) => match tls_with_ca_file(path) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            errs.push(("jwks_ca_file".into(), e));
+                            None
+                        }
+                    },
+                    (None, _) => match public_roots_tls() {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            errs.push(("jwks_url".into(), e));
+                            None
+                        }
+                    },
+                };
+                tls.map(|tls| {
+                    Arc::new(Jwks {
+                        url,
+                        tls,
+                        client: std::sync::OnceLock::new(),
+                        keys: ArcSwap::from_pointee(HashMap::new()),
+                        last_fetch: tokio::sync::Mutex::new(None),
+                        refresh: raw.jwks_refresh,
+                        gap: raw.jwks_refetch_gap,
+                        started: AtomicBool::new(false),
+                    })
+                })
             }
             _ => {
-                errs.push(("jwks_url".into(), format!("`{u}` is not an http:// URL")));
+                errs.push((
+                    "jwks_url".into(),
+                    format!("`{u}` is not an https:// or http:// URL with a host"),
+                ));
                 None
             }
         },
@@ -450,7 +499,11 @@ struct JwksKey {
 
 /// A JWKS document's keys by `kid`, fetched in the background.
 struct Jwks {
-    url: String,
+    url: http::Uri,
+    /// Trust for an `https://` URL.
+    tls: Arc<rustls::ClientConfig>,
+    /// Made on the first fetch (building a plugin must not need a runtime).
+    client: std::sync::OnceLock<JwksClient>,
     keys: ArcSwap<HashMap<String, Arc<JwksKey>>>,
     /// When the last fetch started; also serialises fetches so concurrent
     /// requests with the same unknown `kid` cause one fetch.
@@ -508,29 +561,46 @@ impl Jwks {
     }
 
     async fn download(&self) -> Result<HashMap<String, Arc<JwksKey>>, String> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut resp = client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("reading body: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("document larger than {MAX_JWKS_BYTES} bytes"));
+        use http_body_util::BodyExt;
+        let client = self.client.get_or_init(|| {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((*self.tls).clone())
+                .https_or_http()
+                .enable_http1()
+                .build();
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https)
+        });
+        let req = http::Request::get(self.url.clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "weir")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        let fetch = async {
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| format!("request failed: {}", crate::proxy::error_chain(&e)))?;
+            if !resp.status().is_success() {
+                // Redirects are not followed: the configured URL is the one
+                // trusted.
+                return Err(format!("status {}", resp.status()));
             }
-            body.extend_from_slice(&chunk);
-        }
+            http_body_util::Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        format!("document larger than {MAX_JWKS_BYTES} bytes")
+                    } else {
+                        format!("reading body: {}", crate::proxy::error_chain(&*e))
+                    }
+                })
+        };
+        let body = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut keys = HashMap::new();
@@ -558,4 +628,59 @@ impl Jwks {
         }
         Ok(keys)
     }
+}
+
+// === TLS trust for the JWKS fetch ===
+
+type JwksClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    .map_err(|e| format!("tls setup failed: {e}"))
+}
+
+/// Trust in Mozilla's public roots (compiled in, so it works the same in a
+/// container without a system certificate store). Built once per process.
+fn public_roots_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            tls_config(roots).map(Arc::new)
+        })
+        .clone()
+}
+
+/// Trust in the CA certificates of a PEM file, and in nothing else.
+fn tls_with_ca_file(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| format!("`{}`: certificate {i}: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "`{}`: certificate {i} is not usable as a CA: {e}",
+                path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "`{}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+            path.display()
+        ));
+    }
+    tls_config(roots).map(Arc::new)
 }

@@ -137,7 +137,8 @@ pub struct PluginDef {
     /// `docs/plugins.md`.
     pub priority: i32,
     /// Parses and validates a config and builds the instance. Must not do
-    /// I/O or start tasks: it also runs for `weir validate`.
+    /// network I/O or start tasks: it also runs for `weir validate`
+    /// (reading a local file the config names is fine).
     pub build: BuildFn,
 }
 
@@ -214,6 +215,36 @@ pub struct RequestHead<'a> {
     pub version: Version,
     /// Request headers; a plugin may remove credentials it consumed.
     pub headers: &'a mut HeaderMap,
+    /// The request body; see [`RequestHead::read_body`].
+    pub body: &'a mut crate::proxy::ClientBody,
+    /// `settings.max_body_bytes` (0: none).
+    pub body_limit: u64,
+}
+
+impl RequestHead<'_> {
+    /// Reads the whole request body (once; it is still sent upstream).
+    /// At most the smallest of `cap`, the route's limit set so far
+    /// (`ctx.body_limit`, e.g. by `request-size-limit`) and the global
+    /// `settings.max_body_bytes` is read, so a request holds no more than
+    /// that in memory; a larger body gets 413, a client slower than
+    /// `timeout` 408, an unreadable body 400.
+    pub async fn read_body(
+        &mut self,
+        ctx: &RequestCtx,
+        cap: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, Early> {
+        let limit = [Some(cap), ctx.body_limit, Some(self.body_limit)]
+            .into_iter()
+            .flatten()
+            .filter(|&l| l > 0)
+            .min()
+            .unwrap_or(0);
+        self.body
+            .read_all(limit, timeout)
+            .await
+            .map_err(|e| Early::error(e.status(), e.code(), e.to_string()))
+    }
 }
 
 /// The request as it will be sent upstream.
@@ -658,13 +689,20 @@ pub fn build_chains(
     };
     let mut p = Problems::default();
     let global = build_level(&config.plugins, "plugins", &env, &mut p);
-    let services: HashMap<&str, Level> = config
+    let services: HashMap<&str, (Level, Vec<&str>)> = config
         .services
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let at = format!("services[{i}].plugins");
-            (s.id.as_str(), build_level(&s.plugins, &at, &env, &mut p))
+            let level = build_level(&s.plugins, &at, &env, &mut p);
+            let off = disabled(
+                &s.disable_plugins,
+                &s.plugins,
+                &format!("services[{i}]"),
+                &mut p,
+            );
+            (s.id.as_str(), (level, off))
         })
         .collect();
     let service_lifecycles: HashMap<&str, Option<Arc<dyn Plugin>>> = config
@@ -683,12 +721,30 @@ pub fn build_chains(
     for (i, r) in config.routes.iter().enumerate() {
         let at = format!("routes[{i}].plugins");
         let own = build_level(&r.plugins, &at, &env, &mut p);
+        let route_off = disabled(
+            &r.disable_plugins,
+            &r.plugins,
+            &format!("routes[{i}]"),
+            &mut p,
+        );
         let service = r.service.as_deref().and_then(|s| services.get(s));
         let mut merged: HashMap<&str, (&'static PluginDef, Arc<dyn Plugin>)> = HashMap::new();
-        for level in [Some(&global), service, Some(&own)].into_iter().flatten() {
+        for (name, (def, plugin)) in &global {
+            merged.insert(name.as_str(), (*def, plugin.clone()));
+        }
+        if let Some((level, off)) = service {
+            for name in off {
+                merged.remove(name);
+            }
             for (name, (def, plugin)) in level {
                 merged.insert(name.as_str(), (*def, plugin.clone()));
             }
+        }
+        for name in &route_off {
+            merged.remove(name);
+        }
+        for (name, (def, plugin)) in &own {
+            merged.insert(name.as_str(), (*def, plugin.clone()));
         }
         let mut list: Vec<_> = merged.into_values().collect();
 
@@ -730,6 +786,32 @@ pub fn build_chains(
     } else {
         Err(ConfigErrors(p.0))
     }
+}
+
+/// Checks a `disable_plugins` list (at `at`): every name must be a known
+/// plugin, and not one the same level sets in its own `plugins`.
+fn disabled<'c>(names: &'c [String], own: &PluginMap, at: &str, p: &mut Problems) -> Vec<&'c str> {
+    let mut out = Vec::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        let here = format!("{at}.disable_plugins[{j}]");
+        if lookup(name).is_none() {
+            let known: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+            p.push(
+                here,
+                format!("unknown plugin `{name}`; known: {}", known.join(", ")),
+            );
+        } else if own.contains_key(name) {
+            p.push(
+                here,
+                format!("`{name}` is also set in `{at}.plugins`; remove one of the two"),
+            );
+        } else if out.contains(&name.as_str()) {
+            p.push(here, format!("`{name}` is listed twice"));
+        } else {
+            out.push(name.as_str());
+        }
+    }
+    out
 }
 
 fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<Chain>> {
@@ -854,11 +936,14 @@ mod tests {
             HeaderValue::from_static("id"),
         );
         let (method, uri, mut headers) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
+        let mut body = crate::proxy::ClientBody::Read(None);
         let mut head = RequestHead {
             method: &method,
             uri: &uri,
             version: Version::HTTP_11,
             headers: &mut headers,
+            body: &mut body,
+            body_limit: 0,
         };
         let e = chain.access(&mut head, &mut ctx).await.unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
