@@ -114,7 +114,7 @@ async fn nodes_prefer_their_zone_then_their_region() {
         u.target()
     );
     let mut spec = ClusterSpec::new(0).config(config);
-    let mut in_zone = |id: &str, zone: &str| {
+    let in_zone = |id: &str, zone: &str| {
         let mut n = NodeSpec::new(id, "eu");
         n.zone = zone.to_string();
         n
