@@ -133,6 +133,21 @@ async fn gossip_sealed_with_another_secret_is_rejected_and_counted() {
             assert!(view.member("intruder").is_none(), "{view:?}");
         }
     }
+    // The same count is a Prometheus series.
+    let url = c.node(0).gateway().admin_url("/metrics");
+    weir_testsupport::wait_until("the rejected series counts", CONVERGE, || async {
+        let Ok(r) = reqwest::get(url.clone()).await else {
+            return false;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("weir_gossip_datagrams_dropped_total{reason=\"rejected\"} ")
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 3.0)
+    })
+    .await;
     let _ = intruder;
 }
 

@@ -1,6 +1,6 @@
 //! Region-aware balancing with real processes: two nodes in two regions,
 //! targets labelled with regions, `prefer-local` with spill-over,
-//! `strict-local`, and `none`.
+//! `strict-local`, `none`, and zones inside a region.
 
 mod common;
 
@@ -100,4 +100,46 @@ async fn nodes_prefer_their_region_and_spill_over_when_it_is_down() {
         before,
         "no more spill once local is back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_prefer_their_zone_then_their_region() {
+    let a = Upstream::start("eu-1").await;
+    let b = Upstream::start("eu-2").await;
+    let u = Upstream::start("us-1").await;
+    let config = format!(
+        "upstreams:\n  - id: z\n    retries: 1\n    targets:\n      - {{addr: \"{}\", region: eu, zone: eu-1}}\n      - {{addr: \"{}\", region: eu, zone: eu-2}}\n      - {{addr: \"{}\", region: us, zone: us-1}}\nroutes:\n  - id: z\n    paths: [\"/z/*\"]\n    upstream: z\n",
+        a.target(),
+        b.target(),
+        u.target()
+    );
+    let mut spec = ClusterSpec::new(0).config(config);
+    let in_zone = |id: &str, zone: &str| {
+        let mut n = NodeSpec::new(id, "eu");
+        n.zone = zone.to_string();
+        n
+    };
+    spec.nodes = vec![in_zone("eu-1-node", "eu-1"), in_zone("eu-2-node", "eu-2")];
+    let c = Cluster::start(weir_bin(), spec).await.expect("starts");
+    let (n1, n2) = (c.node(0).gateway(), c.node(1).gateway());
+
+    // Each node keeps to its own zone.
+    let hits = || (a.hits_for("/z/"), b.hits_for("/z/"), u.hits_for("/z/"));
+    assert!(get_n(&n1.url("/z/x"), 20).await.iter().all(|s| *s == 200));
+    assert_eq!(hits(), (20, 0, 0));
+    assert!(get_n(&n2.url("/z/x"), 20).await.iter().all(|s| *s == 200));
+    assert_eq!(hits(), (20, 20, 0));
+
+    // Its zone's target dies: the node moves to the other zone of its
+    // region, not to the other region, and the retry hides the failure.
+    a.kill().await;
+    let statuses = get_n(&n1.url("/z/x"), 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!((b.hits_for("/z/"), u.hits_for("/z/")), (40, 0));
+
+    // The whole region is down: now the other region.
+    b.kill().await;
+    let statuses = get_n(&n1.url("/z/x"), 10).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(u.hits_for("/z/"), 10);
 }

@@ -361,6 +361,8 @@ async fn metrics(State(ctx): State<Arc<AdminCtx>>, headers: HeaderMap) -> Respon
             .into_response();
     }
     ctx.state.telemetry().refresh(&ctx.state.load());
+    crate::cluster_metrics::refresh(m, ctx.cluster.as_deref(), &ctx.health, ctx.store.as_ref())
+        .await;
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let mut r = m.encode_as(format).into_response();
     r.headers_mut().insert(

@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use weir_cluster::membership::{GossipTiming, Member, Membership, MembershipConfig, NodeInfo};
+use weir_cluster::gossip::GossipStatsSnapshot;
+use weir_cluster::membership::{
+    GossipTiming, Member, MemberState, Membership, MembershipConfig, NodeInfo,
+};
+use weir_observability::metrics::Metrics;
 
 /// Default gossip port (UDP).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
@@ -251,6 +255,8 @@ fn reachable(addr: SocketAddr, advertise: Option<IpAddr>) -> Option<SocketAddr> 
 #[derive(Debug)]
 pub struct Cluster {
     membership: Membership,
+    /// Gossip counters already added to the Prometheus series.
+    metrics_seen: std::sync::Mutex<GossipStatsSnapshot>,
 }
 
 impl Cluster {
@@ -290,7 +296,10 @@ impl Cluster {
         })
         .await
         .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
-        Ok(Cluster { membership })
+        Ok(Cluster {
+            membership,
+            metrics_seen: std::sync::Mutex::new(GossipStatsSnapshot::default()),
+        })
     }
 
     /// The membership.
@@ -301,6 +310,70 @@ impl Cluster {
     /// Announces that this node leaves, then stops gossiping.
     pub async fn leave(&self) {
         self.membership.leave().await;
+    }
+
+    /// Brings the membership and gossip series up to date; called before
+    /// each `/metrics` scrape. The gossip transport keeps its own counters
+    /// (they feed the admin JSON too); the series advance by what changed
+    /// since the last scrape.
+    pub async fn publish_metrics(&self, m: &Metrics) {
+        let members = self.membership.members().await;
+        let by_state = m.gauge_vec(
+            "weir_cluster_members",
+            "Cluster members this node knows of, itself included, by state (alive, joining, dead, left).",
+            ["state"],
+        );
+        for state in [
+            MemberState::Alive,
+            MemberState::Joining,
+            MemberState::Dead,
+            MemberState::Left,
+        ] {
+            let n = members.iter().filter(|x| x.state == state).count();
+            by_state.set([state.as_str()], i64::try_from(n).unwrap_or(i64::MAX));
+        }
+
+        let datagrams = m.counter_vec(
+            "weir_gossip_datagrams",
+            "Gossip datagrams sent and received (received: those that opened and decoded).",
+            ["direction"],
+        );
+        let bytes = m.counter_vec(
+            "weir_gossip_bytes",
+            "Gossip bytes sent and received, sealed size.",
+            ["direction"],
+        );
+        let dropped = m.counter_vec(
+            "weir_gossip_datagrams_dropped",
+            "Gossip datagrams dropped, by reason: rejected (failed to open: another secret or cluster, tampered, truncated), malformed (opened but not a gossip message), oversized (outgoing, larger than one datagram once sealed).",
+            ["reason"],
+        );
+        let mut seen = self
+            .metrics_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.membership.stats();
+        let before = std::mem::replace(&mut *seen, now);
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        datagrams.inc_by(["sent"], d(now.sent_datagrams, before.sent_datagrams));
+        datagrams.inc_by(
+            ["received"],
+            d(now.received_datagrams, before.received_datagrams),
+        );
+        bytes.inc_by(["sent"], d(now.sent_bytes, before.sent_bytes));
+        bytes.inc_by(["received"], d(now.received_bytes, before.received_bytes));
+        dropped.inc_by(
+            ["rejected"],
+            d(now.rejected_datagrams, before.rejected_datagrams),
+        );
+        dropped.inc_by(
+            ["malformed"],
+            d(now.malformed_datagrams, before.malformed_datagrams),
+        );
+        dropped.inc_by(
+            ["oversized"],
+            d(now.oversized_datagrams, before.oversized_datagrams),
+        );
     }
 
     /// The body of `GET /v1/cluster/members`.

@@ -264,12 +264,13 @@ pub struct UpstreamConfig {
     /// Active health checks, sharded over the cluster.
     #[serde(default)]
     pub health_check: Option<crate::health::HealthCheckConfig>,
-    /// Region preference when targets carry `region` labels and the node
-    /// has a region (`cluster.region`).
+    /// Zone and region preference when targets carry `zone`/`region`
+    /// labels and the node has a zone/region (`cluster.zone`,
+    /// `cluster.region`).
     #[serde(default)]
     pub locality: Locality,
-    /// With `prefer-local`: other regions are used while the healthy
-    /// weight in the node's region is below this.
+    /// The next tier (own zone → own region → every region) is used while
+    /// the healthy weight of the nearer one is below this.
     #[serde(default = "default_locality_min_weight")]
     pub locality_min_weight: u32,
 }
@@ -282,11 +283,13 @@ fn default_locality_min_weight() -> u32 {
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Locality {
-    /// Targets in the node's region only, while their healthy weight is at
-    /// least `locality_min_weight`; then every region.
+    /// The nearest tier whose healthy weight is at least
+    /// `locality_min_weight`: the node's zone, else its region, else every
+    /// region.
     #[default]
     PreferLocal,
-    /// Targets in the node's region only, even when none is healthy.
+    /// The node's zone while it has that weight, else its region, even
+    /// when none there is healthy; never another region.
     StrictLocal,
     /// Every target, whatever its region.
     None,
@@ -305,10 +308,10 @@ pub struct TargetConfig {
     /// Relative share of traffic; 0 keeps the target configured but unused.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Region label, for region-aware health-check sharding.
+    /// Region label, for locality and region-aware health-check sharding.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub region: String,
-    /// Zone label.
+    /// Zone label, for locality inside a region.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub zone: String,
 }

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod cluster_metrics;
 pub mod config;
 pub mod consumer;
 pub mod docs;

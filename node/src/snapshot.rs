@@ -82,8 +82,11 @@ impl Snapshot {
             .upstreams
             .iter()
             .map(|u| {
-                let region = config.cluster.as_ref().map_or("", |c| c.region.as_str());
-                Ok((u.id.clone(), Arc::new(pools.upstream(u, region)?)))
+                let (region, zone) = config
+                    .cluster
+                    .as_ref()
+                    .map_or(("", ""), |c| (c.region.as_str(), c.zone.as_str()));
+                Ok((u.id.clone(), Arc::new(pools.upstream(u, region, zone)?)))
             })
             .collect::<Result<_, ConfigErrors>>()?;
         pools.retain(&config.upstreams);

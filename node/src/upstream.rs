@@ -150,11 +150,24 @@ pub struct Upstream {
     pub sticky: Option<StickyConfig>,
     /// Active health checks, when configured.
     pub health_check: Option<crate::health::HealthCheckConfig>,
-    /// Region preference; `None` when it does not apply (no labels, no
-    /// node region, or `locality: none`).
+    /// Locality preference; `None` when it does not apply (no region or
+    /// zone labels that the node's own could match, or `locality: none`).
     pub locality: Option<(crate::config::Locality, u32)>,
-    /// Per target: whether it is in this node's region.
+    /// Per target: whether it is in this node's region (unlabelled
+    /// targets, and every target when region preference is off, are).
     pub local: Vec<bool>,
+    /// Per target: whether it is in this node's zone, inside its region
+    /// (unlabelled targets in the region are). All false when zone
+    /// preference is off: the node has no zone or no target a zone label.
+    pub same_zone: Vec<bool>,
+}
+
+/// How far from this node a target is, nearest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    Zone,
+    Region,
+    Remote,
 }
 
 impl Upstream {
@@ -163,30 +176,57 @@ impl Upstream {
         self.targets[i].health.is_up(now_ms)
     }
 
+    fn tier(&self, i: usize) -> Tier {
+        if self.same_zone.get(i).copied().unwrap_or(false) {
+            Tier::Zone
+        } else if self.local.get(i).copied().unwrap_or(true) {
+            Tier::Region
+        } else {
+            Tier::Remote
+        }
+    }
+
     /// Whether the balancer may pick target `i` now: it is up, and its
-    /// region is allowed by `locality`. A remote target is allowed under
-    /// `prefer-local` only while the healthy local weight is below the
-    /// threshold (spill-over), never under `strict-local`.
+    /// place is allowed by `locality`. The nearest tier (own zone, then own
+    /// region, then every region) whose healthy weight reaches
+    /// `locality_min_weight` takes the traffic; `strict-local` never goes
+    /// past its region, even when nothing there is healthy.
     pub fn eligible(&self, i: usize, now_ms: u64) -> bool {
         if !self.is_up(i, now_ms) {
             return false;
         }
-        match self.locality {
-            None => true,
-            Some(_) if self.local.get(i).copied().unwrap_or(true) => true,
-            Some((crate::config::Locality::PreferLocal, min_weight)) => {
-                self.local_up_weight(now_ms) < min_weight
+        let Some((policy, min_weight)) = self.locality else {
+            return true;
+        };
+        let tier = self.tier(i);
+        if tier == Tier::Zone {
+            return true;
+        }
+        let has_zone = self.same_zone.iter().any(|z| *z);
+        if has_zone && self.up_weight(now_ms, Tier::Zone) >= min_weight {
+            return false;
+        }
+        match tier {
+            Tier::Zone | Tier::Region => true,
+            Tier::Remote => {
+                policy == crate::config::Locality::PreferLocal
+                    && self.up_weight(now_ms, Tier::Region) < min_weight
             }
-            Some(_) => false,
         }
     }
 
-    /// Sum of the weights of healthy targets in this node's region.
+    /// Sum of the weights of healthy targets in this node's region (its
+    /// zone included).
     pub fn local_up_weight(&self, now_ms: u64) -> u32 {
+        self.up_weight(now_ms, Tier::Region)
+    }
+
+    /// Sum of the weights of healthy targets at `tier` or nearer.
+    fn up_weight(&self, now_ms: u64, within: Tier) -> u32 {
         self.targets
             .iter()
             .enumerate()
-            .filter(|(i, t)| self.local.get(*i).copied().unwrap_or(false) && t.health.is_up(now_ms))
+            .filter(|(i, t)| self.tier(*i) <= within && t.health.is_up(now_ms))
             .map(|(_, t)| t.weight)
             .sum()
     }
@@ -278,9 +318,14 @@ impl Pools {
     /// Builds the run-time upstream for a config, reusing pools and health
     /// state where they fit.
     ///
-    /// `region` is this node's region (empty when it has none): targets
-    /// labelled with it are local for `locality`.
-    pub fn upstream(&self, cfg: &UpstreamConfig, region: &str) -> Result<Upstream, ConfigErrors> {
+    /// `region` and `zone` are this node's (empty when it has none):
+    /// targets labelled with them are near for `locality`.
+    pub fn upstream(
+        &self,
+        cfg: &UpstreamConfig,
+        region: &str,
+        zone: &str,
+    ) -> Result<Upstream, ConfigErrors> {
         let settings = PoolSettings::of(cfg);
         let targets = {
             let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -324,6 +369,23 @@ impl Pools {
                 .collect::<Result<Vec<_>, ConfigErrors>>()?
         };
         let b = &cfg.retry_budget;
+        let policy_on = cfg.locality != crate::config::Locality::None;
+        let by_region =
+            policy_on && !region.is_empty() && cfg.targets.iter().any(|t| !t.region.is_empty());
+        let by_zone =
+            policy_on && !zone.is_empty() && cfg.targets.iter().any(|t| !t.zone.is_empty());
+        let local: Vec<bool> = cfg
+            .targets
+            .iter()
+            .map(|t| !by_region || t.region.is_empty() || t.region == region)
+            .collect();
+        let same_zone: Vec<bool> = cfg
+            .targets
+            .iter()
+            .zip(&local)
+            .map(|(t, &local)| by_zone && local && (t.zone.is_empty() || t.zone == zone))
+            .collect();
+        let locality = (by_region || by_zone).then_some((cfg.locality, cfg.locality_min_weight));
         Ok(Upstream {
             id: cfg.id.clone(),
             targets,
@@ -337,15 +399,9 @@ impl Pools {
             fail_timeout: cfg.passive_health.fail_timeout,
             sticky: cfg.sticky.clone(),
             health_check: cfg.health_check.clone(),
-            locality: (!region.is_empty()
-                && cfg.locality != crate::config::Locality::None
-                && cfg.targets.iter().any(|t| !t.region.is_empty()))
-            .then_some((cfg.locality, cfg.locality_min_weight)),
-            local: cfg
-                .targets
-                .iter()
-                .map(|t| t.region.is_empty() || t.region == region)
-                .collect(),
+            locality,
+            local,
+            same_zone,
         })
     }
 
@@ -747,6 +803,53 @@ mod tests {
         h.record_success();
         assert!(!h.record_failure(2, ft, 1_500));
         assert!(h.is_up(1_600));
+    }
+
+    /// The indices of the targets `eligible` allows.
+    fn allowed(up: &Upstream) -> Vec<usize> {
+        (0..up.targets.len())
+            .filter(|&i| up.eligible(i, 0))
+            .collect()
+    }
+
+    fn zoned(locality: &str, region: &str, zone: &str) -> Upstream {
+        let cfg: UpstreamConfig = serde_yaml_ng::from_str(&format!(
+            "id: u\nlocality: {locality}\ntargets:\n  - {{addr: \"10.0.0.1:80\", region: eu, zone: eu-1}}\n  - {{addr: \"10.0.0.2:80\", region: eu, zone: eu-2}}\n  - {{addr: \"10.0.0.3:80\", region: eu}}\n  - {{addr: \"10.0.0.4:80\", region: us, zone: us-1}}\n"
+        ))
+        .expect("upstream config");
+        Pools::default()
+            .upstream(&cfg, region, zone)
+            .expect("builds")
+    }
+
+    #[test]
+    fn locality_prefers_the_zone_then_the_region_then_spills_over() {
+        // Target 2 has no zone label: it counts as in every zone of eu.
+        let up = zoned("prefer-local", "eu", "eu-1");
+        assert_eq!(allowed(&up), [0, 2]);
+        up.targets[0].health.set_cluster_down(true);
+        assert_eq!(allowed(&up), [2]);
+        up.targets[2].health.set_cluster_down(true);
+        assert_eq!(allowed(&up), [1], "the rest of the region");
+        up.targets[1].health.set_cluster_down(true);
+        assert_eq!(allowed(&up), [3], "other regions last");
+        up.targets[0].health.set_cluster_down(false);
+        assert_eq!(allowed(&up), [0], "back home as soon as it returns");
+
+        let strict = zoned("strict-local", "eu", "eu-1");
+        for t in &strict.targets[..3] {
+            t.health.set_cluster_down(true);
+        }
+        assert!(allowed(&strict).is_empty(), "strict-local stays in eu");
+        strict.targets[1].health.set_cluster_down(false);
+        assert_eq!(allowed(&strict), [1]);
+
+        assert_eq!(allowed(&zoned("none", "eu", "eu-1")), [0, 1, 2, 3]);
+        // Without a zone, the region alone; without a region, the zone
+        // alone (every region counts as the node's).
+        assert_eq!(allowed(&zoned("prefer-local", "eu", "")), [0, 1, 2]);
+        assert_eq!(allowed(&zoned("prefer-local", "", "eu-2")), [1, 2]);
+        assert_eq!(allowed(&zoned("prefer-local", "", "")), [0, 1, 2, 3]);
     }
 
     #[test]
