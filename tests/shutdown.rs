@@ -14,11 +14,13 @@ async fn drains_on(signal: Signal) {
     let c = http_client();
     let mut in_flight = Vec::new();
     for i in 0..10 {
-        let (c, url) = (c.clone(), gw.url(&format!("/slow/1500?i={i}")));
+        let (c, url) = (c.clone(), gw.url(&format!("/slow/4000?i={i}")));
         in_flight.push(tokio::spawn(async move {
             c.get(url).send().await.map(|r| r.status().as_u16())
         }));
     }
+    // Each request stays at the upstream for 4 s: long enough that all 10
+    // are there at once even when the machine is slow to start them.
     wait_until(
         "all 10 requests reached the upstream",
         Duration::from_secs(10),
