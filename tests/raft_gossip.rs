@@ -165,3 +165,123 @@ async fn gossip_seeds_alone_form_one_group_and_a_killed_voter_is_replaced() -> a
     );
     Ok(())
 }
+
+/// Runs `weir ARGS` with a clean environment for the admin client (no
+/// `WEIR_ADMIN*` from the caller, an empty home): success and output.
+fn weir(args: &[&str], env: &[(&str, &str)], home: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(weir_bin())
+        .args(args)
+        .env_remove("WEIR_ADMIN")
+        .env_remove("WEIR_ADMIN_KEY")
+        .env_remove("WEIR_CLI_CONFIG")
+        .env("HOME", home)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run weir");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_commands_send_the_admin_key() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut a = args("keyed", "eu", None);
+    a.extend(
+        [
+            "--admin-key",
+            "ops:admin:aaaaaaaaaaaaaaaaaaaa",
+            "--admin-key",
+            "dash:viewer:vvvvvvvvvvvvvvvvvvvv",
+        ]
+        .map(String::from),
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let node = Node::start(weir_bin(), &root.path().join("keyed"), &a).await?;
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let admin = node.admin.as_str();
+
+    for cmd in [["cluster", "status"], ["cluster", "store"]] {
+        // No key: the API's 401 is reported, and the command fails.
+        let (ok, out) = weir(&[cmd[0], cmd[1], "--admin", admin], &[], &home);
+        assert!(!ok, "{out}");
+        assert!(out.contains("401"), "{out}");
+        // A wrong key is refused too.
+        let (ok, out) = weir(
+            &[
+                cmd[0],
+                cmd[1],
+                "--admin",
+                admin,
+                "--admin-key",
+                "wrong-key-wrong-key",
+            ],
+            &[],
+            &home,
+        );
+        assert!(!ok && out.contains("401"), "{out}");
+        // The flag, under both names; a viewer key is enough to read.
+        for flag in ["--admin-key", "--key"] {
+            let (ok, out) = weir(
+                &[
+                    cmd[0],
+                    cmd[1],
+                    "--admin",
+                    admin,
+                    flag,
+                    "vvvvvvvvvvvvvvvvvvvv",
+                ],
+                &[],
+                &home,
+            );
+            assert!(ok, "{flag}: {out}");
+        }
+        // The environment.
+        let (ok, out) = weir(
+            &[cmd[0], cmd[1]],
+            &[
+                ("WEIR_ADMIN", admin),
+                ("WEIR_ADMIN_KEY", "aaaaaaaaaaaaaaaaaaaa"),
+            ],
+            &home,
+        );
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = weir(
+        &[
+            "cluster",
+            "status",
+            "--admin",
+            admin,
+            "--admin-key",
+            "vvvvvvvvvvvvvvvvvvvv",
+        ],
+        &[],
+        &home,
+    );
+    assert!(ok && out.contains("keyed (self)"), "{out}");
+
+    // The config file in the default place (~/.config/weir/cli.yaml).
+    let dir = home.join(".config/weir");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("cli.yaml"),
+        format!("admin: http://{admin}\nkey: vvvvvvvvvvvvvvvvvvvv\n"),
+    )?;
+    let (ok, out) = weir(&["cluster", "status", "--json"], &[], &home);
+    assert!(ok, "{out}");
+    let doc: Value = serde_json::from_str(&out)?;
+    assert_eq!(doc["node_id"], "keyed");
+    // A flag wins over the file.
+    let (ok, out) = weir(
+        &["cluster", "status", "--admin-key", "wrong-key-wrong-key"],
+        &[],
+        &home,
+    );
+    assert!(!ok && out.contains("401"), "{out}");
+    Ok(())
+}
