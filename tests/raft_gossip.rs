@@ -285,3 +285,138 @@ async fn cluster_commands_send_the_admin_key() -> anyhow::Result<()> {
     assert!(!ok && out.contains("401"), "{out}");
     Ok(())
 }
+
+/// Store mode, gossip and telemetry in one cluster: three nodes in three
+/// regions found through gossip, tracing to a real OTLP receiver. A route
+/// written on a follower is served by every node, a dead target probed by
+/// one node is out of rotation on all of them, and each node's spans name
+/// the node and its region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_gossip_and_tracing_work_together() -> anyhow::Result<()> {
+    use weir_testsupport::{OtlpReceiver, SpanKind, Upstream};
+
+    let root = tempfile::tempdir()?;
+    let receiver = OtlpReceiver::grpc().await;
+    let file = root.path().join("weir.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "observability:\n  tracing:\n    enabled: true\n    endpoint: {}\n    protocol: grpc\n    scheduled_delay: 50ms\n    export_timeout: 2s\n",
+            receiver.endpoint()
+        ),
+    )?;
+    let file = file.to_string_lossy().to_string();
+    let regions = [("n1", "eu"), ("n2", "us"), ("n3", "ap")];
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut seeds: Option<String> = None;
+    for (name, region) in regions {
+        let mut a = args(name, region, seeds.as_deref());
+        a.extend(["--config".to_string(), file.clone()]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let n = Node::start(weir_bin(), &root.path().join(name), &a).await?;
+        seeds.get_or_insert_with(|| n.gossip.clone());
+        nodes.push(n);
+    }
+    let mut ids = BTreeSet::new();
+    for n in &nodes {
+        ids.insert(raft_id(n).await);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until("one raft group of three voters", CONVERGE, || async {
+        agreed(&refs, &ids).await
+    })
+    .await;
+
+    // Written on a follower: an upstream with a live and a doomed target,
+    // each probed by one node only, and a route to it.
+    let live = Upstream::start("live").await;
+    let doomed = Upstream::start("doomed").await;
+    let leader = nodes[0].status().await.expect("status")["cluster"]["leader"]
+        .as_u64()
+        .expect("leader");
+    let mut follower = None;
+    for n in &nodes {
+        if raft_id(n).await != leader {
+            follower = Some(n);
+            break;
+        }
+    }
+    let follower = follower.expect("a follower");
+    let (s, body) = follower
+        .put(
+            "/v1/upstreams/u",
+            json!({
+                "targets": [{"addr": live.target()}, {"addr": doomed.target()}],
+                "health_check": {"type": "tcp", "interval": "300ms", "timeout": "300ms",
+                                 "unhealthy_threshold": 1, "healthy_threshold": 1, "probers": 1},
+            }),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = follower
+        .put(
+            "/v1/routes/r?wait=applied",
+            json!({"paths": ["/hello"], "upstream": "u"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["applied"]["everywhere"], true, "{body}");
+    for n in &nodes {
+        wait_until("the route is served", CONVERGE, || async {
+            n.proxy_status("/hello").await == Some(200)
+        })
+        .await;
+    }
+
+    // Every node's spans carry its node id and region.
+    for ((name, region), n) in regions.iter().zip(&nodes) {
+        wait_until("a server span from the node", CONVERGE, || async {
+            let _ = n.proxy_status("/hello").await;
+            receiver.spans().iter().any(|s| {
+                s.kind == SpanKind::Server
+                    && s.str_attr("weir.node.id") == Some(name)
+                    && s.resource_str("cloud.region") == Some(region)
+                    && s.str_attr("http.route") == Some("/hello")
+            })
+        })
+        .await;
+    }
+
+    // The doomed target dies; one node probes it, all take it out.
+    doomed.kill().await;
+    let target = doomed.target();
+    for n in &nodes {
+        wait_until("the dead target is down everywhere", CONVERGE, || async {
+            n.get("/v1/cluster/health").await.is_ok_and(|(s, v)| {
+                s == 200
+                    && v["targets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t["target"] == target.as_str() && t["cluster_down"] == true)
+            })
+        })
+        .await;
+    }
+    let mut probed_here = 0;
+    for n in &nodes {
+        let (_, v) = n.get("/v1/cluster/health").await?;
+        probed_here += v["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["target"] == target.as_str() && t["probed_here"] == true)
+            .count();
+    }
+    assert_eq!(
+        probed_here, 1,
+        "exactly one prober, the others learn by gossip"
+    );
+    // With the dead target out, every node keeps answering.
+    for n in &nodes {
+        for _ in 0..5 {
+            assert_eq!(n.proxy_status("/hello").await, Some(200));
+        }
+    }
+    Ok(())
+}
