@@ -112,7 +112,7 @@ async fn gossip_seeds_alone_form_one_group_and_a_killed_voter_is_replaced() -> a
     let leader = n1.status().await.expect("status")["cluster"]["leader"]
         .as_u64()
         .expect("leader");
-    let mut nodes = vec![n1, n2, n3];
+    let mut nodes = [n1, n2, n3];
     let dead = ids
         .iter()
         .position(|&i| i == leader)

@@ -224,6 +224,23 @@ mod tests {
             .collect()
     }
 
+    /// (case, leader, candidates, target, desired voters)
+    type DesiredCase = (
+        &'static str,
+        NodeId,
+        Vec<Candidate>,
+        usize,
+        BTreeSet<NodeId>,
+    );
+    /// (case, current voters, candidates, target, next voters)
+    type StepCase = (
+        &'static str,
+        Vec<NodeId>,
+        Vec<Candidate>,
+        usize,
+        Option<Vec<NodeId>>,
+    );
+
     fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
         ids.iter().copied().collect()
     }
@@ -231,7 +248,7 @@ mod tests {
     #[test]
     fn desired_voters_table() {
         // (case, leader, candidates, target, desired)
-        let cases: Vec<(&str, NodeId, Vec<Candidate>, usize, BTreeSet<NodeId>)> = vec![
+        let cases: Vec<DesiredCase> = vec![
             (
                 "alone: one voter",
                 1,
@@ -354,13 +371,7 @@ mod tests {
     #[test]
     fn one_voter_moves_per_step() {
         // (case, current, candidates, target, next)
-        let cases: Vec<(
-            &str,
-            Vec<NodeId>,
-            Vec<Candidate>,
-            usize,
-            Option<Vec<NodeId>>,
-        )> = vec![
+        let cases: Vec<StepCase> = vec![
             (
                 "healthy and spread: nothing to do",
                 vec![1, 2, 3],
