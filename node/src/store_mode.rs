@@ -47,10 +47,12 @@ pub struct StoreArgs {
     /// Raft node id (default: random, kept in `<data-dir>/node-id`).
     #[arg(long)]
     raft_node_id: Option<u64>,
-    /// Voters the leader keeps (fewer while fewer nodes exist).
+    /// Voters the leader keeps (fewer while fewer nodes exist), one per
+    /// gossip region before a second in any region.
     #[arg(long, default_value_t = 3)]
     raft_voters: usize,
-    /// A voter silent this long is replaced by a live learner.
+    /// A voter that has not answered the leader this long is replaced by a
+    /// live, caught-up learner.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     raft_voter_timeout: Duration,
     /// Without contact with the leader for this long, `/v1/status` says
