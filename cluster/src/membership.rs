@@ -52,6 +52,10 @@ pub const KEY_MESH_ADDR: &str = "mesh_addr";
 pub const KEY_VERSION: &str = "version";
 /// Key: start time, milliseconds since the Unix epoch.
 pub const KEY_STARTED_AT: &str = "started_at_ms";
+/// Key: the node's Raft id (decimal), published in cluster mode.
+pub const KEY_RAFT_ID: &str = "raft_id";
+/// Key: where the node's Raft endpoints are reached (`host:port`).
+pub const KEY_RAFT_ADDR: &str = "raft_addr";
 /// Key: `alive`, or `leaving` once the node has begun to stop.
 pub const KEY_STATUS: &str = "status";
 

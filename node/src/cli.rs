@@ -121,12 +121,11 @@ enum ClusterCommand {
     /// Print the members this node sees (id, state, region, zone, age,
     /// addresses) and gossip counters.
     Status {
-        /// The node's admin address.
-        #[arg(long, default_value = "127.0.0.1:9180", env = "WEIR_ADMIN")]
-        admin: SocketAddr,
         /// Print the admin API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: crate::client::ConnArgs,
     },
     /// The node's view of the replicated config store: Raft members,
     /// leader, staleness.
@@ -173,8 +172,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Validate { file } => validate(&file),
         Command::Cluster {
-            command: ClusterCommand::Status { admin, json },
-        } => cluster_status(admin, json),
+            command: ClusterCommand::Status { json, conn },
+        } => crate::client::members_status(&conn, json),
         Command::Echo { listen, name } => echo(listen, name),
         Command::Apply {
             file,
@@ -439,26 +438,6 @@ pub(crate) fn write_ready_file(
     std::fs::write(&tmp, doc.to_string())?;
     std::fs::rename(&tmp, path)?;
     Ok(())
-}
-
-fn cluster_status(admin: SocketAddr, json: bool) -> ExitCode {
-    let rt = match runtime(1) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weir: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(crate::cluster::status(admin, json)) {
-        Ok(out) => {
-            println!("{}", out.trim_end());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("weir: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 fn echo(listen: SocketAddr, name: String) -> ExitCode {

@@ -1,5 +1,5 @@
 //! The admin client behind `weir apply`, `get`, `delete`, `revisions`,
-//! `rollback` and `cluster store`.
+//! `rollback`, `cluster status` and `cluster store`.
 //!
 //! The admin address and key come from flags, then the environment
 //! (`WEIR_ADMIN`, `WEIR_ADMIN_KEY`), then a small YAML file
@@ -25,7 +25,12 @@ pub struct ConnArgs {
     #[arg(long, env = "WEIR_ADMIN")]
     admin: Option<String>,
     /// Admin API key (the SECRET part of NAME:ROLE:SECRET).
-    #[arg(long, env = "WEIR_ADMIN_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        visible_alias = "admin-key",
+        env = "WEIR_ADMIN_KEY",
+        hide_env_values = true
+    )]
     key: Option<String>,
     /// CLI config file with `admin` and `key`.
     #[arg(long, env = "WEIR_CLI_CONFIG")]
@@ -153,6 +158,22 @@ fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `weir cluster status [--json]`: gossip members and the health matrix.
+pub fn members_status(conn: &ConnArgs, json: bool) -> ExitCode {
+    run(async move {
+        let client = Client::new(conn)?;
+        let members = client
+            .call(reqwest::Method::GET, "/v1/cluster/members", None)
+            .await?;
+        let health = client
+            .call(reqwest::Method::GET, "/v1/cluster/health", None)
+            .await?;
+        let out = crate::cluster::render_status(members, &health, json)?;
+        println!("{}", out.trim_end());
+        Ok(())
+    })
 }
 
 /// `weir apply -f FILE [--dry-run]`.

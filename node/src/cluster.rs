@@ -422,55 +422,23 @@ pub type SharedCluster = Option<Arc<Cluster>>;
 
 // === weir cluster status ===
 
-/// `GET http://{admin}{path}` with a plain HTTP/1.1 client; returns status
-/// and body.
-async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use http_body_util::BodyExt as _;
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(admin),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("connecting to the admin API at {admin} timed out"))?
-    .map_err(|e| anyhow::anyhow!("cannot connect to the admin API at {admin}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, admin.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .map_err(|_| anyhow::anyhow!("the admin API at {admin} did not answer in 10s"))??;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// `weir cluster status`: fetches the member list and the health matrix and
-/// prints them as tables, or as JSON (the members document with the health
-/// view's `targets` under `health`).
+/// `weir cluster status`: the member list and the health matrix (fetched
+/// by the admin client, which sends the admin key) printed as tables, or as
+/// JSON (the members document with the health view's `targets` under
+/// `health`).
 ///
 /// # Errors
-/// If the admin API cannot be reached or answers with an error.
-pub async fn status(admin: SocketAddr, json: bool) -> anyhow::Result<String> {
-    let (code, body) = admin_get(admin, "/v1/cluster/members").await?;
-    if code != 200 {
-        anyhow::bail!("GET /v1/cluster/members on {admin} answered {code}: {body}");
-    }
-    let mut doc: serde_json::Value = serde_json::from_str(&body)
-        .map_err(|e| anyhow::anyhow!("the admin API answered with invalid JSON: {e}"))?;
-    let (code, body) = admin_get(admin, "/v1/cluster/health").await?;
-    if code != 200 {
-        anyhow::bail!("GET /v1/cluster/health on {admin} answered {code}: {body}");
-    }
-    let health: serde_json::Value = serde_json::from_str(&body)
-        .map_err(|e| anyhow::anyhow!("the admin API answered with invalid JSON: {e}"))?;
-    doc["health"] = health["targets"].clone();
+/// If the JSON cannot be printed.
+pub fn render_status(
+    mut members: serde_json::Value,
+    health: &serde_json::Value,
+    json: bool,
+) -> anyhow::Result<String> {
+    members["health"] = health["targets"].clone();
     if json {
-        return Ok(serde_json::to_string_pretty(&doc)?);
+        return Ok(serde_json::to_string_pretty(&members)?);
     }
-    Ok(render_table(&doc))
+    Ok(render_table(&members))
 }
 
 /// Left-aligned columns, two spaces apart.

@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use weir_cluster::raft::{RaftKv, RaftSettings};
+use weir_cluster::membership::{KEY_RAFT_ADDR, KEY_RAFT_ID, Member, MemberState};
+use weir_cluster::raft::{Peer, RaftKv, RaftSettings};
 use weir_storage::{Batch, Op};
 
 use crate::admin::{AdminCtx, ApiKey};
@@ -35,8 +36,8 @@ pub struct StoreArgs {
     #[arg(long, env = "WEIR_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Join the config cluster through a member's admin address
-    /// (`host:port`). Joining through gossip arrives with the membership
-    /// work; until then this flag is how a node joins.
+    /// (`host:port`). Not needed with gossip seeds: the leader adds nodes
+    /// it finds through gossip as learners.
     #[arg(long, env = "WEIR_JOIN")]
     join: Option<String>,
     /// `host:port` where peers reach this node's admin listener (default:
@@ -46,10 +47,12 @@ pub struct StoreArgs {
     /// Raft node id (default: random, kept in `<data-dir>/node-id`).
     #[arg(long)]
     raft_node_id: Option<u64>,
-    /// Voters the leader keeps (fewer while fewer nodes exist).
+    /// Voters the leader keeps (fewer while fewer nodes exist), one per
+    /// gossip region before a second in any region.
     #[arg(long, default_value_t = 3)]
     raft_voters: usize,
-    /// A voter silent this long is replaced by a live learner.
+    /// A voter that has not answered the leader this long is replaced by a
+    /// live, caught-up learner.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     raft_voter_timeout: Duration,
     /// Without contact with the leader for this long, `/v1/status` says
@@ -106,14 +109,35 @@ pub async fn serve(
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("weir-data"));
+    // An admin listener on 0.0.0.0 is reached on the gossip advertise IP.
+    let gossip_advertise = file_cfg.cluster.as_ref().and_then(|c| c.advertise_addr);
+    let admin_reachable = match gossip_advertise {
+        Some(ip) if bound.admin.ip().is_unspecified() => {
+            std::net::SocketAddr::new(ip, bound.admin.port())
+        }
+        _ => bound.admin,
+    };
     let mut settings = RaftSettings::new(
         data_dir.clone(),
         args.advertise
             .clone()
-            .unwrap_or_else(|| bound.admin.to_string()),
+            .unwrap_or_else(|| admin_reachable.to_string()),
     );
     settings.node_id = args.raft_node_id;
     settings.join = args.join.clone();
+    // With gossip seeds, a leader finds this node and adds it; a node with
+    // an empty store bootstraps only when it has nobody to be found by.
+    let has_seeds = file_cfg
+        .cluster
+        .as_ref()
+        .is_some_and(|c| !c.seeds.is_empty());
+    settings.bootstrap = args.join.is_none() && !has_seeds;
+    settings.region = file_cfg
+        .cluster
+        .as_ref()
+        .map(|c| c.region.clone())
+        .unwrap_or_default();
+    let bootstrap = settings.bootstrap;
     settings.voters = args.raft_voters;
     settings.voter_down_timeout = args.raft_voter_timeout;
     settings.stale_after = args.stale_after;
@@ -125,6 +149,9 @@ pub async fn serve(
     let kv = RaftKv::start(settings, crate::docs::validator())
         .await
         .map_err(|e| anyhow::anyhow!("config store in {}: {e}", data_dir.display()))?;
+    let _discover = cluster
+        .clone()
+        .map(|c| AbortOnDrop(tokio::spawn(publish_and_discover(kv.clone(), c))));
 
     let ctx = Arc::new(AdminCtx {
         state: state.clone(),
@@ -140,7 +167,7 @@ pub async fn serve(
     let run = tokio::spawn(server.run(rx));
 
     if let Some(path) = &config_path
-        && args.join.is_none()
+        && bootstrap
     {
         seed(&kv, &file_cfg, path).await?;
     }
@@ -190,6 +217,55 @@ pub async fn serve(
     Ok(())
 }
 
+/// Publishes this node's Raft id and address in gossip, and keeps the
+/// store's list of live peers (those that publish theirs) up to date; the
+/// leader adds new ones as learners.
+async fn publish_and_discover(kv: RaftKv, cluster: Arc<crate::cluster::Cluster>) {
+    let m = cluster.membership();
+    m.set_key(KEY_RAFT_ID, &kv.id().to_string()).await;
+    m.set_key(KEY_RAFT_ADDR, kv.advertise()).await;
+    let mut changes = m.changes();
+    loop {
+        kv.set_discovered(raft_peers(&m.members().await));
+        // Changes cover joins, deaths and key updates; the tick is a
+        // backstop.
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The live peers that publish a usable Raft id and address. Values come
+/// from gossip: a member whose keys do not parse is left out (and logged),
+/// never guessed.
+fn raft_peers(members: &[Member]) -> Vec<Peer> {
+    members
+        .iter()
+        .filter(|m| !m.is_self && m.state == MemberState::Alive)
+        .filter_map(|m| {
+            let id = m.keys.get(KEY_RAFT_ID)?;
+            let addr = m.keys.get(KEY_RAFT_ADDR)?;
+            let parsed_id = id.parse::<u64>().ok().filter(|&i| i != 0);
+            let addr_ok = addr.len() <= 255
+                && addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            match (parsed_id, addr_ok) {
+                (Some(id), true) => Some(Peer {
+                    id,
+                    addr: addr.clone(),
+                    region: m.region.clone(),
+                }),
+                _ => {
+                    tracing::debug!(member = %m.id, raft_id = %id, raft_addr = %addr, "ignoring a member with an unusable raft id or address");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// Seeds an empty store from the file, as one batch.
 async fn seed(kv: &RaftKv, cfg: &Config, path: &std::path::Path) -> anyhow::Result<()> {
     if kv.view().revision() == 0 {
@@ -228,4 +304,72 @@ async fn seed(kv: &RaftKv, cfg: &Config, path: &std::path::Path) -> anyhow::Resu
         .await?;
     tracing::info!(outcome = ?w.outcome, "store seeded from the config file");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, state: MemberState, keys: &[(&str, &str)]) -> Member {
+        Member {
+            id: id.into(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:7946".parse().expect("addr"),
+            state,
+            is_self: false,
+            region: format!("r-{id}"),
+            zone: String::new(),
+            proxy_addr: None,
+            admin_addr: None,
+            mesh_addr: None,
+            version: String::new(),
+            started_at_ms: None,
+            keys: keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn raft_peers_take_only_live_members_with_valid_keys() {
+        let ok = [(KEY_RAFT_ID, "7"), (KEY_RAFT_ADDR, "10.0.0.7:9180")];
+        let mut me = member("self", MemberState::Alive, &ok);
+        me.is_self = true;
+        let members = vec![
+            member("a", MemberState::Alive, &ok),
+            me,
+            member("dead", MemberState::Dead, &ok),
+            member("left", MemberState::Left, &ok),
+            member("no-keys", MemberState::Alive, &[]),
+            member(
+                "zero",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "0"), (KEY_RAFT_ADDR, "h:1")],
+            ),
+            member(
+                "bad-id",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "x"), (KEY_RAFT_ADDR, "h:1")],
+            ),
+            member(
+                "bad-addr",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "3"), (KEY_RAFT_ADDR, "nohost")],
+            ),
+            member(
+                "bad-port",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "3"), (KEY_RAFT_ADDR, "h:99999")],
+            ),
+        ];
+        assert_eq!(
+            raft_peers(&members),
+            vec![Peer {
+                id: 7,
+                addr: "10.0.0.7:9180".into(),
+                region: "r-a".into()
+            }]
+        );
+    }
 }

@@ -7,10 +7,11 @@
 //! not know what a route is (the validator that does is handed in by the
 //! caller) and it runs no network: that is `weir-cluster`.
 //!
-//! Durability: every write transaction commits with redb's
-//! `Durability::Immediate` (an fsync before `commit` returns), so a vote,
-//! a log append or an applied batch is on disk before Raft is told it is
-//! done. See `docs/raft.md` and ADR 0014.
+//! Durability: the vote, log appends, truncates, purges and snapshots
+//! commit with redb's `Durability::Immediate` (an fsync before `commit`
+//! returns), so they are on disk before Raft is told they are done. Applied
+//! batches and the committed index are rebuilt from the log after a crash
+//! and commit with `Durability::None`. See `docs/raft.md` and ADR 0014.
 #![forbid(unsafe_code)]
 
 mod db;

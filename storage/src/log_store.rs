@@ -2,7 +2,10 @@
 //!
 //! Each append, truncate, purge and vote save is one write transaction
 //! committed with `Durability::Immediate` (redb's default): it is fsynced
-//! before openraft hears that it is done.
+//! before openraft hears that it is done. The committed index is the
+//! exception: it is a hint (openraft re-learns it from the leader), so it
+//! is written with `Durability::None` and reaches the disk with the next
+//! durable commit, off the path of every write.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -10,7 +13,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogReader, StorageError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use crate::db::{LOGS, META, blocking, dec, enc};
 use crate::error::StoreError;
@@ -43,11 +46,13 @@ impl LogStore {
         &self,
         key: &'static str,
         v: &T,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         let bytes = enc(v)?;
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write()?;
+            let mut tx = db.begin_write()?;
+            tx.set_durability(durability)?;
             tx.open_table(META)?.insert(key, bytes.as_slice())?;
             tx.commit()?;
             Ok(())
@@ -112,7 +117,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta("vote", vote)
+        self.write_meta("vote", vote, Durability::Immediate)
             .await
             .map_err(StoreError::write)
     }
@@ -125,7 +130,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.write_meta("committed", &committed)
+        self.write_meta("committed", &committed, Durability::None)
             .await
             .map_err(StoreError::write)
     }

@@ -43,6 +43,20 @@ struct IndexReply {
     revision: u64,
 }
 
+/// `GET /raft/applied` query: with `min_index` or `min_revision`, the
+/// answer waits (at most `wait_ms`, capped at 10 s) until this node has
+/// applied that far, so callers wait for a change instead of polling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AppliedQuery {
+    min_index: Option<u64>,
+    min_revision: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// Longest wait a `/raft/applied` request may ask for.
+const MAX_APPLIED_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct ErrorReply {
     error: String,
@@ -141,7 +155,31 @@ async fn read_index(State(kv): State<RaftKv>) -> Response {
     }
 }
 
-async fn applied(State(kv): State<RaftKv>) -> Json<IndexReply> {
+async fn applied(
+    State(kv): State<RaftKv>,
+    axum::extract::Query(q): axum::extract::Query<AppliedQuery>,
+) -> Json<IndexReply> {
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_APPLIED_WAIT);
+    if !wait.is_zero() {
+        let view = &kv.inner.view;
+        let mut rx = view.subscribe();
+        let mut metrics = kv.inner.raft.metrics();
+        let done = |view: &weir_storage::ConfigView| {
+            q.min_index.is_none_or(|i| view.applied_index() >= i)
+                && q.min_revision.is_none_or(|r| view.revision() >= r)
+        };
+        // Both watches: the revision moves with config changes, the
+        // metrics with every applied entry (blank and membership ones too).
+        let _ = tokio::time::timeout(wait, async {
+            while !done(view) {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    r = metrics.changed() => if r.is_err() { return },
+                }
+            }
+        })
+        .await;
+    }
     Json(IndexReply {
         index: kv.inner.view.applied_index(),
         revision: kv.inner.view.revision(),
@@ -362,34 +400,47 @@ pub(crate) async fn wait_applied(kv: &RaftKv, index: u64, timeout: Duration) -> 
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect()
     };
-    let mut pending: Vec<(NodeId, String)> = members;
-    loop {
-        let mut still = Vec::new();
-        for (id, addr) in pending {
-            let done = if id == kv.inner.id {
-                kv.inner.view.applied_index() >= index
-            } else {
+    // One waiting request per member, all at once: each answers when its
+    // node has applied `index` (or its wait ends), so nobody polls.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, addr) in members {
+        let kv = kv.clone();
+        tasks.spawn(async move {
+            if id == kv.inner.id {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return (id, kv.wait_local(index, left).await.is_ok());
+            }
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
                 let mut rb = kv
                     .inner
                     .http
-                    .get(format!("http://{addr}/raft/applied"))
-                    .timeout(Duration::from_millis(500));
+                    .get(format!(
+                        "http://{addr}/raft/applied?min_index={index}&wait_ms={}",
+                        left.as_millis()
+                    ))
+                    .timeout(left + Duration::from_millis(500));
                 if let Some(k) = &kv.inner.settings.key {
                     rb = rb.bearer_auth(k);
                 }
-                match rb.send().await {
+                let done = match rb.send().await {
                     Ok(r) => r.json::<IndexReply>().await.is_ok_and(|r| r.index >= index),
                     Err(_) => false,
+                };
+                if done || Instant::now() >= deadline {
+                    return (id, done);
                 }
-            };
-            if !done {
-                still.push((id, addr));
+                // Unreachable or an early answer: try again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }
-        if still.is_empty() || Instant::now() >= deadline {
-            return still.into_iter().map(|(id, _)| id).collect();
-        }
-        pending = still;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        });
     }
+    let mut lagging = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((id, false)) = r {
+            lagging.push(id);
+        }
+    }
+    lagging.sort_unstable();
+    lagging
 }

@@ -6,16 +6,19 @@
 //! - A node started without `join` and with an empty data dir bootstraps a
 //!   single-voter cluster.
 //! - A node started with `join` asks that address to add it as a learner
-//!   ([`RaftKv::add_learner`], the same call the gossip layer will make);
-//!   the leader then promotes learners to voters up to `voters`, and
-//!   replaces a voter silent for longer than `voter_down_timeout` with a
-//!   live learner, one membership change at a time.
+//!   ([`RaftKv::add_learner`]). A node found through gossip needs no
+//!   `join`: the node layer reports live peers ([`RaftKv::set_discovered`])
+//!   and the leader adds them as learners itself. A node that expects to
+//!   be found that way starts with `bootstrap: false` and waits.
+//! - The leader keeps `voters` voters spread over regions, and replaces a
+//!   voter silent for longer than `voter_down_timeout` with a live
+//!   learner, one membership change at a time (see `policy`).
 //! - Writes on any node are forwarded to the leader; reads are local.
 //! - Raft RPC is HTTP/1.1 + JSON on `/raft/*` (see [`RaftKv::router`]).
 
 mod api;
 mod network;
-mod policy;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,9 +43,14 @@ pub struct RaftSettings {
     pub data_dir: PathBuf,
     /// `host:port` where peers reach this node's `/raft/*` endpoints.
     pub advertise: String,
-    /// Address of a member to join through (`None` = bootstrap alone when
-    /// the data dir is empty).
+    /// Address of a member to join through.
     pub join: Option<String>,
+    /// With no `join` and an empty data dir: start a single-voter cluster
+    /// (`true`), or wait to be added by a leader that found this node
+    /// through gossip (`false`).
+    pub bootstrap: bool,
+    /// This node's region, for spreading voters.
+    pub region: String,
     /// How many voters the leader keeps (fewer when fewer nodes exist).
     pub voters: usize,
     /// A voter silent this long is replaced by a live learner.
@@ -63,6 +71,8 @@ impl RaftSettings {
             data_dir,
             advertise,
             join: None,
+            bootstrap: true,
+            region: String::new(),
             voters: 3,
             voter_down_timeout: Duration::from_secs(30),
             stale_after: Duration::from_secs(3),
@@ -143,6 +153,18 @@ pub struct ClusterStatus {
     pub config_age_ms: Option<u64>,
 }
 
+/// A peer the node layer found (through gossip): its Raft id, the address
+/// of its `/raft/*` endpoints and its region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Raft node id.
+    pub id: NodeId,
+    /// `host:port` of its `/raft/*` endpoints.
+    pub addr: String,
+    /// Region label (empty: unknown).
+    pub region: String,
+}
+
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft<TypeConfig>,
@@ -152,6 +174,16 @@ pub(crate) struct Inner {
     pub(crate) liveness: PeerLiveness,
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
     pub(crate) started: Instant,
+    pub(crate) discovered: Mutex<BTreeMap<NodeId, Peer>>,
+}
+
+impl Inner {
+    pub(crate) fn discovered(&self) -> BTreeMap<NodeId, Peer> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// A running member of the config cluster. Cheap to clone.
@@ -231,6 +263,7 @@ impl RaftKv {
                 liveness,
                 last_leader_contact: Mutex::new(None),
                 started: Instant::now(),
+                discovered: Mutex::new(BTreeMap::new()),
             }),
         };
         let initialized = kv
@@ -240,6 +273,12 @@ impl RaftKv {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         match (&kv.inner.settings.join, initialized) {
+            (None, false) if !kv.inner.settings.bootstrap => {
+                tracing::info!(
+                    node_id = id,
+                    "waiting for a leader to find this node through gossip and add it as a learner"
+                );
+            }
             (None, false) => {
                 let mut members = BTreeMap::new();
                 members.insert(
@@ -270,6 +309,11 @@ impl RaftKv {
         self.inner.id
     }
 
+    /// Where peers reach this node's `/raft/*` endpoints.
+    pub fn advertise(&self) -> &str {
+        &self.inner.settings.advertise
+    }
+
     /// Read handle on the applied config (and its change stream).
     pub fn view(&self) -> &ConfigView {
         &self.inner.view
@@ -290,6 +334,22 @@ impl RaftKv {
     /// The voter policy promotes it when voters are missing.
     pub async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), ClusterError> {
         api::add_learner(self, node_id, addr, false).await
+    }
+
+    /// Replaces the set of live peers found through gossip. The leader adds
+    /// those that are not members as learners and uses their regions to
+    /// spread voters; this node itself is ignored.
+    pub fn set_discovered(&self, peers: Vec<Peer>) {
+        let map = peers
+            .into_iter()
+            .filter(|p| p.id != self.inner.id)
+            .map(|p| (p.id, p))
+            .collect();
+        *self
+            .inner
+            .discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = map;
     }
 
     /// Waits until this node has applied everything the leader had

@@ -1,17 +1,29 @@
-//! The leader's voter policy: keep `voters` voters, promote live learners
-//! when voters are missing, replace a voter that has been silent longer
-//! than `voter_down_timeout`. One membership change at a time: a change is
-//! awaited before the next tick, and nothing is proposed while a joint
-//! configuration is in flight.
+//! The leader's membership policy, run by one task so that only one
+//! membership change is ever in flight (openraft refuses a second one while
+//! a joint configuration is pending, and we never ask):
 //!
-//! Regions are not known yet (node metadata arrives with gossip), so the
-//! spread across regions is left to that work.
+//! 1. **Learners from discovery.** A live peer that the node layer reports
+//!    (found through gossip, with its Raft id and address) and that is not a
+//!    member yet is added as a learner.
+//! 2. **Voters spread over regions.** The leader keeps
+//!    `min(voters, usable nodes)` voters, chosen by [`choose_voters`]: one
+//!    per region before a second in any region, current voters before
+//!    learners so that a healthy configuration is left alone.
+//! 3. **Replacing silent voters.** A voter that has not answered the
+//!    leader for `voter_down_timeout` is no longer usable, so a live,
+//!    caught-up learner takes its place (the old voter stays a learner and
+//!    can catch up). Without a learner to promote, it stays a voter:
+//!    removing it would not lower the quorum the live voters need.
+//!
+//! Each tick makes at most one change, and each voter change moves one
+//! voter ([`next_voters`]), so the cluster walks to the desired set one
+//! joint configuration at a time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{BasicNode, ServerState};
 use weir_storage::NodeId;
 
 use super::Inner;
@@ -22,13 +34,87 @@ const CAUGHT_UP: u64 = 100;
 /// A learner that answered this recently counts as live.
 const LIVE: Duration = Duration::from_secs(2);
 
+/// A node the voter policy may choose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Raft node id.
+    pub id: NodeId,
+    /// Region label (empty: unknown; all unknown nodes count as one region).
+    pub region: String,
+    /// A voter now.
+    pub voter: bool,
+    /// May be a voter: a voter that answers, or a learner that is live and
+    /// caught up.
+    pub usable: bool,
+}
+
+/// The voters the leader wants: `min(target, usable)` nodes, the leader
+/// first, then one per region before a second in any region; within a
+/// round current voters come before learners, then lower ids.
+pub fn choose_voters(leader: NodeId, candidates: &[Candidate], target: usize) -> BTreeSet<NodeId> {
+    let mut order: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.usable || c.id == leader)
+        .collect();
+    order.sort_by_key(|c| (c.id != leader, !c.voter, c.id));
+    let want = target.max(1).min(order.len());
+    let mut chosen = BTreeSet::new();
+    let mut per_region: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut round = 0;
+    while chosen.len() < want {
+        for c in &order {
+            if chosen.len() == want {
+                break;
+            }
+            let n = per_region.entry(c.region.as_str()).or_default();
+            if *n == round && !chosen.contains(&c.id) {
+                *n += 1;
+                chosen.insert(c.id);
+            }
+        }
+        round += 1;
+    }
+    chosen
+}
+
+/// One step from `current` towards `desired`: swap one voter (an unusable
+/// one first), add one while below `target`, or drop one while above it.
+/// `None` when there is nothing to do.
+pub fn next_voters(
+    current: &BTreeSet<NodeId>,
+    desired: &BTreeSet<NodeId>,
+    candidates: &[Candidate],
+    target: usize,
+) -> Option<BTreeSet<NodeId>> {
+    let usable = |id: &NodeId| candidates.iter().any(|c| c.id == *id && c.usable);
+    let add = desired.difference(current).next().copied();
+    let mut removable: Vec<NodeId> = current.difference(desired).copied().collect();
+    removable.sort_by_key(|id| (usable(id), *id));
+    let remove = removable.first().copied();
+    let mut next = current.clone();
+    match (add, remove) {
+        (Some(a), Some(r)) => {
+            next.remove(&r);
+            next.insert(a);
+        }
+        (Some(a), None) if current.len() < target.max(1) => {
+            next.insert(a);
+        }
+        (None, Some(r)) if current.len() > target.max(1) => {
+            next.remove(&r);
+        }
+        _ => return None,
+    }
+    Some(next)
+}
+
 pub(crate) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         if let Err(e) = step(&inner).await {
-            tracing::warn!(error = %e, "voter policy: membership change failed");
+            tracing::warn!(error = %e, "membership policy: change failed");
         }
     }
 }
@@ -42,8 +128,27 @@ async fn step(inner: &Inner) -> Result<(), String> {
     if mem.get_joint_config().len() > 1 {
         return Ok(());
     }
+    let discovered = inner.discovered();
+
+    // 1. A discovered node that is not a member becomes a learner.
+    if let Some(p) = discovered.values().find(|p| mem.get_node(&p.id).is_none()) {
+        tracing::info!(node_id = p.id, addr = %p.addr, region = %p.region, "adding a node found through gossip as a learner");
+        return inner
+            .raft
+            .add_learner(
+                p.id,
+                BasicNode {
+                    addr: p.addr.clone(),
+                },
+                false,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+
+    // 2. Voters.
     let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
-    let learners: Vec<NodeId> = mem.learner_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
     let caught_up = |id: &NodeId| {
         m.replication
@@ -51,42 +156,311 @@ async fn step(inner: &Inner) -> Result<(), String> {
             .and_then(|r| r.get(id).cloned().flatten())
             .is_some_and(|l| l.index + CAUGHT_UP >= last)
     };
-    let live_learner = learners.iter().copied().find(|l| {
-        inner
-            .liveness
-            .last_seen(*l)
-            .is_some_and(|t| t.elapsed() < LIVE)
-            && caught_up(l)
-    });
     let timeout = inner.settings.voter_down_timeout;
-    let dead_voter = voters.iter().copied().find(|v| {
-        *v != inner.id
-            && match inner.liveness.last_seen(*v) {
-                Some(t) => t.elapsed() > timeout,
-                None => inner.started.elapsed() > timeout,
-            }
-    });
-    let target = inner.settings.voters.max(1);
-    let next = match (dead_voter, live_learner) {
-        (Some(dead), Some(l)) => {
-            tracing::info!(dead, promote = l, "replacing a silent voter");
-            let mut v = voters.clone();
-            v.remove(&dead);
-            v.insert(l);
-            v
+    let region_of = |id: NodeId| {
+        if id == inner.id {
+            inner.settings.region.clone()
+        } else {
+            discovered
+                .get(&id)
+                .map(|p| p.region.clone())
+                .unwrap_or_default()
         }
-        (None, Some(l)) if voters.len() < target => {
-            tracing::info!(promote = l, "promoting a learner to voter");
-            let mut v = voters.clone();
-            v.insert(l);
-            v
-        }
-        _ => return Ok(()),
     };
+    let candidates: Vec<Candidate> = mem
+        .nodes()
+        .map(|(id, _)| {
+            let id = *id;
+            let voter = voters.contains(&id);
+            let usable = if id == inner.id {
+                true
+            } else if voter {
+                match inner.liveness.last_seen(id) {
+                    Some(t) => t.elapsed() <= timeout,
+                    None => inner.started.elapsed() <= timeout,
+                }
+            } else {
+                inner
+                    .liveness
+                    .last_seen(id)
+                    .is_some_and(|t| t.elapsed() < LIVE)
+                    && caught_up(&id)
+            };
+            Candidate {
+                id,
+                region: region_of(id),
+                voter,
+                usable,
+            }
+        })
+        .collect();
+    let target = inner.settings.voters.max(1);
+    let desired = choose_voters(inner.id, &candidates, target);
+    let Some(next) = next_voters(&voters, &desired, &candidates, target) else {
+        return Ok(());
+    };
+    tracing::info!(from = ?voters, to = ?next, "changing the voters");
     inner
         .raft
         .change_membership(next, true)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(id, region, voter, usable)`.
+    fn cands(rows: &[(NodeId, &str, bool, bool)]) -> Vec<Candidate> {
+        rows.iter()
+            .map(|&(id, region, voter, usable)| Candidate {
+                id,
+                region: region.into(),
+                voter,
+                usable,
+            })
+            .collect()
+    }
+
+    /// (case, leader, candidates, target, desired voters)
+    type DesiredCase = (
+        &'static str,
+        NodeId,
+        Vec<Candidate>,
+        usize,
+        BTreeSet<NodeId>,
+    );
+    /// (case, current voters, candidates, target, next voters)
+    type StepCase = (
+        &'static str,
+        Vec<NodeId>,
+        Vec<Candidate>,
+        usize,
+        Option<Vec<NodeId>>,
+    );
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn desired_voters_table() {
+        // (case, leader, candidates, target, desired)
+        let cases: Vec<DesiredCase> = vec![
+            (
+                "alone: one voter",
+                1,
+                cands(&[(1, "eu", true, true)]),
+                3,
+                set(&[1]),
+            ),
+            (
+                "three regions: one each",
+                1,
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", false, true),
+                    (3, "ap", false, true),
+                ]),
+                3,
+                set(&[1, 2, 3]),
+            ),
+            (
+                "a second voter in a region only after every region has one",
+                1,
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "eu", false, true),
+                    (3, "eu", false, true),
+                    (4, "us", false, true),
+                    (5, "ap", false, true),
+                ]),
+                3,
+                set(&[1, 4, 5]),
+            ),
+            (
+                "two regions, three voters: two and one",
+                1,
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "eu", false, true),
+                    (3, "us", false, true),
+                    (4, "us", false, true),
+                ]),
+                3,
+                set(&[1, 2, 3]),
+            ),
+            (
+                "current voters win ties over learners",
+                1,
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", false, true),
+                    (3, "us", true, true),
+                    (4, "ap", true, true),
+                ]),
+                3,
+                set(&[1, 3, 4]),
+            ),
+            (
+                "a silent voter is replaced, preferably from its region's absence",
+                1,
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", true, true),
+                    (3, "ap", true, false),
+                    (4, "eu", false, true),
+                    (5, "ap", false, true),
+                ]),
+                3,
+                set(&[1, 2, 5]),
+            ),
+            (
+                "a silent voter with no learner to take over: two usable voters",
+                1,
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", true, true),
+                    (3, "ap", true, false),
+                ]),
+                3,
+                set(&[1, 2]),
+            ),
+            (
+                "a lagging learner is not chosen",
+                1,
+                cands(&[(1, "eu", true, true), (2, "us", false, false)]),
+                3,
+                set(&[1]),
+            ),
+            (
+                "five voters over three regions",
+                7,
+                cands(&[
+                    (1, "eu", false, true),
+                    (2, "eu", false, true),
+                    (3, "us", false, true),
+                    (4, "us", false, true),
+                    (5, "ap", false, true),
+                    (6, "ap", false, true),
+                    (7, "eu", true, true),
+                ]),
+                5,
+                set(&[7, 3, 5, 1, 4]),
+            ),
+            (
+                "no regions at all: lowest ids after the leader",
+                9,
+                cands(&[
+                    (9, "", true, true),
+                    (4, "", false, true),
+                    (2, "", false, true),
+                    (7, "", false, true),
+                ]),
+                3,
+                set(&[9, 2, 4]),
+            ),
+        ];
+        for (case, leader, c, target, want) in cases {
+            assert_eq!(choose_voters(leader, &c, target), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn one_voter_moves_per_step() {
+        // (case, current, candidates, target, next)
+        let cases: Vec<StepCase> = vec![
+            (
+                "healthy and spread: nothing to do",
+                vec![1, 2, 3],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", true, true),
+                    (3, "ap", true, true),
+                    (4, "eu", false, true),
+                ]),
+                3,
+                None,
+            ),
+            (
+                "grow by one",
+                vec![1],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", false, true),
+                    (3, "ap", false, true),
+                ]),
+                3,
+                Some(vec![1, 2]),
+            ),
+            (
+                "swap a silent voter for a live learner",
+                vec![1, 2, 3],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", true, true),
+                    (3, "ap", true, false),
+                    (4, "ap", false, true),
+                ]),
+                3,
+                Some(vec![1, 2, 4]),
+            ),
+            (
+                "keep a silent voter when nobody can replace it",
+                vec![1, 2, 3],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", true, true),
+                    (3, "ap", true, false),
+                ]),
+                3,
+                None,
+            ),
+            (
+                "move a voter out of a doubled region into a new one",
+                vec![1, 2, 3],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "eu", true, true),
+                    (3, "us", true, true),
+                    (4, "ap", false, true),
+                ]),
+                3,
+                Some(vec![1, 3, 4]),
+            ),
+            (
+                "the silent voter goes first",
+                vec![1, 2, 3, 4, 5],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "eu", true, true),
+                    (3, "us", true, true),
+                    (4, "us", true, false),
+                    (5, "ap", true, true),
+                    (6, "ap", false, true),
+                ]),
+                5,
+                Some(vec![1, 2, 3, 5, 6]),
+            ),
+            (
+                "shrink by one above the target",
+                vec![1, 2, 3],
+                cands(&[
+                    (1, "eu", true, true),
+                    (2, "us", true, true),
+                    (3, "ap", true, true),
+                ]),
+                1,
+                Some(vec![1, 3]),
+            ),
+        ];
+        for (case, current, c, target, want) in cases {
+            let current = set(&current);
+            let desired = choose_voters(1, &c, target);
+            let got = next_voters(&current, &desired, &c, target);
+            assert_eq!(got, want.map(|w| set(&w)), "{case}");
+        }
+    }
 }

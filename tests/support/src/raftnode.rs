@@ -26,6 +26,8 @@ pub struct Node {
     pub proxy: String,
     /// Admin address (also its Raft address).
     pub admin: String,
+    /// Gossip address, when the node gossips (empty otherwise).
+    pub gossip: String,
     /// Process id.
     pub pid: u32,
 }
@@ -41,6 +43,7 @@ impl Node {
             child: None,
             proxy: String::new(),
             admin: String::new(),
+            gossip: String::new(),
             pid: 0,
         };
         n.launch(None).await?;
@@ -79,6 +82,7 @@ impl Node {
             {
                 self.proxy = doc["proxy"].as_str().unwrap_or_default().to_string();
                 self.admin = doc["admin"].as_str().unwrap_or_default().to_string();
+                self.gossip = doc["gossip"].as_str().unwrap_or_default().to_string();
                 self.pid = doc["pid"].as_u64().unwrap_or_default() as u32;
                 return Ok(());
             }
