@@ -6,8 +6,9 @@
 //! span names and attributes of the OpenTelemetry HTTP semantic
 //! conventions. It does not own where in the proxy the spans start and end
 //! (the data path calls this API), nor the `tracing` log subscriber: spans
-//! here are made with the SDK tracer directly, so the request path pays
-//! for no `tracing` span machinery.
+//! here are recorded straight into the SDK's `SpanData` and handed to its
+//! batch processor, so the request path pays for neither `tracing` span
+//! machinery nor the SDK tracer's per-span context (ADR 0006).
 //!
 //! ```no_run
 //! use http::{HeaderMap, Request, StatusCode};
