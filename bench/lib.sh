@@ -117,7 +117,7 @@ ensure_weir() {
 WRK_PID=""            # the wrk run in flight, if any
 STARTED_PIDS=()       # each is the leader of its own process group (setsid)
 EXTRA_PIDS=()         # other helpers to stop (e.g. perf), by pid
-declare -A PID_OF=() PORT_OF=() LOG_OF=()
+declare -A PID_OF=() PORT_OF=() LOG_OF=() ADMIN_OF=()
 
 # bench_workdir: make the temp work dir and install the cleanup trap.
 # $RESULTS_DIR (if it exists by then) receives the configs and logs.
@@ -333,8 +333,8 @@ setup_weir() { setup_weir_named weir ""; }
 #   weir-t1         tracing at 1% sampling, exporting to a live OTLP receiver
 #   weir-t100       tracing at 100% sampling, exporting to a live OTLP receiver
 setup_weir_nometrics() { setup_weir_named weir-nometrics "observability: {metrics: {enabled: false}}"; }
-setup_weir_t1() { ensure_otlp; setup_weir_named weir-t1 "$(traced_yaml 0.01)"; }
-setup_weir_t100() { ensure_otlp; setup_weir_named weir-t100 "$(traced_yaml 1.0)"; }
+setup_weir_t1() { ensure_otlp weir-t1; setup_weir_named weir-t1 "$(traced_yaml weir-t1 0.01)"; }
+setup_weir_t100() { ensure_otlp weir-t100; setup_weir_named weir-t100 "$(traced_yaml weir-t100 1.0)"; }
 # weir-plugins  the plugin chain ip-restriction + cors + proxy-rewrite set
 #               globally (every request passes all three; key-auth joins the
 #               chain once it is available)
@@ -359,8 +359,8 @@ plugins:
   proxy-rewrite: {regex_uri: ["^/(.*)$", "/$1"], headers: {set: {x-bench: "1"}, remove: [x-debug]}}
 EOF2
 }
-traced_yaml() {
-    echo "observability: {tracing: {enabled: true, endpoint: \"http://127.0.0.1:$OTLP_PORT\", sample_ratio: $1}}"
+traced_yaml() { # traced_yaml NAME RATIO
+    echo "observability: {tracing: {enabled: true, endpoint: \"http://127.0.0.1:${OTLP_PORT_OF[$1]}\", sample_ratio: $2}}"
 }
 
 # setup_weir_named NAME EXTRA_YAML: one weir with the shared proxy config
@@ -374,15 +374,18 @@ upstreams: [{id: bench, targets: [{addr: "127.0.0.1:$UP_PORT"}]}]
 routes: [{id: all, paths: ["/*"], upstream: bench}]
 $extra
 EOF
-    PORT_OF[$name]=$port; LOG_OF[$name]="$d/logs/proxy-$name-stderr.log"
+    PORT_OF[$name]=$port; ADMIN_OF[$name]=$admin; LOG_OF[$name]="$d/logs/proxy-$name-stderr.log"
     start "$name" "$PROXY_CPU" "${LOG_OF[$name]}" env WEIR_LOG=warn "$WEIR_BIN" serve --config "$d/proxy-$name.yaml"
 }
 
-# ensure_otlp: start the counting OTLP/gRPC receiver once, pinned with the
-# load (sets OTLP_PORT). Built from the workspace unless OTLP_BIN is set.
-OTLP_PORT=""
+# ensure_otlp NAME: start a counting OTLP/gRPC receiver for the traced
+# variant NAME, pinned with the load (sets OTLP_PORT_OF[NAME]). One receiver
+# per variant, so each variant's span count can be checked against the
+# requests it served. Built from the workspace unless OTLP_BIN is set.
+declare -A OTLP_PORT_OF=() OTLP_LOG_OF=()
 ensure_otlp() {
-    [[ -n "$OTLP_PORT" ]] && return 0
+    local name="$1"
+    [[ -n "${OTLP_PORT_OF[$name]:-}" ]] && return 0
     if [[ -z "${OTLP_BIN:-}" ]]; then
         log "building the OTLP receiver: cargo build --release -p weir-testsupport --bin otlp-receiver"
         (cd "$BENCH_ROOT" && cargo build --release -q -p weir-testsupport --bin otlp-receiver) \
@@ -393,23 +396,59 @@ ensure_otlp() {
         OTLP_BIN="${target:-${CARGO_TARGET_DIR:-$BENCH_ROOT/target}}/release/otlp-receiver"
     fi
     [[ -x "$OTLP_BIN" ]] || die "OTLP_BIN '$OTLP_BIN' is not an executable file"
-    free_port; OTLP_PORT="$FREE_PORT"
+    free_port; OTLP_PORT_OF[$name]="$FREE_PORT"
     mkdir -p "$WORK/otlp"
-    OTLP_LOG="$WORK/otlp/otlp-receiver.log"
-    log "starting the OTLP receiver on 127.0.0.1:$OTLP_PORT (core $LOAD_CPU)"
-    start otlp "$LOAD_CPU" "$OTLP_LOG" "$OTLP_BIN" "127.0.0.1:$OTLP_PORT"
+    local logf="$WORK/otlp/otlp-receiver-$name.log"
+    OTLP_LOG_OF[$name]="$logf"
+    log "starting the OTLP receiver for $name on 127.0.0.1:${OTLP_PORT_OF[$name]} (core $LOAD_CPU)"
+    start "otlp-$name" "$LOAD_CPU" "$logf" "$OTLP_BIN" "127.0.0.1:${OTLP_PORT_OF[$name]}"
     local deadline=$((SECONDS + 20))
-    until grep -q '^listening' "$OTLP_LOG" 2>/dev/null; do
-        kill -0 "${PID_OF[otlp]}" 2>/dev/null || { sed 's/^/    /' "$OTLP_LOG" >&2; die "otlp-receiver exited"; }
+    until grep -q '^listening' "$logf" 2>/dev/null; do
+        kill -0 "${PID_OF[otlp-$name]}" 2>/dev/null || { sed 's/^/    /' "$logf" >&2; die "otlp-receiver exited"; }
         [[ $SECONDS -lt $deadline ]] || die "otlp-receiver not listening within 20 s"
         sleep 0.1
     done
 }
 
-# otlp_spans: spans the receiver has counted so far (0 when not started).
+# otlp_spans NAME: spans the receiver of NAME has counted so far (0 when none).
 otlp_spans() {
-    [[ -n "$OTLP_PORT" ]] || { echo 0; return; }
-    awk '/^spans / {n = $2} END {print n + 0}' "$OTLP_LOG"
+    [[ -n "${OTLP_LOG_OF[$1]:-}" ]] || { echo 0; return; }
+    awk '/^spans / {n = $2} END {print n + 0}' "${OTLP_LOG_OF[$1]}"
+}
+
+# metric_sum NAME METRIC: the sum over every label set of METRIC in the
+# /metrics of weir variant NAME.
+metric_sum() {
+    curl -sS --max-time 5 "http://127.0.0.1:${ADMIN_OF[$1]}/metrics" \
+        | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%.0f\n", s}'
+}
+
+# span_check NAME [exact]: once the receiver of NAME has stopped counting
+# (its count unchanged for 3 s, within 60 s), one line comparing the spans
+# it received with the spans weir made: every request of the bench gives
+# one SERVER and one CLIENT span (one route, one target that always
+# answers, so no retries; a request wrk cancels at the end of a run still
+# has both), so two per request served (`weir_http_server_requests_total`
+# on the variant's /metrics), and the spans weir dropped. With `exact`
+# (100% sampling) the two must be equal; otherwise the recorded share is
+# shown.
+span_check() {
+    local name="$1" last=-1 now same=0 deadline=$((SECONDS + 60))
+    while [[ $SECONDS -lt $deadline ]]; do
+        now="$(otlp_spans "$name")"
+        if [[ "$now" == "$last" ]]; then same=$((same + 1)); else same=0; fi
+        [[ $same -ge 3 ]] && break
+        last="$now"; sleep 1
+    done
+    local reqs dropped expected verdict
+    reqs="$(metric_sum "$name" weir_http_server_requests_total)"
+    dropped="$(metric_sum "$name" weir_trace_spans_dropped_total)"
+    expected=$((2 * reqs))
+    if [[ "${2:-}" != exact ]]; then
+        verdict="$(awk -v a="$now" -v b="$expected" 'BEGIN {printf "%.2f%% of them recorded", b ? 100 * a / b : 0}')"
+    elif [[ "$now" == "$expected" ]]; then verdict="all received"
+    else verdict="MISMATCH: $((expected - now)) not received"; fi
+    echo "$name: spans received $now; spans made $expected (2 x $reqs requests) -> $verdict; dropped by weir $dropped"
 }
 
 # worker_pids NAME: the pids doing the proxy work (nginx: the workers, not the master).

@@ -140,9 +140,10 @@ for p in "${ORDER[@]}"; do
     printf '%-8s %11.0f %8.2f %12s %10s %11.2f %10s %7.0f%% %7s\n' "$p" "${RPS[$p]}" "${P99[$p]}" \
         "${RR[$p]}" "${PR[$p]}" "${USPR[$p]}" "${UR[$p]}" "${PCPU_OF[$p]}" "${ERR[$p]}"
 done
-if [[ -n "$OTLP_PORT" ]]; then
-    sleep 2   # the receiver prints its count every second
-    echo "spans received by the OTLP receiver: $(otlp_spans)" | tee -a "$SUMMARY"
-fi
+for p in "${ORDER[@]}"; do
+    if [[ -n "${OTLP_PORT_OF[$p]:-}" ]]; then
+        span_check "$p" "$([[ "$p" == weir-t100 ]] && echo exact)" | tee -a "$SUMMARY"
+    fi
+done
 echo
 log "raw wrk outputs, runs.csv, summary.md and configs in $RESULTS_DIR"

@@ -218,7 +218,7 @@ async fn proxy(
     let route: &Route = m.value;
     let strip_len = m.strip_len;
     if let Some(l) = log.as_deref_mut() {
-        let template = route.paths.get(m.path_index()).map(|p| &**p);
+        let template = route.paths.get(m.path_index());
         l.set_route(&route.id, route.service.as_ref(), template);
         l.set_upstream(&route.upstream);
     }

@@ -171,23 +171,29 @@ pub struct RequestLog {
 
 impl RequestLog {
     /// Notes the matched route (and its path template, for `http.route`).
-    pub fn set_route(&mut self, id: &Arc<str>, service: Option<&Arc<str>>, template: Option<&str>) {
+    pub fn set_route(
+        &mut self,
+        id: &Arc<str>,
+        service: Option<&Arc<str>>,
+        template: Option<&Arc<str>>,
+    ) {
         self.route = Some(id.clone());
         self.service = service.cloned();
         if self.span.is_recording() {
+            // Shared with the snapshot, not copied.
             if let Some(t) = template {
-                self.span.set_route(t);
+                self.span.set_route(t.clone());
             }
-            self.span.set_route_id(id);
+            self.span.set_route_id(id.clone());
             if let Some(s) = service {
-                self.span.set_service_id(s);
+                self.span.set_service_id(s.clone());
             }
         }
     }
 
     /// Notes the authenticated consumer (`weir.consumer`, access log).
     pub fn set_consumer(&mut self, name: &Arc<str>) {
-        self.span.set_consumer(name);
+        self.span.set_consumer(name.clone());
         if let Some(r) = &mut self.record {
             r.consumer = Some(name.clone());
         }

@@ -6,8 +6,9 @@
 //! span names and attributes of the OpenTelemetry HTTP semantic
 //! conventions. It does not own where in the proxy the spans start and end
 //! (the data path calls this API), nor the `tracing` log subscriber: spans
-//! here are made with the SDK tracer directly, so the request path pays
-//! for no `tracing` span machinery.
+//! here are recorded straight into the SDK's `SpanData` and handed to its
+//! batch processor, so the request path pays for neither `tracing` span
+//! machinery nor the SDK tracer's per-span context (ADR 0006).
 //!
 //! ```no_run
 //! use http::{HeaderMap, Request, StatusCode};
@@ -52,19 +53,18 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, InstrumentationScope, StringValue};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::{InstrumentationScope, StringValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SpanData, SpanEvents,
+    SpanLinks, SpanProcessor,
 };
 
 pub use opentelemetry::KeyValue;
@@ -89,6 +89,17 @@ const SCOPE_NAME: &str = "weir";
 /// Extra time `shutdown` gives the batch thread, past the export deadline,
 /// to report back.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
+
+/// Attributes kept per span, as the SDK's default span limit; more are
+/// counted as dropped. weir sets far fewer.
+const MAX_ATTRIBUTES: usize = 128;
+
+/// Room for every attribute a SERVER span gets, so its vector is allocated
+/// once.
+const SERVER_ATTRIBUTES: usize = 20;
+
+/// Room for every attribute a CLIENT span gets.
+const CLIENT_ATTRIBUTES: usize = 10;
 
 /// Attribute names (OpenTelemetry HTTP semantic conventions, then weir's).
 pub mod attr {
@@ -201,9 +212,15 @@ pub struct Tracing {
 }
 
 struct Enabled {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    /// The SDK's batch processor behind the counting gate: finished spans
+    /// go straight here, built by weir without the SDK's tracer.
+    processor: QueueGate,
+    scope: InstrumentationScope,
+    ids: RandomIdGenerator,
     stats: Arc<Stats>,
+    /// Set by the first shutdown: later spans are neither recorded nor
+    /// queued.
+    shut_down: AtomicBool,
     /// `weir.node.id` and `weir.region`, built once.
     node_attrs: Vec<KeyValue>,
     settings: TraceSettings,
@@ -211,12 +228,50 @@ struct Enabled {
 
 impl Enabled {
     fn shutdown(&self) {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let timeout = self.settings.export_timeout;
         // Exports still queued must finish by then; later ones fail fast.
         let _ = self.stats.deadline.set(Instant::now() + timeout);
         let _ = self
-            .provider
+            .processor
             .shutdown_with_timeout(timeout + SHUTDOWN_GRACE);
+    }
+
+    /// Whether a new span with this parent (or none) and trace id is
+    /// recorded: the SDK's samplers, decided without building a context.
+    fn sampled(&self, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        sample(self.settings.sampler, parent, trace_id)
+    }
+
+    /// The context of a new span: the parent's trace (or a new one), a new
+    /// span id, the sampler's decision in the sampled flag and the parent's
+    /// `tracestate`, as the SDK's tracer builds it.
+    fn new_context(&self, parent: Option<&SpanContext>) -> SpanContext {
+        let parent = parent.filter(|p| p.is_valid());
+        let trace_id = parent.map_or_else(|| self.ids.new_trace_id(), SpanContext::trace_id);
+        let flags = if self.sampled(parent, trace_id) {
+            parent.map_or(TraceFlags::SAMPLED, |p| p.trace_flags().with_sampled(true))
+        } else {
+            TraceFlags::default()
+        };
+        let state = parent.map_or(TraceState::NONE, |p| p.trace_state().clone());
+        SpanContext::new(trace_id, self.ids.new_span_id(), flags, false, state)
+    }
+
+    /// Hands a finished span to the export queue.
+    fn finish(&self, span: SpanData) {
+        if self.shut_down.load(Ordering::Relaxed) {
+            // The batch thread is gone: count it rather than lose it
+            // silently.
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.processor.on_end(span);
     }
 }
 
@@ -225,6 +280,36 @@ impl Drop for Enabled {
         // Without this the SDK would flush on drop with no overall deadline.
         self.shutdown();
     }
+}
+
+/// The decision of the SDK sampler `spec` for a span of `trace_id` whose
+/// parent is `parent`; the same rules as `opentelemetry_sdk`'s `Sampler`
+/// (a test holds them equal).
+fn sample(spec: SamplerSpec, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
+    let parent = parent.filter(|p| p.is_valid());
+    match spec {
+        SamplerSpec::AlwaysOn => true,
+        SamplerSpec::AlwaysOff => false,
+        SamplerSpec::TraceIdRatio(r) => ratio_sampled(r, trace_id),
+        SamplerSpec::ParentBasedAlwaysOn => parent.is_none_or(SpanContext::is_sampled),
+        SamplerSpec::ParentBasedAlwaysOff => parent.is_some_and(SpanContext::is_sampled),
+        SamplerSpec::ParentBasedTraceIdRatio(r) => match parent {
+            Some(p) => p.is_sampled(),
+            None => ratio_sampled(r, trace_id),
+        },
+    }
+}
+
+/// `TraceIdRatioBased`: the low 63 bits of the trace id below the ratio.
+fn ratio_sampled(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&bytes[8..]);
+    (u64::from_be_bytes(low) >> 1) < bound
 }
 
 impl fmt::Debug for Tracing {
@@ -285,7 +370,7 @@ impl Tracing {
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batch)
             .build();
-        let gate = QueueGate::new(processor, settings.max_queue_size, stats.clone());
+        let mut gate = QueueGate::new(processor, settings.max_queue_size, stats.clone());
 
         let resource = Resource::builder_empty()
             .with_detector(Box::new(TelemetryResourceDetector))
@@ -296,16 +381,12 @@ impl Tracing {
                     .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
             )
             .build();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(gate)
-            .with_sampler(sdk_sampler(settings.sampler))
-            .with_resource(resource)
+        // What the SDK's provider would do: the exporter learns the
+        // resource before the first span.
+        gate.set_resource(&resource);
+        let scope = InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
             .build();
-        let tracer = provider.tracer_with_scope(
-            InstrumentationScope::builder(SCOPE_NAME)
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        );
 
         let mut node_attrs = Vec::with_capacity(2);
         if !node.node_id.is_empty() {
@@ -330,9 +411,11 @@ impl Tracing {
         );
         Ok(Tracing {
             inner: Some(Arc::new(Enabled {
-                provider,
-                tracer,
+                processor: gate,
+                scope,
+                ids: RandomIdGenerator::default(),
                 stats,
+                shut_down: AtomicBool::new(false),
                 node_attrs,
                 settings,
             })),
@@ -361,28 +444,20 @@ impl Tracing {
         let Some(shared) = &self.inner else {
             return RequestSpan { inner: None };
         };
-        let parent = match propagation::extract(req.headers) {
-            Some(remote) => Context::new().with_remote_span_context(remote),
-            None => Context::new(),
-        };
+        let parent = propagation::extract(req.headers);
+        let cx = shared.new_context(parent.as_ref());
         let method = MethodName::of(req.method);
-        let mut span = shared
-            .tracer
-            .span_builder(method.span_name())
-            .with_kind(SpanKind::Server)
-            .start_with_context(&shared.tracer, &parent);
-        let recording = span.is_recording();
-        if recording {
-            let mut attrs = Vec::with_capacity(14);
+        let rec = cx.is_sampled().then(|| {
+            let mut attrs = Vec::with_capacity(SERVER_ATTRIBUTES);
             method.push_attrs(&mut attrs);
-            attrs.push(KeyValue::new(attr::URL_PATH, req.uri.path().to_string()));
+            attrs.push(KeyValue::new(attr::URL_PATH, shared_str(req.uri.path())));
             attrs.push(KeyValue::new(attr::URL_SCHEME, req.scheme));
             if let Some((host, port)) = server_address(req) {
-                attrs.push(KeyValue::new(attr::SERVER_ADDRESS, host.to_string()));
+                attrs.push(KeyValue::new(attr::SERVER_ADDRESS, shared_str(host)));
                 attrs.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
             }
             if let Some(client) = req.client {
-                attrs.push(KeyValue::new(attr::CLIENT_ADDRESS, client.ip().to_string()));
+                attrs.push(KeyValue::new(attr::CLIENT_ADDRESS, ip_str(client.ip())));
             }
             if let Some(v) = protocol_version(req.version) {
                 attrs.push(KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, v));
@@ -392,18 +467,27 @@ impl Tracing {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
             {
-                attrs.push(KeyValue::new(attr::USER_AGENT_ORIGINAL, ua.to_string()));
+                attrs.push(KeyValue::new(attr::USER_AGENT_ORIGINAL, shared_str(ua)));
             }
             attrs.extend(shared.node_attrs.iter().cloned());
-            span.set_attributes(attrs);
-        }
+            Recording {
+                kind: SpanKind::Server,
+                parent_span_id: parent.as_ref().map_or(SpanId::INVALID, |p| p.span_id()),
+                parent_remote: parent.is_some(),
+                name: Cow::Borrowed(method.span_name()),
+                start: SystemTime::now(),
+                attrs,
+                dropped: 0,
+                status: Status::Unset,
+            }
+        });
         RequestSpan {
             inner: Some(Box::new(ReqInner {
-                span,
                 shared: shared.clone(),
+                cx,
                 method,
                 attempts: AtomicU32::new(0),
-                recording,
+                rec,
                 error_type_set: false,
             })),
         }
@@ -445,18 +529,6 @@ impl Tracing {
         if let Some(e) = &self.inner {
             e.shutdown();
         }
-    }
-}
-
-fn sdk_sampler(spec: SamplerSpec) -> Sampler {
-    let parent_based = |root: Sampler| Sampler::ParentBased(Box::new(root));
-    match spec {
-        SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
-        SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
-        SamplerSpec::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
-        SamplerSpec::ParentBasedAlwaysOn => parent_based(Sampler::AlwaysOn),
-        SamplerSpec::ParentBasedAlwaysOff => parent_based(Sampler::AlwaysOff),
-        SamplerSpec::ParentBasedTraceIdRatio(r) => parent_based(Sampler::TraceIdRatioBased(r)),
     }
 }
 
@@ -619,6 +691,75 @@ impl MethodName {
     }
 }
 
+/// A string attribute value in one allocation that the exporter's copy of
+/// the span shares rather than copies.
+fn shared_str(s: &str) -> StringValue {
+    StringValue::from(Arc::<str>::from(s))
+}
+
+/// An IP address as an attribute value, formatted without a `String` on
+/// the way.
+fn ip_str(ip: std::net::IpAddr) -> StringValue {
+    use std::io::Write as _;
+    // The longest IPv6 text form is 45 bytes.
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    match write!(w, "{ip}") {
+        Ok(()) => {
+            let len = 48 - w.len();
+            shared_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+        }
+        Err(_) => StringValue::from(ip.to_string()),
+    }
+}
+
+// === Recording ===
+
+/// What a recorded span gathers until it ends: the fields of the SDK's
+/// `SpanData`, in one allocation for the attributes. Spans are built here
+/// rather than by the SDK's tracer, which would allocate a context per
+/// span, grow the attribute vector one push at a time and go through the
+/// provider's processor list; the finished `SpanData` goes to the same
+/// batch processor and OTLP exporter.
+struct Recording {
+    kind: SpanKind,
+    parent_span_id: SpanId,
+    parent_remote: bool,
+    name: Cow<'static, str>,
+    start: SystemTime,
+    attrs: Vec<KeyValue>,
+    dropped: u32,
+    status: Status,
+}
+
+impl Recording {
+    fn push(&mut self, kv: KeyValue) {
+        if self.attrs.len() < MAX_ATTRIBUTES {
+            self.attrs.push(kv);
+        } else {
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+
+    fn into_span_data(self, cx: SpanContext, scope: &InstrumentationScope) -> SpanData {
+        SpanData {
+            span_context: cx,
+            parent_span_id: self.parent_span_id,
+            parent_span_is_remote: self.parent_remote,
+            span_kind: self.kind,
+            name: self.name,
+            start_time: self.start,
+            end_time: SystemTime::now(),
+            attributes: self.attrs,
+            dropped_attributes_count: self.dropped,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: self.status,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
 // === RequestSpan ===
 
 /// The SERVER span of one request. Setters do nothing (and allocate
@@ -626,25 +767,36 @@ impl MethodName {
 /// [`RequestSpan::end`]; dropping it ends it without a status code.
 #[derive(Debug)]
 pub struct RequestSpan {
-    // Boxed: an SDK span is ~400 bytes, and a disabled handle should cost
-    // the request future one pointer, not that.
+    // Boxed: a request future should carry one pointer for its span, and
+    // a disabled handle nothing more.
     inner: Option<Box<ReqInner>>,
 }
 
 struct ReqInner {
-    span: opentelemetry_sdk::trace::Span,
     shared: Arc<Enabled>,
+    cx: SpanContext,
     method: MethodName,
     attempts: AtomicU32,
-    recording: bool,
+    /// `None` when the request is not recorded.
+    rec: Option<Recording>,
     error_type_set: bool,
+}
+
+impl Drop for ReqInner {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            let cx = std::mem::replace(&mut self.cx, SpanContext::NONE);
+            self.shared
+                .finish(rec.into_span_data(cx, &self.shared.scope));
+        }
+    }
 }
 
 impl fmt::Debug for ReqInner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestSpan")
-            .field("context", self.span.span_context())
-            .field("recording", &self.recording)
+            .field("context", &self.cx)
+            .field("recording", &self.rec.is_some())
             .finish()
     }
 }
@@ -655,49 +807,51 @@ impl RequestSpan {
         RequestSpan { inner: None }
     }
 
-    fn recording(&mut self) -> Option<&mut ReqInner> {
-        self.inner.as_deref_mut().filter(|i| i.recording)
+    fn recording(&mut self) -> Option<&mut Recording> {
+        self.inner.as_deref_mut().and_then(|i| i.rec.as_mut())
     }
 
-    fn set_str(&mut self, key: &'static str, value: &str) {
-        if let Some(i) = self.recording() {
-            i.span.set_attribute(KeyValue::new(key, value.to_string()));
+    fn set_str(&mut self, key: &'static str, value: impl Into<StringValue>) {
+        if let Some(r) = self.recording() {
+            r.push(KeyValue::new(key, value.into()));
         }
     }
 
     /// Sets `http.route` to the route's path template (`/users/:id`) and
-    /// renames the span `GET /users/:id`.
-    pub fn set_route(&mut self, template: &str) {
-        if let Some(i) = self.recording() {
-            let name = format!("{} {template}", i.method.span_name());
-            i.span.update_name(name);
-            i.span
-                .set_attribute(KeyValue::new(attr::HTTP_ROUTE, template.to_string()));
+    /// renames the span `GET /users/:id`. Takes a `&'static str`, a
+    /// `String` or an `Arc<str>` (shared, not copied).
+    pub fn set_route(&mut self, template: impl Into<StringValue>) {
+        if let Some(i) = self.inner.as_deref_mut()
+            && let Some(r) = i.rec.as_mut()
+        {
+            let template = template.into();
+            r.name = Cow::Owned(format!("{} {}", i.method.span_name(), template.as_str()));
+            r.push(KeyValue::new(attr::HTTP_ROUTE, template));
         }
     }
 
     /// `weir.route.id`
-    pub fn set_route_id(&mut self, id: &str) {
+    pub fn set_route_id(&mut self, id: impl Into<StringValue>) {
         self.set_str(attr::WEIR_ROUTE_ID, id);
     }
 
     /// `weir.service.id`
-    pub fn set_service_id(&mut self, id: &str) {
+    pub fn set_service_id(&mut self, id: impl Into<StringValue>) {
         self.set_str(attr::WEIR_SERVICE_ID, id);
     }
 
     /// `weir.consumer`: the authenticated consumer.
-    pub fn set_consumer(&mut self, consumer: &str) {
+    pub fn set_consumer(&mut self, consumer: impl Into<StringValue>) {
         self.set_str(attr::WEIR_CONSUMER, consumer);
     }
 
     /// `weir.cache.status`: `hit`, `miss`, `bypass`, …
-    pub fn set_cache_status(&mut self, status: &str) {
+    pub fn set_cache_status(&mut self, status: impl Into<StringValue>) {
         self.set_str(attr::WEIR_CACHE_STATUS, status);
     }
 
     /// `weir.ratelimit.decision`: `allowed`, `limited`, …
-    pub fn set_ratelimit_decision(&mut self, decision: &str) {
+    pub fn set_ratelimit_decision(&mut self, decision: impl Into<StringValue>) {
         self.set_str(attr::WEIR_RATELIMIT_DECISION, decision);
     }
 
@@ -706,23 +860,24 @@ impl RequestSpan {
     /// an error even if the status is below 500. Without it, a 5xx status
     /// is its own error type (`"502"`).
     pub fn set_error_type(&mut self, error_type: &str) {
-        if let Some(i) = self.recording() {
+        if let Some(i) = self.inner.as_deref_mut()
+            && let Some(r) = i.rec.as_mut()
+        {
             i.error_type_set = true;
-            i.span
-                .set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.to_string()));
+            r.push(KeyValue::new(attr::ERROR_TYPE, error_type.to_string()));
         }
     }
 
     /// Any other attribute.
     pub fn set_attribute(&mut self, kv: KeyValue) {
-        if let Some(i) = self.recording() {
-            i.span.set_attribute(kv);
+        if let Some(r) = self.recording() {
+            r.push(kv);
         }
     }
 
     /// Whether this span is recorded (and will be exported).
     pub fn is_recording(&self) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.recording)
+        self.inner.as_ref().is_some_and(|i| i.rec.is_some())
     }
 
     /// The trace this request belongs to, recorded or not; `None` when
@@ -739,7 +894,7 @@ impl RequestSpan {
     fn context(&self) -> Option<&SpanContext> {
         self.inner
             .as_ref()
-            .map(|i| i.span.span_context())
+            .map(|i| &i.cx)
             .filter(|cx| cx.is_valid())
     }
 
@@ -751,24 +906,18 @@ impl RequestSpan {
             return AttemptSpan { inner: None };
         };
         let resend = i.attempts.fetch_add(1, Ordering::Relaxed);
-        let parent = Context::new().with_remote_span_context(i.span.span_context().clone());
-        let tracer = &i.shared.tracer;
-        let mut span = tracer
-            .span_builder(i.method.span_name())
-            .with_kind(SpanKind::Client)
-            .start_with_context(tracer, &parent);
-        let recording = span.is_recording();
-        if recording {
-            let mut attrs = Vec::with_capacity(6);
+        let cx = i.shared.new_context(Some(&i.cx));
+        let rec = cx.is_sampled().then(|| {
+            let mut attrs = Vec::with_capacity(CLIENT_ATTRIBUTES);
             i.method.push_attrs(&mut attrs);
             let (host, port) = split_host_port(target);
-            attrs.push(KeyValue::new(attr::SERVER_ADDRESS, host.to_string()));
+            attrs.push(KeyValue::new(attr::SERVER_ADDRESS, shared_str(host)));
             if let Some(port) = port {
                 attrs.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
             }
             attrs.push(KeyValue::new(
                 attr::WEIR_UPSTREAM_TARGET,
-                target.to_string(),
+                shared_str(target),
             ));
             if resend > 0 {
                 attrs.push(KeyValue::new(
@@ -776,37 +925,48 @@ impl RequestSpan {
                     i64::from(resend),
                 ));
             }
-            span.set_attributes(attrs);
-        }
+            Recording {
+                kind: SpanKind::Client,
+                parent_span_id: i.cx.span_id(),
+                // The SERVER span is this process's own.
+                parent_remote: false,
+                name: Cow::Borrowed(i.method.span_name()),
+                start: SystemTime::now(),
+                attrs,
+                dropped: 0,
+                status: Status::Unset,
+            }
+        });
         AttemptSpan {
-            inner: Some(Box::new(AttemptInner { span, recording })),
+            inner: Some(Box::new(AttemptInner {
+                shared: i.shared.clone(),
+                cx,
+                rec,
+            })),
         }
     }
 
     /// Ends the span with the status sent to the client. 5xx, or an
     /// earlier [`RequestSpan::set_error_type`], makes it an error.
     pub fn end(mut self, status: StatusCode) {
-        if let Some(i) = self.inner.as_mut() {
-            if i.recording {
-                let code = status.as_u16();
-                i.span.set_attribute(KeyValue::new(
-                    attr::HTTP_RESPONSE_STATUS_CODE,
-                    i64::from(code),
-                ));
-                if code >= 500 && !i.error_type_set {
-                    i.span.set_attribute(KeyValue::new(
-                        attr::ERROR_TYPE,
-                        status.as_str().to_string(),
-                    ));
-                }
-                if code >= 500 || i.error_type_set {
-                    i.span.set_status(Status::Error {
-                        description: Cow::Borrowed(""),
-                    });
-                }
+        if let Some(i) = self.inner.as_deref_mut()
+            && let Some(r) = i.rec.as_mut()
+        {
+            let code = status.as_u16();
+            r.push(KeyValue::new(
+                attr::HTTP_RESPONSE_STATUS_CODE,
+                i64::from(code),
+            ));
+            if code >= 500 && !i.error_type_set {
+                r.push(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_string()));
             }
-            i.span.end();
+            if code >= 500 || i.error_type_set {
+                r.status = Status::Error {
+                    description: Cow::Borrowed(""),
+                };
+            }
         }
+        // Dropping the inner span queues it for export.
     }
 }
 
@@ -819,15 +979,26 @@ pub struct AttemptSpan {
 }
 
 struct AttemptInner {
-    span: opentelemetry_sdk::trace::Span,
-    recording: bool,
+    shared: Arc<Enabled>,
+    cx: SpanContext,
+    rec: Option<Recording>,
+}
+
+impl Drop for AttemptInner {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            let cx = std::mem::replace(&mut self.cx, SpanContext::NONE);
+            self.shared
+                .finish(rec.into_span_data(cx, &self.shared.scope));
+        }
+    }
 }
 
 impl fmt::Debug for AttemptInner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AttemptSpan")
-            .field("context", self.span.span_context())
-            .field("recording", &self.recording)
+            .field("context", &self.cx)
+            .field("recording", &self.rec.is_some())
             .finish()
     }
 }
@@ -838,36 +1009,35 @@ impl AttemptSpan {
     /// when this request is not recorded. Does nothing when tracing is off.
     pub fn inject(&self, headers: &mut HeaderMap) {
         if let Some(i) = &self.inner {
-            propagation::inject(i.span.span_context(), headers);
+            propagation::inject(&i.cx, headers);
         }
     }
 
     /// `network.peer.address` and `network.peer.port`: where the
     /// connection actually went.
     pub fn set_peer_address(&mut self, peer: SocketAddr) {
-        if let Some(i) = self.inner.as_mut().filter(|i| i.recording) {
-            i.span.set_attributes([
-                KeyValue::new(attr::NETWORK_PEER_ADDRESS, peer.ip().to_string()),
-                KeyValue::new(attr::NETWORK_PEER_PORT, i64::from(peer.port())),
-            ]);
+        if let Some(r) = self.inner.as_mut().and_then(|i| i.rec.as_mut()) {
+            r.push(KeyValue::new(attr::NETWORK_PEER_ADDRESS, ip_str(peer.ip())));
+            r.push(KeyValue::new(
+                attr::NETWORK_PEER_PORT,
+                i64::from(peer.port()),
+            ));
         }
     }
 
     /// Whether this span is recorded.
     pub fn is_recording(&self) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.recording)
+        self.inner.as_ref().is_some_and(|i| i.rec.is_some())
     }
 
     /// The trace id sent upstream; `None` when tracing is off.
     pub fn trace_id(&self) -> Option<TraceId> {
-        self.inner
-            .as_ref()
-            .map(|i| i.span.span_context().trace_id())
+        self.inner.as_ref().map(|i| i.cx.trace_id())
     }
 
     /// This span's id, the upstream's parent id; `None` when tracing is off.
     pub fn span_id(&self) -> Option<SpanId> {
-        self.inner.as_ref().map(|i| i.span.span_context().span_id())
+        self.inner.as_ref().map(|i| i.cx.span_id())
     }
 
     /// Ends the attempt with the upstream's status; 4xx and 5xx are errors
@@ -883,35 +1053,29 @@ impl AttemptSpan {
     }
 
     fn finish(mut self, status: Option<StatusCode>, error: Option<&str>) {
-        let Some(i) = self.inner.as_mut() else {
+        let Some(r) = self.inner.as_mut().and_then(|i| i.rec.as_mut()) else {
             return;
         };
-        if i.recording {
-            if let Some(status) = status {
-                let code = status.as_u16();
-                i.span.set_attribute(KeyValue::new(
-                    attr::HTTP_RESPONSE_STATUS_CODE,
-                    i64::from(code),
-                ));
-                if code >= 400 {
-                    i.span.set_attribute(KeyValue::new(
-                        attr::ERROR_TYPE,
-                        status.as_str().to_string(),
-                    ));
-                    i.span.set_status(Status::Error {
-                        description: Cow::Borrowed(""),
-                    });
-                }
-            }
-            if let Some(error) = error {
-                i.span
-                    .set_attribute(KeyValue::new(attr::ERROR_TYPE, error.to_string()));
-                i.span.set_status(Status::Error {
-                    description: Cow::Owned(error.to_string()),
-                });
+        if let Some(status) = status {
+            let code = status.as_u16();
+            r.push(KeyValue::new(
+                attr::HTTP_RESPONSE_STATUS_CODE,
+                i64::from(code),
+            ));
+            if code >= 400 {
+                r.push(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_string()));
+                r.status = Status::Error {
+                    description: Cow::Borrowed(""),
+                };
             }
         }
-        i.span.end();
+        if let Some(error) = error {
+            r.push(KeyValue::new(attr::ERROR_TYPE, error.to_string()));
+            r.status = Status::Error {
+                description: Cow::Owned(error.to_string()),
+            };
+        }
+        // Dropping the inner span queues it for export.
     }
 }
 
@@ -940,6 +1104,58 @@ mod tests {
         is::<Tracing>();
         is::<RequestSpan>();
         is::<AttemptSpan>();
+    }
+
+    /// The SDK sampler weir's decisions must agree with.
+    fn sdk_sampler(spec: SamplerSpec) -> opentelemetry_sdk::trace::Sampler {
+        use opentelemetry_sdk::trace::Sampler;
+        let parent_based = |root: Sampler| Sampler::ParentBased(Box::new(root));
+        match spec {
+            SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
+            SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
+            SamplerSpec::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerSpec::ParentBasedAlwaysOn => parent_based(Sampler::AlwaysOn),
+            SamplerSpec::ParentBasedAlwaysOff => parent_based(Sampler::AlwaysOff),
+            SamplerSpec::ParentBasedTraceIdRatio(r) => parent_based(Sampler::TraceIdRatioBased(r)),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sampling_decisions_match_the_sdk_sampler(
+            trace in 1u128..,
+            parent_span in proptest::option::of(1u64..),
+            parent_sampled: bool,
+            which in 0usize..6,
+            ratio in proptest::prop_oneof![0.0f64..=1.0, proptest::strategy::Just(0.0), proptest::strategy::Just(1.0)],
+        ) {
+            use opentelemetry::trace::{SamplingDecision, TraceContextExt};
+            use opentelemetry_sdk::trace::ShouldSample;
+            let spec = [
+                SamplerSpec::AlwaysOn,
+                SamplerSpec::AlwaysOff,
+                SamplerSpec::TraceIdRatio(ratio),
+                SamplerSpec::ParentBasedAlwaysOn,
+                SamplerSpec::ParentBasedAlwaysOff,
+                SamplerSpec::ParentBasedTraceIdRatio(ratio),
+            ][which];
+            let trace_id = TraceId::from(trace);
+            let parent = parent_span.map(|span| {
+                let flags = if parent_sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+                SpanContext::new(trace_id, SpanId::from(span), flags, true, TraceState::NONE)
+            });
+            let cx = match &parent {
+                Some(p) => opentelemetry::Context::new().with_remote_span_context(p.clone()),
+                None => opentelemetry::Context::new(),
+            };
+            let sdk = sdk_sampler(spec)
+                .should_sample(Some(&cx), trace_id, "GET", &SpanKind::Server, &[], &[])
+                .decision;
+            proptest::prop_assert_eq!(
+                sample(spec, parent.as_ref(), trace_id),
+                sdk == SamplingDecision::RecordAndSample
+            );
+        }
     }
 
     #[test]
