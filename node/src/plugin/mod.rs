@@ -41,6 +41,7 @@ use crate::proxy::{BoxError, ProxyBody};
 
 mod adaptive_concurrency;
 mod basic_auth;
+mod compression;
 mod consumer_restriction;
 mod cors;
 mod governance;
@@ -73,6 +74,7 @@ pub static REGISTRY: &[PluginDef] = &[
     limit_req::DEF,
     limit_conn::DEF,
     adaptive_concurrency::DEF,
+    compression::DEF,
 ];
 
 /// Finds a plugin type by its config name.

@@ -15,6 +15,8 @@
 //! - [`OtlpReceiver`]: a real OTLP trace collector (gRPC or HTTP/protobuf)
 //!   that keeps every span it gets, and can stall or stop to play a hung or
 //!   dead collector.
+//! - [`ScriptedUpstream`]: answers the test writes per path (status,
+//!   headers, body parts), with [`Gate`]s that hold a body half way.
 //! - [`wait_until`] / [`wait_for`]: deadlines instead of sleeps.
 //!
 //! It does not own the gateway's behaviour or its config schema: tests
@@ -32,6 +34,7 @@ mod otlp;
 mod pattern;
 pub mod raftnode;
 mod raw;
+mod scripted;
 mod upstream;
 mod wait;
 
@@ -42,5 +45,6 @@ pub use gateway::{DEFAULT_READY_TIMEOUT, Gateway, GatewayBuilder, Ready, Signal}
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, ReceiverKind, SpanKind, SpanStatus};
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
+pub use scripted::{Gate, Script, ScriptedUpstream};
 pub use upstream::{Behaviour, RecordedRequest, Upstream, unused_addr};
 pub use wait::{DEFAULT_WAIT, wait_for, wait_until};
