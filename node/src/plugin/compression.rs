@@ -706,6 +706,7 @@ mod tests {
         let env = BuildEnv {
             consumers: Arc::new(crate::consumer::Consumers::default()),
             settings: Arc::new(crate::config::Settings::default()),
+            consumer_level: false,
         };
         let errs = build(&v, &env).err().unwrap();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
@@ -731,6 +732,7 @@ mod tests {
         let env = BuildEnv {
             consumers: Arc::new(crate::consumer::Consumers::default()),
             settings: Arc::new(crate::config::Settings::default()),
+            consumer_level: false,
         };
         let _ = build(&v, &env).ok().unwrap();
         let c = Compression {

@@ -52,10 +52,14 @@ mod key_auth;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
+mod overrides;
 mod proxy_rewrite;
 mod ratelimit;
 mod request_size_limit;
 mod response_rewrite;
+
+pub use overrides::{CONSUMER_PLUGINS, ConsumerLimits};
+pub(crate) use overrides::consumer_limits;
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.
@@ -150,6 +154,9 @@ pub type BuildFn = fn(&serde_yaml_ng::Value, &BuildEnv) -> Result<Arc<dyn Plugin
 pub struct BuildEnv {
     consumers: Arc<Consumers>,
     settings: Arc<crate::config::Settings>,
+    /// Building a consumer's own plugin (`consumers[].plugins`), not a
+    /// route's.
+    consumer_level: bool,
 }
 
 impl BuildEnv {
@@ -161,6 +168,12 @@ impl BuildEnv {
     /// Process-wide settings of the config being built.
     pub fn settings(&self) -> &crate::config::Settings {
         &self.settings
+    }
+
+    /// Whether the instance is a consumer's own (which never defers to
+    /// another consumer override).
+    pub fn consumer_level(&self) -> bool {
+        self.consumer_level
     }
 }
 
@@ -657,6 +670,7 @@ pub fn build_chains(
     let env = BuildEnv {
         consumers: consumers.clone(),
         settings: Arc::new(config.settings.clone()),
+        consumer_level: false,
     };
     let mut p = Problems::default();
     let global = build_level(&config.plugins, "plugins", &env, &mut p);
