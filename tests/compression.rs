@@ -142,8 +142,15 @@ async fn negotiation_follows_q_values_and_server_preference() {
     for &(path, accept, want) in table {
         let (coding, body, headers, status) = fetch(&gw, path, accept).await;
         assert_eq!(status, 200, "{path} {accept:?}");
-        assert_eq!(coding.as_deref(), want, "{path} Accept-Encoding: {accept:?}");
-        assert_eq!(body, json, "{path} {accept:?}: decodes to the upstream's bytes");
+        assert_eq!(
+            coding.as_deref(),
+            want,
+            "{path} Accept-Encoding: {accept:?}"
+        );
+        assert_eq!(
+            body, json,
+            "{path} {accept:?}: decodes to the upstream's bytes"
+        );
         // The answer varies by Accept-Encoding whether or not this client
         // got it compressed.
         assert_eq!(
@@ -216,10 +223,7 @@ async fn responses_that_must_not_change_are_left_alone() {
             .header("content-type", "image/png")
             .body(json.clone()),
     );
-    up.set(
-        "/d/untyped",
-        Script::ok().body(json.clone()),
-    );
+    up.set("/d/untyped", Script::ok().body(json.clone()));
     up.set(
         "/d/no-transform",
         Script::ok()
@@ -231,7 +235,10 @@ async fn responses_that_must_not_change_are_left_alone() {
         "/d/partial",
         Script::status(206)
             .header("content-type", "application/json")
-            .header("content-range", format!("bytes 0-{}/99999", json.len() - 1).as_str())
+            .header(
+                "content-range",
+                format!("bytes 0-{}/99999", json.len() - 1).as_str(),
+            )
             .body(json.clone()),
     );
     up.set(
@@ -379,7 +386,10 @@ async fn a_stalled_upstream_body_is_readable_up_to_the_stall() {
         })
         .await
         .expect("the first part arrives while the upstream waits");
-        assert_eq!(decoded, first, "{coding}: the first part, decoded before the signal");
+        assert_eq!(
+            decoded, first,
+            "{coding}: the first part, decoded before the signal"
+        );
         gate.open();
         let mut all = decoded;
         while let Some(chunk) = r.chunk().await.unwrap() {

@@ -442,7 +442,8 @@ impl Compression {
         {
             return false;
         }
-        if headers.contains_key(header::CONTENT_ENCODING) || headers.contains_key(header::CONTENT_RANGE)
+        if headers.contains_key(header::CONTENT_ENCODING)
+            || headers.contains_key(header::CONTENT_RANGE)
         {
             return false;
         }
@@ -455,7 +456,13 @@ impl Compression {
         let Some(media) = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
         else {
             return false;
         };
@@ -483,7 +490,8 @@ fn has_token(headers: &HeaderMap, name: &header::HeaderName, token: &str) -> boo
 /// Adds `Accept-Encoding` to `Vary`, merging every existing `Vary` line
 /// into one; nothing to do when it is there or `Vary: *`.
 fn add_vary(headers: &mut HeaderMap) {
-    if has_token(headers, &header::VARY, "accept-encoding") || has_token(headers, &header::VARY, "*")
+    if has_token(headers, &header::VARY, "accept-encoding")
+        || has_token(headers, &header::VARY, "*")
     {
         return;
     }
@@ -567,8 +575,7 @@ impl Plugin for Compression {
         // Byte ranges of the compressed form are not offered.
         resp.headers.remove(header::ACCEPT_RANGES);
         weaken_etag(resp.headers);
-        ctx.ext
-            .insert(Running(Arc::new(Mutex::new(Some(encoder)))));
+        ctx.ext.insert(Running(Arc::new(Mutex::new(Some(encoder)))));
     }
 
     fn filters_body(&self) -> bool {
@@ -743,7 +750,9 @@ mod tests {
             br_level: 4,
             zstd_level: 3,
         };
-        let input: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let input: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for &a in ALL {
             let mut e = Encoder::new(a, &c).unwrap();
             let mut out = Vec::new();

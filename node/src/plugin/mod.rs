@@ -58,8 +58,8 @@ mod ratelimit;
 mod request_size_limit;
 mod response_rewrite;
 
-pub use overrides::{CONSUMER_PLUGINS, ConsumerLimits};
 pub(crate) use overrides::consumer_limits;
+pub use overrides::{CONSUMER_PLUGINS, ConsumerLimits};
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.

@@ -18,7 +18,9 @@ pub struct ConsumerLimits(Vec<(&'static str, Arc<dyn Plugin>)>);
 
 impl std::fmt::Debug for ConsumerLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(n, _)| n)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
     }
 }
 
