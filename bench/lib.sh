@@ -351,6 +351,13 @@ setup_weir_chain4() {
     setup_weir_named weir-chain4 "$(plugins_yaml | sed 's/^plugins:$/plugins:\n  key-auth: {}/')
 consumers: [{name: bench, credentials: {key-auth: [{key_sha256: $sha}]}}]"
 }
+# weir-limit    limit-count on one hot key shared by every request (key:
+#               [route]) with a count no run reaches: the cost of counting,
+#               never a 429; admitted answers carry the RateLimit-* headers
+setup_weir_limit() {
+    setup_weir_named weir-limit "plugins:
+  limit-count: {count: 1000000000000, time_window: 1h, key: [route]}"
+}
 plugins_yaml() {
     cat <<'EOF2'
 plugins:

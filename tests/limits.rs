@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{error_of, gateway, weir_bin};
-use weir_testsupport::{Behaviour, Upstream, http_client, wait_for, wait_until};
+use weir_testsupport::{
+    Behaviour, Gate, Script, ScriptedUpstream, Upstream, http_client, wait_for, wait_until,
+};
 
 fn config(target: &str, routes: &str) -> String {
     format!("upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]\nroutes:\n{routes}")
@@ -317,6 +319,11 @@ fn validate_names_limit_fields() {
     std::fs::write(
         &f,
         "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
+consumers:
+  - name: c
+    plugins:
+      key-auth: {}
+      limit-count: {count: 0, time_window: 60s}
 routes:
   - id: a
     paths: [/a]
@@ -342,8 +349,162 @@ routes:
         "routes[0].plugins.limit-count.rejected_code: 200 is not a status between 400 and 599",
         "routes[0].plugins.limit-req.rate: must be between",
         "routes[0].plugins.limit-conn.colour: unknown field `colour`",
+        "consumers[0].plugins.key-auth: `key-auth` cannot be set on a consumer; only limit-count, limit-req, limit-conn can",
+        "consumers[0].plugins.limit-count.count: must be at least 1",
         "routes[0].plugins.adaptive-concurrency.backoff: must be between 0.5 and 0.99",
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+}
+
+fn sha_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Sends `n` requests with `key` one after the other; the statuses.
+async fn statuses(c: &reqwest::Client, url: &str, key: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = c.get(url).header("apikey", key).send().await.unwrap();
+        out.push(r.status().as_u16());
+    }
+    out
+}
+
+fn admitted(s: &[u16]) -> usize {
+    s.iter().filter(|&&s| s == 200).count()
+}
+
+/// A consumer's own `limit-count`, `limit-req` and `limit-conn` win over
+/// the route's, higher or lower; a consumer without one gets the route's.
+/// Windows of an hour and a bucket refilling once in 1000 s make the
+/// counts exact on any machine.
+#[tokio::test]
+async fn a_consumers_own_limits_win_over_the_routes() {
+    let up = Upstream::start("a").await;
+    let held = ScriptedUpstream::start().await;
+    let yaml = format!(
+        "upstreams:
+  - {{id: u, targets: [{{addr: \"{}\"}}]}}
+  - {{id: held, targets: [{{addr: \"{}\"}}]}}
+consumers:
+  - name: gold
+    credentials: {{key-auth: [{{key_sha256: {}}}]}}
+    plugins:
+      limit-count: {{count: 5, time_window: 1h}}
+      limit-req: {{rate: 0.001, burst: 4}}
+      limit-conn: {{max: 3}}
+  - name: plain
+    credentials: {{key-auth: [{{key_sha256: {}}}]}}
+  - name: tight
+    credentials: {{key-auth: [{{key_sha256: {}}}]}}
+    plugins:
+      limit-count: {{count: 1, time_window: 1h}}
+routes:
+  - id: count
+    paths: [/count]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+      limit-count: {{count: 2, time_window: 1h, key: [consumer]}}
+  - id: count2
+    paths: [/count2]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+      limit-count: {{count: 2, time_window: 1h, key: [consumer]}}
+  - id: req
+    paths: [/req]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+      limit-req: {{rate: 0.001, burst: 2, key: [consumer]}}
+  - id: conn
+    paths: [/conn/*]
+    upstream: held
+    plugins:
+      key-auth: {{}}
+      limit-conn: {{max: 1, key: [consumer]}}
+",
+        up.target(),
+        held.target(),
+        sha_hex("gold-key"),
+        sha_hex("plain-key"),
+        sha_hex("tight-key"),
+    );
+    let gw = gateway(&yaml).await;
+    let c = http_client();
+
+    let gold = statuses(&c, &gw.url("/count"), "gold-key", 8).await;
+    assert_eq!(admitted(&gold), 5, "gold: its own count {gold:?}");
+    assert!(gold.iter().all(|&s| s == 200 || s == 429), "{gold:?}");
+    let plain = statuses(&c, &gw.url("/count"), "plain-key", 8).await;
+    assert_eq!(admitted(&plain), 2, "plain: the route's count {plain:?}");
+    let tight = statuses(&c, &gw.url("/count"), "tight-key", 8).await;
+    assert_eq!(admitted(&tight), 1, "tight: its own, lower count {tight:?}");
+    // The consumer's quota holds per route (default key: consumer, route).
+    let r = c
+        .get(gw.url("/count2"))
+        .header("apikey", "gold-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("5"));
+    assert_eq!(header(&r, "ratelimit-remaining").as_deref(), Some("4"));
+
+    let gold = statuses(&c, &gw.url("/req"), "gold-key", 8).await;
+    assert_eq!(admitted(&gold), 4, "gold: its own burst {gold:?}");
+    let plain = statuses(&c, &gw.url("/req"), "plain-key", 8).await;
+    assert_eq!(admitted(&plain), 2, "plain: the route's burst {plain:?}");
+
+    // In flight: admitted bodies stay open until the gate opens, so every
+    // admitted request holds its place while the others are decided.
+    for (key, want) in [("gold-key", 3), ("plain-key", 1)] {
+        let gate = Gate::new();
+        held.set(
+            "/conn/held",
+            Script::ok()
+                .header("content-type", "text/plain")
+                .body(&b"first"[..])
+                .wait(&gate)
+                .body(&b"rest"[..]),
+        );
+        let mut open = Vec::new();
+        let mut refused = 0;
+        for _ in 0..6 {
+            let r = c
+                .get(gw.url("/conn/held"))
+                .header("apikey", key)
+                .send()
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                200 => open.push(r),
+                429 => refused += 1,
+                s => panic!("{key}: unexpected status {s}"),
+            }
+        }
+        assert_eq!(open.len(), want, "{key}: admitted in flight");
+        assert_eq!(refused, 6 - want, "{key}");
+        gate.open();
+        for r in open {
+            assert_eq!(&r.bytes().await.unwrap()[..], b"firstrest");
+        }
+        // Every place is given back once the bodies have ended.
+        let r = wait_for("places given back", Duration::from_secs(10), || {
+            let c = c.clone();
+            let url = gw.url("/conn/held");
+            async move {
+                let r = c.get(url).header("apikey", key).send().await.ok()?;
+                (r.status() == 200).then_some(r)
+            }
+        })
+        .await;
+        assert_eq!(&r.bytes().await.unwrap()[..], b"firstrest");
     }
 }

@@ -67,6 +67,10 @@ pub struct ConsumerConfig {
     /// rotation).
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    /// The consumer's own limits (`limit-count`, `limit-req`,
+    /// `limit-conn`); each wins over a route's limit of the same type.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub plugins: crate::plugin::PluginMap,
 }
 
 /// A consumer's credentials. Secrets are only ever given hashed.

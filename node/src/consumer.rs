@@ -23,6 +23,8 @@ pub struct Consumer {
     pub groups_header: Option<http::HeaderValue>,
     /// The name as a header value.
     pub name_header: http::HeaderValue,
+    /// Its own limits, which win over a route's of the same type.
+    pub limits: crate::plugin::ConsumerLimits,
 }
 
 impl Consumer {
@@ -103,7 +105,7 @@ impl Consumers {
         let mut out = Consumers::default();
         for (i, c) in config.consumers.iter().enumerate() {
             let at = format!("consumers[{i}]");
-            if let Some(consumer) = compile(c, &at, &mut p) {
+            if let Some(consumer) = compile(c, &at, &config.settings, &mut p) {
                 if out.by_name.contains_key(&c.name) {
                     p.push(
                         format!("{at}.name"),
@@ -328,7 +330,12 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
-fn compile(c: &crate::config::ConsumerConfig, at: &str, p: &mut Problems) -> Option<Consumer> {
+fn compile(
+    c: &crate::config::ConsumerConfig,
+    at: &str,
+    settings: &crate::config::Settings,
+    p: &mut Problems,
+) -> Option<Consumer> {
     let mut ok = true;
     if !is_token(&c.name) {
         p.push(
@@ -349,6 +356,7 @@ fn compile(c: &crate::config::ConsumerConfig, at: &str, p: &mut Problems) -> Opt
             ok = false;
         }
     }
+    let limits = crate::plugin::consumer_limits(&c.plugins, &format!("{at}.plugins"), settings, p);
     if !ok {
         return None;
     }
@@ -364,6 +372,7 @@ fn compile(c: &crate::config::ConsumerConfig, at: &str, p: &mut Problems) -> Opt
         labels: c.labels.clone(),
         groups_header,
         name_header,
+        limits,
     })
 }
 

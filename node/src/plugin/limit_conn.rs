@@ -37,6 +37,8 @@ struct RawConfig {
 }
 
 struct LimitConn {
+    /// A route-level instance, which defers to the consumer\'s own one.
+    overridable: bool,
     max: u64,
     common: Compiled,
     table: Arc<InFlight>,
@@ -46,7 +48,7 @@ struct LimitConn {
 #[derive(Clone)]
 struct Held(#[allow(dead_code)] Arc<Permit>);
 
-fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
+fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
     let raw: RawConfig = parse_config(v)?;
     let mut errs = Vec::new();
     ratelimit::at_least_one(raw.max, "max", &mut errs);
@@ -60,6 +62,7 @@ fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, C
         return Err(errs);
     };
     Ok(Arc::new(LimitConn {
+        overridable: !env.consumer_level(),
         max: raw.max,
         common,
         table: Arc::new(InFlight::default()),
@@ -69,6 +72,11 @@ fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, C
 #[async_trait::async_trait]
 impl Plugin for LimitConn {
     async fn access(&self, req: &mut RequestHead<'_>, ctx: &mut RequestCtx) -> Result<(), Early> {
+        if self.overridable
+            && let Some(own) = super::overrides::consumer_limit(ctx, DEF.name)
+        {
+            return own.access(req, ctx).await;
+        }
         let key = self.common.key.key(req.headers, ctx);
         match self.table.acquire(&key, self.max) {
             Acquire::Admitted { permit, .. } => {

@@ -62,12 +62,14 @@ pub(super) fn default_max_keys() -> u64 {
 }
 
 struct LimitCount {
+    /// A route-level instance, which defers to the consumer\'s own one.
+    overridable: bool,
     policy: WindowPolicy,
     common: Compiled,
     store: Arc<dyn CounterStore>,
 }
 
-fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
+fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
     let raw: RawConfig = parse_config(v)?;
     let mut errs = Vec::new();
     ratelimit::at_least_one(raw.count, "count", &mut errs);
@@ -86,6 +88,7 @@ fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, C
         return Err(errs);
     };
     Ok(Arc::new(LimitCount {
+        overridable: !env.consumer_level(),
         policy: WindowPolicy {
             limit: raw.count,
             window_us,
@@ -102,6 +105,11 @@ fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, C
 #[async_trait::async_trait]
 impl Plugin for LimitCount {
     async fn access(&self, req: &mut RequestHead<'_>, ctx: &mut RequestCtx) -> Result<(), Early> {
+        if self.overridable
+            && let Some(own) = super::overrides::consumer_limit(ctx, DEF.name)
+        {
+            return own.access(req, ctx).await;
+        }
         let key = self.common.key.key(req.headers, ctx);
         let v = self.store.hit_window(&key, &self.policy, now_us(), 1);
         ratelimit::decide(&v, &self.common, ctx)

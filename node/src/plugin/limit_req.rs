@@ -57,12 +57,14 @@ fn one() -> u64 {
 }
 
 struct LimitReq {
+    /// A route-level instance, which defers to the consumer\'s own one.
+    overridable: bool,
     policy: BucketPolicy,
     common: Compiled,
     store: Arc<dyn CounterStore>,
 }
 
-fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
+fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
     let raw: RawConfig = parse_config(v)?;
     let mut errs = Vec::new();
     if !(raw.rate.is_finite() && (0.001..=1_000_000.0).contains(&raw.rate)) {
@@ -85,6 +87,7 @@ fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, C
     let interval_us = (1_000_000.0 / raw.rate).round().max(1.0) as u64;
     let full = Duration::from_micros(interval_us.saturating_mul(raw.burst));
     Ok(Arc::new(LimitReq {
+        overridable: !env.consumer_level(),
         policy: BucketPolicy {
             interval_us,
             burst: raw.burst,
@@ -98,6 +101,11 @@ fn build(v: &serde_yaml_ng::Value, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, C
 #[async_trait::async_trait]
 impl Plugin for LimitReq {
     async fn access(&self, req: &mut RequestHead<'_>, ctx: &mut RequestCtx) -> Result<(), Early> {
+        if self.overridable
+            && let Some(own) = super::overrides::consumer_limit(ctx, DEF.name)
+        {
+            return own.access(req, ctx).await;
+        }
         let key = self.common.key.key(req.headers, ctx);
         let v = self.store.hit_bucket(&key, &self.policy, now_us());
         ratelimit::decide(&v, &self.common, ctx)?;

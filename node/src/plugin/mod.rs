@@ -41,6 +41,7 @@ use crate::proxy::{BoxError, ProxyBody};
 
 mod adaptive_concurrency;
 mod basic_auth;
+mod compression;
 mod consumer_restriction;
 mod cors;
 mod governance;
@@ -51,10 +52,14 @@ mod key_auth;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
+mod overrides;
 mod proxy_rewrite;
 mod ratelimit;
 mod request_size_limit;
 mod response_rewrite;
+
+pub(crate) use overrides::consumer_limits;
+pub use overrides::{CONSUMER_PLUGINS, ConsumerLimits};
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.
@@ -73,6 +78,7 @@ pub static REGISTRY: &[PluginDef] = &[
     limit_req::DEF,
     limit_conn::DEF,
     adaptive_concurrency::DEF,
+    compression::DEF,
 ];
 
 /// Finds a plugin type by its config name.
@@ -149,6 +155,9 @@ pub type BuildFn = fn(&serde_yaml_ng::Value, &BuildEnv) -> Result<Arc<dyn Plugin
 pub struct BuildEnv {
     consumers: Arc<Consumers>,
     settings: Arc<crate::config::Settings>,
+    /// Building a consumer's own plugin (`consumers[].plugins`), not a
+    /// route's.
+    consumer_level: bool,
 }
 
 impl BuildEnv {
@@ -160,6 +169,12 @@ impl BuildEnv {
     /// Process-wide settings of the config being built.
     pub fn settings(&self) -> &crate::config::Settings {
         &self.settings
+    }
+
+    /// Whether the instance is a consumer's own (which never defers to
+    /// another consumer override).
+    pub fn consumer_level(&self) -> bool {
+        self.consumer_level
     }
 }
 
@@ -686,6 +701,7 @@ pub fn build_chains(
     let env = BuildEnv {
         consumers: consumers.clone(),
         settings: Arc::new(config.settings.clone()),
+        consumer_level: false,
     };
     let mut p = Problems::default();
     let global = build_level(&config.plugins, "plugins", &env, &mut p);

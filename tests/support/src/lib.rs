@@ -17,6 +17,8 @@
 //!   dead collector.
 //! - [`TestCa`] and [`HttpsDocServer`]: a CA made at test time with
 //!   `rcgen` and a real rustls HTTPS server of one swappable document.
+//! - [`ScriptedUpstream`]: answers the test writes per path (status,
+//!   headers, body parts), with [`Gate`]s that hold a body half way.
 //! - [`wait_until`] / [`wait_for`]: deadlines instead of sleeps.
 //!
 //! It does not own the gateway's behaviour or its config schema: tests
@@ -35,6 +37,7 @@ mod pattern;
 pub mod raftnode;
 mod raw;
 mod tls;
+mod scripted;
 mod upstream;
 mod wait;
 
@@ -46,5 +49,6 @@ pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, ReceiverKind, SpanKind, Sp
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
 pub use tls::{HttpsDocServer, TestCa, TestCert};
+pub use scripted::{Gate, Script, ScriptedUpstream};
 pub use upstream::{Behaviour, RecordedRequest, Upstream, unused_addr};
 pub use wait::{DEFAULT_WAIT, wait_for, wait_until};
