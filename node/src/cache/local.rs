@@ -62,15 +62,21 @@ fn keep_for(value: &Cached) -> Duration {
     }
 }
 
+#[expect(
+    clippy::borrowed_box,
+    reason = "moka's weigher takes the key type by reference"
+)]
+fn weigh(key: &Box<str>, value: &Cached) -> u32 {
+    u32::try_from(value.weight() + key.len() as u64).unwrap_or(u32::MAX)
+}
+
 impl LocalStore {
     /// A store holding at most `max_bytes` (as weighed).
     pub fn new(max_bytes: u64) -> LocalStore {
         LocalStore {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|k: &Box<str>, v: &Cached| {
-                    u32::try_from(v.weight() + k.len() as u64).unwrap_or(u32::MAX)
-                })
+                .weigher(weigh)
                 .expire_after(Expire)
                 .build(),
             max_bytes,

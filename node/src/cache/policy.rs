@@ -684,7 +684,8 @@ mod tests {
             .unwrap()
         };
         let req = |list: &[(&str, &str)]| request_rules(&headers(list));
-        let cases: Vec<(&str, &str, Vec<(&str, &str)>, u64, Use)> = vec![
+        type Row<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u64, Use);
+        let cases: Vec<Row> = vec![
             ("fresh", "max-age=60", vec![], 10, Use::Fresh),
             ("expired", "max-age=60", vec![], 60, Use::Revalidate),
             (
