@@ -351,6 +351,10 @@ setup_weir_chain4() {
     setup_weir_named weir-chain4 "$(plugins_yaml | sed 's/^plugins:$/plugins:\n  key-auth: {}/')
 consumers: [{name: bench, credentials: {key-auth: [{key_sha256: $sha}]}}]"
 }
+# weir-cache    proxy-cache on every route with a 1h ttl (the upstream sends
+#               no freshness): after the warm-up every request is a HIT,
+#               answered from memory without touching the upstream pool.
+setup_weir_cache() { setup_weir_named weir-cache "plugins: {proxy-cache: {ttl: 1h}}"; }
 plugins_yaml() {
     cat <<'EOF2'
 plugins:
