@@ -90,6 +90,28 @@ async fn a_miss_streams_while_stored_then_hits_carry_age() {
     let r = http_client().head(gw.url("/a")).send().await.unwrap();
     assert_eq!(status(&r), "HIT");
     assert_eq!(origin.hits("/a"), 1);
+    // Counted by route and cache status (when each exchange is logged).
+    let url = gw.admin_url("/metrics");
+    wait_until("two hits counted", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let m = http_client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.lines().any(|l| {
+                l.starts_with("weir_cache_requests")
+                    && l.contains("weir_route=\"cached\"")
+                    && l.contains("cache_status=\"hit\"")
+                    && l.ends_with(" 2")
+            })
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

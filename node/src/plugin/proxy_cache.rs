@@ -684,3 +684,46 @@ impl ProxyCache {
         Some(entry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_yaml(yaml: &str) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
+        let env = BuildEnv {
+            consumers: Arc::default(),
+            settings: Arc::new(crate::config::Settings {
+                cache_max_bytes: 10_000_000,
+                ..Default::default()
+            }),
+        };
+        build(&serde_yaml_ng::from_str(yaml).unwrap(), &env)
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert!(build_yaml("~").is_ok());
+        assert!(
+            build_yaml("{key: [method, path, 'header:accept-language'], ttl: 30s, force_ttl: 1m}")
+                .is_ok()
+        );
+        let cases = [
+            ("{key: [method, colour]}", "key[1]"),
+            ("{key: [path, path]}", "key[1]"),
+            ("{key: ['header:bad header']}", "key[0]"),
+            ("{key: []}", "key"),
+            ("{max_object_bytes: 0}", "max_object_bytes"),
+            ("{max_object_bytes: 20000000}", "max_object_bytes"),
+            ("{force_ttl: 0s}", "force_ttl"),
+            ("{collapse_timeout: 2m}", "collapse_timeout"),
+            ("{ttl: soon}", "ttl"),
+            ("{colour: red}", "colour"),
+        ];
+        for (yaml, field) in cases {
+            let errs = build_yaml(yaml)
+                .err()
+                .unwrap_or_else(|| panic!("{yaml} accepted"));
+            assert_eq!(errs[0].0, field, "{yaml}: {errs:?}");
+        }
+    }
+}
