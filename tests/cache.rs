@@ -115,6 +115,26 @@ async fn a_miss_streams_while_stored_then_hits_carry_age() {
 }
 
 #[tokio::test]
+async fn a_body_with_content_length_is_stored() {
+    let origin = Origin::start().await;
+    // With Content-Length the server stops at the last byte without
+    // polling the body's end: the entry must be committed anyway.
+    origin.script(
+        "/len",
+        Script::ok(
+            "hello",
+            &[("cache-control", "max-age=60"), ("content-length", "5")],
+        ),
+    );
+    let gw = gateway(&config(&origin.target(), "{}")).await;
+    assert_eq!(get(&gw, "/len", &[]).await.1, "MISS");
+    // Stored before the last byte reached the client.
+    let (_, st, body, _) = get(&gw, "/len", &[]).await;
+    assert_eq!((st.as_str(), body.as_str()), ("HIT", "hello"));
+    assert_eq!(origin.hits("/len"), 1);
+}
+
+#[tokio::test]
 async fn vary_keeps_one_entry_per_variant() {
     let origin = Origin::start().await;
     origin.script(

@@ -189,6 +189,9 @@ struct Fill {
     vary_values: Vec<(HeaderName, Option<HeaderValue>)>,
     chunks: Vec<Bytes>,
     size: u64,
+    /// The upstream's `Content-Length`: once that many bytes passed, the
+    /// body is complete (the server may never poll for its end).
+    expected: Option<u64>,
     _leader: Option<Arc<collapse::Leader>>,
 }
 
@@ -509,12 +512,12 @@ impl Plugin for ProxyCache {
         if f.head {
             return;
         }
-        let too_large = resp
+        let expected = resp
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > self.max_object_bytes);
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = expected.is_some_and(|n| n > self.max_object_bytes);
         if too_large {
             return;
         }
@@ -562,6 +565,7 @@ impl Plugin for ProxyCache {
             vary_values,
             chunks: Vec::new(),
             size: 0,
+            expected,
             _leader: f.leader,
         });
     }
@@ -583,10 +587,36 @@ impl Plugin for ProxyCache {
         if !chunk.is_empty() {
             fill.chunks.push(chunk.clone());
         }
+        if fill.expected == Some(fill.size)
+            && let Some(fill) = ctx.ext.remove::<Fill>()
+        {
+            self.commit(fill);
+        }
     }
 
     fn response_end(&self, ctx: &mut RequestCtx) -> Option<Bytes> {
         let fill = ctx.ext.remove::<Fill>()?;
+        if fill.expected.is_none_or(|n| n == fill.size) {
+            self.commit(fill);
+        }
+        None
+    }
+
+    fn log(&self, ctx: &RequestCtx, outcome: &Outcome) {
+        if let Some(Mark(s)) = ctx.ext.get::<Mark>() {
+            weir_observability::metrics::global().record_cache(
+                &ctx.route_id,
+                *s,
+                outcome.body_bytes,
+            );
+        }
+    }
+}
+
+impl ProxyCache {
+    /// Stores a completely received body. The leader's hold ends when
+    /// `fill` is dropped here: waiters look again and find the entry.
+    fn commit(&self, fill: Fill) {
         let body = match fill.chunks.len() {
             0 => Bytes::new(),
             1 => fill.chunks[0].clone(),
@@ -612,19 +642,6 @@ impl Plugin for ProxyCache {
         }
         self.store
             .insert(&fill.key, Cached::Response(Arc::new(entry)));
-        // The leader's hold ends here (dropped with `fill`): waiters look
-        // again and find the entry.
-        None
-    }
-
-    fn log(&self, ctx: &RequestCtx, outcome: &Outcome) {
-        if let Some(Mark(s)) = ctx.ext.get::<Mark>() {
-            weir_observability::metrics::global().record_cache(
-                &ctx.route_id,
-                *s,
-                outcome.body_bytes,
-            );
-        }
     }
 }
 
