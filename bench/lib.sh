@@ -358,6 +358,11 @@ setup_weir_limit() {
     setup_weir_named weir-limit "plugins:
   limit-count: {count: 1000000000000, time_window: 1h, key: [route]}"
 }
+
+# weir-cache    proxy-cache on every route with a 1h ttl (the upstream sends
+#               no freshness): after the warm-up every request is a HIT,
+#               answered from memory without touching the upstream pool.
+setup_weir_cache() { setup_weir_named weir-cache "plugins: {proxy-cache: {ttl: 1h}}"; }
 plugins_yaml() {
     cat <<'EOF2'
 plugins:

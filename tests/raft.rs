@@ -514,6 +514,8 @@ async fn the_openapi_document_validates_and_covers_every_route() -> anyhow::Resu
         ("post", "/v1/apply".into()),
         ("get", "/v1/revisions".into()),
         ("post", "/v1/rollback/{revision}".into()),
+        ("get", "/v1/cache".into()),
+        ("post", "/v1/cache/purge".into()),
     ];
     for k in kinds {
         expected.push(("get", format!("/v1/{k}")));

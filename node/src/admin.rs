@@ -199,6 +199,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/v1/cluster/members"),
     ("get", "/v1/cluster/health"),
     ("get", "/v1/openapi.json"),
+    ("get", "/v1/cache"),
+    ("post", "/v1/cache/purge"),
     ("get", "/v1/config"),
     ("post", "/v1/apply"),
     ("get", "/v1/revisions"),
@@ -230,6 +232,8 @@ pub fn router(ctx: Arc<AdminCtx>) -> Router {
             get(|| async { axum::Json(crate::openapi::document()) }),
         )
         .route("/v1/config", get(export))
+        .route("/v1/cache", get(cache_stats))
+        .route("/v1/cache/purge", post(cache_purge))
         .route(
             "/v1/apply",
             post(apply).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
@@ -295,6 +299,67 @@ async fn auth(State(ctx): State<Arc<AdminCtx>>, mut req: Request, next: Next) ->
     }
     req.extensions_mut().insert(Caller(key.name.clone()));
     next.run(req).await
+}
+
+// === response cache ===
+
+/// `GET /v1/cache`: what this node's response cache holds and is doing.
+async fn cache_stats() -> Response {
+    let (entries, bytes) = crate::cache::stats();
+    let c = crate::cache::collapser();
+    axum::Json(json!({
+        "entries": entries,
+        "bytes": bytes,
+        "fetching": c.in_flight(),
+        "waiting": c.waiting(),
+    }))
+    .into_response()
+}
+
+/// `POST /v1/cache/purge` with `{"key": "..."}` or `{"prefix": "..."}`:
+/// removes entries from this node's response cache.
+async fn cache_purge(body: Bytes) -> Result<Response, ApiError> {
+    let problem = |pointer: &str, reason: &str| {
+        ApiError::invalid(vec![Problem {
+            kind: String::new(),
+            id: String::new(),
+            pointer: pointer.to_string(),
+            reason: reason.to_string(),
+        }])
+    };
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| problem("", &format!("the body is not JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(problem(
+            "",
+            "the body must be an object with `key` or `prefix`",
+        ));
+    };
+    if let Some(other) = obj.keys().find(|k| *k != "key" && *k != "prefix") {
+        return Err(problem(
+            &format!("/{other}"),
+            "unknown field; expected `key` or `prefix`",
+        ));
+    }
+    let what = match (obj.get("key"), obj.get("prefix")) {
+        (Some(_), Some(_)) => {
+            return Err(problem(
+                "/prefix",
+                "give either `key` or `prefix`, not both",
+            ));
+        }
+        (None, None) => return Err(problem("", "needs `key` or `prefix`")),
+        (Some(k), None) => match k.as_str() {
+            Some(k) if !k.is_empty() => crate::cache::Purge::Key(k.to_string()),
+            _ => return Err(problem("/key", "must be a non-empty string")),
+        },
+        (None, Some(p)) => match p.as_str() {
+            Some(p) if !p.is_empty() => crate::cache::Purge::Prefix(p.to_string()),
+            _ => return Err(problem("/prefix", "must be a non-empty string")),
+        },
+    };
+    let purged = crate::cache::purge(&what);
+    Ok(axum::Json(json!({"purged": purged, "scope": "node"})).into_response())
 }
 
 // === status and metrics ===

@@ -193,6 +193,9 @@ pub struct Settings {
     /// Headers that tell the upstream which consumer was authenticated.
     /// The client's own copies of these headers are always removed.
     pub consumer_headers: ConsumerHeaders,
+    /// Bytes the node's response cache may hold (bodies and headers),
+    /// shared by every route with `proxy-cache`.
+    pub cache_max_bytes: u64,
 }
 
 /// Names of the headers carrying the authenticated consumer upstream; an
@@ -229,6 +232,7 @@ impl Default for Settings {
             via: "1.1 weir".to_string(),
             echo_listen: None,
             consumer_headers: ConsumerHeaders::default(),
+            cache_max_bytes: 256 * 1024 * 1024,
         }
     }
 }

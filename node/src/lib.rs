@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -66,6 +66,16 @@ struct DocumentSchema {
     value: Value,
 }
 
+/// A cache purge: exactly one of `key` and `prefix`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct CachePurgeSchema {
+    /// One cache key (its `Vary` variants go with it).
+    key: Option<String>,
+    /// Every key starting with this.
+    prefix: Option<String>,
+}
+
 /// The result of a write.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -196,7 +206,10 @@ pub fn document() -> Value {
                             .content("application/json", json_ref("ErrorSchema")),
                     );
             }
-            if matches!(*method, "put" | "post" | "delete") && concrete.starts_with("/v1/") {
+            if matches!(*method, "put" | "post" | "delete")
+                && concrete.starts_with("/v1/")
+                && !concrete.starts_with("/v1/cache")
+            {
                 op = op
                     .parameter(string_param(
                         "wait",
@@ -242,6 +255,20 @@ pub fn document() -> Value {
                         .build(),
                 ));
             }
+            if concrete == "/v1/cache/purge" {
+                op = op
+                    .description(Some(
+                        "Purges this node's response cache: `{\"key\": K}` removes one key \
+                         and its variants, `{\"prefix\": P}` every key starting with P. \
+                         Answers `{\"purged\": N, \"scope\": \"node\"}`.",
+                    ))
+                    .request_body(Some(
+                        RequestBodyBuilder::new()
+                            .required(Some(Required::True))
+                            .content("application/json", json_ref("CachePurgeSchema"))
+                            .build(),
+                    ));
+            }
             paths = paths.path(concrete, PathItem::new(m.clone(), op.build()));
         }
     }
@@ -250,6 +277,7 @@ pub fn document() -> Value {
         .schema("ErrorSchema", ErrorSchema::schema())
         .schema("DocumentSchema", DocumentSchema::schema())
         .schema("WriteResultSchema", WriteResultSchema::schema())
+        .schema("CachePurgeSchema", CachePurgeSchema::schema())
         .build();
     let doc = OpenApiBuilder::new()
         .info(

@@ -136,7 +136,7 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 async fn proxy(
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     conn: &ConnInfo,
     req: Request<Incoming>,
     rid: &HeaderValue,
@@ -258,7 +258,14 @@ async fn proxy(
         l.set_consumer(&c.name);
     }
     let resp = match access {
-        Err(early) => crate::plugin::Chain::early_response(early, rid),
+        Err(early) => {
+            if let Some(bg) = ctx.ext.remove::<crate::plugin::BackgroundFetch>() {
+                let req = Request::from_parts(parts, body);
+                let consumer = ctx.consumer.clone();
+                background(snap.clone(), *conn, req, rid.clone(), front, consumer, bg.0);
+            }
+            crate::plugin::Chain::early_response(early, rid)
+        }
         Ok(()) => {
             // A plugin may lower the body limit for this request; the
             // smaller of its and the global one applies while streaming.
@@ -292,6 +299,71 @@ async fn proxy(
         }
     };
     Ok(chain.respond(resp, ctx))
+}
+
+/// Sends a request a plugin answered early upstream anyway, in the
+/// background (see [`crate::plugin::BackgroundFetch`]): the route's
+/// upstream request, response and log phases run as for a foreground
+/// request, and the answer is read to its end so the body phases see it.
+fn background(
+    snap: Arc<Snapshot>,
+    conn: ConnInfo,
+    req: Request<ClientBody>,
+    rid: HeaderValue,
+    front: Front,
+    consumer: Option<Arc<crate::consumer::Consumer>>,
+    ext: http::Extensions,
+) {
+    tokio::spawn(async move {
+        let host = front
+            .host_value
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(normalize_host);
+        let found = {
+            let view = RequestView {
+                method: req.method(),
+                host: host.as_deref(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+            };
+            snap.router.lookup(&view).map(|m| m.value)
+        };
+        let Some(route) = found else { return };
+        let Some(chain) = route.plugins.clone() else {
+            return;
+        };
+        let mut ctx = crate::plugin::RequestCtx::new(
+            route.id.clone(),
+            route.service.clone(),
+            conn.client,
+            rid.clone(),
+        );
+        ctx.consumer = consumer;
+        ctx.ext = ext;
+        let sent = forward(
+            &snap,
+            &conn,
+            req,
+            &rid,
+            route,
+            front,
+            Some((&chain, &mut ctx)),
+            None,
+        );
+        let resp = match sent.await {
+            Ok(r) => r,
+            Err(e) => e.into_response(&rid),
+        };
+        let mut body = chain.respond(resp, ctx).into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            if frame.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// The host rule when a plugin chose the `Host` itself.

@@ -53,6 +53,7 @@ mod limit_conn;
 mod limit_count;
 mod limit_req;
 mod overrides;
+mod proxy_cache;
 mod proxy_rewrite;
 mod ratelimit;
 mod request_size_limit;
@@ -79,6 +80,7 @@ pub static REGISTRY: &[PluginDef] = &[
     limit_conn::DEF,
     adaptive_concurrency::DEF,
     compression::DEF,
+    proxy_cache::DEF,
 ];
 
 /// Finds a plugin type by its config name.
@@ -343,6 +345,15 @@ impl RequestCtx {
         self.peer.ip()
     }
 }
+
+/// Put in [`RequestCtx::ext`] by a plugin that answers early but still
+/// wants the request sent upstream in the background (a cache serving a
+/// stale answer while it refreshes it). The background request runs the
+/// upstream request, response and log phases of the route's chain with
+/// these extensions as its `ext` (and the same consumer); its answer is
+/// read to the end and dropped.
+#[derive(Clone)]
+pub struct BackgroundFetch(pub http::Extensions);
 
 /// An answer a plugin gives instead of the upstream's.
 #[derive(Debug)]

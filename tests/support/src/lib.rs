@@ -32,6 +32,7 @@
 
 mod client;
 mod gateway;
+mod origin;
 mod otlp;
 mod pattern;
 pub mod raftnode;
@@ -45,6 +46,7 @@ pub use client::{
     Drained, drain_response, h2c_client, http_client, upload_body, upload_body_chunked,
 };
 pub use gateway::{DEFAULT_READY_TIMEOUT, Gateway, GatewayBuilder, Ready, Signal};
+pub use origin::{Origin, Script as OriginScript};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, ReceiverKind, SpanKind, SpanStatus};
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
