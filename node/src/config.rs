@@ -548,6 +548,10 @@ pub enum LifecycleStatus {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
+    /// Id of the subscription in the replicated store (default
+    /// `CONSUMER.route.ID` or `CONSUMER.service.ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Consumer name.
     pub consumer: String,
     /// Route id (exactly one of `route`, `service`).
