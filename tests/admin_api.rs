@@ -274,3 +274,195 @@ async fn the_subscription_workflow_gates_the_data_path() -> anyhow::Result<()> {
     assert_eq!(r.status(), 400);
     Ok(())
 }
+
+/// A JSON Schema validator for `#/components/schemas/{name}` of `doc`.
+fn schema_for(doc: &Value, name: &str) -> anyhow::Result<jsonschema::Validator> {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": doc["components"],
+    });
+    jsonschema::draft202012::new(&schema).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    v.iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// Every `$ref` in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_schemas_are_typed_and_match_stored_documents() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
+    let (s, doc) = node.get("/v1/openapi.json").await?;
+    assert_eq!(s, 200);
+    let _: utoipa::openapi::OpenApi = serde_json::from_value(doc.clone())?;
+
+    // Every component is a valid JSON Schema (2020-12, the dialect of
+    // OpenAPI 3.1) and every reference resolves.
+    let components = doc["components"]["schemas"]
+        .as_object()
+        .context("components")?;
+    for (name, schema) in components {
+        jsonschema::draft202012::meta::validate(schema)
+            .map_err(|e| anyhow::anyhow!("schema {name}: {e}"))?;
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in &all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .with_context(|| format!("{r} is not a component reference"))?;
+        assert!(components.contains_key(name), "{r} does not resolve");
+    }
+
+    // Each kind's body and answers are typed, not free-form objects.
+    let kinds = [
+        ("routes", "RouteConfig"),
+        ("services", "ServiceConfig"),
+        ("upstreams", "UpstreamConfig"),
+        ("consumers", "ConsumerDoc"),
+        ("credentials", "CredentialDoc"),
+        ("subscriptions", "SubscriptionDoc"),
+        ("plugins", "GlobalPluginDoc"),
+    ];
+    for (kind, name) in kinds {
+        let want = format!("#/components/schemas/{name}");
+        let put = &doc["paths"][format!("/v1/{kind}/{{id}}")]["put"];
+        assert_eq!(
+            put["requestBody"]["content"]["application/json"]["schema"]["$ref"], want,
+            "{kind}"
+        );
+        let get = &doc["paths"][format!("/v1/{kind}/{{id}}")]["get"];
+        assert_eq!(
+            get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{name}Document"),
+            "{kind}"
+        );
+        let props = components[name]["properties"]
+            .as_object()
+            .with_context(|| format!("{name} has no properties"))?;
+        assert!(props.contains_key("id"), "{name}");
+        assert_eq!(
+            components[name]["additionalProperties"],
+            json!(false),
+            "{name} must refuse unknown fields as the API does"
+        );
+    }
+
+    // Real documents of every kind, as the API stores and returns them,
+    // validate against their schemas; a document the API refuses does not.
+    let writes = [
+        (
+            "upstreams",
+            "u",
+            json!({"targets": [{"addr": "127.0.0.1:1", "weight": 2, "region": "eu"}],
+                   "balancer": {"kind": "consistent_hash", "hash_on": {"source": "header", "name": "x-user"}},
+                   "health_check": {"type": "http", "path": "/health"},
+                   "timeouts": {"connect": "250ms"}}),
+        ),
+        (
+            "upstreams",
+            "u2",
+            json!({"targets": [{"addr": "127.0.0.1:2"}],
+                   "balancer": {"kind": "peak_ewma", "decay": "5s"},
+                   "sticky": {"ttl": "1h"}}),
+        ),
+        (
+            "services",
+            "svc",
+            json!({"upstream": "u", "host_header": {"rewrite": "api.internal"},
+                   "plugins": {"key-auth": {}},
+                   "lifecycle": {"status": "deprecated", "deprecated_at": "2026-01-01T00:00:00Z"}}),
+        ),
+        (
+            "routes",
+            "r",
+            json!({"paths": ["/a/*"], "methods": ["GET"], "hosts": ["example.com"],
+                   "headers": [{"name": "x-canary", "exact": "on"}],
+                   "query": [{"name": "debug", "present": false}],
+                   "version": {"value": "v2", "from": "header"},
+                   "service": "svc", "host_header": "target", "require_subscription": true}),
+        ),
+        (
+            "consumers",
+            "alice",
+            json!({"groups": ["g"], "labels": {"team": "a"}}),
+        ),
+        (
+            "credentials",
+            "alice-key",
+            json!({"consumer": "alice", "key-auth": {"key_sha256": sha_hex("k")}}),
+        ),
+        (
+            "subscriptions",
+            "s",
+            json!({"consumer": "alice", "service": "svc", "state": "approved"}),
+        ),
+        (
+            "plugins",
+            "cors",
+            json!({"config": {"allow_origins": ["https://example.com"]}}),
+        ),
+    ];
+    for (kind, id, body) in &writes {
+        let (s, b) = node.put(&format!("/v1/{kind}/{id}"), body.clone()).await?;
+        assert_eq!(s, 200, "{kind}/{id}: {b}");
+    }
+    for (kind, name) in kinds {
+        let value_schema = schema_for(&doc, name)?;
+        let doc_schema = schema_for(&doc, &format!("{name}Document"))?;
+        let list_schema = schema_for(&doc, &format!("{name}List"))?;
+        let (s, list) = node.get(&format!("/v1/{kind}")).await?;
+        assert_eq!(s, 200);
+        assert_eq!(errors(&list_schema, &list), Vec::<String>::new(), "{list}");
+        let items = list["items"].as_array().context("items")?;
+        assert!(!items.is_empty(), "no {kind} stored");
+        for item in items {
+            let id = item["id"].as_str().context("id")?;
+            let (_, one) = node.get(&format!("/v1/{kind}/{id}")).await?;
+            assert_eq!(errors(&doc_schema, &one), Vec::<String>::new(), "{one}");
+            assert_eq!(
+                errors(&value_schema, &one["value"]),
+                Vec::<String>::new(),
+                "{kind}/{id}"
+            );
+            // An unknown field is refused by the API and by the schema.
+            let mut bad = one["value"].clone();
+            bad["bogus"] = json!(1);
+            assert!(
+                !value_schema.is_valid(&bad),
+                "{kind}: schema accepts `bogus`"
+            );
+            let (s, _) = node.put(&format!("/v1/{kind}/{id}"), bad).await?;
+            assert_eq!(s, 400, "{kind}: API accepts `bogus`");
+        }
+    }
+    // A value of the wrong type is refused by both as well.
+    let route_schema = schema_for(&doc, "RouteConfig")?;
+    let bad = json!({"id": "r", "paths": [7], "upstream": "u"});
+    assert!(!route_schema.is_valid(&bad));
+    assert_eq!(node.put("/v1/routes/r", bad).await?.0, 400);
+    let bad = json!({"id": "r", "paths": ["/"], "upstream": "u", "host_header": "sideways"});
+    assert!(!route_schema.is_valid(&bad));
+    assert_eq!(node.put("/v1/routes/r", bad).await?.0, 400);
+    Ok(())
+}

@@ -189,73 +189,80 @@ type ApiResult = Result<Response, ApiError>;
 
 // === router ===
 
-/// Every admin endpoint, `(method, path)`, as the router serves them; the
-/// OpenAPI document is built from the same list.
-pub const ENDPOINTS: &[(&str, &str)] = &[
-    ("get", "/v1/health"),
-    ("get", "/v1/ready"),
-    ("get", "/v1/status"),
-    ("get", "/metrics"),
-    ("get", "/v1/cluster/members"),
-    ("get", "/v1/cluster/health"),
-    ("get", "/v1/openapi.json"),
-    ("get", "/v1/config"),
-    ("post", "/v1/apply"),
-    ("get", "/v1/revisions"),
-    ("post", "/v1/rollback/{revision}"),
-    ("get", "/v1/{kind}"),
-    ("post", "/v1/{kind}"),
-    ("get", "/v1/{kind}/{id}"),
-    ("put", "/v1/{kind}/{id}"),
-    ("delete", "/v1/{kind}/{id}"),
-    ("post", "/v1/subscriptions/{id}/approve"),
-    ("post", "/v1/subscriptions/{id}/reject"),
-    ("post", "/v1/subscriptions/{id}/revoke"),
-];
+type Handler = axum::routing::MethodRouter<Arc<AdminCtx>>;
+
+/// Every admin endpoint: `(method, path, handler)`. The router is built
+/// from this list and the OpenAPI document from [`endpoints`], so the two
+/// cannot differ (the Raft RPC endpoints under `/raft/` are internal and
+/// documented in `docs/raft.md` instead).
+fn table() -> Vec<(&'static str, &'static str, Handler)> {
+    vec![
+        (
+            "get",
+            "/v1/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        ),
+        (
+            "get",
+            "/v1/ready",
+            get(|| async { axum::Json(json!({"status": "ready"})) }),
+        ),
+        ("get", "/v1/status", get(status)),
+        ("get", "/metrics", get(metrics)),
+        ("get", "/v1/cluster/members", get(cluster_members)),
+        ("get", "/v1/cluster/health", get(cluster_health)),
+        (
+            "get",
+            "/v1/openapi.json",
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        ),
+        ("get", "/v1/config", get(export)),
+        (
+            "post",
+            "/v1/apply",
+            post(apply).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
+        ),
+        ("get", "/v1/revisions", get(revisions)),
+        ("post", "/v1/rollback/{revision}", post(rollback)),
+        ("get", "/v1/{kind}", get(list)),
+        ("post", "/v1/{kind}", post(create)),
+        ("get", "/v1/{kind}/{id}", get(get_one)),
+        ("put", "/v1/{kind}/{id}", axum::routing::put(put_one)),
+        (
+            "delete",
+            "/v1/{kind}/{id}",
+            axum::routing::delete(delete_one),
+        ),
+        (
+            "post",
+            "/v1/subscriptions/{id}/approve",
+            post(|c, p, q, e| transition(c, p, q, e, Decision::Approve)),
+        ),
+        (
+            "post",
+            "/v1/subscriptions/{id}/reject",
+            post(|c, p, q, e| transition(c, p, q, e, Decision::Reject)),
+        ),
+        (
+            "post",
+            "/v1/subscriptions/{id}/revoke",
+            post(|c, p, q, e| transition(c, p, q, e, Decision::Revoke)),
+        ),
+    ]
+}
+
+/// Every admin endpoint, `(method, path)`, as the router serves them.
+pub fn endpoints() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
 
 /// The admin router.
 pub fn router(ctx: Arc<AdminCtx>) -> Router {
-    let mut r = Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
-        .route(
-            "/v1/ready",
-            get(|| async { axum::Json(json!({"status": "ready"})) }),
-        )
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/v1/cluster/members", get(cluster_members))
-        .route("/v1/cluster/health", get(cluster_health))
-        .route(
-            "/v1/openapi.json",
-            get(|| async { axum::Json(crate::openapi::document()) }),
-        )
-        .route("/v1/config", get(export))
-        .route(
-            "/v1/apply",
-            post(apply).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
-        )
-        .route("/v1/revisions", get(revisions))
-        .route("/v1/rollback/{revision}", post(rollback))
-        .route("/v1/{kind}", get(list).post(create))
-        .route(
-            "/v1/{kind}/{id}",
-            get(get_one).put(put_one).delete(delete_one),
-        )
-        .route(
-            "/v1/subscriptions/{id}/approve",
-            post(|c, p, q, e| transition(c, p, q, e, Decision::Approve)),
-        )
-        .route(
-            "/v1/subscriptions/{id}/reject",
-            post(|c, p, q, e| transition(c, p, q, e, Decision::Reject)),
-        )
-        .route(
-            "/v1/subscriptions/{id}/revoke",
-            post(|c, p, q, e| transition(c, p, q, e, Decision::Revoke)),
-        )
+    let mut r = Router::new();
+    for (_, path, handler) in table() {
+        r = r.route(path, handler);
+    }
+    let mut r = r
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })

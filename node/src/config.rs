@@ -70,7 +70,7 @@ pub struct ConsumerConfig {
 }
 
 /// A consumer's credentials. Secrets are only ever given hashed.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsConfig {
     /// API keys for `key-auth`.
@@ -89,7 +89,7 @@ pub struct CredentialsConfig {
 
 /// A key id and its shared HMAC secret. HMAC needs the secret itself, so
 /// this is the one credential kept in the clear; it is never logged.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacCredential {
     /// Key id the client names in its signature; unique over all consumers.
@@ -108,7 +108,7 @@ impl fmt::Debug for HmacCredential {
 }
 
 /// An API key, stored as the hex SHA-256 of the key.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCredential {
     /// `sha256(key)` as 64 hex digits (`printf %s KEY | sha256sum`).
@@ -116,7 +116,7 @@ pub struct KeyCredential {
 }
 
 /// A username and an argon2 password hash.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredential {
     /// The username; unique over all consumers.
@@ -126,7 +126,7 @@ pub struct BasicCredential {
 }
 
 /// How `jwt-auth` recognises this consumer's tokens.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtCredential {
     /// The value of the route's consumer claim (default `sub`) that means
@@ -230,7 +230,7 @@ impl Default for Settings {
 }
 
 /// A group of targets and how to reach and balance them.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Unique id, referenced by services and routes.
@@ -279,7 +279,7 @@ fn default_locality_min_weight() -> u32 {
 }
 
 /// How a node weighs targets by region.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Locality {
     /// Targets in the node's region only, while their healthy weight is at
@@ -297,7 +297,7 @@ fn default_retries() -> u32 {
 }
 
 /// One target of an upstream.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// `host:port`; the host may be a name, resolved when connecting.
@@ -318,7 +318,7 @@ fn default_weight() -> u32 {
 }
 
 /// Protocol spoken to an upstream.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamScheme {
     /// HTTP/1.1 with keep-alive.
@@ -329,7 +329,7 @@ pub enum UpstreamScheme {
 }
 
 /// Balancing algorithm and its parameters.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum BalancerConfig {
     /// Smooth weighted round robin (nginx semantics).
@@ -348,6 +348,7 @@ pub enum BalancerConfig {
     PeakEwma {
         /// How fast old latency observations decay.
         #[serde(default = "default_ewma_decay", with = "humantime_serde")]
+        #[schema(value_type = String, example = "10s")]
         decay: Duration,
     },
 }
@@ -357,7 +358,7 @@ fn default_ewma_decay() -> Duration {
 }
 
 /// The request part a consistent hash is computed over.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(
     deny_unknown_fields,
     tag = "source",
@@ -376,13 +377,14 @@ pub enum HashOn {
 }
 
 /// Upstream connection pool settings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
     /// Idle connections kept per target.
     pub max_idle: usize,
     /// How long an idle connection is kept.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub idle_timeout: Duration,
 }
 
@@ -396,21 +398,25 @@ impl Default for KeepaliveConfig {
 }
 
 /// Upstream timeouts.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     /// Establishing the TCP connection.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub connect: Duration,
     /// Longest gap while forwarding the request body to the upstream.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub send: Duration,
     /// Waiting for the response head, and the longest gap between two
     /// chunks of the response body.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub read: Duration,
     /// From the first attempt to the response head, retries included.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub total: Duration,
 }
 
@@ -427,7 +433,7 @@ impl Default for TimeoutConfig {
 
 /// Retry budget: retries may add at most `ratio` of the requests, plus
 /// `min_per_sec` so that low traffic can still retry.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Share of requests that may be retried (0.0 to 1.0).
@@ -436,6 +442,7 @@ pub struct RetryBudgetConfig {
     pub min_per_sec: u32,
     /// Window the ratio is measured over.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub ttl: Duration,
 }
 
@@ -450,13 +457,14 @@ impl Default for RetryBudgetConfig {
 }
 
 /// Passive health (nginx `max_fails` / `fail_timeout` semantics).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
     /// Failures within `fail_timeout` that take a target out; 0 disables.
     pub max_fails: u32,
     /// The window failures are counted in, and how long a target stays out.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub fail_timeout: Duration,
 }
 
@@ -471,7 +479,7 @@ impl Default for PassiveHealthConfig {
 
 /// Sticky sessions: the gateway sets a cookie naming the chosen target and
 /// sends later requests carrying it to the same target while it is healthy.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
     /// Cookie name.
@@ -479,6 +487,7 @@ pub struct StickyConfig {
     pub cookie: String,
     /// Cookie lifetime; absent means a session cookie.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "1h")]
     pub ttl: Option<Duration>,
 }
 
@@ -487,7 +496,7 @@ fn default_sticky_cookie() -> String {
 }
 
 /// A service: an upstream and defaults shared by the routes that use it.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Unique id, referenced by routes.
@@ -499,6 +508,7 @@ pub struct ServiceConfig {
     pub host_header: Option<HostHeader>,
     /// Plugins for the service's routes; override global ones by name.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub plugins: crate::plugin::PluginMap,
     /// Lifecycle status of the service's routes, unless a route sets its
     /// own.
@@ -511,7 +521,7 @@ pub struct ServiceConfig {
 }
 
 /// Where an API is in its life.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// `published`, `deprecated` or `retired`.
@@ -532,7 +542,7 @@ pub struct LifecycleConfig {
 }
 
 /// Lifecycle status of a route or service.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LifecycleStatus {
     /// In service (the default).
@@ -565,7 +575,7 @@ pub struct SubscriptionConfig {
 }
 
 /// Where a subscription stands.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionState {
     /// Asked for, not decided.
@@ -619,8 +629,48 @@ impl TryFrom<HostHeaderRepr> for HostHeader {
     }
 }
 
+/// A schema written as JSON, for the types whose serde form is not
+/// derived field by field (`try_from` representations).
+fn json_schema(v: serde_json::Value) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+impl utoipa::PartialSchema for HostHeader {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        json_schema(serde_json::json!({
+            "description": "`pass` (the client's Host), `target` (the target's host:port) or `{rewrite: HOST}`",
+            "oneOf": [
+                {"type": "string", "enum": ["pass", "target"]},
+                {"type": "object", "required": ["rewrite"], "additionalProperties": false,
+                 "properties": {"rewrite": {"type": "string"}}}
+            ]
+        }))
+    }
+}
+
+impl utoipa::ToSchema for HostHeader {}
+
+impl utoipa::PartialSchema for ValueMatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let with = |rule: &str, ty: &str| {
+            serde_json::json!({
+                "type": "object",
+                "required": ["name", rule],
+                "additionalProperties": false,
+                "properties": {"name": {"type": "string"}, rule: {"type": ty}}
+            })
+        };
+        json_schema(serde_json::json!({
+            "description": "`name` and exactly one of `exact`, `regex`, `present`",
+            "oneOf": [with("exact", "string"), with("regex", "string"), with("present", "boolean")]
+        }))
+    }
+}
+
+impl utoipa::ToSchema for ValueMatch {}
+
 /// A route: match conditions and a destination.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique id.
@@ -658,6 +708,7 @@ pub struct RouteConfig {
     pub host_header: Option<HostHeader>,
     /// Plugins of this route; override service and global ones by name.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub plugins: crate::plugin::PluginMap,
     /// Lifecycle status; overrides the service's.
     #[serde(default)]
@@ -730,7 +781,7 @@ pub enum ValueRule {
 }
 
 /// Where a route's API version is read from.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionMatch {
     /// The version this route serves, e.g. `v2`.
@@ -751,7 +802,7 @@ pub struct VersionMatch {
 }
 
 /// Where the version is carried.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionSource {
     /// A URL prefix: `/v2/...` (the route's paths are written without it).

@@ -24,7 +24,7 @@ use crate::config::{
 };
 
 /// A consumer document: the file's consumer, `id` being its name.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerDoc {
     /// The consumer's name, sent upstream in the consumer header.
@@ -43,7 +43,7 @@ pub struct ConsumerDoc {
 
 /// A credential document: one credential of one consumer, exactly one of
 /// the method fields set.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialDoc {
     /// Credential id.
@@ -83,7 +83,7 @@ fn requested() -> SubscriptionState {
 
 /// A subscription document: a consumer's subscription to a route or a
 /// service, moved between states by the workflow endpoints.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionDoc {
     /// Subscription id.
@@ -108,13 +108,14 @@ fn empty_object() -> Value {
 
 /// A global plugin document: one entry of the file's top-level
 /// `plugins:` map, set for every route.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalPluginDoc {
     /// The plugin's name (`key-auth`, `cors`, ...).
     pub id: String,
     /// The plugin's config, as in a `plugins:` map.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub config: Value,
 }
 
@@ -140,6 +141,40 @@ pub const OPTIONAL_FILE_KINDS: [&str; 3] = ["consumers", "subscriptions", "plugi
 /// True for a known kind.
 pub fn is_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
+}
+
+/// A schema and its component name.
+pub type NamedSchema = (
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+);
+
+/// The OpenAPI schema of each kind's documents: `(kind, schema name)`, and
+/// every schema they use, for `openapi.rs`.
+pub fn kind_schemas() -> (Vec<(&'static str, String)>, Vec<NamedSchema>) {
+    use utoipa::ToSchema;
+    fn add<T: ToSchema>(
+        kind: &'static str,
+        names: &mut Vec<(&'static str, String)>,
+        all: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        names.push((kind, T::name().to_string()));
+        all.push((T::name().to_string(), T::schema()));
+        T::schemas(all);
+    }
+    let mut names = Vec::new();
+    let mut all = Vec::new();
+    add::<RouteConfig>("routes", &mut names, &mut all);
+    add::<ServiceConfig>("services", &mut names, &mut all);
+    add::<UpstreamConfig>("upstreams", &mut names, &mut all);
+    add::<ConsumerDoc>("consumers", &mut names, &mut all);
+    add::<CredentialDoc>("credentials", &mut names, &mut all);
+    add::<SubscriptionDoc>("subscriptions", &mut names, &mut all);
+    add::<GlobalPluginDoc>("plugins", &mut names, &mut all);
+    (names, all)
 }
 
 /// Checks an id: 1 to 128 of `A-Z a-z 0-9 . _ -`.
