@@ -1,6 +1,7 @@
 //! The admin API beyond plain CRUD, with real `weir` processes: the
 //! subscription workflow (request, approve, reject, revoke) and its effect
-//! on the data path, consumers and credentials as typed documents.
+//! on the data path, consumers and credentials as typed documents, the
+//! typed OpenAPI document, and `weir apply` of thousands of routes.
 //!
 //! The launcher is `weir_testsupport::raftnode`.
 
@@ -464,5 +465,70 @@ async fn the_openapi_schemas_are_typed_and_match_stored_documents() -> anyhow::R
     let bad = json!({"id": "r", "paths": ["/"], "upstream": "u", "host_header": "sideways"});
     assert!(!route_schema.is_valid(&bad));
     assert_eq!(node.put("/v1/routes/r", bad).await?.0, 400);
+    Ok(())
+}
+
+/// `weir apply -f FILE` against `admin`: success and output.
+fn apply_file(admin: &str, file: &std::path::Path) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new(weir_bin())
+        .args(["apply", "-f"])
+        .arg(file)
+        .args(["--admin", admin])
+        .env_remove("WEIR_ADMIN_KEY")
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_thousands_of_routes_serves_them_all_and_is_idempotent() -> anyhow::Result<()> {
+    const N: usize = 3000;
+    let root = tempfile::tempdir()?;
+    let up = Upstream::start("a").await;
+    let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
+    let mut yaml = format!(
+        "upstreams:\n  - id: u\n    targets:\n      - addr: \"{}\"\nroutes:\n",
+        up.target()
+    );
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "  - id: r{i}\n    paths: [\"/r/{i}\"]\n    upstream: u\n"
+        ));
+    }
+    let file = root.path().join("big.yaml");
+    std::fs::write(&file, yaml)?;
+    let (ok, out) = apply_file(&node.admin, &file)?;
+    assert!(ok, "{}", &out[out.len().saturating_sub(2000)..]);
+    assert!(
+        out.contains(&format!("applied {} change(s) as revision 1", N + 1)),
+        "{}",
+        &out[out.len().saturating_sub(2000)..]
+    );
+    // Every route is served (the last one first: the snapshot is built
+    // in one piece, then each path in turn).
+    wait_until(
+        "the last route is served",
+        Duration::from_secs(120),
+        || async { node.proxy_status(&format!("/r/{}", N - 1)).await == Some(200) },
+    )
+    .await;
+    let client = http_client();
+    for i in 0..N {
+        let r = client
+            .get(format!("http://{}/r/{i}", node.proxy))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200, "/r/{i}");
+    }
+    assert_eq!(node.proxy_status(&format!("/r/{N}")).await, Some(404));
+    // The second run has nothing to do and writes no revision.
+    let (ok, out) = apply_file(&node.admin, &file)?;
+    assert!(ok && out.contains("no changes (revision 1)"), "{out}");
+    let (_, st) = node.get("/v1/revisions").await?;
+    assert_eq!(st["revision"], 1);
+    let (_, status) = node.get("/v1/status").await?;
+    assert_eq!(status["config"]["routes"], N, "{status}");
     Ok(())
 }
