@@ -77,7 +77,7 @@ async fn acknowledged_writes_survive_a_leader_kill() -> anyhow::Result<()> {
                 let r = http_client()
                     .put(format!("http://{admin}/v1/consumers/{id}"))
                     .timeout(Duration::from_secs(15))
-                    .json(&json!({"id": id, "n": i}))
+                    .json(&json!({"id": id, "labels": {"n": i.to_string()}}))
                     .send()
                     .await;
                 if let Ok(r) = r
@@ -516,6 +516,9 @@ async fn the_openapi_document_validates_and_covers_every_route() -> anyhow::Resu
         ("post", "/v1/rollback/{revision}".into()),
         ("get", "/v1/cache".into()),
         ("post", "/v1/cache/purge".into()),
+        ("post", "/v1/subscriptions/{id}/approve".into()),
+        ("post", "/v1/subscriptions/{id}/reject".into()),
+        ("post", "/v1/subscriptions/{id}/revoke".into()),
     ];
     for k in kinds {
         expected.push(("get", format!("/v1/{k}")));

@@ -103,7 +103,10 @@ async fn gossip_seeds_alone_form_one_group_and_a_killed_voter_is_replaced() -> a
 
     // A write through a follower reaches everyone.
     let (s, body) = n3
-        .put("/v1/consumers/before?wait=applied", json!({"n": 1}))
+        .put(
+            "/v1/consumers/before?wait=applied",
+            json!({"labels": {"n": "1"}}),
+        )
         .await?;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["applied"]["everywhere"], true, "{body}");
@@ -142,7 +145,10 @@ async fn gossip_seeds_alone_form_one_group_and_a_killed_voter_is_replaced() -> a
 
     // Writes keep working, on every node including the new one.
     let (s, body) = n4
-        .put("/v1/consumers/after?wait=applied", json!({"n": 2}))
+        .put(
+            "/v1/consumers/after?wait=applied",
+            json!({"labels": {"n": "2"}}),
+        )
         .await?;
     assert_eq!(s, 200, "{body}");
     for n in &everyone {

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use weir_cluster::raft::{ClusterError, RaftKv};
 use weir_storage::{Batch, Document, Op, Problem, WriteOutcome};
 
-use crate::config::Config;
+use crate::config::{Config, SubscriptionState};
 use crate::docs;
 use crate::snapshot::State as Snap;
 
@@ -189,62 +189,82 @@ type ApiResult = Result<Response, ApiError>;
 
 // === router ===
 
-/// Every admin endpoint, `(method, path)`, as the router serves them; the
-/// OpenAPI document is built from the same list.
-pub const ENDPOINTS: &[(&str, &str)] = &[
-    ("get", "/v1/health"),
-    ("get", "/v1/ready"),
-    ("get", "/v1/status"),
-    ("get", "/metrics"),
-    ("get", "/v1/cluster/members"),
-    ("get", "/v1/cluster/health"),
-    ("get", "/v1/openapi.json"),
-    ("get", "/v1/cache"),
-    ("post", "/v1/cache/purge"),
-    ("get", "/v1/config"),
-    ("post", "/v1/apply"),
-    ("get", "/v1/revisions"),
-    ("post", "/v1/rollback/{revision}"),
-    ("get", "/v1/{kind}"),
-    ("post", "/v1/{kind}"),
-    ("get", "/v1/{kind}/{id}"),
-    ("put", "/v1/{kind}/{id}"),
-    ("delete", "/v1/{kind}/{id}"),
-];
+type Handler = axum::routing::MethodRouter<Arc<AdminCtx>>;
+
+/// Every admin endpoint: `(method, path, handler)`. The router is built
+/// from this list and the OpenAPI document from [`endpoints`], so the two
+/// cannot differ (the Raft RPC endpoints under `/raft/` are internal and
+/// documented in `docs/raft.md` instead).
+fn table() -> Vec<(&'static str, &'static str, Handler)> {
+    vec![
+        (
+            "get",
+            "/v1/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        ),
+        (
+            "get",
+            "/v1/ready",
+            get(|| async { axum::Json(json!({"status": "ready"})) }),
+        ),
+        ("get", "/v1/status", get(status)),
+        ("get", "/metrics", get(metrics)),
+        ("get", "/v1/cluster/members", get(cluster_members)),
+        ("get", "/v1/cluster/health", get(cluster_health)),
+        (
+            "get",
+            "/v1/openapi.json",
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        ),
+        ("get", "/v1/config", get(export)),
+        ("get", "/v1/cache", get(cache_stats)),
+        ("post", "/v1/cache/purge", post(cache_purge)),
+        (
+            "post",
+            "/v1/apply",
+            post(apply).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
+        ),
+        ("get", "/v1/revisions", get(revisions)),
+        ("post", "/v1/rollback/{revision}", post(rollback)),
+        ("get", "/v1/{kind}", get(list)),
+        ("post", "/v1/{kind}", post(create)),
+        ("get", "/v1/{kind}/{id}", get(get_one)),
+        ("put", "/v1/{kind}/{id}", axum::routing::put(put_one)),
+        (
+            "delete",
+            "/v1/{kind}/{id}",
+            axum::routing::delete(delete_one),
+        ),
+        (
+            "post",
+            "/v1/subscriptions/{id}/approve",
+            post(|c, p, q, e| transition(c, p, q, e, Decision::Approve)),
+        ),
+        (
+            "post",
+            "/v1/subscriptions/{id}/reject",
+            post(|c, p, q, e| transition(c, p, q, e, Decision::Reject)),
+        ),
+        (
+            "post",
+            "/v1/subscriptions/{id}/revoke",
+            post(|c, p, q, e| transition(c, p, q, e, Decision::Revoke)),
+        ),
+    ]
+}
+
+/// Every admin endpoint, `(method, path)`, as the router serves them.
+pub fn endpoints() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
 
 /// The admin router.
 pub fn router(ctx: Arc<AdminCtx>) -> Router {
-    let mut r = Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
-        .route(
-            "/v1/ready",
-            get(|| async { axum::Json(json!({"status": "ready"})) }),
-        )
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/v1/cluster/members", get(cluster_members))
-        .route("/v1/cluster/health", get(cluster_health))
-        .route(
-            "/v1/openapi.json",
-            get(|| async { axum::Json(crate::openapi::document()) }),
-        )
-        .route("/v1/config", get(export))
-        .route("/v1/cache", get(cache_stats))
-        .route("/v1/cache/purge", post(cache_purge))
-        .route(
-            "/v1/apply",
-            post(apply).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
-        )
-        .route("/v1/revisions", get(revisions))
-        .route("/v1/rollback/{revision}", post(rollback))
-        .route("/v1/{kind}", get(list).post(create))
-        .route(
-            "/v1/{kind}/{id}",
-            get(get_one).put(put_one).delete(delete_one),
-        )
+    let mut r = Router::new();
+    for (_, path, handler) in table() {
+        r = r.route(path, handler);
+    }
+    let mut r = r
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })
@@ -467,25 +487,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Typed kinds are stored in their canonical form (defaults filled in), so
-/// the same object written through the file or the API compares equal.
-fn canonical(kind: &str, v: Value) -> Value {
-    fn round<T: serde::de::DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
-        let t: T = serde_json::from_value(v.clone()).ok()?;
-        let out = serde_json::to_value(&t).ok()?;
-        // Only if it reads back the same way.
-        serde_json::from_value::<T>(out.clone()).ok()?;
-        Some(out)
-    }
-    let c = match kind {
-        "routes" => round::<crate::config::RouteConfig>(&v),
-        "services" => round::<crate::config::ServiceConfig>(&v),
-        "upstreams" => round::<crate::config::UpstreamConfig>(&v),
-        _ => None,
-    };
-    c.unwrap_or(v)
-}
-
 fn parse_body(kind: &str, id: Option<&str>, body: &Bytes) -> Result<(String, Value), ApiError> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(vec![Problem {
@@ -527,7 +528,7 @@ fn parse_body(kind: &str, id: Option<&str>, body: &Bytes) -> Result<(String, Val
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    Ok((id.clone(), canonical(kind, v)))
+    Ok((id.clone(), docs::canonical(kind, v)))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -667,6 +668,9 @@ async fn create(
 ) -> ApiResult {
     check_kind(&kind)?;
     let (id, value) = parse_body(&kind, None, &body)?;
+    if kind == "subscriptions" {
+        check_new_subscription(&id, &body)?;
+    }
     let batch = Batch {
         ops: vec![Op::Put {
             kind: kind.clone(),
@@ -712,6 +716,135 @@ async fn delete_one(
     };
     let (outcome, extra) = write(&ctx, batch, &q).await?;
     Ok(write_response(StatusCode::OK, &outcome, extra, None))
+}
+
+// === subscription workflow ===
+
+/// A decision on a subscription.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Approve,
+    Reject,
+    Revoke,
+}
+
+impl Decision {
+    fn name(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+            Decision::Revoke => "revoke",
+        }
+    }
+
+    /// The state it leads to and the one it starts from.
+    fn states(self) -> (SubscriptionState, SubscriptionState) {
+        use SubscriptionState::{Approved, Rejected, Requested, Revoked};
+        match self {
+            Decision::Approve => (Approved, Requested),
+            Decision::Reject => (Rejected, Requested),
+            Decision::Revoke => (Revoked, Approved),
+        }
+    }
+}
+
+fn state_name(s: SubscriptionState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `POST /v1/subscriptions` is the request step: a new subscription
+/// starts as `requested` (PUT, the declarative path, may set any state).
+fn check_new_subscription(id: &str, body: &Bytes) -> Result<(), ApiError> {
+    let raw: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match raw.get("state") {
+        None => Ok(()),
+        Some(Value::String(s)) if s == "requested" => Ok(()),
+        Some(other) => Err(ApiError::invalid(vec![Problem {
+            kind: "subscriptions".into(),
+            id: id.into(),
+            pointer: "/state".into(),
+            reason: format!(
+                "a new subscription starts as `requested`, not {other}; decide with POST /v1/subscriptions/{id}/approve or /reject"
+            ),
+        }])),
+    }
+}
+
+/// `POST /v1/subscriptions/{id}/approve|reject|revoke`: moves a
+/// subscription to its next state. Approve and reject take a `requested`
+/// one, revoke an `approved` one; asking for the state it is already in
+/// is `unchanged`, anything else 409 `illegal_transition`. The write is
+/// conditional on the revision read, so a concurrent change is a 409
+/// `conflict`, never a lost update.
+async fn transition(
+    State(ctx): State<Arc<AdminCtx>>,
+    Path(id): Path<String>,
+    Query(q): Query<WriteQuery>,
+    ext: axum::http::Extensions,
+    decision: Decision,
+) -> ApiResult {
+    let kv = store(&ctx)?;
+    // Decide on the latest committed state, not a lagging local copy.
+    kv.read_barrier(Duration::from_secs(5)).await?;
+    let current = kv.view().get("subscriptions", &id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no subscriptions/{id}"),
+        )
+    })?;
+    let mut doc: docs::SubscriptionDoc =
+        serde_json::from_value(current.value.clone()).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("stored subscriptions/{id} does not parse: {e}"),
+            )
+        })?;
+    let (to, from) = decision.states();
+    if doc.state == to {
+        let outcome = WriteOutcome::Unchanged {
+            revision: kv.view().revision(),
+        };
+        return Ok(write_response(
+            StatusCode::OK,
+            &outcome,
+            json!({}),
+            Some(current),
+        ));
+    }
+    if doc.state != from {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "illegal_transition",
+            format!(
+                "subscription `{id}` is `{}`; {} needs a `{}` one",
+                state_name(doc.state),
+                decision.name(),
+                state_name(from)
+            ),
+        ));
+    }
+    doc.state = to;
+    let value = serde_json::to_value(&doc)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let batch = Batch {
+        ops: vec![Op::Put {
+            kind: "subscriptions".into(),
+            id: id.clone(),
+            value,
+            expect: Some(current.revision),
+        }],
+        author: caller(&ext),
+        message: format!("{} subscriptions/{id}", decision.name()),
+        at_ms: now_ms(),
+    };
+    let (outcome, extra) = write(&ctx, batch, &q).await?;
+    let doc = kv.view().get("subscriptions", &id);
+    Ok(write_response(StatusCode::OK, &outcome, extra, doc))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -938,7 +1071,7 @@ async fn apply(
                 });
             }
             if desired
-                .insert((kind.clone(), id.clone()), canonical(kind, v.clone()))
+                .insert((kind.clone(), id.clone()), docs::canonical(kind, v.clone()))
                 .is_some()
             {
                 problems.push(Problem {

@@ -187,11 +187,27 @@ pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Consumers, subscriptions and global plugins are managed only when
+    // the file has their key (see `docs::OPTIONAL_FILE_KINDS`).
+    let keys: Vec<String> = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(&t).ok())
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     run(async move {
         let docs = crate::docs::docs_of_config(&cfg)?;
         let mut by_kind = serde_json::Map::new();
-        for k in crate::docs::TYPED {
+        for k in crate::docs::FILE_KINDS {
             by_kind.insert(k.into(), json!([]));
+        }
+        for k in crate::docs::OPTIONAL_FILE_KINDS {
+            if keys.iter().any(|x| x == k) {
+                by_kind.insert(k.into(), json!([]));
+            }
         }
         for (kind, _, v) in docs {
             if let Some(Value::Array(a)) = by_kind.get_mut(&kind) {

@@ -74,7 +74,7 @@ pub struct ConsumerConfig {
 }
 
 /// A consumer's credentials. Secrets are only ever given hashed.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsConfig {
     /// API keys for `key-auth`.
@@ -93,7 +93,7 @@ pub struct CredentialsConfig {
 
 /// A key id and its shared HMAC secret. HMAC needs the secret itself, so
 /// this is the one credential kept in the clear; it is never logged.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacCredential {
     /// Key id the client names in its signature; unique over all consumers.
@@ -112,7 +112,7 @@ impl fmt::Debug for HmacCredential {
 }
 
 /// An API key, stored as the hex SHA-256 of the key.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCredential {
     /// `sha256(key)` as 64 hex digits (`printf %s KEY | sha256sum`).
@@ -120,7 +120,7 @@ pub struct KeyCredential {
 }
 
 /// A username and an argon2 password hash.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredential {
     /// The username; unique over all consumers.
@@ -130,7 +130,7 @@ pub struct BasicCredential {
 }
 
 /// How `jwt-auth` recognises this consumer's tokens.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtCredential {
     /// The value of the route's consumer claim (default `sub`) that means
@@ -238,7 +238,7 @@ impl Default for Settings {
 }
 
 /// A group of targets and how to reach and balance them.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Unique id, referenced by services and routes.
@@ -288,7 +288,7 @@ fn default_locality_min_weight() -> u32 {
 }
 
 /// How a node weighs targets by region.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Locality {
     /// The nearest tier whose healthy weight is at least
@@ -308,7 +308,7 @@ fn default_retries() -> u32 {
 }
 
 /// One target of an upstream.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// `host:port`; the host may be a name, resolved when connecting.
@@ -329,7 +329,7 @@ fn default_weight() -> u32 {
 }
 
 /// Protocol spoken to an upstream.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamScheme {
     /// HTTP/1.1 with keep-alive.
@@ -340,7 +340,7 @@ pub enum UpstreamScheme {
 }
 
 /// Balancing algorithm and its parameters.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum BalancerConfig {
     /// Smooth weighted round robin (nginx semantics).
@@ -359,6 +359,7 @@ pub enum BalancerConfig {
     PeakEwma {
         /// How fast old latency observations decay.
         #[serde(default = "default_ewma_decay", with = "humantime_serde")]
+        #[schema(value_type = String, example = "10s")]
         decay: Duration,
     },
 }
@@ -368,7 +369,7 @@ fn default_ewma_decay() -> Duration {
 }
 
 /// The request part a consistent hash is computed over.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(
     deny_unknown_fields,
     tag = "source",
@@ -387,13 +388,14 @@ pub enum HashOn {
 }
 
 /// Upstream connection pool settings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
     /// Idle connections kept per target.
     pub max_idle: usize,
     /// How long an idle connection is kept.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub idle_timeout: Duration,
 }
 
@@ -407,21 +409,25 @@ impl Default for KeepaliveConfig {
 }
 
 /// Upstream timeouts.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     /// Establishing the TCP connection.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub connect: Duration,
     /// Longest gap while forwarding the request body to the upstream.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub send: Duration,
     /// Waiting for the response head, and the longest gap between two
     /// chunks of the response body.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub read: Duration,
     /// From the first attempt to the response head, retries included.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub total: Duration,
 }
 
@@ -438,7 +444,7 @@ impl Default for TimeoutConfig {
 
 /// Retry budget: retries may add at most `ratio` of the requests, plus
 /// `min_per_sec` so that low traffic can still retry.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Share of requests that may be retried (0.0 to 1.0).
@@ -447,6 +453,7 @@ pub struct RetryBudgetConfig {
     pub min_per_sec: u32,
     /// Window the ratio is measured over.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub ttl: Duration,
 }
 
@@ -461,13 +468,14 @@ impl Default for RetryBudgetConfig {
 }
 
 /// Passive health (nginx `max_fails` / `fail_timeout` semantics).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
     /// Failures within `fail_timeout` that take a target out; 0 disables.
     pub max_fails: u32,
     /// The window failures are counted in, and how long a target stays out.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub fail_timeout: Duration,
 }
 
@@ -482,7 +490,7 @@ impl Default for PassiveHealthConfig {
 
 /// Sticky sessions: the gateway sets a cookie naming the chosen target and
 /// sends later requests carrying it to the same target while it is healthy.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
     /// Cookie name.
@@ -490,6 +498,7 @@ pub struct StickyConfig {
     pub cookie: String,
     /// Cookie lifetime; absent means a session cookie.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "1h")]
     pub ttl: Option<Duration>,
 }
 
@@ -498,7 +507,7 @@ fn default_sticky_cookie() -> String {
 }
 
 /// A service: an upstream and defaults shared by the routes that use it.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Unique id, referenced by routes.
@@ -510,6 +519,7 @@ pub struct ServiceConfig {
     pub host_header: Option<HostHeader>,
     /// Plugins for the service's routes; override global ones by name.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub plugins: crate::plugin::PluginMap,
     /// Global plugins switched off for the service's routes (a route may
     /// set one again in its own `plugins`).
@@ -526,7 +536,7 @@ pub struct ServiceConfig {
 }
 
 /// Where an API is in its life.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// `published`, `deprecated` or `retired`.
@@ -547,7 +557,7 @@ pub struct LifecycleConfig {
 }
 
 /// Lifecycle status of a route or service.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LifecycleStatus {
     /// In service (the default).
@@ -563,6 +573,10 @@ pub enum LifecycleStatus {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
+    /// Id of the subscription in the replicated store (default
+    /// `CONSUMER.route.ID` or `CONSUMER.service.ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Consumer name.
     pub consumer: String,
     /// Route id (exactly one of `route`, `service`).
@@ -576,7 +590,7 @@ pub struct SubscriptionConfig {
 }
 
 /// Where a subscription stands.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionState {
     /// Asked for, not decided.
@@ -630,8 +644,48 @@ impl TryFrom<HostHeaderRepr> for HostHeader {
     }
 }
 
+/// A schema written as JSON, for the types whose serde form is not
+/// derived field by field (`try_from` representations).
+fn json_schema(v: serde_json::Value) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+impl utoipa::PartialSchema for HostHeader {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        json_schema(serde_json::json!({
+            "description": "`pass` (the client's Host), `target` (the target's host:port) or `{rewrite: HOST}`",
+            "oneOf": [
+                {"type": "string", "enum": ["pass", "target"]},
+                {"type": "object", "required": ["rewrite"], "additionalProperties": false,
+                 "properties": {"rewrite": {"type": "string"}}}
+            ]
+        }))
+    }
+}
+
+impl utoipa::ToSchema for HostHeader {}
+
+impl utoipa::PartialSchema for ValueMatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let with = |rule: &str, ty: &str| {
+            serde_json::json!({
+                "type": "object",
+                "required": ["name", rule],
+                "additionalProperties": false,
+                "properties": {"name": {"type": "string"}, rule: {"type": ty}}
+            })
+        };
+        json_schema(serde_json::json!({
+            "description": "`name` and exactly one of `exact`, `regex`, `present`",
+            "oneOf": [with("exact", "string"), with("regex", "string"), with("present", "boolean")]
+        }))
+    }
+}
+
+impl utoipa::ToSchema for ValueMatch {}
+
 /// A route: match conditions and a destination.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique id.
@@ -669,6 +723,7 @@ pub struct RouteConfig {
     pub host_header: Option<HostHeader>,
     /// Plugins of this route; override service and global ones by name.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub plugins: crate::plugin::PluginMap,
     /// Global and service plugins switched off for this route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -744,7 +799,7 @@ pub enum ValueRule {
 }
 
 /// Where a route's API version is read from.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionMatch {
     /// The version this route serves, e.g. `v2`.
@@ -765,7 +820,7 @@ pub struct VersionMatch {
 }
 
 /// Where the version is carried.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionSource {
     /// A URL prefix: `/v2/...` (the route's paths are written without it).

@@ -1,19 +1,128 @@
-//! Config documents: how the routes, services and upstreams of a
-//! [`Config`] are stored as JSON documents in the replicated store, and
-//! back. Also the validator the store runs on every write.
+//! Config documents: how a [`Config`]'s routes, services, upstreams,
+//! consumers, credentials, subscriptions and global plugins are stored as
+//! JSON documents in the replicated store, and back. Also the validator
+//! the store runs on every write.
 //!
-//! Kinds `routes`, `services` and `upstreams` have typed schemas (the same
-//! structs as the YAML file). `consumers`, `credentials`, `subscriptions`
-//! and `plugins` (global plugins) are stored as JSON objects with an `id`;
-//! their schemas arrive with the plugin work, until then only their shape
-//! (an object whose `id` matches) is checked.
+//! Every kind has a typed schema: routes, services and upstreams are the
+//! structs of the YAML file; the others are the `*Doc` types here, which
+//! map one to one onto the file's `consumers:`, `subscriptions:` and
+//! `plugins:` (a consumer's `name` is its document `id`; a credential is a
+//! document of its own that names its consumer, next to the credentials a
+//! consumer document may carry inline).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir_storage::{Docs, Problem, Validator};
 
-use crate::config::{Config, RouteConfig, ServiceConfig, UpstreamConfig};
+use crate::config::{
+    BasicCredential, Config, ConsumerConfig, CredentialsConfig, HmacCredential, JwtCredential,
+    KeyCredential, RouteConfig, ServiceConfig, SubscriptionConfig, SubscriptionState,
+    UpstreamConfig,
+};
+
+/// A consumer document: the file's consumer, `id` being its name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerDoc {
+    /// The consumer's name, sent upstream in the consumer header.
+    pub id: String,
+    /// Groups, for `consumer-restriction` and the groups header.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Credentials kept with the consumer (more may come from
+    /// `credentials` documents).
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    /// The consumer's own limits (`limit-count`, `limit-req`,
+    /// `limit-conn`); each wins over a route's limit of the same type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub plugins: crate::plugin::PluginMap,
+}
+
+/// A credential document: one credential of one consumer, exactly one of
+/// the method fields set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDoc {
+    /// Credential id.
+    pub id: String,
+    /// The consumer (its id) this credential identifies.
+    pub consumer: String,
+    /// An API key for `key-auth`.
+    #[serde(default, rename = "key-auth", skip_serializing_if = "Option::is_none")]
+    pub key_auth: Option<KeyCredential>,
+    /// A username and password for `basic-auth`.
+    #[serde(
+        default,
+        rename = "basic-auth",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub basic_auth: Option<BasicCredential>,
+    /// A token subject for `jwt-auth`.
+    #[serde(default, rename = "jwt-auth", skip_serializing_if = "Option::is_none")]
+    pub jwt_auth: Option<JwtCredential>,
+    /// A shared secret for `hmac-auth`.
+    #[serde(default, rename = "hmac-auth", skip_serializing_if = "Option::is_none")]
+    pub hmac_auth: Option<HmacCredential>,
+}
+
+impl CredentialDoc {
+    fn methods(&self) -> usize {
+        usize::from(self.key_auth.is_some())
+            + usize::from(self.basic_auth.is_some())
+            + usize::from(self.jwt_auth.is_some())
+            + usize::from(self.hmac_auth.is_some())
+    }
+}
+
+fn requested() -> SubscriptionState {
+    SubscriptionState::Requested
+}
+
+/// A subscription document: a consumer's subscription to a route or a
+/// service, moved between states by the workflow endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionDoc {
+    /// Subscription id.
+    pub id: String,
+    /// The consumer (its id).
+    pub consumer: String,
+    /// Route id (exactly one of `route`, `service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Service id (exactly one of `route`, `service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `requested` (the default), `approved`, `rejected` or `revoked`;
+    /// only `approved` admits the consumer.
+    #[serde(default = "requested")]
+    pub state: SubscriptionState,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// A global plugin document: one entry of the file's top-level
+/// `plugins:` map, set for every route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalPluginDoc {
+    /// The plugin's name (`key-auth`, `cors`, ...).
+    pub id: String,
+    /// The plugin's config, as in a `plugins:` map.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
 
 /// Every document kind the admin API serves.
 pub const KINDS: [&str; 7] = [
@@ -26,12 +135,51 @@ pub const KINDS: [&str; 7] = [
     "plugins",
 ];
 
-/// Kinds whose documents are typed config.
-pub const TYPED: [&str; 3] = ["routes", "services", "upstreams"];
+/// Kinds `weir apply` always manages: a file without routes deletes them.
+pub const FILE_KINDS: [&str; 3] = ["routes", "services", "upstreams"];
+
+/// Kinds `weir apply` manages only when the file has their key, so that
+/// consumers and subscriptions managed through the API survive applying a
+/// routes-only file.
+pub const OPTIONAL_FILE_KINDS: [&str; 3] = ["consumers", "subscriptions", "plugins"];
 
 /// True for a known kind.
 pub fn is_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
+}
+
+/// A schema and its component name.
+pub type NamedSchema = (
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+);
+
+/// The OpenAPI schema of each kind's documents: `(kind, schema name)`, and
+/// every schema they use, for `openapi.rs`.
+pub fn kind_schemas() -> (Vec<(&'static str, String)>, Vec<NamedSchema>) {
+    use utoipa::ToSchema;
+    fn add<T: ToSchema>(
+        kind: &'static str,
+        names: &mut Vec<(&'static str, String)>,
+        all: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        names.push((kind, T::name().to_string()));
+        all.push((T::name().to_string(), T::schema()));
+        T::schemas(all);
+    }
+    let mut names = Vec::new();
+    let mut all = Vec::new();
+    add::<RouteConfig>("routes", &mut names, &mut all);
+    add::<ServiceConfig>("services", &mut names, &mut all);
+    add::<UpstreamConfig>("upstreams", &mut names, &mut all);
+    add::<ConsumerDoc>("consumers", &mut names, &mut all);
+    add::<CredentialDoc>("credentials", &mut names, &mut all);
+    add::<SubscriptionDoc>("subscriptions", &mut names, &mut all);
+    add::<GlobalPluginDoc>("plugins", &mut names, &mut all);
+    (names, all)
 }
 
 /// Checks an id: 1 to 128 of `A-Z a-z 0-9 . _ -`.
@@ -99,6 +247,25 @@ pub fn check_document(kind: &str, id: &str, v: &Value) -> Vec<(String, String)> 
         "routes" => typed::<RouteConfig>(v).map(|_| ()),
         "services" => typed::<ServiceConfig>(v).map(|_| ()),
         "upstreams" => typed::<UpstreamConfig>(v).map(|_| ()),
+        "consumers" => typed::<ConsumerDoc>(v).map(|_| ()),
+        "credentials" => typed::<CredentialDoc>(v).and_then(|c| match c.methods() {
+            1 => Ok(()),
+            _ => Err((
+                String::new(),
+                "set exactly one of `key-auth`, `basic-auth`, `jwt-auth`, `hmac-auth`".into(),
+            )),
+        }),
+        "subscriptions" => typed::<SubscriptionDoc>(v).map(|_| ()),
+        "plugins" => typed::<GlobalPluginDoc>(v).and_then(|p| {
+            if p.config.is_object() {
+                Ok(())
+            } else {
+                Err((
+                    "/config".into(),
+                    "a plugin's config is a JSON object".into(),
+                ))
+            }
+        }),
         _ => Ok(()),
     };
     if let Err(p) = r {
@@ -107,9 +274,158 @@ pub fn check_document(kind: &str, id: &str, v: &Value) -> Vec<(String, String)> 
     out
 }
 
+/// The canonical form of a document (defaults filled in), so the same
+/// object written through the file or the API compares equal. A document
+/// that does not parse is returned as it is (validation reports it).
+pub fn canonical(kind: &str, v: Value) -> Value {
+    fn round<T: serde::de::DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
+        let t: T = serde_json::from_value(v.clone()).ok()?;
+        let out = serde_json::to_value(&t).ok()?;
+        // Only if it reads back the same way.
+        serde_json::from_value::<T>(out.clone()).ok()?;
+        Some(out)
+    }
+    let c = match kind {
+        "routes" => round::<RouteConfig>(&v),
+        "services" => round::<ServiceConfig>(&v),
+        "upstreams" => round::<UpstreamConfig>(&v),
+        "consumers" => round::<ConsumerDoc>(&v),
+        "credentials" => round::<CredentialDoc>(&v),
+        "subscriptions" => round::<SubscriptionDoc>(&v),
+        "plugins" => round::<GlobalPluginDoc>(&v),
+        _ => None,
+    };
+    c.unwrap_or(v)
+}
+
+/// Where each credential taken from a `credentials` document landed:
+/// `(consumer id, method, index in that method's list)` → document id.
+type CredentialOrigins = HashMap<(String, &'static str, usize), String>;
+
+/// Builds the config objects of a [`Config`] from stored documents, on top
+/// of `base` (settings, observability). Documents that do not parse are
+/// reported, not skipped silently.
+pub fn config_from_docs(base: &Config, docs: &Docs) -> (Config, Vec<Problem>) {
+    let (cfg, problems, _) = build(base, docs);
+    (cfg, problems)
+}
+
+fn build(base: &Config, docs: &Docs) -> (Config, Vec<Problem>, CredentialOrigins) {
+    let mut cfg = base.clone();
+    cfg.routes.clear();
+    cfg.services.clear();
+    cfg.upstreams.clear();
+    cfg.consumers.clear();
+    cfg.subscriptions.clear();
+    cfg.plugins.clear();
+    let mut problems = Vec::new();
+    let mut credentials = Vec::new();
+    for ((kind, id), d) in docs {
+        let bad = |(pointer, reason): (String, String)| Problem {
+            kind: kind.clone(),
+            id: id.clone(),
+            pointer,
+            reason,
+        };
+        match kind.as_str() {
+            "routes" => match typed(&d.value) {
+                Ok(r) => cfg.routes.push(r),
+                Err(p) => problems.push(bad(p)),
+            },
+            "services" => match typed(&d.value) {
+                Ok(s) => cfg.services.push(s),
+                Err(p) => problems.push(bad(p)),
+            },
+            "upstreams" => match typed(&d.value) {
+                Ok(u) => cfg.upstreams.push(u),
+                Err(p) => problems.push(bad(p)),
+            },
+            "consumers" => match typed::<ConsumerDoc>(&d.value) {
+                Ok(c) => cfg.consumers.push(ConsumerConfig {
+                    name: c.id,
+                    groups: c.groups,
+                    labels: c.labels,
+                    credentials: c.credentials,
+                    plugins: c.plugins,
+                }),
+                Err(p) => problems.push(bad(p)),
+            },
+            "credentials" => match typed::<CredentialDoc>(&d.value) {
+                Ok(c) => credentials.push(c),
+                Err(p) => problems.push(bad(p)),
+            },
+            "subscriptions" => match typed::<SubscriptionDoc>(&d.value) {
+                Ok(s) => cfg.subscriptions.push(SubscriptionConfig {
+                    id: Some(s.id),
+                    consumer: s.consumer,
+                    route: s.route,
+                    service: s.service,
+                    state: s.state,
+                }),
+                Err(p) => problems.push(bad(p)),
+            },
+            "plugins" => match typed::<GlobalPluginDoc>(&d.value)
+                .and_then(|p| typed::<serde_yaml_ng::Value>(&p.config).map(|v| (p.id, v)))
+            {
+                Ok((name, v)) => {
+                    cfg.plugins.insert(name, v);
+                }
+                Err(p) => problems.push(bad(p)),
+            },
+            _ => {}
+        }
+    }
+    let mut origins = CredentialOrigins::new();
+    let index: HashMap<String, usize> = cfg
+        .consumers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+    for c in credentials {
+        let Some(&i) = index.get(&c.consumer) else {
+            problems.push(Problem {
+                kind: "credentials".into(),
+                id: c.id.clone(),
+                pointer: "/consumer".into(),
+                reason: format!("no consumer with id `{}`", c.consumer),
+            });
+            continue;
+        };
+        let into = &mut cfg.consumers[i].credentials;
+        let (method, at) = if let Some(k) = c.key_auth {
+            into.key_auth.push(k);
+            ("key-auth", into.key_auth.len() - 1)
+        } else if let Some(b) = c.basic_auth {
+            into.basic_auth.push(b);
+            ("basic-auth", into.basic_auth.len() - 1)
+        } else if let Some(j) = c.jwt_auth {
+            into.jwt_auth.push(j);
+            ("jwt-auth", into.jwt_auth.len() - 1)
+        } else if let Some(h) = c.hmac_auth {
+            into.hmac_auth.push(h);
+            ("hmac-auth", into.hmac_auth.len() - 1)
+        } else {
+            continue;
+        };
+        origins.insert((c.consumer.clone(), method, at), c.id);
+    }
+    (cfg, problems, origins)
+}
+
 /// Where a `Config::validate` path (`routes[3].paths[0]`) points: the
 /// document and the JSON pointer inside it.
 fn locate(path: &str, index: &[(&'static str, Vec<String>)]) -> (String, String, String) {
+    // The global `plugins:` map: one document per plugin.
+    if let Some(rest) = path.strip_prefix("plugins.") {
+        let (name, field) = rest.split_once('.').unwrap_or((rest, ""));
+        let pointer = if field.is_empty() {
+            String::new()
+        } else {
+            format!("/config/{}", field.replace('.', "/"))
+        };
+        return ("plugins".into(), name.to_string(), pointer);
+    }
     for (kind, ids) in index {
         let Some(rest) = path.strip_prefix(kind).and_then(|r| r.strip_prefix('[')) else {
             continue;
@@ -142,39 +458,30 @@ fn locate(path: &str, index: &[(&'static str, Vec<String>)]) -> (String, String,
     (String::new(), String::new(), path.to_string())
 }
 
-/// Builds the routes, services and upstreams of a [`Config`] from stored
-/// documents, on top of `base` (settings, observability). Documents that
-/// do not parse are reported, not skipped silently.
-pub fn config_from_docs(base: &Config, docs: &Docs) -> (Config, Vec<Problem>) {
-    let mut cfg = base.clone();
-    cfg.routes.clear();
-    cfg.services.clear();
-    cfg.upstreams.clear();
-    let mut problems = Vec::new();
-    for ((kind, id), d) in docs {
-        let bad = |(pointer, reason): (String, String)| Problem {
-            kind: kind.clone(),
-            id: id.clone(),
-            pointer,
-            reason,
-        };
-        match kind.as_str() {
-            "routes" => match typed(&d.value) {
-                Ok(r) => cfg.routes.push(r),
-                Err(p) => problems.push(bad(p)),
-            },
-            "services" => match typed(&d.value) {
-                Ok(s) => cfg.services.push(s),
-                Err(p) => problems.push(bad(p)),
-            },
-            "upstreams" => match typed(&d.value) {
-                Ok(u) => cfg.upstreams.push(u),
-                Err(p) => problems.push(bad(p)),
-            },
-            _ => {}
+/// A problem of a consumer's credential that came from a `credentials`
+/// document is that document's problem.
+fn relocate_credential(
+    (kind, id, pointer): (String, String, String),
+    origins: &CredentialOrigins,
+) -> (String, String, String) {
+    if kind == "consumers"
+        && let Some(rest) = pointer.strip_prefix("/credentials/")
+    {
+        let mut parts = rest.splitn(3, '/');
+        if let (Some(method), Some(n)) = (parts.next(), parts.next())
+            && let Ok(n) = n.parse::<usize>()
+        {
+            let tail = parts.next().map(|t| format!("/{t}")).unwrap_or_default();
+            for m in ["key-auth", "basic-auth", "jwt-auth", "hmac-auth"] {
+                if m == method
+                    && let Some(doc) = origins.get(&(id.clone(), m, n))
+                {
+                    return ("credentials".into(), doc.clone(), format!("/{m}{tail}"));
+                }
+            }
         }
     }
-    (cfg, problems)
+    (kind, id, pointer)
 }
 
 /// Every problem of the whole document set, located in its documents.
@@ -204,7 +511,7 @@ pub fn problems(docs: &Docs) -> Vec<Problem> {
     }
     // The settings are not replicated: validate the documents against the
     // defaults, so every node reaches the same verdict.
-    let (cfg, parse) = config_from_docs(&Config::default(), docs);
+    let (cfg, parse, origins) = build(&Config::default(), docs);
     if !parse.is_empty() {
         return parse;
     }
@@ -219,9 +526,20 @@ pub fn problems(docs: &Docs) -> Vec<Problem> {
                 cfg.services.iter().map(|s| s.id.clone()).collect(),
             ),
             ("routes", cfg.routes.iter().map(|r| r.id.clone()).collect()),
+            (
+                "consumers",
+                cfg.consumers.iter().map(|c| c.name.clone()).collect(),
+            ),
+            (
+                "subscriptions",
+                cfg.subscriptions
+                    .iter()
+                    .map(|s| s.id.clone().unwrap_or_default())
+                    .collect(),
+            ),
         ];
         for p in errors.0 {
-            let (kind, id, pointer) = locate(&p.path, &index);
+            let (kind, id, pointer) = relocate_credential(locate(&p.path, &index), &origins);
             out.push(Problem {
                 kind,
                 id,
@@ -238,7 +556,30 @@ pub fn validator() -> Validator {
     Arc::new(problems)
 }
 
-/// The typed objects of `cfg` as documents: `(kind, id, value)`.
+/// The store id of a subscription from the file: its `id`, or
+/// `CONSUMER.route.ID` / `CONSUMER.service.ID`.
+pub fn subscription_id(s: &SubscriptionConfig) -> String {
+    if let Some(id) = &s.id {
+        return id.clone();
+    }
+    let (what, target) = match (&s.route, &s.service) {
+        (Some(r), _) => ("route", r.as_str()),
+        (None, Some(v)) => ("service", v.as_str()),
+        (None, None) => ("none", ""),
+    };
+    format!("{}.{what}.{target}", s.consumer)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The config objects of `cfg` as documents: `(kind, id, value)`.
 pub fn docs_of_config(cfg: &Config) -> Result<Vec<(String, String, Value)>, serde_json::Error> {
     let mut out = Vec::new();
     for u in &cfg.upstreams {
@@ -249,6 +590,37 @@ pub fn docs_of_config(cfg: &Config) -> Result<Vec<(String, String, Value)>, serd
     }
     for r in &cfg.routes {
         out.push(("routes".into(), r.id.clone(), serde_json::to_value(r)?));
+    }
+    for c in &cfg.consumers {
+        let d = ConsumerDoc {
+            id: c.name.clone(),
+            groups: c.groups.clone(),
+            labels: c.labels.clone(),
+            credentials: c.credentials.clone(),
+            plugins: c.plugins.clone(),
+        };
+        out.push(("consumers".into(), d.id.clone(), serde_json::to_value(d)?));
+    }
+    for s in &cfg.subscriptions {
+        let d = SubscriptionDoc {
+            id: subscription_id(s),
+            consumer: s.consumer.clone(),
+            route: s.route.clone(),
+            service: s.service.clone(),
+            state: s.state,
+        };
+        out.push((
+            "subscriptions".into(),
+            d.id.clone(),
+            serde_json::to_value(d)?,
+        ));
+    }
+    for (name, v) in &cfg.plugins {
+        let d = GlobalPluginDoc {
+            id: name.clone(),
+            config: serde_json::to_value(v)?,
+        };
+        out.push(("plugins".into(), name.clone(), serde_json::to_value(d)?));
     }
     Ok(out)
 }
@@ -290,8 +662,20 @@ mod tests {
         assert!(p.iter().any(|(ptr, _)| ptr == "/id"), "{p:?}");
         assert!(p.iter().any(|(ptr, _)| ptr == "/paths/0"), "{p:?}");
         assert!(
-            check_document("consumers", "c", &serde_json::json!({"id": "c", "any": 1})).is_empty()
+            !check_document("consumers", "c", &serde_json::json!({"id": "c", "any": 1})).is_empty()
         );
+        assert!(
+            check_document(
+                "consumers",
+                "c",
+                &serde_json::json!({"id": "c", "groups": ["g"]})
+            )
+            .is_empty()
+        );
+        // A credential carries exactly one method.
+        let two = serde_json::json!({"id": "k", "consumer": "c",
+            "key-auth": {"key_sha256": "00"}, "jwt-auth": {"subject": "c"}});
+        assert!(!check_document("credentials", "k", &two).is_empty());
         assert!(!check_document("consumers", "c", &serde_json::json!([1])).is_empty());
         assert!(
             !check_document(

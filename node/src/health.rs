@@ -41,7 +41,7 @@ const MAX_REPORT_BYTES: usize = 16 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 
 /// How a target is probed.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// An HTTP/1.1 `GET` of `path`; healthy when the status is expected.
@@ -52,7 +52,7 @@ pub enum CheckKind {
 }
 
 /// `upstreams[].health_check`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     /// `http` or `tcp`.
@@ -66,9 +66,11 @@ pub struct HealthCheckConfig {
     pub host: String,
     /// Time between probes of one target by one prober.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub interval: Duration,
     /// How long a probe may take.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "5s")]
     pub timeout: Duration,
     /// Consecutive successes that bring a target back.
     pub healthy_threshold: u32,

@@ -1,11 +1,12 @@
 //! The OpenAPI 3 document served at `/v1/openapi.json`, built with
-//! utoipa from [`crate::admin::ENDPOINTS`] (the list the router serves) and
+//! utoipa from [`crate::admin::endpoints`] (the list the router is built
+//! from) and
 //! the API's envelope types. `{kind}` is expanded into one path per
 //! document kind, so generated clients get one method per kind.
 //!
-//! Document bodies are described as JSON objects with an `id`; the typed
-//! schemas of routes, services and upstreams are not derived yet (the
-//! config structs carry no schema derive), see `docs/admin-api.md`.
+//! Document bodies have the schemas derived (`utoipa::ToSchema`) from the
+//! very types the API parses them into (`config.rs`, `docs.rs`), so the
+//! schema cannot drift from what is accepted.
 
 use serde_json::Value;
 use utoipa::openapi::path::{
@@ -18,7 +19,6 @@ use utoipa::openapi::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::admin::ENDPOINTS;
 use crate::docs::KINDS;
 
 /// One problem in a rejected request.
@@ -113,6 +113,14 @@ fn json_ref(name: &str) -> utoipa::openapi::Content {
         .build()
 }
 
+fn raw_schema(v: Value) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+fn ref_of(name: &str) -> Value {
+    serde_json::json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
 fn any_object() -> utoipa::openapi::Content {
     ContentBuilder::new()
         .schema(Some(ObjectBuilder::new().schema_type(Type::Object)))
@@ -121,8 +129,16 @@ fn any_object() -> utoipa::openapi::Content {
 
 /// The document.
 pub fn document() -> Value {
+    let (kind_names, kind_schemas) = crate::docs::kind_schemas();
+    let name_of = |kind: &str| {
+        kind_names
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default()
+    };
     let mut paths = PathsBuilder::new();
-    for (method, path) in ENDPOINTS {
+    for (method, path) in &crate::admin::endpoints() {
         let m = match *method {
             "get" => HttpMethod::Get,
             "post" => HttpMethod::Post,
@@ -160,7 +176,16 @@ pub fn document() -> Value {
                     ResponseBuilder::new().description("success").content(
                         "application/json",
                         match (*method, concrete.contains("{id}")) {
-                            ("get", true) => json_ref("DocumentSchema"),
+                            ("get", true) => match kind {
+                                Some(k) => json_ref(&format!("{}Document", name_of(k))),
+                                None => json_ref("DocumentSchema"),
+                            },
+                            ("get", false) if kind.is_some() => {
+                                json_ref(&format!("{}List", name_of(kind.unwrap_or_default())))
+                            }
+                            ("post", true) if concrete.starts_with("/v1/subscriptions/") => {
+                                json_ref("WriteResultSchema")
+                            }
                             ("put" | "post" | "delete", _) if kind.is_some() => {
                                 json_ref("WriteResultSchema")
                             }
@@ -247,11 +272,33 @@ pub fn document() -> Value {
                         ));
                 }
             }
-            if matches!(*method, "put" | "post") && (kind.is_some() || concrete == "/v1/apply") {
+            if concrete.starts_with("/v1/subscriptions/") && concrete.contains("{id}/") {
+                op = op
+                    .response(
+                        "404",
+                        ResponseBuilder::new()
+                            .description("no such subscription")
+                            .content("application/json", json_ref("ErrorSchema")),
+                    )
+                    .response(
+                        "409",
+                        ResponseBuilder::new()
+                            .description(
+                                "`illegal_transition` from the current state, or `conflict`",
+                            )
+                            .content("application/json", json_ref("ErrorSchema")),
+                    );
+            }
+            let body = match kind {
+                Some(k) if matches!(*method, "put" | "post") => Some(json_ref(&name_of(k))),
+                None if concrete == "/v1/apply" => Some(json_ref("ApplyRequest")),
+                _ => None,
+            };
+            if let Some(body) = body {
                 op = op.request_body(Some(
                     RequestBodyBuilder::new()
                         .required(Some(Required::True))
-                        .content("application/json", any_object())
+                        .content("application/json", body)
                         .build(),
                 ));
             }
@@ -272,7 +319,63 @@ pub fn document() -> Value {
             paths = paths.path(concrete, PathItem::new(m.clone(), op.build()));
         }
     }
+    let mut documents = serde_json::Map::new();
+    let mut typed = Vec::new();
+    for (kind, name) in &kind_names {
+        documents.insert(
+            (*kind).to_string(),
+            serde_json::json!({"type": "array", "items": ref_of(name)}),
+        );
+        typed.push((
+            format!("{name}Document"),
+            raw_schema(serde_json::json!({
+                "type": "object",
+                "description": format!("a stored `{kind}` document with its revisions"),
+                "required": ["kind", "id", "revision", "created", "value"],
+                "properties": {
+                    "kind": {"type": "string", "enum": [kind]},
+                    "id": {"type": "string"},
+                    "revision": {"type": "integer", "minimum": 0},
+                    "created": {"type": "integer", "minimum": 0},
+                    "value": ref_of(name),
+                }
+            })),
+        ));
+        typed.push((
+            format!("{name}List"),
+            raw_schema(serde_json::json!({
+                "type": "object",
+                "description": format!("a page of `{kind}`"),
+                "required": ["items", "revision"],
+                "properties": {
+                    "items": {"type": "array", "items": ref_of(&format!("{name}Document"))},
+                    "next": {"type": ["string", "null"], "description": "cursor for `after`"},
+                    "revision": {"type": "integer", "minimum": 0},
+                }
+            })),
+        ));
+    }
+    typed.push((
+        "ApplyRequest".into(),
+        raw_schema(serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["documents"],
+            "properties": {
+                "documents": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "description": "desired documents by kind; kinds absent here are left alone",
+                    "properties": Value::Object(documents),
+                },
+                "dry_run": {"type": "boolean"},
+                "message": {"type": "string"},
+            }
+        })),
+    ));
     let components = ComponentsBuilder::new()
+        .schemas_from_iter(kind_schemas)
+        .schemas_from_iter(typed)
         .schema("ProblemSchema", ProblemSchema::schema())
         .schema("ErrorSchema", ErrorSchema::schema())
         .schema("DocumentSchema", DocumentSchema::schema())

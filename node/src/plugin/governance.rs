@@ -258,7 +258,13 @@ pub(crate) fn validate_subscriptions(config: &Config, p: &mut Problems) {
             (Some(_), None) | (None, Some(_)) => {}
             _ => p.push(at.clone(), "set exactly one of `route`, `service`"),
         }
-        if !seen.insert((&s.consumer, &s.route, &s.service)) {
+        // Rejected and revoked ones are history: the consumer may ask
+        // again, but holds at most one live subscription per target.
+        let live = matches!(
+            s.state,
+            SubscriptionState::Requested | SubscriptionState::Approved
+        );
+        if live && !seen.insert((&s.consumer, &s.route, &s.service)) {
             p.push(
                 at,
                 format!(

@@ -37,8 +37,8 @@ mod otlp;
 mod pattern;
 pub mod raftnode;
 mod raw;
-mod tls;
 mod scripted;
+mod tls;
 mod upstream;
 mod wait;
 
@@ -50,7 +50,7 @@ pub use origin::{Origin, Script as OriginScript};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, ReceiverKind, SpanKind, SpanStatus};
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
-pub use tls::{HttpsDocServer, TestCa, TestCert};
 pub use scripted::{Gate, Script, ScriptedUpstream};
+pub use tls::{HttpsDocServer, TestCa, TestCert};
 pub use upstream::{Behaviour, RecordedRequest, Upstream, unused_addr};
 pub use wait::{DEFAULT_WAIT, wait_for, wait_until};
