@@ -511,3 +511,44 @@ async fn admin_purge_needs_an_admin_key() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn hits_are_compressed_like_misses() {
+    let origin = Origin::start().await;
+    let body = format!("{{\"k\":\"{}\"}}", "v".repeat(2000));
+    origin.script(
+        "/j",
+        Script::ok(
+            &body,
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "max-age=60"),
+            ],
+        ),
+    );
+    let yaml = config(&origin.target(), "{}")
+        + "      compression: {algorithms: [gzip], min_length: 16}\n";
+    let gw = gateway(&yaml).await;
+    for want in ["MISS", "HIT"] {
+        let r = http_client()
+            .get(gw.url("/j"))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(&r), want);
+        assert_eq!(r.headers()["content-encoding"], "gzip", "{want}");
+        let raw = r.bytes().await.unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out)
+            .unwrap();
+        assert_eq!(out, body, "{want}");
+    }
+    // Stored uncompressed: a client without Accept-Encoding gets the plain
+    // body from the same entry.
+    let (code, st, plain, h) = get(&gw, "/j", &[]).await;
+    assert_eq!((code, st.as_str()), (200, "HIT"));
+    assert!(h.get("content-encoding").is_none());
+    assert_eq!(plain, body);
+    assert_eq!(origin.hits("/j"), 1);
+}

@@ -229,9 +229,13 @@ impl RaftKv {
         let view = sm.view();
         let config = openraft::Config {
             cluster_name: "weir".into(),
-            heartbeat_interval: 150,
-            election_timeout_min: 800,
-            election_timeout_max: 1600,
+            // openraft 0.9 gives every AppendEntries call the heartbeat
+            // interval as its deadline: one large entry (an `apply` of
+            // thousands of routes) must be sent, decoded and synced on a
+            // follower within it, or it is cancelled and resent forever.
+            heartbeat_interval: 500,
+            election_timeout_min: 2000,
+            election_timeout_max: 4000,
             install_snapshot_timeout: 5000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every / 2,

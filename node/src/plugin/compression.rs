@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
+    BuildEnv, ConfigErrorList, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
     parse_config,
 };
 
@@ -534,17 +534,17 @@ fn weaken_etag(headers: &mut HeaderMap) {
 
 #[async_trait::async_trait]
 impl Plugin for Compression {
-    async fn access(&self, req: &mut RequestHead<'_>, ctx: &mut RequestCtx) -> Result<(), Early> {
+    // Inspect, not access: an answer from a plugin that runs earlier (a
+    // cache hit) is compressed too.
+    fn inspect(&self, req: &RequestHead<'_>, ctx: &mut RequestCtx) {
         if req.method != Method::HEAD {
             ctx.ext
                 .insert(Chosen(negotiate(req.headers, &self.algorithms)));
         }
-        Ok(())
     }
 
     fn response_headers(&self, resp: &mut ResponseHead<'_>, ctx: &mut RequestCtx) {
-        // No access phase of ours (HEAD, or another plugin answered
-        // first): leave the answer as it is.
+        // Nothing negotiated (HEAD): leave the answer as it is.
         let Some(Chosen(choice)) = ctx.ext.remove::<Chosen>() else {
             return;
         };

@@ -95,6 +95,13 @@ pub fn lookup(name: &str) -> Option<&'static PluginDef> {
 /// them, so they hold no per-request state (that goes in [`RequestCtx`]).
 #[async_trait::async_trait]
 pub trait Plugin: Send + Sync + 'static {
+    /// Inspect phase: every plugin of the chain sees the request head
+    /// before any access phase runs, even when an earlier plugin then
+    /// answers on its own (a cache hit still needs the client's
+    /// `Accept-Encoding` for compression). It cannot answer or change the
+    /// request.
+    fn inspect(&self, _req: &RequestHead<'_>, _ctx: &mut RequestCtx) {}
+
     /// Access phase, before anything is sent upstream. `Err` answers the
     /// client at once with the [`Early`] response.
     ///
@@ -468,6 +475,9 @@ impl Chain {
         ctx: &mut RequestCtx,
     ) -> Result<(), Early> {
         for e in self.entries.iter() {
+            e.plugin.inspect(req, ctx);
+        }
+        for e in self.entries.iter() {
             e.plugin.access(req, ctx).await?;
         }
         Ok(())
@@ -592,6 +602,20 @@ impl PluginBody {
                             }
                         }
                         self.sent += data.len() as u64;
+                        if self.chain.filters_body && self.inner.is_end_stream() {
+                            // A body of known length ends with its last
+                            // chunk: hyper polls no further, so the end
+                            // phase runs now and its bytes join this chunk.
+                            let tail = self.finish();
+                            if let Ok(tail) = tail.into_data()
+                                && !tail.is_empty()
+                            {
+                                let mut joined = Vec::with_capacity(data.len() + tail.len());
+                                joined.extend_from_slice(&data);
+                                joined.extend_from_slice(&tail);
+                                data = Bytes::from(joined);
+                            }
+                        }
                         Frame::data(data)
                     }
                     Err(frame) if self.chain.filters_body => {
