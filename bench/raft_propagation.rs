@@ -27,7 +27,13 @@ fn routes_count() -> usize {
 /// Waits until `n` has applied `rev`: one request that the node answers
 /// when it gets there (no polling that would steal the node's CPU).
 async fn applied(n: &Node, rev: u64) {
+    let give_up = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(
+            Instant::now() < give_up,
+            "{} did not apply revision {rev} within 60 s",
+            n.admin
+        );
         if let Ok(r) = http_client()
             .get(n.url(&format!("/raft/applied?min_revision={rev}&wait_ms=5000")))
             .send()
@@ -66,11 +72,13 @@ async fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let r = c
             .put(nodes[leader].url(&format!("/v1/consumers/p{i}")))
-            .json(&json!({"n": i}))
+            .json(&json!({"labels": {"n": i.to_string()}}))
             .send()
             .await?;
         let v: Value = r.json().await?;
-        let rev = v["revision"].as_u64().unwrap_or(u64::MAX);
+        let Some(rev) = v["revision"].as_u64() else {
+            anyhow::bail!("write {i} was refused: {v}");
+        };
         let followers: Vec<&Node> = nodes
             .iter()
             .enumerate()
@@ -95,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
                 let a = &admins[(w + i) % admins.len()];
                 let r = http_client()
                     .put(format!("http://{a}/v1/consumers/t{w}-{i}"))
-                    .json(&json!({"n": i}))
+                    .json(&json!({"labels": {"n": i.to_string()}}))
                     .send()
                     .await;
                 if r.is_ok_and(|r| r.status() == 200) {
