@@ -7,31 +7,13 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::weir_bin;
+use common::{sample, weir_bin};
 use serde_json::json;
 use weir_chaos::{Cluster, ClusterSpec};
 use weir_testsupport::raftnode::Node;
 use weir_testsupport::{Upstream, http_client, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// The value of the sample of `name` whose labels include every pair of
-/// `labels`, from Prometheus text.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            (n == name).then_some((rest, value))
-        })
-        .find(|(rest, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|(_, v)| v.parse().ok())
-}
 
 async fn metrics_at(url: String) -> Option<String> {
     let r = http_client().get(url).send().await.ok()?;

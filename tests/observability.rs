@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{one_upstream, weir_bin};
+use common::{one_upstream, sample, weir_bin};
 use weir_testsupport::{
     Behaviour, Gateway, OtlpReceiver, ReceivedSpan, Signal, SpanKind, SpanStatus, Upstream,
     http_client, unused_addr, wait_for, wait_until,
@@ -21,24 +21,6 @@ async fn start(yaml: &str) -> Gateway {
     Gateway::start(weir_bin(), &Gateway::config(yaml))
         .await
         .expect("weir starts")
-}
-
-/// The value of the sample of `name` whose labels include every pair of
-/// `labels`, from Prometheus text.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            (n == name).then_some((rest, value))
-        })
-        .find(|(rest, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 async fn metrics_text(gw: &Gateway) -> String {

@@ -678,7 +678,7 @@ impl Attempts<'_> {
                     let mut span = l.span.start_attempt(&target.addr);
                     span.inject(req.headers_mut());
                     if span.is_recording()
-                        && let Ok(peer) = target.addr.parse::<std::net::SocketAddr>()
+                        && let Some(peer) = target.socket
                     {
                         span.set_peer_address(peer);
                     }

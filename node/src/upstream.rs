@@ -104,6 +104,9 @@ impl TargetHealth {
 pub struct Target {
     /// `host:port` as configured.
     pub addr: String,
+    /// The address as a socket address when it is an IP literal (for the
+    /// span's peer attributes), parsed once here rather than per attempt.
+    pub socket: Option<std::net::SocketAddr>,
     /// Parsed authority, used to build request URIs.
     pub authority: Authority,
     /// The `Host` value when the route asks for the target's address.
@@ -356,6 +359,7 @@ impl Pools {
                         .clone();
                     Ok(Target {
                         addr: t.addr.clone(),
+                        socket: t.addr.parse().ok(),
                         authority,
                         host_value,
                         sticky_id: sticky_id(&t.addr),

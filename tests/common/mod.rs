@@ -45,3 +45,21 @@ pub fn error_of(body: &serde_json::Value) -> &serde_json::Value {
     );
     e
 }
+
+/// The value of the sample of `name` whose labels include every pair of
+/// `labels`, from Prometheus text.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            (n == name).then_some((rest, value))
+        })
+        .find(|(rest, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|(_, v)| v.parse().ok())
+}
