@@ -607,13 +607,8 @@ impl PluginBody {
                             // chunk: hyper polls no further, so the end
                             // phase runs now and its bytes join this chunk.
                             let tail = self.finish();
-                            if let Ok(tail) = tail.into_data()
-                                && !tail.is_empty()
-                            {
-                                let mut joined = Vec::with_capacity(data.len() + tail.len());
-                                joined.extend_from_slice(&data);
-                                joined.extend_from_slice(&tail);
-                                data = Bytes::from(joined);
+                            if let Ok(tail) = tail.into_data() {
+                                data = concat(data, tail);
                             }
                         }
                         Frame::data(data)
@@ -654,19 +649,26 @@ impl PluginBody {
                 e.plugin.response_body(&mut pending, &mut self.ctx);
             }
             if let Some(tail) = e.plugin.response_end(&mut self.ctx) {
-                pending = if pending.is_empty() {
-                    tail
-                } else {
-                    let mut joined = Vec::with_capacity(pending.len() + tail.len());
-                    joined.extend_from_slice(&pending);
-                    joined.extend_from_slice(&tail);
-                    Bytes::from(joined)
-                };
+                pending = concat(pending, tail);
             }
         }
         self.sent += pending.len() as u64;
         Frame::data(pending)
     }
+}
+
+/// `a` then `b`, copying only when both hold bytes.
+fn concat(a: Bytes, b: Bytes) -> Bytes {
+    if a.is_empty() {
+        return b;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    let mut joined = Vec::with_capacity(a.len() + b.len());
+    joined.extend_from_slice(&a);
+    joined.extend_from_slice(&b);
+    Bytes::from(joined)
 }
 
 impl Drop for PluginBody {
