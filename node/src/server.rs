@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -149,6 +150,12 @@ impl Server {
             let stop = async move {
                 let _ = admin_stop.changed().await;
             };
+            // Raft RPCs and admin answers are small writes: without
+            // TCP_NODELAY, Nagle holds a response's second segment until the
+            // peer's delayed ACK (about 40 ms on Linux).
+            let admin_listener = admin_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(admin_listener, admin_router)
                 .with_graceful_shutdown(stop)
                 .await
