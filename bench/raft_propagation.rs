@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     // 1. Propagation: one write at a time on the leader; both followers
     // are asked at once to answer when they have applied it.
     let mut lat = Vec::with_capacity(WRITES);
+    let mut acked = Vec::with_capacity(WRITES);
     for i in 0..WRITES {
         let t0 = Instant::now();
         let r = c
@@ -81,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         let Some(rev) = v["revision"].as_u64() else {
             anyhow::bail!("write {i} was refused: {v}");
         };
+        acked.push(t0.elapsed());
         let followers: Vec<&Node> = nodes
             .iter()
             .enumerate()
@@ -91,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         lat.push(t0.elapsed());
     }
     lat.sort();
+    acked.sort();
 
     // 2. Throughput: 16 concurrent writers spread over the nodes for 5 s.
     let admins: Vec<String> = nodes.iter().map(|n| n.admin.clone()).collect();
@@ -125,6 +128,11 @@ async fn main() -> anyhow::Result<()> {
 
     println!("| measure | value |");
     println!("| --- | --- |");
+    println!(
+        "| write acknowledged p50 / p99 | {:.1} ms / {:.1} ms |",
+        pct(&acked, 0.5).as_secs_f64() * 1e3,
+        pct(&acked, 0.99).as_secs_f64() * 1e3
+    );
     println!(
         "| propagation p50 ({WRITES} writes) | {:.1} ms |",
         pct(&lat, 0.5).as_secs_f64() * 1e3

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weir_storage::{Docs, Problem, Validator};
+use weir_storage::{Docs, Document, Problem, Validator};
 
 use crate::config::{
     BasicCredential, Config, ConsumerConfig, CredentialsConfig, HmacCredential, JwtCredential,
@@ -227,51 +227,106 @@ fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, (String, String
 /// Checks one document on its own: shape, unknown fields, types, and that
 /// its `id` is `id`. Returns `(pointer, reason)` for each problem.
 pub fn check_document(kind: &str, id: &str, v: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+    read(kind, id, v).problems
+}
+
+/// One document read on its own: its problems and, when its value parses
+/// as its kind, the typed form. Kept in the stored document's memo, so a
+/// document is parsed once per process rather than on every write.
+struct Read {
+    problems: Vec<(String, String)>,
+    typed: Option<Typed>,
+}
+
+/// A document's value as the config object it stands for.
+enum Typed {
+    Route(RouteConfig),
+    Service(ServiceConfig),
+    Upstream(UpstreamConfig),
+    Consumer(ConsumerConfig),
+    Credential(CredentialDoc),
+    Subscription(SubscriptionConfig),
+    /// A global plugin: its name and config.
+    Plugin(String, serde_yaml_ng::Value),
+}
+
+fn read(kind: &str, id: &str, v: &Value) -> Read {
+    let mut problems = Vec::new();
     if let Err(r) = check_id(id) {
-        out.push(("/id".to_string(), r));
+        problems.push(("/id".to_string(), r));
     }
     let Some(obj) = v.as_object() else {
-        out.push((String::new(), "a document is a JSON object".into()));
-        return out;
+        problems.push((String::new(), "a document is a JSON object".into()));
+        return Read {
+            problems,
+            typed: None,
+        };
     };
     match obj.get("id") {
         Some(Value::String(s)) if s == id => {}
-        Some(Value::String(s)) => out.push((
+        Some(Value::String(s)) => problems.push((
             "/id".into(),
             format!("`{s}` does not match the id in the path (`{id}`)"),
         )),
-        _ => out.push(("/id".into(), "missing or not a string".into())),
+        _ => problems.push(("/id".into(), "missing or not a string".into())),
     }
-    let r = match kind {
-        "routes" => typed::<RouteConfig>(v).map(|_| ()),
-        "services" => typed::<ServiceConfig>(v).map(|_| ()),
-        "upstreams" => typed::<UpstreamConfig>(v).map(|_| ()),
-        "consumers" => typed::<ConsumerDoc>(v).map(|_| ()),
+    let typed = match kind {
+        "routes" => typed(v).map(Typed::Route),
+        "services" => typed(v).map(Typed::Service),
+        "upstreams" => typed(v).map(Typed::Upstream),
+        "consumers" => typed::<ConsumerDoc>(v).map(|c| {
+            Typed::Consumer(ConsumerConfig {
+                name: c.id,
+                groups: c.groups,
+                labels: c.labels,
+                credentials: c.credentials,
+                plugins: c.plugins,
+            })
+        }),
         "credentials" => typed::<CredentialDoc>(v).and_then(|c| match c.methods() {
-            1 => Ok(()),
+            1 => Ok(Typed::Credential(c)),
             _ => Err((
                 String::new(),
                 "set exactly one of `key-auth`, `basic-auth`, `jwt-auth`, `hmac-auth`".into(),
             )),
         }),
-        "subscriptions" => typed::<SubscriptionDoc>(v).map(|_| ()),
+        "subscriptions" => typed::<SubscriptionDoc>(v).map(|s| {
+            Typed::Subscription(SubscriptionConfig {
+                id: Some(s.id),
+                consumer: s.consumer,
+                route: s.route,
+                service: s.service,
+                state: s.state,
+            })
+        }),
         "plugins" => typed::<GlobalPluginDoc>(v).and_then(|p| {
-            if p.config.is_object() {
-                Ok(())
-            } else {
-                Err((
+            if !p.config.is_object() {
+                return Err((
                     "/config".into(),
                     "a plugin's config is a JSON object".into(),
-                ))
+                ));
             }
+            typed::<serde_yaml_ng::Value>(&p.config).map(|c| Typed::Plugin(p.id, c))
         }),
-        _ => Ok(()),
+        _ => Err((String::new(), format!("unknown kind `{kind}`"))),
     };
-    if let Err(p) = r {
-        out.push(p);
+    let typed = match typed {
+        Ok(t) => Some(t),
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    };
+    Read { problems, typed }
+}
+
+/// What [`read`] makes of a stored document, from its memo when another
+/// write already read it.
+fn read_stored(d: &Document, with: impl FnOnce(&Read)) {
+    match d.memo.get_or_init(|| read(&d.kind, &d.id, &d.value)) {
+        Some(r) => with(r),
+        None => with(&read(&d.kind, &d.id, &d.value)),
     }
-    out
 }
 
 /// The canonical form of a document (defaults filled in), so the same
@@ -321,59 +376,26 @@ fn build(base: &Config, docs: &Docs) -> (Config, Vec<Problem>, CredentialOrigins
     let mut problems = Vec::new();
     let mut credentials = Vec::new();
     for ((kind, id), d) in docs {
-        let bad = |(pointer, reason): (String, String)| Problem {
-            kind: kind.clone(),
-            id: id.clone(),
-            pointer,
-            reason,
-        };
-        match kind.as_str() {
-            "routes" => match typed(&d.value) {
-                Ok(r) => cfg.routes.push(r),
-                Err(p) => problems.push(bad(p)),
-            },
-            "services" => match typed(&d.value) {
-                Ok(s) => cfg.services.push(s),
-                Err(p) => problems.push(bad(p)),
-            },
-            "upstreams" => match typed(&d.value) {
-                Ok(u) => cfg.upstreams.push(u),
-                Err(p) => problems.push(bad(p)),
-            },
-            "consumers" => match typed::<ConsumerDoc>(&d.value) {
-                Ok(c) => cfg.consumers.push(ConsumerConfig {
-                    name: c.id,
-                    groups: c.groups,
-                    labels: c.labels,
-                    credentials: c.credentials,
-                    plugins: c.plugins,
-                }),
-                Err(p) => problems.push(bad(p)),
-            },
-            "credentials" => match typed::<CredentialDoc>(&d.value) {
-                Ok(c) => credentials.push(c),
-                Err(p) => problems.push(bad(p)),
-            },
-            "subscriptions" => match typed::<SubscriptionDoc>(&d.value) {
-                Ok(s) => cfg.subscriptions.push(SubscriptionConfig {
-                    id: Some(s.id),
-                    consumer: s.consumer,
-                    route: s.route,
-                    service: s.service,
-                    state: s.state,
-                }),
-                Err(p) => problems.push(bad(p)),
-            },
-            "plugins" => match typed::<GlobalPluginDoc>(&d.value)
-                .and_then(|p| typed::<serde_yaml_ng::Value>(&p.config).map(|v| (p.id, v)))
-            {
-                Ok((name, v)) => {
-                    cfg.plugins.insert(name, v);
-                }
-                Err(p) => problems.push(bad(p)),
-            },
-            _ => {}
+        if !is_kind(kind) {
+            continue;
         }
+        read_stored(d, |r| match &r.typed {
+            Some(Typed::Route(x)) => cfg.routes.push(x.clone()),
+            Some(Typed::Service(x)) => cfg.services.push(x.clone()),
+            Some(Typed::Upstream(x)) => cfg.upstreams.push(x.clone()),
+            Some(Typed::Consumer(x)) => cfg.consumers.push(x.clone()),
+            Some(Typed::Credential(x)) => credentials.push(x.clone()),
+            Some(Typed::Subscription(x)) => cfg.subscriptions.push(x.clone()),
+            Some(Typed::Plugin(name, x)) => {
+                cfg.plugins.insert(name.clone(), x.clone());
+            }
+            None => problems.extend(r.problems.iter().map(|(pointer, reason)| Problem {
+                kind: kind.clone(),
+                id: id.clone(),
+                pointer: pointer.clone(),
+                reason: reason.clone(),
+            })),
+        });
     }
     let mut origins = CredentialOrigins::new();
     let index: HashMap<String, usize> = cfg
@@ -497,14 +519,14 @@ pub fn problems(docs: &Docs) -> Vec<Problem> {
             });
             continue;
         }
-        for (pointer, reason) in check_document(kind, id, &d.value) {
-            out.push(Problem {
+        read_stored(d, |r| {
+            out.extend(r.problems.iter().map(|(pointer, reason)| Problem {
                 kind: kind.clone(),
                 id: id.clone(),
-                pointer,
-                reason,
-            });
-        }
+                pointer: pointer.clone(),
+                reason: reason.clone(),
+            }));
+        });
     }
     if !out.is_empty() {
         return out;

@@ -25,6 +25,6 @@ pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::{ConfigView, StateMachine, Validator};
 pub use types::{
-    Action, Batch, Change, DocKey, Docs, Document, NodeId, Op, Problem, RevisionRecord, TypeConfig,
-    WriteOutcome,
+    Action, Batch, Change, DocKey, Docs, Document, Memo, NodeId, Op, Problem, RevisionRecord,
+    TypeConfig, WriteOutcome,
 };

@@ -374,6 +374,7 @@ fn compute(
                         revision: new_rev,
                         created,
                         value: v.clone(),
+                        memo: Default::default(),
                     }),
                 );
                 changes.push(Change {

@@ -1,8 +1,10 @@
 //! What is replicated: write batches, their outcome, documents and history.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +137,46 @@ pub struct Document {
     pub created: u64,
     /// The JSON document.
     pub value: serde_json::Value,
+    /// What a reader made of `value`, kept with it (never stored).
+    #[serde(skip)]
+    pub memo: Memo,
+}
+
+/// A slot where the reader of a [`Document`] keeps what it parsed the
+/// value into, so that a document that does not change is read once per
+/// process, not once per write (the validator and the route snapshot read
+/// every document on every write). The store does not know the type: the
+/// first reader sets it, and a reader asking for another type is told
+/// `None`. Documents are immutable once stored, so the memo never goes
+/// stale; it compares equal to any other memo.
+#[derive(Clone, Default)]
+pub struct Memo(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl Memo {
+    /// What the first reader made of the document, made now by `make` if
+    /// nobody has yet; `None` when the slot holds another type.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.0
+            .get_or_init(|| Arc::new(make()))
+            .as_ref()
+            .downcast_ref::<T>()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Memo(set)"
+        } else {
+            "Memo(empty)"
+        })
+    }
 }
 
 /// What a revision did to one document.
@@ -176,4 +218,34 @@ pub struct RevisionRecord {
     pub message: String,
     /// What changed.
     pub changes: Vec<Change>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_is_made_once_and_only_read_back_as_its_own_type() {
+        let m = Memo::default();
+        let mut made = 0;
+        assert_eq!(
+            m.get_or_init(|| {
+                made += 1;
+                7u32
+            }),
+            Some(&7)
+        );
+        assert_eq!(
+            m.get_or_init(|| {
+                made += 1;
+                8u32
+            }),
+            Some(&7)
+        );
+        assert_eq!(made, 1);
+        assert_eq!(m.get_or_init(|| "other"), None);
+        // A clone shares what was made; memos never make documents differ.
+        assert_eq!(m.clone().get_or_init(|| 9u32), Some(&7));
+        assert_eq!(m, Memo::default());
+    }
 }
