@@ -1129,8 +1129,8 @@ mod tests {
             which in 0usize..6,
             ratio in proptest::prop_oneof![0.0f64..=1.0, proptest::strategy::Just(0.0), proptest::strategy::Just(1.0)],
         ) {
-            use opentelemetry::trace::{SamplingDecision, TraceContextExt};
-            use opentelemetry_sdk::trace::ShouldSample;
+            use opentelemetry::trace::TraceContextExt;
+            use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
             let spec = [
                 SamplerSpec::AlwaysOn,
                 SamplerSpec::AlwaysOff,

@@ -20,8 +20,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -120,8 +120,9 @@ impl ErrorLog {
 /// A current-thread tokio runtime on its own thread, for the exporter.
 pub(crate) struct ExportRuntime {
     handle: tokio::runtime::Handle,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    // Behind locks because the SDK shuts an exporter down through `&self`.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ExportRuntime {
@@ -143,8 +144,8 @@ impl ExportRuntime {
             })?;
         Ok(ExportRuntime {
             handle,
-            stop: Some(stop),
-            thread: Some(thread),
+            stop: Mutex::new(Some(stop)),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -152,17 +153,24 @@ impl ExportRuntime {
         &self.handle
     }
 
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+    fn stop(&self) {
+        if let Some(stop) = lock(&self.stop).take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.take() {
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
             // Never join from the runtime's own thread.
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
         }
     }
+}
+
+/// A poisoned lock only means a panic elsewhere; the `Option` inside is
+/// still sound to take.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for ExportRuntime {
@@ -255,13 +263,10 @@ impl<E: SpanExporter + 'static> SpanExporter for RuntimeExporter<E> {
         }
     }
 
-    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
-        let result = match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.shutdown_with_timeout(timeout),
-            // An abandoned export still holds it; the runtime stop below
-            // drops that task.
-            None => Ok(()),
-        };
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        // An abandoned export may still hold the exporter; the runtime stop
+        // below drops that task.
+        let result = self.inner.shutdown_with_timeout(timeout);
         self.runtime.stop();
         result
     }

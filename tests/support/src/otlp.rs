@@ -104,6 +104,8 @@ pub enum AttrValue {
     Array(Vec<AttrValue>),
     /// A nested map.
     Map(BTreeMap<String, AttrValue>),
+    /// An index into a profile's string table (never sent for spans).
+    StrIndex(i32),
     /// Present without a value.
     Empty,
 }
@@ -627,6 +629,7 @@ fn value(v: Option<AnyValue>) -> AttrValue {
             AttrValue::Array(a.values.into_iter().map(|v| value(Some(v))).collect())
         }
         Some(any_value::Value::KvlistValue(l)) => AttrValue::Map(attributes(l.values)),
+        Some(any_value::Value::StringValueStrindex(i)) => AttrValue::StrIndex(i),
     }
 }
 

@@ -19,6 +19,7 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(value) }),
+        key_strindex: 0,
     }
 }
 
