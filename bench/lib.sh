@@ -507,6 +507,21 @@ proc_cpu_ticks() {
     echo "$t"
 }
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+# export_cpu_ticks NAME -> clock ticks used so far by the trace export threads
+# of a weir variant: the OTLP exporter's runtime (`weir-otlp-export`) and the
+# SDK batch processor's thread (`OpenTelemetry.Traces.BatchProcessor`); thread
+# names are cut to 15 characters in /proc.
+export_cpu_ticks() {
+    local pid="${PID_OF[$1]}" p f t=0 v
+    for p in $(ps -o pid= -s "$pid" 2>/dev/null); do
+        for f in /proc/"$p"/task/*/stat; do
+            v="$(awk '/^[0-9]+ \((weir-otlp-expor|OpenTelemetry\.)/ {sub(/^.*\) /, ""); print $12 + $13}' "$f" 2>/dev/null)" || continue
+            t=$((t + ${v:-0}))
+        done
+    done
+    echo "$t"
+}
+
 
 # cpu_ticks CPU -> "busy total" jiffies of one core, from /proc/stat
 cpu_ticks() {

@@ -70,7 +70,7 @@ for p in "${ORDER[@]}"; do start_proxy "$p"; done
 
 # -------------------------------------------------------------------- runs
 CSV="$RESULTS_DIR/runs.csv"
-echo "round,proxy,rps,p99_ms,p50_ms,errors,proxy_cpu_pct,proxy_cpu_us_per_req,proxy_core_busy_pct,load_core_busy_pct,requests" >"$CSV"
+echo "round,proxy,rps,p99_ms,p50_ms,errors,proxy_cpu_pct,proxy_cpu_us_per_req,proxy_core_busy_pct,load_core_busy_pct,requests,export_cpu_us_per_req" >"$CSV"
 N=${#ORDER[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     for ((i = 0; i < N; i++)); do
@@ -80,9 +80,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
         if [[ "$WARMUP" -gt 0 ]]; then run_wrk "$port" "$WARMUP" "$RESULTS_DIR/raw/round$r-$p-warmup.txt"; fi
         out="$RESULTS_DIR/raw/round$r-$p.txt"
         read -r pb0 pt0 < <(cpu_ticks "$PCPU"); read -r lb0 lt0 < <(cpu_ticks "$LCPU")
-        c0="$(proc_cpu_ticks "$p")"; w0="$(date +%s.%N)"
+        c0="$(proc_cpu_ticks "$p")"; e0="$(export_cpu_ticks "$p")"; w0="$(date +%s.%N)"
         run_wrk "$port" "$DURATION" "$out"
-        c1="$(proc_cpu_ticks "$p")"; w1="$(date +%s.%N)"
+        c1="$(proc_cpu_ticks "$p")"; e1="$(export_cpu_ticks "$p")"; w1="$(date +%s.%N)"
         read -r pb1 pt1 < <(cpu_ticks "$PCPU"); read -r lb1 lt1 < <(cpu_ticks "$LCPU")
         rps="$(wrk_field "$out" rps)"; p99="$(wrk_field "$out" p99)"; p50="$(wrk_field "$out" p50)"
         [[ -n "$rps" && -n "$p99" && -n "$p50" ]] || { sed 's/^/    /' "$out" >&2; die "could not parse wrk output for $p"; }
@@ -91,8 +91,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         # on how much of the core other processes took meanwhile.
         read -r pcpu uspr < <(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v w0="$w0" -v w1="$w1" -v n="${reqs:-0}" \
             'BEGIN {s = c / hz; printf "%.0f %.2f\n", 100 * s / (w1 - w0), n ? 1e6 * s / n : 0}')
+        # Of it, the trace export threads' share (0 for untraced variants).
+        euspr="$(awk -v c=$((e1 - e0)) -v hz="$CLK_TCK" -v n="${reqs:-0}" 'BEGIN {printf "%.2f", n ? 1e6 * c / hz / n : 0}')"
         pbusy="$(busy_pct "$pb0" "$pt0" "$pb1" "$pt1")"; lbusy="$(busy_pct "$lb0" "$lt0" "$lb1" "$lt1")"
-        echo "$r,$p,$rps,$(to_ms "$p99"),$(to_ms "$p50"),$errs,$pcpu,$uspr,$pbusy,$lbusy,$reqs" >>"$CSV"
+        echo "$r,$p,$rps,$(to_ms "$p99"),$(to_ms "$p50"),$errs,$pcpu,$uspr,$pbusy,$lbusy,$reqs,$euspr" >>"$CSV"
         printf '  round %d/%d  %-8s %10s req/s  p99 %9s  errors %s  %s CPU %s%% (%s us/req)  core %s busy %s%%  core %s busy %s%%\n' \
             "$r" "$ROUNDS" "$p" "$rps" "$p99" "$errs" "$p" "$pcpu" "$uspr" "$PCPU" "$pbusy" "$LCPU" "$lbusy"
         [[ "$errs" == 0 ]] || log "warning: $p had $errs errors/non-2xx responses in round $r (see $out)"
@@ -143,6 +145,7 @@ done
 for p in "${ORDER[@]}"; do
     if [[ -n "${OTLP_PORT_OF[$p]:-}" ]]; then
         span_check "$p" "$([[ "$p" == weir-t100 ]] && echo exact)" | tee -a "$SUMMARY"
+        echo "$p: trace export threads $(col "$p" 12) CPU us/req of its ${USPR[$p]}" | tee -a "$SUMMARY"
     fi
 done
 echo
