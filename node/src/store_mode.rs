@@ -238,8 +238,26 @@ async fn publish_and_discover(kv: RaftKv, cluster: Arc<crate::cluster::Cluster>)
 
 /// The live peers that publish a usable Raft id and address. Values come
 /// from gossip: a member whose keys do not parse is left out (and logged),
-/// never guessed.
+/// never guessed. Two live members that claim one Raft id with different
+/// addresses (an old incarnation not yet seen dead, or a copied data dir)
+/// are both left out until gossip settles: the leader must not move a
+/// member's address back and forth.
 fn raft_peers(members: &[Member]) -> Vec<Peer> {
+    let peers = valid_raft_peers(members);
+    peers
+        .iter()
+        .filter(|p| {
+            let clash = peers.iter().any(|q| q.id == p.id && q.addr != p.addr);
+            if clash {
+                tracing::debug!(raft_id = p.id, raft_addr = %p.addr, "two live members claim this raft id; ignoring both for now");
+            }
+            !clash
+        })
+        .cloned()
+        .collect()
+}
+
+fn valid_raft_peers(members: &[Member]) -> Vec<Peer> {
     members
         .iter()
         .filter(|m| !m.is_self && m.state == MemberState::Alive)
@@ -361,6 +379,16 @@ mod tests {
                 "bad-port",
                 MemberState::Alive,
                 &[(KEY_RAFT_ID, "3"), (KEY_RAFT_ADDR, "h:99999")],
+            ),
+            member(
+                "twin-1",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "5"), (KEY_RAFT_ADDR, "h:1")],
+            ),
+            member(
+                "twin-2",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "5"), (KEY_RAFT_ADDR, "h:2")],
             ),
         ];
         assert_eq!(

@@ -175,11 +175,21 @@ pub(crate) struct Inner {
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
     pub(crate) started: Instant,
     pub(crate) discovered: Mutex<BTreeMap<NodeId, Peer>>,
+    /// Raft addresses that members reported through `/raft/join` (a node
+    /// restarted on a new address); the policy task applies them.
+    pub(crate) reported_addrs: Mutex<BTreeMap<NodeId, String>>,
 }
 
 impl Inner {
     pub(crate) fn discovered(&self) -> BTreeMap<NodeId, Peer> {
         self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn reported_addrs(&self) -> BTreeMap<NodeId, String> {
+        self.reported_addrs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -268,6 +278,7 @@ impl RaftKv {
                 last_leader_contact: Mutex::new(None),
                 started: Instant::now(),
                 discovered: Mutex::new(BTreeMap::new()),
+                reported_addrs: Mutex::new(BTreeMap::new()),
             }),
         };
         let initialized = kv
@@ -300,9 +311,16 @@ impl RaftKv {
             }
             (Some(join), false) => {
                 tracing::info!(node_id = id, via = %join, "joining the config cluster as a learner");
-                tokio::spawn(api::join_loop(kv.clone(), join.clone()));
+                tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
             }
-            (_, true) => tracing::info!(node_id = id, "config store opened"),
+            (Some(join), true) => {
+                // A member that comes back through `join` reports its
+                // (possibly new) address, and is added again if a leader
+                // removed it while it was away.
+                tracing::info!(node_id = id, via = %join, "config store opened; reporting this node's address to the leader");
+                tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
+            }
+            (None, true) => tracing::info!(node_id = id, "config store opened"),
         }
         tokio::spawn(policy::run(Arc::downgrade(&kv.inner)));
         Ok(kv)

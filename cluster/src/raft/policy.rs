@@ -5,6 +5,14 @@
 //! 1. **Learners from discovery.** A live peer that the node layer reports
 //!    (found through gossip, with its Raft id and address) and that is not a
 //!    member yet is added as a learner.
+//! 1. **Addresses follow the nodes.** A member whose Raft address differs
+//!    from the one reported for it — by itself (this leader), through
+//!    `/raft/join`, or in gossip, in that order — gets the new address
+//!    ([`address_change`]), as a `SetNodes` change that keeps its role. A
+//!    node restarted with its data dir on a new port is reachable again,
+//!    voter or learner. Every RPC names its target id and a node refuses
+//!    RPCs for another id, so an address that now belongs to someone else
+//!    is merely unreachable.
 //! 2. **Voters spread over regions.** The leader keeps
 //!    `min(voters, usable nodes)` voters, chosen by [`choose_voters`]: one
 //!    per region before a second in any region, current voters before
@@ -23,10 +31,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 use std::time::Duration;
 
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use weir_storage::NodeId;
 
-use super::Inner;
+use super::{Inner, Peer};
 
 /// How far behind (in log entries) a learner may be and still be promoted.
 const CAUGHT_UP: u64 = 100;
@@ -108,6 +116,38 @@ pub fn next_voters(
     Some(next)
 }
 
+/// The one address change to make now, if any: `(node, new address)`.
+/// Reports are taken in order of trust — this node's own address (`me`),
+/// then what members said through `/raft/join`, then gossip — and an
+/// address another member already has is never given to a second one.
+pub fn address_change(
+    members: &BTreeMap<NodeId, String>,
+    me: (NodeId, &str),
+    joined: &BTreeMap<NodeId, String>,
+    discovered: &BTreeMap<NodeId, Peer>,
+) -> Option<(NodeId, String)> {
+    let reported = |id: NodeId| -> Option<&str> {
+        if id == me.0 {
+            return Some(me.1);
+        }
+        joined
+            .get(&id)
+            .map(String::as_str)
+            .or_else(|| discovered.get(&id).map(|p| p.addr.as_str()))
+    };
+    members.iter().find_map(|(&id, addr)| {
+        let new = reported(id)?;
+        if new == addr || new.is_empty() {
+            return None;
+        }
+        if let Some((&other, _)) = members.iter().find(|(o, a)| **o != id && *a == new) {
+            tracing::warn!(node_id = id, addr = %new, other, "not moving a member to an address another member has");
+            return None;
+        }
+        Some((id, new.to_string()))
+    })
+}
+
 pub(crate) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     loop {
@@ -142,6 +182,28 @@ async fn step(inner: &Inner) -> Result<(), String> {
                 },
                 false,
             )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+
+    // 1b. A member on a new address gets it.
+    let addrs: BTreeMap<NodeId, String> =
+        mem.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let joined = inner.reported_addrs();
+    // Reports that are now true are done.
+    inner
+        .reported_addrs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|id, a| addrs.get(id).is_some_and(|cur| cur != a));
+    let me = (inner.id, inner.settings.advertise.as_str());
+    if let Some((id, addr)) = address_change(&addrs, me, &joined, &discovered) {
+        tracing::info!(node_id = id, from = addrs.get(&id).map(String::as_str).unwrap_or_default(), to = %addr, "a member moved: updating its raft address");
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode { addr })]));
+        return inner
+            .raft
+            .change_membership(change, false)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
@@ -461,6 +523,99 @@ mod tests {
             let desired = choose_voters(1, &c, target);
             let got = next_voters(&current, &desired, &c, target);
             assert_eq!(got, want.map(|w| set(&w)), "{case}");
+        }
+    }
+
+    #[test]
+    fn addresses_follow_the_nodes() {
+        fn m(rows: &[(NodeId, &str)]) -> BTreeMap<NodeId, String> {
+            rows.iter().map(|&(id, a)| (id, a.to_string())).collect()
+        }
+        fn g(rows: &[(NodeId, &str)]) -> BTreeMap<NodeId, Peer> {
+            rows.iter()
+                .map(|&(id, a)| {
+                    (
+                        id,
+                        Peer {
+                            id,
+                            addr: a.into(),
+                            region: String::new(),
+                        },
+                    )
+                })
+                .collect()
+        }
+        type Case = (
+            &'static str,
+            BTreeMap<NodeId, String>,
+            (NodeId, &'static str),
+            BTreeMap<NodeId, String>,
+            BTreeMap<NodeId, Peer>,
+            Option<(NodeId, &'static str)>,
+        );
+        let members = m(&[(1, "a:1"), (2, "b:1"), (3, "c:1")]);
+        // (case, members, me, joined, gossip, change)
+        let cases: Vec<Case> = vec![
+            (
+                "everything where it is",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(2, "b:1"), (3, "c:1")]),
+                None,
+            ),
+            (
+                "gossip shows a member on a new port",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(2, "b:1"), (3, "c:2")]),
+                Some((3, "c:2")),
+            ),
+            (
+                "a join report wins over gossip",
+                members.clone(),
+                (1, "a:1"),
+                m(&[(3, "c:3")]),
+                g(&[(3, "c:2")]),
+                Some((3, "c:3")),
+            ),
+            (
+                "the leader's own address comes from itself",
+                members.clone(),
+                (1, "a:9"),
+                m(&[(1, "a:7")]),
+                g(&[(1, "a:8")]),
+                Some((1, "a:9")),
+            ),
+            (
+                "an address another member has is not taken",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(3, "b:1")]),
+                None,
+            ),
+            (
+                "non-members are not this rule's business",
+                members.clone(),
+                (1, "a:1"),
+                m(&[(7, "x:1")]),
+                g(&[(8, "y:1")]),
+                None,
+            ),
+            (
+                "one change at a time, lowest id first",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(2, "b:2"), (3, "c:2")]),
+                Some((2, "b:2")),
+            ),
+        ];
+        for (case, members, me, joined, gossip, want) in cases {
+            let got = address_change(&members, me, &joined, &gossip);
+            assert_eq!(got, want.map(|(id, a)| (id, a.to_string())), "{case}");
         }
     }
 }
