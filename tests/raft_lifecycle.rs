@@ -1,6 +1,8 @@
 //! The config store's membership over a node's life, with real `weir`
 //! processes: a node restarted with its data dir on a new address becomes
-//! reachable again (found through gossip or through `--join`).
+//! reachable again (found through gossip or through `--join`); a learner
+//! dead for longer than its timeout is removed, and added again when it
+//! comes back.
 
 mod common;
 
@@ -155,4 +157,57 @@ async fn a_voter_restarted_on_a_new_address_reports_it_through_join() -> anyhow:
     let root = tempfile::tempdir()?;
     let mut nodes = cluster(weir_bin(), root.path()).await?;
     restart_elsewhere(&mut nodes).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_learner_is_removed_and_added_again_when_it_returns() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let short = ["--raft-remove-dead-learner-after", "2s"];
+    let n1 = start(root.path(), "n1", &args("n1", "eu", None, &short)).await;
+    let seeds = n1.gossip.clone();
+    let n2 = start(root.path(), "n2", &args("n2", "us", Some(&seeds), &short)).await;
+    let n3 = start(root.path(), "n3", &args("n3", "ap", Some(&seeds), &short)).await;
+    // A fourth node in a region that has a voter: a learner.
+    let mut n4 = start(root.path(), "n4", &args("n4", "eu", Some(&seeds), &short)).await;
+    let voters = [&n1, &n2, &n3];
+    let mut three = BTreeSet::new();
+    for n in voters {
+        three.insert((raft_id(n).await, n.admin.clone(), "voter".to_string()));
+    }
+    let id4 = raft_id(&n4).await;
+    let mut four = three.clone();
+    four.insert((id4, n4.admin.clone(), "learner".to_string()));
+    wait_until("three voters and a learner", CONVERGE, || async {
+        all_see(&[&n1, &n2, &n3, &n4], &four).await
+    })
+    .await;
+
+    // Dead: gossip notices, then the timeout removes it; voters stay.
+    n4.kill();
+    wait_until("the dead learner is removed", CONVERGE, || async {
+        all_see(&voters, &three).await
+    })
+    .await;
+    let (s, body) = n1
+        .put("/v1/consumers/without-n4?wait=applied", json!({}))
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["applied"]["everywhere"], true, "{body}");
+
+    // Back (same data dir): gossip finds it, it is a learner again and
+    // catches up.
+    n4.restart().await?;
+    wait_until(
+        "the returning node is a learner again",
+        CONVERGE,
+        || async { all_see(&[&n1, &n2, &n3, &n4], &four).await },
+    )
+    .await;
+    wait_until("it has caught up", CONVERGE, || async {
+        n4.get("/v1/consumers/without-n4")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
+    })
+    .await;
+    Ok(())
 }

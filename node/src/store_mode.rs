@@ -55,6 +55,11 @@ pub struct StoreArgs {
     /// live, caught-up learner.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     raft_voter_timeout: Duration,
+    /// A learner that has not answered the leader this long, and that
+    /// gossip does not list as alive, is removed from the Raft membership
+    /// (voters never are; a removed node that comes back is added again).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    raft_remove_dead_learner_after: Duration,
     /// Without contact with the leader for this long, `/v1/status` says
     /// `config_stale: true`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -93,6 +98,9 @@ pub async fn serve(
     }
     if args.raft_voters == 0 {
         anyhow::bail!("--raft-voters must be at least 1");
+    }
+    if args.raft_remove_dead_learner_after < Duration::from_secs(1) {
+        anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
     }
     let mut file_cfg = file_cfg;
     let telemetry = start_telemetry(&mut file_cfg)?;
@@ -140,6 +148,7 @@ pub async fn serve(
     let bootstrap = settings.bootstrap;
     settings.voters = args.raft_voters;
     settings.voter_down_timeout = args.raft_voter_timeout;
+    settings.remove_dead_learner_after = args.raft_remove_dead_learner_after;
     settings.stale_after = args.stale_after;
     settings.key = args
         .admin_keys

@@ -12,7 +12,9 @@
 //!   be found that way starts with `bootstrap: false` and waits.
 //! - The leader keeps `voters` voters spread over regions, and replaces a
 //!   voter silent for longer than `voter_down_timeout` with a live
-//!   learner, one membership change at a time (see `policy`).
+//!   learner, one membership change at a time (see `policy`); it follows
+//!   members to new addresses and removes learners that stay dead for
+//!   `remove_dead_learner_after`.
 //! - Writes on any node are forwarded to the leader; reads are local.
 //! - Raft RPC is HTTP/1.1 + JSON on `/raft/*` (see [`RaftKv::router`]).
 
@@ -55,6 +57,9 @@ pub struct RaftSettings {
     pub voters: usize,
     /// A voter silent this long is replaced by a live learner.
     pub voter_down_timeout: Duration,
+    /// A learner silent this long (and not alive in gossip) is removed
+    /// from the membership.
+    pub remove_dead_learner_after: Duration,
     /// Without contact with a leader for this long, the config is stale.
     pub stale_after: Duration,
     /// Build a snapshot (and purge the log) after this many entries.
@@ -75,6 +80,7 @@ impl RaftSettings {
             region: String::new(),
             voters: 3,
             voter_down_timeout: Duration::from_secs(30),
+            remove_dead_learner_after: Duration::from_secs(600),
             stale_after: Duration::from_secs(3),
             snapshot_every: 1000,
             key: None,
@@ -173,7 +179,6 @@ pub(crate) struct Inner {
     pub(crate) settings: RaftSettings,
     pub(crate) liveness: PeerLiveness,
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
-    pub(crate) started: Instant,
     pub(crate) discovered: Mutex<BTreeMap<NodeId, Peer>>,
     /// Raft addresses that members reported through `/raft/join` (a node
     /// restarted on a new address); the policy task applies them.
@@ -276,7 +281,6 @@ impl RaftKv {
                 settings,
                 liveness,
                 last_leader_contact: Mutex::new(None),
-                started: Instant::now(),
                 discovered: Mutex::new(BTreeMap::new()),
                 reported_addrs: Mutex::new(BTreeMap::new()),
             }),

@@ -22,6 +22,16 @@
 //!    caught-up learner takes its place (the old voter stays a learner and
 //!    can catch up). Without a learner to promote, it stays a voter:
 //!    removing it would not lower the quorum the live voters need.
+//! 4. **Removing dead learners.** A learner that has not answered the
+//!    leader for `remove_dead_learner_after` and that gossip does not list
+//!    as alive is removed ([`dead_learner`]). Voters never are: a dead
+//!    voter is first replaced by rule 3, and only then, as a learner,
+//!    falls under this one. A removed node that comes back is added again
+//!    by rule 1 (gossip) or by its own `join`.
+//!
+//! Silence is measured from the later of the last answer and the moment
+//! this leader first saw the node as a member, so a new leader (or a node
+//! just added again) gives every member the full timeout.
 //!
 //! Each tick makes at most one change, and each voter change moves one
 //! voter ([`next_voters`]), so the cluster walks to the desired set one
@@ -29,7 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use weir_storage::NodeId;
@@ -148,26 +158,83 @@ pub fn address_change(
     })
 }
 
+/// What the leader knows of a learner when deciding whether it is dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnerSeen {
+    /// Raft node id.
+    pub id: NodeId,
+    /// A voter now (never removed by this rule).
+    pub voter: bool,
+    /// Time since it last answered this leader (or since this leader first
+    /// saw it as a member, if later).
+    pub silent_for: Duration,
+    /// Gossip lists it as alive.
+    pub gossip_alive: bool,
+}
+
+/// The learner to remove now, if any: silent for at least `after` and not
+/// alive in gossip; the longest silent first.
+pub fn dead_learner(members: &[LearnerSeen], after: Duration) -> Option<NodeId> {
+    members
+        .iter()
+        .filter(|m| !m.voter && !m.gossip_alive && m.silent_for >= after)
+        .max_by_key(|m| (m.silent_for, std::cmp::Reverse(m.id)))
+        .map(|m| m.id)
+}
+
+/// The policy task's memory: since when this leader (in this term) has
+/// known each member.
+#[derive(Default)]
+struct Known {
+    term: u64,
+    since: BTreeMap<NodeId, Instant>,
+}
+
+impl Known {
+    /// Brings the map up to date with the current term and members.
+    fn update(&mut self, term: u64, members: impl Iterator<Item = NodeId>) {
+        if term != self.term {
+            self.term = term;
+            self.since.clear();
+        }
+        let now = Instant::now();
+        let members: BTreeSet<NodeId> = members.collect();
+        self.since.retain(|id, _| members.contains(id));
+        for id in members {
+            self.since.entry(id).or_insert(now);
+        }
+    }
+
+    /// How long `id` has been silent towards this leader.
+    fn silent_for(&self, id: NodeId, last_seen: Option<Instant>) -> Duration {
+        let known = self.since.get(&id).copied().unwrap_or_else(Instant::now);
+        last_seen.map_or(known, |t| t.max(known)).elapsed()
+    }
+}
+
 pub(crate) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
+    let mut known = Known::default();
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = step(&inner).await {
+        if let Err(e) = step(&inner, &mut known).await {
             tracing::warn!(error = %e, "membership policy: change failed");
         }
     }
 }
 
-async fn step(inner: &Inner) -> Result<(), String> {
+async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
     let m = inner.raft.metrics().borrow().clone();
     if m.state != ServerState::Leader {
+        known.since.clear();
         return Ok(());
     }
     let mem = m.membership_config.membership();
     if mem.get_joint_config().len() > 1 {
         return Ok(());
     }
+    known.update(m.current_term, mem.nodes().map(|(id, _)| *id));
     let discovered = inner.discovered();
 
     // 1. A discovered node that is not a member becomes a learner.
@@ -237,10 +304,7 @@ async fn step(inner: &Inner) -> Result<(), String> {
             let usable = if id == inner.id {
                 true
             } else if voter {
-                match inner.liveness.last_seen(id) {
-                    Some(t) => t.elapsed() <= timeout,
-                    None => inner.started.elapsed() <= timeout,
-                }
+                known.silent_for(id, inner.liveness.last_seen(id)) <= timeout
             } else {
                 inner
                     .liveness
@@ -258,13 +322,43 @@ async fn step(inner: &Inner) -> Result<(), String> {
         .collect();
     let target = inner.settings.voters.max(1);
     let desired = choose_voters(inner.id, &candidates, target);
-    let Some(next) = next_voters(&voters, &desired, &candidates, target) else {
+    if let Some(next) = next_voters(&voters, &desired, &candidates, target) {
+        tracing::info!(from = ?voters, to = ?next, "changing the voters");
+        return inner
+            .raft
+            .change_membership(next, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+
+    // 4. Learners dead for long are removed.
+    let seen: Vec<LearnerSeen> = mem
+        .nodes()
+        .filter(|(id, _)| **id != inner.id)
+        .map(|(id, _)| LearnerSeen {
+            id: *id,
+            voter: voters.contains(id),
+            silent_for: known.silent_for(*id, inner.liveness.last_seen(*id)),
+            gossip_alive: discovered.contains_key(id),
+        })
+        .collect();
+    let Some(dead) = dead_learner(&seen, inner.settings.remove_dead_learner_after) else {
         return Ok(());
     };
-    tracing::info!(from = ?voters, to = ?next, "changing the voters");
+    let silent = seen
+        .iter()
+        .find(|s| s.id == dead)
+        .map(|s| s.silent_for)
+        .unwrap_or_default();
+    tracing::info!(
+        node_id = dead,
+        silent_ms = silent.as_millis() as u64,
+        "removing a learner that has been dead too long"
+    );
     inner
         .raft
-        .change_membership(next, true)
+        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([dead])), false)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -617,5 +711,81 @@ mod tests {
             let got = address_change(&members, me, &joined, &gossip);
             assert_eq!(got, want.map(|(id, a)| (id, a.to_string())), "{case}");
         }
+    }
+
+    #[test]
+    fn dead_learners_table() {
+        const S: Duration = Duration::from_secs(1);
+        /// `(id, voter, silent seconds, alive in gossip)`.
+        fn rows(r: &[(NodeId, bool, u64, bool)]) -> Vec<LearnerSeen> {
+            r.iter()
+                .map(|&(id, voter, silent, gossip_alive)| LearnerSeen {
+                    id,
+                    voter,
+                    silent_for: S * silent as u32,
+                    gossip_alive,
+                })
+                .collect()
+        }
+        let after = S * 600;
+        // (case, members, removed)
+        let cases: Vec<(&str, Vec<LearnerSeen>, Option<NodeId>)> = vec![
+            (
+                "nobody silent",
+                rows(&[(2, false, 0, true), (3, true, 0, true)]),
+                None,
+            ),
+            (
+                "a learner silent, not yet long enough",
+                rows(&[(2, false, 599, false)]),
+                None,
+            ),
+            (
+                "a learner silent for the timeout exactly",
+                rows(&[(2, false, 600, false)]),
+                Some(2),
+            ),
+            (
+                "a dead voter is never removed by this rule",
+                rows(&[(2, true, 3600, false)]),
+                None,
+            ),
+            (
+                "a learner alive in gossip stays (it would be added again at once)",
+                rows(&[(2, false, 3600, true)]),
+                None,
+            ),
+            (
+                "the longest silent goes first, one at a time",
+                rows(&[
+                    (2, false, 700, false),
+                    (3, false, 900, false),
+                    (4, true, 5000, false),
+                ]),
+                Some(3),
+            ),
+            (
+                "a tie goes to the lower id",
+                rows(&[(5, false, 700, false), (4, false, 700, false)]),
+                Some(4),
+            ),
+        ];
+        for (case, seen, want) in cases {
+            assert_eq!(dead_learner(&seen, after), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn silence_counts_from_when_this_leader_knew_the_member() {
+        let mut k = Known::default();
+        k.update(3, [1, 2].into_iter());
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600));
+        // Answered long ago, but this leader has known it only now.
+        assert!(k.silent_for(2, long_ago) < Duration::from_secs(60));
+        // A new term starts the count again; so does being added again.
+        k.since.insert(2, long_ago.unwrap_or_else(Instant::now));
+        k.update(3, [1].into_iter());
+        k.update(3, [1, 2].into_iter());
+        assert!(k.silent_for(2, None) < Duration::from_secs(60));
     }
 }
