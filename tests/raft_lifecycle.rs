@@ -2,7 +2,8 @@
 //! processes: a node restarted with its data dir on a new address becomes
 //! reachable again (found through gossip or through `--join`); a learner
 //! dead for longer than its timeout is removed, and added again when it
-//! comes back.
+//! comes back; nodes that all get the same seeds and `bootstrap_expect`
+//! form exactly one cluster, whatever order they start in.
 
 mod common;
 
@@ -210,4 +211,193 @@ async fn a_dead_learner_is_removed_and_added_again_when_it_returns() -> anyhow::
     })
     .await;
     Ok(())
+}
+
+/// Three UDP ports free right now on loopback, for gossip listeners that
+/// must be known before the nodes start (every node gets the same seed
+/// list, as in a StatefulSet). Held together so they differ, then freed.
+fn three_udp_ports() -> [u16; 3] {
+    let socks: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp"))
+        .collect();
+    let ports: Vec<u16> = socks
+        .iter()
+        .map(|s| s.local_addr().expect("addr").port())
+        .collect();
+    [ports[0], ports[1], ports[2]]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_same_seeds_and_bootstrap_expect_form_one_cluster() -> anyhow::Result<()> {
+    use std::hash::BuildHasher;
+    use weir_testsupport::Upstream;
+
+    let root = tempfile::tempdir()?;
+    let ports = three_udp_ports();
+    let seeds = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
+    let names = ["n1", "n2", "n3"];
+    let regions = ["eu", "us", "ap"];
+    // A random start order (printed, to replay a failure).
+    let mut order = [0usize, 1, 2];
+    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    order.rotate_left((r % 3) as usize);
+    if r & 4 != 0 {
+        order.swap(1, 2);
+    }
+    eprintln!("start order: {:?}", order.map(|i| names[i]));
+    let mut started: Vec<(usize, Node)> = Vec::new();
+    for &i in &order {
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let a = [
+            "--cluster-name",
+            "raft-boot",
+            "--node-id",
+            names[i],
+            "--gossip-listen",
+            &listen,
+            "--region",
+            regions[i],
+            "--seeds",
+            &seeds,
+            "--raft-bootstrap-expect",
+            "3",
+        ];
+        let n = Node::start(weir_bin(), &root.path().join(names[i]), &a).await?;
+        started.push((i, n));
+    }
+    started.sort_by_key(|(i, _)| *i);
+    let nodes: Vec<Node> = started.into_iter().map(|(_, n)| n).collect();
+    let mut all = BTreeSet::new();
+    for n in &nodes {
+        all.insert((raft_id(n).await, n.admin.clone(), "voter".to_string()));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until(
+        "one cluster of three voters with one leader",
+        CONVERGE,
+        || async { all_see(&refs, &all).await },
+    )
+    .await;
+    let bootstrapped: Vec<&str> = nodes
+        .iter()
+        .zip(names)
+        .filter(|(n, _)| n.log().contains("bootstrapping the config cluster:"))
+        .map(|(_, name)| name)
+        .collect();
+    assert_eq!(
+        bootstrapped.len(),
+        1,
+        "exactly one node initialises: {bootstrapped:?}"
+    );
+    // And it is the one with the lowest Raft id.
+    let mut lowest = (u64::MAX, "");
+    for (n, name) in nodes.iter().zip(names) {
+        lowest = lowest.min((raft_id(n).await, name));
+    }
+    assert_eq!(bootstrapped, [lowest.1]);
+
+    // A route written on a follower is served by all three.
+    let up = Upstream::start("boot").await;
+    let leader = leader_index(&nodes).await;
+    let follower = &nodes[(leader + 1) % 3];
+    let (s, body) = follower
+        .put(
+            "/v1/upstreams/u",
+            json!({"targets": [{"addr": up.target()}]}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = follower
+        .put(
+            "/v1/routes/r?wait=applied",
+            json!({"paths": ["/hello"], "upstream": "u"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["applied"]["everywhere"], true, "{body}");
+    for n in &nodes {
+        wait_until("the route is served", CONVERGE, || async {
+            n.proxy_status("/hello").await == Some(200)
+        })
+        .await;
+    }
+
+    // A fourth node with the same settings arrives later: it joins the
+    // cluster as a learner and never bootstraps its own.
+    let a = [
+        "--cluster-name",
+        "raft-boot",
+        "--node-id",
+        "n4",
+        "--gossip-listen",
+        "127.0.0.1:0",
+        "--region",
+        "eu",
+        "--seeds",
+        &seeds,
+        "--raft-bootstrap-expect",
+        "3",
+    ];
+    let n4 = Node::start(weir_bin(), &root.path().join("n4"), &a).await?;
+    let mut four = all.clone();
+    four.insert((raft_id(&n4).await, n4.admin.clone(), "learner".to_string()));
+    wait_until(
+        "the late node is a learner of the cluster",
+        CONVERGE,
+        || async { all_see(&[&nodes[0], &nodes[1], &nodes[2], &n4], &four).await },
+    )
+    .await;
+    assert!(
+        !n4.log().contains("bootstrapping the config cluster:"),
+        "{}",
+        n4.log()
+    );
+    wait_until("the late node serves the route", CONVERGE, || async {
+        n4.proxy_status("/hello").await == Some(200)
+    })
+    .await;
+    Ok(())
+}
+
+#[test]
+fn membership_flags_are_checked_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_string_lossy();
+    // (flags, what the error must say)
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--raft-bootstrap-expect", "0"],
+            "--raft-bootstrap-expect must be at least 1",
+        ),
+        (
+            &["--raft-bootstrap-expect", "3", "--join", "127.0.0.1:1"],
+            "--raft-bootstrap-expect and --join exclude each other",
+        ),
+        (
+            &["--raft-bootstrap-expect", "3"],
+            "--raft-bootstrap-expect needs gossip",
+        ),
+        (
+            &["--raft-remove-dead-learner-after", "0s"],
+            "--raft-remove-dead-learner-after must be at least 1s",
+        ),
+    ];
+    for (flags, want) in cases {
+        let out = std::process::Command::new(weir_bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--data-dir", &data])
+            .args(flags)
+            .output()
+            .expect("run weir");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
 }

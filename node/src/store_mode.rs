@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use weir_cluster::membership::{KEY_RAFT_ADDR, KEY_RAFT_ID, Member, MemberState};
+use weir_cluster::membership::{
+    KEY_RAFT_ADDR, KEY_RAFT_BOOT, KEY_RAFT_EXPECT, KEY_RAFT_ID, KEY_RAFT_STATE, Member, MemberState,
+};
 use weir_cluster::raft::{Peer, RaftKv, RaftSettings};
 use weir_storage::{Batch, Op};
 
@@ -60,6 +62,14 @@ pub struct StoreArgs {
     /// (voters never are; a removed node that comes back is added again).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     raft_remove_dead_learner_after: Duration,
+    /// Form a new cluster when every node has the same gossip seeds: a node
+    /// with an empty store waits until gossip shows this many nodes with
+    /// empty stores and the same setting, then exactly one of them (the
+    /// lowest Raft id, by vote) initialises the cluster. If a node found
+    /// through gossip already belongs to a cluster, this one joins it
+    /// instead. Needs gossip; not with `--join`.
+    #[arg(long, env = "WEIR_RAFT_BOOTSTRAP_EXPECT")]
+    raft_bootstrap_expect: Option<usize>,
     /// Without contact with the leader for this long, `/v1/status` says
     /// `config_stale: true`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -98,6 +108,21 @@ pub async fn serve(
     }
     if args.raft_voters == 0 {
         anyhow::bail!("--raft-voters must be at least 1");
+    }
+    if let Some(n) = args.raft_bootstrap_expect {
+        if n == 0 {
+            anyhow::bail!("--raft-bootstrap-expect must be at least 1");
+        }
+        if args.join.is_some() {
+            anyhow::bail!(
+                "--raft-bootstrap-expect and --join exclude each other: a node either joins an existing cluster or helps form a new one"
+            );
+        }
+        if file_cfg.cluster.is_none() {
+            anyhow::bail!(
+                "--raft-bootstrap-expect needs gossip to find the other nodes: add --seeds (or a `cluster` section)"
+            );
+        }
     }
     if args.raft_remove_dead_learner_after < Duration::from_secs(1) {
         anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
@@ -145,7 +170,8 @@ pub async fn serve(
         .as_ref()
         .map(|c| c.region.clone())
         .unwrap_or_default();
-    let bootstrap = settings.bootstrap;
+    settings.bootstrap_expect = args.raft_bootstrap_expect;
+    let bootstrap = settings.bootstrap && settings.bootstrap_expect.is_none();
     settings.voters = args.raft_voters;
     settings.voter_down_timeout = args.raft_voter_timeout;
     settings.remove_dead_learner_after = args.raft_remove_dead_learner_after;
@@ -158,9 +184,13 @@ pub async fn serve(
     let kv = RaftKv::start(settings, crate::docs::validator())
         .await
         .map_err(|e| anyhow::anyhow!("config store in {}: {e}", data_dir.display()))?;
-    let _discover = cluster
-        .clone()
-        .map(|c| AbortOnDrop(tokio::spawn(publish_and_discover(kv.clone(), c))));
+    let _discover = cluster.clone().map(|c| {
+        AbortOnDrop(tokio::spawn(publish_and_discover(
+            kv.clone(),
+            c,
+            args.raft_bootstrap_expect,
+        )))
+    });
 
     let ctx = Arc::new(AdminCtx {
         state: state.clone(),
@@ -226,15 +256,29 @@ pub async fn serve(
     Ok(())
 }
 
-/// Publishes this node's Raft id and address in gossip, and keeps the
-/// store's list of live peers (those that publish theirs) up to date; the
-/// leader adds new ones as learners.
-async fn publish_and_discover(kv: RaftKv, cluster: Arc<crate::cluster::Cluster>) {
+/// Publishes this node's Raft id and address in gossip (and, for forming
+/// a new cluster, whether its store is in one, its `bootstrap_expect` and
+/// its bootstrap vote), and keeps the store's list of live peers (those
+/// that publish theirs) up to date; the leader adds new ones as learners.
+async fn publish_and_discover(
+    kv: RaftKv,
+    cluster: Arc<crate::cluster::Cluster>,
+    expect: Option<usize>,
+) {
     let m = cluster.membership();
     m.set_key(KEY_RAFT_ID, &kv.id().to_string()).await;
     m.set_key(KEY_RAFT_ADDR, kv.advertise()).await;
+    if let Some(n) = expect {
+        m.set_key(KEY_RAFT_EXPECT, &n.to_string()).await;
+    }
     let mut changes = m.changes();
     loop {
+        // Unchanged values are not re-sent (chitchat keeps the version).
+        let state = if kv.in_cluster() { "member" } else { "empty" };
+        m.set_key(KEY_RAFT_STATE, state).await;
+        if let Some(v) = kv.boot_vote() {
+            m.set_key(KEY_RAFT_BOOT, &v.to_string()).await;
+        }
         kv.set_discovered(raft_peers(&m.members().await));
         // Changes cover joins, deaths and key updates; the tick is a
         // backstop.
@@ -283,6 +327,21 @@ fn valid_raft_peers(members: &[Member]) -> Vec<Peer> {
                     id,
                     addr: addr.clone(),
                     region: m.region.clone(),
+                    in_cluster: match m.keys.get(KEY_RAFT_STATE).map(String::as_str) {
+                        Some("member") => Some(true),
+                        Some("empty") => Some(false),
+                        _ => None,
+                    },
+                    expect: m
+                        .keys
+                        .get(KEY_RAFT_EXPECT)
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n: &usize| n > 0),
+                    boot_vote: m
+                        .keys
+                        .get(KEY_RAFT_BOOT)
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n: &u64| n > 0),
                 }),
                 _ => {
                     tracing::debug!(member = %m.id, raft_id = %id, raft_addr = %addr, "ignoring a member with an unusable raft id or address");
@@ -365,6 +424,28 @@ mod tests {
         me.is_self = true;
         let members = vec![
             member("a", MemberState::Alive, &ok),
+            member(
+                "booting",
+                MemberState::Alive,
+                &[
+                    (KEY_RAFT_ID, "8"),
+                    (KEY_RAFT_ADDR, "10.0.0.8:9180"),
+                    (KEY_RAFT_STATE, "empty"),
+                    (KEY_RAFT_EXPECT, "3"),
+                    (KEY_RAFT_BOOT, "7"),
+                ],
+            ),
+            member(
+                "odd-boot-keys",
+                MemberState::Alive,
+                &[
+                    (KEY_RAFT_ID, "9"),
+                    (KEY_RAFT_ADDR, "10.0.0.9:9180"),
+                    (KEY_RAFT_STATE, "maybe"),
+                    (KEY_RAFT_EXPECT, "0"),
+                    (KEY_RAFT_BOOT, "x"),
+                ],
+            ),
             me,
             member("dead", MemberState::Dead, &ok),
             member("left", MemberState::Left, &ok),
@@ -402,11 +483,29 @@ mod tests {
         ];
         assert_eq!(
             raft_peers(&members),
-            vec![Peer {
-                id: 7,
-                addr: "10.0.0.7:9180".into(),
-                region: "r-a".into()
-            }]
+            vec![
+                Peer {
+                    id: 7,
+                    addr: "10.0.0.7:9180".into(),
+                    region: "r-a".into(),
+                    ..Peer::default()
+                },
+                Peer {
+                    id: 8,
+                    addr: "10.0.0.8:9180".into(),
+                    region: "r-booting".into(),
+                    in_cluster: Some(false),
+                    expect: Some(3),
+                    boot_vote: Some(7),
+                },
+                // Unreadable bootstrap keys read as "says nothing".
+                Peer {
+                    id: 9,
+                    addr: "10.0.0.9:9180".into(),
+                    region: "r-odd-boot-keys".into(),
+                    ..Peer::default()
+                },
+            ]
         );
     }
 }

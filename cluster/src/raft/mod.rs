@@ -19,6 +19,7 @@
 //! - Raft RPC is HTTP/1.1 + JSON on `/raft/*` (see [`RaftKv::router`]).
 
 mod api;
+pub mod bootstrap;
 mod network;
 pub mod policy;
 
@@ -51,6 +52,11 @@ pub struct RaftSettings {
     /// (`true`), or wait to be added by a leader that found this node
     /// through gossip (`false`).
     pub bootstrap: bool,
+    /// With no `join` and an empty data dir: wait until gossip shows this
+    /// many nodes with empty stores and the same setting, then let exactly
+    /// one of them initialise the cluster (see `bootstrap`). Overrides
+    /// `bootstrap`.
+    pub bootstrap_expect: Option<usize>,
     /// This node's region, for spreading voters.
     pub region: String,
     /// How many voters the leader keeps (fewer when fewer nodes exist).
@@ -77,6 +83,7 @@ impl RaftSettings {
             advertise,
             join: None,
             bootstrap: true,
+            bootstrap_expect: None,
             region: String::new(),
             voters: 3,
             voter_down_timeout: Duration::from_secs(30),
@@ -160,8 +167,9 @@ pub struct ClusterStatus {
 }
 
 /// A peer the node layer found (through gossip): its Raft id, the address
-/// of its `/raft/*` endpoints and its region.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// of its `/raft/*` endpoints, its region, and what it says for forming a
+/// new cluster (`bootstrap`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
     /// Raft node id.
     pub id: NodeId,
@@ -169,6 +177,13 @@ pub struct Peer {
     pub addr: String,
     /// Region label (empty: unknown).
     pub region: String,
+    /// Its store is part of a cluster (`Some(true)`), empty
+    /// (`Some(false)`), or it does not say (`None`, read as "part of one").
+    pub in_cluster: Option<bool>,
+    /// Its `bootstrap_expect`, if set.
+    pub expect: Option<usize>,
+    /// The node it votes to initialise a new cluster.
+    pub boot_vote: Option<NodeId>,
 }
 
 pub(crate) struct Inner {
@@ -183,6 +198,21 @@ pub(crate) struct Inner {
     /// Raft addresses that members reported through `/raft/join` (a node
     /// restarted on a new address); the policy task applies them.
     pub(crate) reported_addrs: Mutex<BTreeMap<NodeId, String>>,
+    /// This node's bootstrap vote (see `bootstrap`).
+    pub(crate) boot_vote: Mutex<Option<NodeId>>,
+}
+
+/// True when this node's store belongs to a cluster (it has a membership).
+pub(crate) fn in_cluster(inner: &Inner) -> bool {
+    inner
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .next()
+        .is_some()
 }
 
 impl Inner {
@@ -283,6 +313,7 @@ impl RaftKv {
                 last_leader_contact: Mutex::new(None),
                 discovered: Mutex::new(BTreeMap::new()),
                 reported_addrs: Mutex::new(BTreeMap::new()),
+                boot_vote: Mutex::new(None),
             }),
         };
         let initialized = kv
@@ -292,6 +323,14 @@ impl RaftKv {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         match (&kv.inner.settings.join, initialized) {
+            (None, false) if let Some(expect) = kv.inner.settings.bootstrap_expect => {
+                tracing::info!(
+                    node_id = id,
+                    expect,
+                    "waiting for {expect} nodes with empty stores to bootstrap the config cluster"
+                );
+                tokio::spawn(bootstrap::run(Arc::downgrade(&kv.inner), expect));
+            }
             (None, false) if !kv.inner.settings.bootstrap => {
                 tracing::info!(
                     node_id = id,
@@ -376,6 +415,22 @@ impl RaftKv {
             .discovered
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    /// True when this node's store belongs to a cluster; false while it is
+    /// empty and waits to be added or to bootstrap one.
+    pub fn in_cluster(&self) -> bool {
+        in_cluster(&self.inner)
+    }
+
+    /// The node this one votes to initialise a new cluster
+    /// (`bootstrap_expect`), if any.
+    pub fn boot_vote(&self) -> Option<NodeId> {
+        *self
+            .inner
+            .boot_vote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until this node has applied everything the leader had

@@ -633,7 +633,7 @@ mod tests {
                         Peer {
                             id,
                             addr: a.into(),
-                            region: String::new(),
+                            ..Peer::default()
                         },
                     )
                 })
