@@ -401,3 +401,157 @@ fn membership_flags_are_checked_at_start() {
         assert!(err.contains(want), "{flags:?}: {err}");
     }
 }
+
+/// Writes a store the way an older version could: through the real
+/// store (Raft, redb) with a validator that takes anything, so it holds a
+/// free-form consumer document the typed kind refuses now. Returns once
+/// the store is closed.
+async fn legacy_store(data: &std::path::Path, docs: &[(&str, &str, Value)]) -> anyhow::Result<()> {
+    use weir_cluster::raft::{RaftKv, RaftSettings};
+    use weir_storage::{Batch, Op};
+
+    let settings = RaftSettings::new(data.to_path_buf(), "127.0.0.1:1".into());
+    let anything: weir_storage::Validator = std::sync::Arc::new(|_| Vec::new());
+    let kv = RaftKv::start(settings, anything).await?;
+    let ops = docs
+        .iter()
+        .map(|(kind, id, value)| Op::Put {
+            kind: kind.to_string(),
+            id: id.to_string(),
+            value: value.clone(),
+            expect: None,
+        })
+        .collect();
+    let w = kv
+        .write(Batch {
+            ops,
+            author: "old-version".into(),
+            message: "free-form documents".into(),
+            at_ms: 0,
+        })
+        .await?;
+    kv.wait_local(w.index, Duration::from_secs(10)).await?;
+    kv.shutdown().await;
+    drop(kv);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_outdated_documents_starts_reports_them_and_can_be_fixed() -> anyhow::Result<()>
+{
+    use weir_testsupport::Upstream;
+
+    let root = tempfile::tempdir()?;
+    let up = Upstream::start("legacy").await;
+    let dir = root.path().join("n1");
+    legacy_store(
+        &dir.join("data"),
+        &[
+            (
+                "upstreams",
+                "u",
+                json!({"id": "u", "targets": [{"addr": up.target()}]}),
+            ),
+            (
+                "routes",
+                "r",
+                json!({"id": "r", "paths": ["/hello"], "upstream": "u"}),
+            ),
+            (
+                "consumers",
+                "bob",
+                json!({"id": "bob", "labels": {"team": "b"}}),
+            ),
+            (
+                "consumers",
+                "alice",
+                json!({"id": "alice", "labels": {"team": "a"}, "email": "alice@example.com"}),
+            ),
+        ],
+    )
+    .await?;
+
+    // It starts, and serves what does not depend on the broken document.
+    let node = Node::start(weir_bin(), &dir, &[]).await?;
+    wait_until("the route is served", CONVERGE, || async {
+        node.proxy_status("/hello").await == Some(200)
+    })
+    .await;
+
+    // Its status names the document, the field and the reason.
+    wait_until("the status reports the document", CONVERGE, || async {
+        node.status()
+            .await
+            .is_some_and(|s| s["config"]["writes_blocked"] == true)
+    })
+    .await;
+    let status = node.status().await.expect("status");
+    let problems = status["config"]["stored_problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(problems.len(), 1, "{status}");
+    assert_eq!(problems[0]["kind"], "consumers", "{status}");
+    assert_eq!(problems[0]["id"], "alice", "{status}");
+    assert!(
+        problems[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("email")),
+        "{status}"
+    );
+
+    // Logged once, at error, with kind and id.
+    let lines: Vec<String> = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("a stored document is not valid"))
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("ERROR")
+            && lines[0].contains("kind=consumers")
+            && lines[0].contains("id=alice"),
+        "{}",
+        lines[0]
+    );
+
+    // A write elsewhere is refused, saying what blocks it and how to fix.
+    let (s, body) = node.put("/v1/consumers/carol", json!({})).await?;
+    assert_eq!(s, 400, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("consumers/alice") && msg.contains("weir delete consumers alice"),
+        "{body}"
+    );
+    // `weir cluster store` says it too.
+    let out = std::process::Command::new(weir_bin())
+        .args(["cluster", "store", "--admin", &node.admin])
+        .env_remove("WEIR_ADMIN")
+        .env_remove("WEIR_ADMIN_KEY")
+        .env_remove("WEIR_CLI_CONFIG")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("writes are refused") && err.contains("consumers/alice"),
+        "{err}"
+    );
+
+    // Fixed with a valid body: writes work again and the node serves
+    // the whole config.
+    let (s, body) = node
+        .put("/v1/consumers/alice", json!({"labels": {"team": "a"}}))
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    wait_until("writes are no longer blocked", CONVERGE, || async {
+        node.status()
+            .await
+            .is_some_and(|s| s["config"]["writes_blocked"] == false)
+    })
+    .await;
+    let (s, body) = node.put("/v1/consumers/carol", json!({})).await?;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = node.get("/v1/consumers/bob").await?;
+    assert_eq!(s, 200, "{body}");
+    Ok(())
+}

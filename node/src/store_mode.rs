@@ -199,6 +199,7 @@ pub async fn serve(
         applied_revision: Default::default(),
         cluster: cluster.clone(),
         health: server.health.clone(),
+        stored_problems: Default::default(),
     });
     server.set_admin_router(crate::admin::router(ctx.clone()));
 
@@ -210,16 +211,33 @@ pub async fn serve(
     {
         seed(&kv, &file_cfg, path).await?;
     }
-    // The first snapshot from whatever the store holds now.
+    // The first snapshot from whatever the store holds now. Documents that
+    // are not valid (written by an older version) are reported, and the
+    // node still starts so that they can be fixed through the admin API.
+    let _stored = AbortOnDrop(tokio::spawn(crate::stored::follow(
+        kv.clone(),
+        ctx.stored_problems.clone(),
+    )));
     let (docs, revision) = kv.view().docs_at();
-    let (cfg, problems) = crate::docs::config_from_docs(&base, &docs);
-    if !problems.is_empty() {
-        anyhow::bail!("the stored config does not parse: {problems:?}");
+    match first_config(&base, &docs) {
+        Ok(cfg) => {
+            state
+                .apply(&cfg)
+                .map_err(|e| anyhow::anyhow!("the stored config does not compile:\n{e}"))?;
+            ctx.applied_revision.store(revision, Ordering::Relaxed);
+        }
+        Err(Degraded::Partial(cfg, left_out)) => match state.apply(&cfg) {
+            Ok(_) => {
+                tracing::error!(revision, left_out = ?left_out, "serving the stored config without the documents that are not valid; fix them (see /v1/status)");
+            }
+            Err(e) => {
+                tracing::error!(revision, error = %e, "the stored config without its invalid documents does not compile either; serving no routes until they are fixed");
+            }
+        },
+        Err(Degraded::Nothing(why)) => {
+            tracing::error!(revision, reason = %why, "serving no routes until the stored documents are fixed (see /v1/status)");
+        }
     }
-    state
-        .apply(&cfg)
-        .map_err(|e| anyhow::anyhow!("the stored config does not compile:\n{e}"))?;
-    ctx.applied_revision.store(revision, Ordering::Relaxed);
     let _follow = AbortOnDrop(tokio::spawn(crate::admin::follow_store(ctx.clone(), base)));
 
     let _echo = match file_cfg.settings.echo_listen {
@@ -350,6 +368,51 @@ fn valid_raft_peers(members: &[Member]) -> Vec<Peer> {
             }
         })
         .collect()
+}
+
+/// Why the first snapshot is not the whole stored config.
+#[derive(Debug)]
+enum Degraded {
+    /// Built without these invalid documents, none of which can let a
+    /// request through that the whole config would stop.
+    Partial(Box<Config>, Vec<String>),
+    /// Not served at all: leaving the invalid documents out could let
+    /// requests through that the whole config stops.
+    Nothing(String),
+}
+
+/// The config to serve first from `docs`. When some documents do not
+/// parse, the others are served only if every invalid one fails closed
+/// when left out: a consumer, credential or subscription only grants
+/// access. Without a global plugin, or a route (another route may match
+/// instead, without its plugins), requests could pass that should not, so
+/// then no routes are served.
+fn first_config(base: &Config, docs: &weir_storage::Docs) -> Result<Config, Degraded> {
+    let (cfg, problems) = crate::docs::config_from_docs(base, docs);
+    if problems.is_empty() {
+        return Ok(cfg);
+    }
+    let bad = crate::stored::documents(&problems);
+    if let Some((kind, id)) = bad
+        .iter()
+        .find(|(kind, _)| !matches!(kind.as_str(), "consumers" | "credentials" | "subscriptions"))
+    {
+        return Err(Degraded::Nothing(format!(
+            "the document {kind}/{id} is not valid, and serving without it could let requests through"
+        )));
+    }
+    let kept: weir_storage::Docs = docs
+        .iter()
+        .filter(|(k, _)| !bad.contains(&(k.0.clone(), k.1.clone())))
+        .map(|(k, d)| (k.clone(), d.clone()))
+        .collect();
+    let (cfg, more) = crate::docs::config_from_docs(base, &kept);
+    let left_out = bad.iter().map(|(k, i)| format!("{k}/{i}")).collect();
+    if more.is_empty() {
+        Err(Degraded::Partial(Box::new(cfg), left_out))
+    } else {
+        Err(Degraded::Nothing(format!("{more:?}")))
+    }
 }
 
 /// Seeds an empty store from the file, as one batch.
