@@ -9,7 +9,8 @@
 //!   ([`RaftKv::add_learner`]). A node found through gossip needs no
 //!   `join`: the node layer reports live peers ([`RaftKv::set_discovered`])
 //!   and the leader adds them as learners itself. A node that expects to
-//!   be found that way starts with `bootstrap: false` and waits.
+//!   be found that way starts with `bootstrap: false` and waits; with
+//!   `bootstrap_expect` it helps form a new cluster (see `bootstrap`).
 //! - The leader keeps `voters` voters spread over regions, and replaces a
 //!   voter silent for longer than `voter_down_timeout` with a live
 //!   learner, one membership change at a time (see `policy`); it follows
