@@ -433,6 +433,11 @@ async fn legacy_store(data: &std::path::Path, docs: &[(&str, &str, Value)]) -> a
     kv.wait_local(w.index, Duration::from_secs(10)).await?;
     kv.shutdown().await;
     drop(kv);
+    // Raft's tasks let go of the file as they end: wait until it opens.
+    wait_until("the old store is closed", CONVERGE, || async {
+        weir_storage::Store::open(data).is_ok()
+    })
+    .await;
     Ok(())
 }
 
