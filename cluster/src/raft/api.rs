@@ -466,6 +466,54 @@ pub(crate) async fn join_loop(inner: std::sync::Weak<super::Inner>, via: String)
     }
 }
 
+/// A member that came back on a new address without `join` (nor, maybe,
+/// gossip) tells the others, through each member it knows in turn, until
+/// a leader has taken the address: the leader can no longer reach it, so
+/// it must speak first.
+pub(crate) async fn report_addr_loop(inner: std::sync::Weak<super::Inner>, vias: Vec<String>) {
+    for via in vias.iter().cycle() {
+        let Some(inner) = inner.upgrade() else { return };
+        let current = inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&inner.id)
+            .map(|n| n.addr.clone());
+        if current.as_deref() != Some(inner.settings.advertise.as_str()) {
+            let req = JoinRequest {
+                node_id: inner.id,
+                addr: inner.settings.advertise.clone(),
+            };
+            let mut rb = inner
+                .http
+                .post(format!("http://{via}/raft/join"))
+                .timeout(LEADER_WAIT)
+                .json(&req);
+            if let Some(k) = &inner.settings.key {
+                rb = rb.bearer_auth(k);
+            }
+            drop(inner);
+            match rb.send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(via = %via, "the leader took this node's new address");
+                    return;
+                }
+                Ok(r) => {
+                    tracing::debug!(via = %via, status = %r.status(), "address report refused; trying the next member")
+                }
+                Err(e) => {
+                    tracing::debug!(via = %via, error = %e, "address report failed; trying the next member")
+                }
+            }
+        } else {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub(crate) async fn read_barrier(kv: &RaftKv, timeout: Duration) -> Result<(), ClusterError> {
     let deadline = Instant::now() + timeout;
     loop {

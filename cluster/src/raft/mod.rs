@@ -364,7 +364,23 @@ impl RaftKv {
                 tracing::info!(node_id = id, via = %join, "config store opened; reporting this node's address to the leader");
                 tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
             }
-            (None, true) => tracing::info!(node_id = id, "config store opened"),
+            (None, true) => {
+                tracing::info!(node_id = id, "config store opened");
+                let m = kv.inner.raft.metrics().borrow().clone();
+                let mem = m.membership_config.membership();
+                let moved = mem
+                    .get_node(&id)
+                    .is_some_and(|n| n.addr != kv.inner.settings.advertise);
+                let others: Vec<String> = mem
+                    .nodes()
+                    .filter(|(n, _)| **n != id)
+                    .map(|(_, n)| n.addr.clone())
+                    .collect();
+                if moved && !others.is_empty() {
+                    tracing::info!(node_id = id, addr = %kv.inner.settings.advertise, "this node has a new address; reporting it to the leader");
+                    tokio::spawn(api::report_addr_loop(Arc::downgrade(&kv.inner), others));
+                }
+            }
         }
         tokio::spawn(policy::run(Arc::downgrade(&kv.inner)));
         Ok(kv)
