@@ -549,6 +549,34 @@ async fn a_store_with_outdated_documents_starts_reports_them_and_can_be_fixed() 
         "{err}"
     );
 
+    // So does `weir apply`, even of a file that changes nothing.
+    let file = root.path().join("apply.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "upstreams:\n  - id: u\n    targets:\n      - addr: \"{}\"\nroutes:\n  - id: r\n    paths: [\"/hello\"]\n    upstream: u\n",
+            up.target()
+        ),
+    )?;
+    let out = std::process::Command::new(weir_bin())
+        .args(["apply", "-f"])
+        .arg(&file)
+        .args(["--admin", &node.admin])
+        .env_remove("WEIR_ADMIN")
+        .env_remove("WEIR_ADMIN_KEY")
+        .env_remove("WEIR_CLI_CONFIG")
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("consumers/alice") && text.contains("weir delete consumers alice"),
+        "{text}"
+    );
+
     // Fixed with a valid body: writes work again and the node serves
     // the whole config.
     let (s, body) = node
@@ -565,5 +593,66 @@ async fn a_store_with_outdated_documents_starts_reports_them_and_can_be_fixed() 
     assert_eq!(s, 200, "{body}");
     let (s, body) = node.get("/v1/consumers/bob").await?;
     assert_eq!(s, 200, "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outdated_global_plugin_means_no_routes_until_it_is_fixed() -> anyhow::Result<()> {
+    use weir_testsupport::Upstream;
+
+    let root = tempfile::tempdir()?;
+    let up = Upstream::start("legacy").await;
+    let dir = root.path().join("n1");
+    legacy_store(
+        &dir.join("data"),
+        &[
+            (
+                "upstreams",
+                "u",
+                json!({"id": "u", "targets": [{"addr": up.target()}]}),
+            ),
+            (
+                "routes",
+                "r",
+                json!({"id": "r", "paths": ["/hello"], "upstream": "u"}),
+            ),
+            // Free-form: the allow list sits where `config` belongs now.
+            (
+                "plugins",
+                "ip-restriction",
+                json!({"id": "ip-restriction", "allow": ["10.0.0.0/8"]}),
+            ),
+        ],
+    )
+    .await?;
+    let node = Node::start(weir_bin(), &dir, &[]).await?;
+    wait_until("the status reports the plugin", CONVERGE, || async {
+        node.status().await.is_some_and(|s| {
+            s["config"]["stored_problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["kind"] == "plugins"))
+        })
+    })
+    .await;
+    // Serving the route without its global restriction could let in
+    // clients it refuses: nothing is routed.
+    assert_eq!(node.proxy_status("/hello").await, Some(404));
+    assert!(node.log().contains("serving no routes"), "{}", node.log());
+    // Deleting it (one document: one write) makes the store valid.
+    let r = weir_testsupport::http_client()
+        .delete(node.url("/v1/plugins/ip-restriction"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
+    wait_until("the route is served", CONVERGE, || async {
+        node.proxy_status("/hello").await == Some(200)
+    })
+    .await;
+    wait_until("writes are no longer blocked", CONVERGE, || async {
+        node.status()
+            .await
+            .is_some_and(|s| s["config"]["writes_blocked"] == false)
+    })
+    .await;
     Ok(())
 }
