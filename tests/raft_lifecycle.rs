@@ -270,6 +270,22 @@ async fn nodes_with_the_same_seeds_and_bootstrap_expect_form_one_cluster() -> an
             "3",
         ];
         let n = Node::start(weir_bin(), &root.path().join(names[i]), &a).await?;
+        if started.is_empty() {
+            // Alone, the first node cannot bootstrap, and says why.
+            wait_until(
+                "the first node says what it waits for",
+                CONVERGE,
+                || async {
+                    n.status().await.is_some_and(|s| {
+                        s["cluster"]["bootstrap"] == "waiting: 1 of 3 nodes seen"
+                            && s["cluster"]["members"]
+                                .as_array()
+                                .is_some_and(Vec::is_empty)
+                    })
+                },
+            )
+            .await;
+        }
         started.push((i, n));
     }
     started.sort_by_key(|(i, _)| *i);
@@ -285,6 +301,10 @@ async fn nodes_with_the_same_seeds_and_bootstrap_expect_form_one_cluster() -> an
         || async { all_see(&refs, &all).await },
     )
     .await;
+    for n in &nodes {
+        let s = n.status().await.expect("status");
+        assert!(s["cluster"]["bootstrap"].is_null(), "{s}");
+    }
     let bootstrapped: Vec<&str> = nodes
         .iter()
         .zip(names)

@@ -154,6 +154,15 @@ pub(crate) async fn run(inner: Weak<Inner>, expect: usize) {
         let text = format!("{d:?}");
         let changed = text != said;
         said = text;
+        let waiting = match &d {
+            Decision::Wait(why) => Some(format!("waiting: {why}")),
+            Decision::Join(member) => Some(format!(
+                "node {member} is in a cluster: waiting for its leader to add this node"
+            )),
+            Decision::Conflict(why) => Some(format!("not bootstrapping: {why}")),
+            Decision::Initialize(_) => Some("initialising the cluster".into()),
+        };
+        *inner.boot_waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting;
         match d {
             Decision::Wait(why) if changed => {
                 tracing::info!(node_id = inner.id, expect, reason = %why, "waiting to bootstrap the config cluster");

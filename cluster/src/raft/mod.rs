@@ -165,6 +165,10 @@ pub struct ClusterStatus {
     pub config_stale: bool,
     /// Milliseconds since that contact (absent: never).
     pub config_age_ms: Option<u64>,
+    /// While an empty node waits to form a new cluster
+    /// (`bootstrap_expect`): what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
 }
 
 /// A peer the node layer found (through gossip): its Raft id, the address
@@ -201,6 +205,8 @@ pub(crate) struct Inner {
     pub(crate) reported_addrs: Mutex<BTreeMap<NodeId, String>>,
     /// This node's bootstrap vote (see `bootstrap`).
     pub(crate) boot_vote: Mutex<Option<NodeId>>,
+    /// What bootstrapping waits for, while it does.
+    pub(crate) boot_waiting: Mutex<Option<String>>,
 }
 
 /// True when this node's store belongs to a cluster (it has a membership).
@@ -315,6 +321,7 @@ impl RaftKv {
                 discovered: Mutex::new(BTreeMap::new()),
                 reported_addrs: Mutex::new(BTreeMap::new()),
                 boot_vote: Mutex::new(None),
+                boot_waiting: Mutex::new(None),
             }),
         };
         let initialized = kv
@@ -528,6 +535,13 @@ impl RaftKv {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             config_stale: age.is_none_or(|a| a > stale_after),
             config_age_ms: age.map(|a| a.as_millis() as u64),
+            bootstrap: self
+                .inner
+                .boot_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|_| !in_cluster(&self.inner)),
         }
     }
 

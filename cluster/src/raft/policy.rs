@@ -5,7 +5,7 @@
 //! 1. **Learners from discovery.** A live peer that the node layer reports
 //!    (found through gossip, with its Raft id and address) and that is not a
 //!    member yet is added as a learner.
-//! 1. **Addresses follow the nodes.** A member whose Raft address differs
+//! 2. **Addresses follow the nodes.** A member whose Raft address differs
 //!    from the one reported for it — by itself (this leader), through
 //!    `/raft/join`, or in gossip, in that order — gets the new address
 //!    ([`address_change`]), as a `SetNodes` change that keeps its role. A
@@ -13,19 +13,19 @@
 //!    voter or learner. Every RPC names its target id and a node refuses
 //!    RPCs for another id, so an address that now belongs to someone else
 //!    is merely unreachable.
-//! 2. **Voters spread over regions.** The leader keeps
+//! 3. **Voters spread over regions.** The leader keeps
 //!    `min(voters, usable nodes)` voters, chosen by [`choose_voters`]: one
 //!    per region before a second in any region, current voters before
 //!    learners so that a healthy configuration is left alone.
-//! 3. **Replacing silent voters.** A voter that has not answered the
+//! 4. **Replacing silent voters.** A voter that has not answered the
 //!    leader for `voter_down_timeout` is no longer usable, so a live,
 //!    caught-up learner takes its place (the old voter stays a learner and
 //!    can catch up). Without a learner to promote, it stays a voter:
 //!    removing it would not lower the quorum the live voters need.
-//! 4. **Removing dead learners.** A learner that has not answered the
+//! 5. **Removing dead learners.** A learner that has not answered the
 //!    leader for `remove_dead_learner_after` and that gossip does not list
 //!    as alive is removed ([`dead_learner`]). Voters never are: a dead
-//!    voter is first replaced by rule 3, and only then, as a learner,
+//!    voter is first replaced by rule 4, and only then, as a learner,
 //!    falls under this one. A removed node that comes back is added again
 //!    by rule 1 (gossip) or by its own `join`.
 //!
@@ -254,7 +254,7 @@ async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
 
-    // 1b. A member on a new address gets it.
+    // 2. A member on a new address gets it.
     let addrs: BTreeMap<NodeId, String> =
         mem.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
     let joined = inner.reported_addrs();
@@ -276,7 +276,7 @@ async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
 
-    // 2. Voters.
+    // 3. and 4. Voters.
     let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
     let caught_up = |id: &NodeId| {
@@ -332,7 +332,7 @@ async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
 
-    // 4. Learners dead for long are removed.
+    // 5. Learners dead for long are removed.
     let seen: Vec<LearnerSeen> = mem
         .nodes()
         .filter(|(id, _)| **id != inner.id)
