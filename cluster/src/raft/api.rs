@@ -424,6 +424,9 @@ async fn update_addr(kv: &RaftKv, node_id: NodeId, addr: String) -> Result<(), C
 /// was away.
 pub(crate) async fn join_loop(inner: std::sync::Weak<super::Inner>, via: String) {
     let mut accepted = false;
+    // After a first success, a failed re-join (a leaderless moment) is
+    // routine: logged at debug, not every half second at warn.
+    let mut ever = false;
     loop {
         if accepted {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -455,10 +458,17 @@ pub(crate) async fn join_loop(inner: std::sync::Weak<super::Inner>, via: String)
         drop(inner);
         match rb.send().await {
             Ok(r) if r.status().is_success() => {
-                tracing::info!(via = %via, "join accepted");
+                if !ever {
+                    tracing::info!(via = %via, "join accepted");
+                }
                 accepted = true;
+                ever = true;
                 continue;
             }
+            Ok(r) if ever => {
+                tracing::debug!(via = %via, status = %r.status(), "re-join refused; retrying")
+            }
+            Err(e) if ever => tracing::debug!(via = %via, error = %e, "re-join failed; retrying"),
             Ok(r) => tracing::warn!(via = %via, status = %r.status(), "join refused; retrying"),
             Err(e) => tracing::warn!(via = %via, error = %e, "join failed; retrying"),
         }
