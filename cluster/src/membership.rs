@@ -56,6 +56,13 @@ pub const KEY_STARTED_AT: &str = "started_at_ms";
 pub const KEY_RAFT_ID: &str = "raft_id";
 /// Key: where the node's Raft endpoints are reached (`host:port`).
 pub const KEY_RAFT_ADDR: &str = "raft_addr";
+/// Key: `member` when the node's config store belongs to a Raft cluster,
+/// `empty` while it waits to be added or to bootstrap one.
+pub const KEY_RAFT_STATE: &str = "raft_state";
+/// Key: the node's `bootstrap_expect` (decimal), when set.
+pub const KEY_RAFT_EXPECT: &str = "raft_expect";
+/// Key: the Raft id this node votes to bootstrap a new cluster.
+pub const KEY_RAFT_BOOT: &str = "raft_boot";
 /// Key: `alive`, or `leaving` once the node has begun to stop.
 pub const KEY_STATUS: &str = "status";
 

@@ -103,6 +103,8 @@ pub struct AdminCtx {
     pub cluster: crate::cluster::SharedCluster,
     /// Active health checks and the merged view.
     pub health: Arc<crate::health::HealthChecker>,
+    /// Stored documents that are not valid (they block every write).
+    pub stored_problems: crate::stored::StoredProblems,
 }
 
 /// Who made the request (the key's name).
@@ -165,6 +167,24 @@ impl From<ClusterError> for ApiError {
         } else {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         }
+    }
+}
+
+impl ApiError {
+    /// A refused write whose problems lie (also) in documents the store
+    /// already held invalid: say which ones block writes and how to fix
+    /// them (`stored`: the stored documents' own problems).
+    fn with_stored(mut self, stored: &[Problem]) -> ApiError {
+        let blocking = crate::stored::documents(stored);
+        if self.code == "invalid"
+            && self
+                .problems
+                .iter()
+                .any(|p| blocking.contains(&(p.kind.clone(), p.id.clone())))
+        {
+            self.message = format!("{}; {}", self.message, crate::stored::fix_hint(stored));
+        }
+        self
     }
 }
 
@@ -412,6 +432,9 @@ async fn status(State(ctx): State<Arc<AdminCtx>>) -> Response {
         doc["config_stale"] = json!(st.config_stale);
         doc["config_age_ms"] = json!(st.config_age_ms);
         doc["cluster"] = json!(st);
+        let blocking = ctx.stored_problems.get();
+        doc["config"]["writes_blocked"] = json!(!blocking.is_empty());
+        doc["config"]["stored_problems"] = json!(*blocking);
     }
     axum::Json(doc).into_response()
 }
@@ -582,7 +605,7 @@ async fn write(
     // machine validates every batch against the latest state anyway.
     let written = kv.write(batch).await?;
     if let Some(e) = outcome_error(&written.outcome) {
-        return Err(e);
+        return Err(e.with_stored(&ctx.stored_problems.get()));
     }
     let mut extra = json!({});
     if q.wait.as_deref() == Some("applied") {
@@ -1141,7 +1164,7 @@ async fn apply(
         .preview(&batch, &docs::validator())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if let Some(e) = outcome_error(&preview) {
-        return Err(e);
+        return Err(e.with_stored(&ctx.stored_problems.get()));
     }
     if req.dry_run || plan.is_empty() {
         return Ok(axum::Json(json!({

@@ -398,6 +398,25 @@ pub fn cluster_status(conn: &ConnArgs) -> ExitCode {
             .call(reqwest::Method::GET, "/v1/status", None)
             .await?;
         println!("{}", serde_json::to_string_pretty(&r["cluster"])?);
+        // Stored documents that block writes (ADR 0027), on stderr so the
+        // JSON above stays machine-readable.
+        if let Some(ps) = r["config"]["stored_problems"]
+            .as_array()
+            .filter(|p| !p.is_empty())
+        {
+            eprintln!(
+                "writes are refused: the store holds documents that are not valid (fix them: docs/raft.md, \"Upgrading\"):"
+            );
+            for p in ps {
+                eprintln!(
+                    "  {}/{} {}: {}",
+                    p["kind"].as_str().unwrap_or_default(),
+                    p["id"].as_str().unwrap_or_default(),
+                    p["pointer"].as_str().unwrap_or_default(),
+                    p["reason"].as_str().unwrap_or_default()
+                );
+            }
+        }
         Ok(())
     })
 }

@@ -30,6 +30,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod store_mode;
+pub mod stored;
 pub mod telemetry;
 pub mod traffic;
 pub mod upstream;

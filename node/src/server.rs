@@ -142,6 +142,7 @@ impl Server {
                 applied_revision: Default::default(),
                 cluster: self.cluster.clone(),
                 health: self.health.clone(),
+                stored_problems: Default::default(),
             }))
         });
         let admin_listener = self.admin;

@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use weir_cluster::membership::{KEY_RAFT_ADDR, KEY_RAFT_ID, Member, MemberState};
+use weir_cluster::membership::{
+    KEY_RAFT_ADDR, KEY_RAFT_BOOT, KEY_RAFT_EXPECT, KEY_RAFT_ID, KEY_RAFT_STATE, Member, MemberState,
+};
 use weir_cluster::raft::{Peer, RaftKv, RaftSettings};
 use weir_storage::{Batch, Op};
 
@@ -55,6 +57,19 @@ pub struct StoreArgs {
     /// live, caught-up learner.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     raft_voter_timeout: Duration,
+    /// A learner that has not answered the leader this long, and that
+    /// gossip does not list as alive, is removed from the Raft membership
+    /// (voters never are; a removed node that comes back is added again).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    raft_remove_dead_learner_after: Duration,
+    /// Form a new cluster when every node has the same gossip seeds: a node
+    /// with an empty store waits until gossip shows this many nodes with
+    /// empty stores and the same setting, then exactly one of them (the
+    /// lowest Raft id, by vote) initialises the cluster. If a node found
+    /// through gossip already belongs to a cluster, this one joins it
+    /// instead. Needs gossip; not with `--join`.
+    #[arg(long, env = "WEIR_RAFT_BOOTSTRAP_EXPECT")]
+    raft_bootstrap_expect: Option<usize>,
     /// Without contact with the leader for this long, `/v1/status` says
     /// `config_stale: true`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -93,6 +108,24 @@ pub async fn serve(
     }
     if args.raft_voters == 0 {
         anyhow::bail!("--raft-voters must be at least 1");
+    }
+    if let Some(n) = args.raft_bootstrap_expect {
+        if n == 0 {
+            anyhow::bail!("--raft-bootstrap-expect must be at least 1");
+        }
+        if args.join.is_some() {
+            anyhow::bail!(
+                "--raft-bootstrap-expect and --join exclude each other: a node either joins an existing cluster or helps form a new one"
+            );
+        }
+        if file_cfg.cluster.is_none() {
+            anyhow::bail!(
+                "--raft-bootstrap-expect needs gossip to find the other nodes: add --seeds (or a `cluster` section)"
+            );
+        }
+    }
+    if args.raft_remove_dead_learner_after < Duration::from_secs(1) {
+        anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
     }
     let mut file_cfg = file_cfg;
     let telemetry = start_telemetry(&mut file_cfg)?;
@@ -137,9 +170,11 @@ pub async fn serve(
         .as_ref()
         .map(|c| c.region.clone())
         .unwrap_or_default();
-    let bootstrap = settings.bootstrap;
+    settings.bootstrap_expect = args.raft_bootstrap_expect;
+    let bootstrap = settings.bootstrap && settings.bootstrap_expect.is_none();
     settings.voters = args.raft_voters;
     settings.voter_down_timeout = args.raft_voter_timeout;
+    settings.remove_dead_learner_after = args.raft_remove_dead_learner_after;
     settings.stale_after = args.stale_after;
     settings.key = args
         .admin_keys
@@ -149,9 +184,13 @@ pub async fn serve(
     let kv = RaftKv::start(settings, crate::docs::validator())
         .await
         .map_err(|e| anyhow::anyhow!("config store in {}: {e}", data_dir.display()))?;
-    let _discover = cluster
-        .clone()
-        .map(|c| AbortOnDrop(tokio::spawn(publish_and_discover(kv.clone(), c))));
+    let _discover = cluster.clone().map(|c| {
+        AbortOnDrop(tokio::spawn(publish_and_discover(
+            kv.clone(),
+            c,
+            args.raft_bootstrap_expect,
+        )))
+    });
 
     let ctx = Arc::new(AdminCtx {
         state: state.clone(),
@@ -160,6 +199,7 @@ pub async fn serve(
         applied_revision: Default::default(),
         cluster: cluster.clone(),
         health: server.health.clone(),
+        stored_problems: Default::default(),
     });
     server.set_admin_router(crate::admin::router(ctx.clone()));
 
@@ -171,16 +211,33 @@ pub async fn serve(
     {
         seed(&kv, &file_cfg, path).await?;
     }
-    // The first snapshot from whatever the store holds now.
+    // The first snapshot from whatever the store holds now. Documents that
+    // are not valid (written by an older version) are reported, and the
+    // node still starts so that they can be fixed through the admin API.
+    let _stored = AbortOnDrop(tokio::spawn(crate::stored::follow(
+        kv.clone(),
+        ctx.stored_problems.clone(),
+    )));
     let (docs, revision) = kv.view().docs_at();
-    let (cfg, problems) = crate::docs::config_from_docs(&base, &docs);
-    if !problems.is_empty() {
-        anyhow::bail!("the stored config does not parse: {problems:?}");
+    match first_config(&base, &docs) {
+        Ok(cfg) => {
+            state
+                .apply(&cfg)
+                .map_err(|e| anyhow::anyhow!("the stored config does not compile:\n{e}"))?;
+            ctx.applied_revision.store(revision, Ordering::Relaxed);
+        }
+        Err(Degraded::Partial(cfg, left_out)) => match state.apply(&cfg) {
+            Ok(_) => {
+                tracing::error!(revision, left_out = ?left_out, "serving the stored config without the documents that are not valid; fix them (see /v1/status)");
+            }
+            Err(e) => {
+                tracing::error!(revision, error = %e, "the stored config without its invalid documents does not compile either; serving no routes until they are fixed");
+            }
+        },
+        Err(Degraded::Nothing(why)) => {
+            tracing::error!(revision, reason = %why, "serving no routes until the stored documents are fixed (see /v1/status)");
+        }
     }
-    state
-        .apply(&cfg)
-        .map_err(|e| anyhow::anyhow!("the stored config does not compile:\n{e}"))?;
-    ctx.applied_revision.store(revision, Ordering::Relaxed);
     let _follow = AbortOnDrop(tokio::spawn(crate::admin::follow_store(ctx.clone(), base)));
 
     let _echo = match file_cfg.settings.echo_listen {
@@ -217,15 +274,29 @@ pub async fn serve(
     Ok(())
 }
 
-/// Publishes this node's Raft id and address in gossip, and keeps the
-/// store's list of live peers (those that publish theirs) up to date; the
-/// leader adds new ones as learners.
-async fn publish_and_discover(kv: RaftKv, cluster: Arc<crate::cluster::Cluster>) {
+/// Publishes this node's Raft id and address in gossip (and, for forming
+/// a new cluster, whether its store is in one, its `bootstrap_expect` and
+/// its bootstrap vote), and keeps the store's list of live peers (those
+/// that publish theirs) up to date; the leader adds new ones as learners.
+async fn publish_and_discover(
+    kv: RaftKv,
+    cluster: Arc<crate::cluster::Cluster>,
+    expect: Option<usize>,
+) {
     let m = cluster.membership();
     m.set_key(KEY_RAFT_ID, &kv.id().to_string()).await;
     m.set_key(KEY_RAFT_ADDR, kv.advertise()).await;
+    if let Some(n) = expect {
+        m.set_key(KEY_RAFT_EXPECT, &n.to_string()).await;
+    }
     let mut changes = m.changes();
     loop {
+        // Unchanged values are not re-sent (chitchat keeps the version).
+        let state = if kv.in_cluster() { "member" } else { "empty" };
+        m.set_key(KEY_RAFT_STATE, state).await;
+        if let Some(v) = kv.boot_vote() {
+            m.set_key(KEY_RAFT_BOOT, &v.to_string()).await;
+        }
         kv.set_discovered(raft_peers(&m.members().await));
         // Changes cover joins, deaths and key updates; the tick is a
         // backstop.
@@ -238,8 +309,26 @@ async fn publish_and_discover(kv: RaftKv, cluster: Arc<crate::cluster::Cluster>)
 
 /// The live peers that publish a usable Raft id and address. Values come
 /// from gossip: a member whose keys do not parse is left out (and logged),
-/// never guessed.
+/// never guessed. Two live members that claim one Raft id with different
+/// addresses (an old incarnation not yet seen dead, or a copied data dir)
+/// are both left out until gossip settles: the leader must not move a
+/// member's address back and forth.
 fn raft_peers(members: &[Member]) -> Vec<Peer> {
+    let peers = valid_raft_peers(members);
+    peers
+        .iter()
+        .filter(|p| {
+            let clash = peers.iter().any(|q| q.id == p.id && q.addr != p.addr);
+            if clash {
+                tracing::debug!(raft_id = p.id, raft_addr = %p.addr, "two live members claim this raft id; ignoring both for now");
+            }
+            !clash
+        })
+        .cloned()
+        .collect()
+}
+
+fn valid_raft_peers(members: &[Member]) -> Vec<Peer> {
     members
         .iter()
         .filter(|m| !m.is_self && m.state == MemberState::Alive)
@@ -256,6 +345,21 @@ fn raft_peers(members: &[Member]) -> Vec<Peer> {
                     id,
                     addr: addr.clone(),
                     region: m.region.clone(),
+                    in_cluster: match m.keys.get(KEY_RAFT_STATE).map(String::as_str) {
+                        Some("member") => Some(true),
+                        Some("empty") => Some(false),
+                        _ => None,
+                    },
+                    expect: m
+                        .keys
+                        .get(KEY_RAFT_EXPECT)
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n: &usize| n > 0),
+                    boot_vote: m
+                        .keys
+                        .get(KEY_RAFT_BOOT)
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n: &u64| n > 0),
                 }),
                 _ => {
                     tracing::debug!(member = %m.id, raft_id = %id, raft_addr = %addr, "ignoring a member with an unusable raft id or address");
@@ -264,6 +368,51 @@ fn raft_peers(members: &[Member]) -> Vec<Peer> {
             }
         })
         .collect()
+}
+
+/// Why the first snapshot is not the whole stored config.
+#[derive(Debug)]
+enum Degraded {
+    /// Built without these invalid documents, none of which can let a
+    /// request through that the whole config would stop.
+    Partial(Box<Config>, Vec<String>),
+    /// Not served at all: leaving the invalid documents out could let
+    /// requests through that the whole config stops.
+    Nothing(String),
+}
+
+/// The config to serve first from `docs`. When some documents do not
+/// parse, the others are served only if every invalid one fails closed
+/// when left out: a consumer, credential or subscription only grants
+/// access. Without a global plugin, or a route (another route may match
+/// instead, without its plugins), requests could pass that should not, so
+/// then no routes are served.
+fn first_config(base: &Config, docs: &weir_storage::Docs) -> Result<Config, Degraded> {
+    let (cfg, problems) = crate::docs::config_from_docs(base, docs);
+    if problems.is_empty() {
+        return Ok(cfg);
+    }
+    let bad = crate::stored::documents(&problems);
+    if let Some((kind, id)) = bad
+        .iter()
+        .find(|(kind, _)| !matches!(kind.as_str(), "consumers" | "credentials" | "subscriptions"))
+    {
+        return Err(Degraded::Nothing(format!(
+            "the document {kind}/{id} is not valid, and serving without it could let requests through"
+        )));
+    }
+    let kept: weir_storage::Docs = docs
+        .iter()
+        .filter(|(k, _)| !bad.contains(&(k.0.clone(), k.1.clone())))
+        .map(|(k, d)| (k.clone(), d.clone()))
+        .collect();
+    let (cfg, more) = crate::docs::config_from_docs(base, &kept);
+    let left_out = bad.iter().map(|(k, i)| format!("{k}/{i}")).collect();
+    if more.is_empty() {
+        Err(Degraded::Partial(Box::new(cfg), left_out))
+    } else {
+        Err(Degraded::Nothing(format!("{more:?}")))
+    }
 }
 
 /// Seeds an empty store from the file, as one batch.
@@ -338,6 +487,28 @@ mod tests {
         me.is_self = true;
         let members = vec![
             member("a", MemberState::Alive, &ok),
+            member(
+                "booting",
+                MemberState::Alive,
+                &[
+                    (KEY_RAFT_ID, "8"),
+                    (KEY_RAFT_ADDR, "10.0.0.8:9180"),
+                    (KEY_RAFT_STATE, "empty"),
+                    (KEY_RAFT_EXPECT, "3"),
+                    (KEY_RAFT_BOOT, "7"),
+                ],
+            ),
+            member(
+                "odd-boot-keys",
+                MemberState::Alive,
+                &[
+                    (KEY_RAFT_ID, "9"),
+                    (KEY_RAFT_ADDR, "10.0.0.9:9180"),
+                    (KEY_RAFT_STATE, "maybe"),
+                    (KEY_RAFT_EXPECT, "0"),
+                    (KEY_RAFT_BOOT, "x"),
+                ],
+            ),
             me,
             member("dead", MemberState::Dead, &ok),
             member("left", MemberState::Left, &ok),
@@ -362,14 +533,42 @@ mod tests {
                 MemberState::Alive,
                 &[(KEY_RAFT_ID, "3"), (KEY_RAFT_ADDR, "h:99999")],
             ),
+            member(
+                "twin-1",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "5"), (KEY_RAFT_ADDR, "h:1")],
+            ),
+            member(
+                "twin-2",
+                MemberState::Alive,
+                &[(KEY_RAFT_ID, "5"), (KEY_RAFT_ADDR, "h:2")],
+            ),
         ];
         assert_eq!(
             raft_peers(&members),
-            vec![Peer {
-                id: 7,
-                addr: "10.0.0.7:9180".into(),
-                region: "r-a".into()
-            }]
+            vec![
+                Peer {
+                    id: 7,
+                    addr: "10.0.0.7:9180".into(),
+                    region: "r-a".into(),
+                    ..Peer::default()
+                },
+                Peer {
+                    id: 8,
+                    addr: "10.0.0.8:9180".into(),
+                    region: "r-booting".into(),
+                    in_cluster: Some(false),
+                    expect: Some(3),
+                    boot_vote: Some(7),
+                },
+                // Unreadable bootstrap keys read as "says nothing".
+                Peer {
+                    id: 9,
+                    addr: "10.0.0.9:9180".into(),
+                    region: "r-odd-boot-keys".into(),
+                    ..Peer::default()
+                },
+            ]
         );
     }
 }

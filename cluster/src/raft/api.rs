@@ -23,6 +23,21 @@ use super::{ClusterError, RaftKv, Written};
 /// forwarded again (no loops while leadership moves).
 const FORWARDED: &str = "x-weir-forwarded";
 
+/// Names the node a Raft RPC is meant for. A node refuses RPCs meant for
+/// another id, so a member address that now belongs to someone else (a
+/// node restarted elsewhere, a port reused) reads as unreachable instead
+/// of letting a stranger vote or take entries (openraft's "update node"
+/// warning).
+pub(crate) const TARGET: &str = "x-weir-raft-target";
+
+/// How long a join that reports a new address waits for the leader to
+/// apply it before answering "retry".
+const ADDR_UPDATE_WAIT: Duration = Duration::from_secs(5);
+
+/// A member that joined through `join` re-reports itself when it has not
+/// heard from a leader for this long (it may have been removed).
+const REJOIN_AFTER: Duration = Duration::from_secs(10);
+
 /// Raft messages can carry large config batches and snapshot chunks.
 const RAFT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -92,10 +107,39 @@ fn error_response(e: &ClusterError) -> Response {
         .into_response()
 }
 
+/// The refusal of an RPC addressed to another node id (`None`: it is for
+/// this node, or names nobody).
+fn misdirected(kv: &RaftKv, headers: &HeaderMap) -> Option<Response> {
+    let target = headers.get(TARGET)?;
+    let meant = target.to_str().ok().and_then(|t| t.parse::<NodeId>().ok());
+    if meant == Some(kv.inner.id) {
+        return None;
+    }
+    let error = format!(
+        "this is raft node {}, not {}: the sender's membership has an outdated address",
+        kv.inner.id,
+        String::from_utf8_lossy(target.as_bytes())
+    );
+    Some(
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(ErrorReply {
+                error,
+                retryable: false,
+            }),
+        )
+            .into_response(),
+    )
+}
+
 async fn append(
     State(kv): State<RaftKv>,
+    headers: HeaderMap,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+) -> Response {
+    if let Some(r) = misdirected(&kv, &headers) {
+        return r;
+    }
     let res = kv.inner.raft.append_entries(req).await;
     if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
         *kv.inner
@@ -103,21 +147,32 @@ async fn append(
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
-    Json(res)
+    Json(res).into_response()
 }
 
 async fn vote(
     State(kv): State<RaftKv>,
+    headers: HeaderMap,
     Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(kv.inner.raft.vote(req).await)
+) -> Response {
+    if let Some(r) = misdirected(&kv, &headers) {
+        return r;
+    }
+    let res: Result<VoteResponse<NodeId>, RaftError<NodeId>> = kv.inner.raft.vote(req).await;
+    Json(res).into_response()
 }
 
 async fn snapshot(
     State(kv): State<RaftKv>,
+    headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(kv.inner.raft.install_snapshot(req).await)
+) -> Response {
+    if let Some(r) = misdirected(&kv, &headers) {
+        return r;
+    }
+    let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
+        kv.inner.raft.install_snapshot(req).await;
+    Json(res).into_response()
 }
 
 async fn forwarded_write(
@@ -298,12 +353,10 @@ pub(crate) async fn add_learner(
     loop {
         let m = kv.inner.raft.metrics().borrow().clone();
         if m.current_leader == Some(kv.inner.id) {
-            if m.membership_config
-                .membership()
-                .get_node(&node_id)
-                .is_some_and(|n| n.addr == addr)
-            {
-                return Ok(());
+            match m.membership_config.membership().get_node(&node_id) {
+                Some(n) if n.addr == addr => return Ok(()),
+                Some(_) => return update_addr(kv, node_id, addr).await,
+                None => {}
             }
             return match kv
                 .inner
@@ -334,36 +387,138 @@ pub(crate) async fn add_learner(
     }
 }
 
-pub(crate) async fn join_loop(kv: RaftKv, via: String) {
-    let req = JoinRequest {
-        node_id: kv.inner.id,
-        addr: kv.inner.settings.advertise.clone(),
-    };
-    loop {
-        let m = kv.inner.raft.metrics().borrow().clone();
-        if m.membership_config
-            .membership()
-            .get_node(&kv.inner.id)
-            .is_some()
-        {
-            return;
+/// A member reports a new address: the policy task (the only one that
+/// changes the membership) applies it; this waits a little for that.
+async fn update_addr(kv: &RaftKv, node_id: NodeId, addr: String) -> Result<(), ClusterError> {
+    tracing::info!(node_id, addr = %addr, "a member reports a new raft address");
+    kv.inner
+        .reported_addrs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(node_id, addr.clone());
+    let mut rx = kv.inner.raft.metrics();
+    let done = async {
+        loop {
+            let updated = rx
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&node_id)
+                .is_some_and(|n| n.addr == addr);
+            if updated || rx.changed().await.is_err() {
+                return updated;
+            }
         }
-        let mut rb = kv
-            .inner
+    };
+    match tokio::time::timeout(ADDR_UPDATE_WAIT, done).await {
+        Ok(true) => Ok(()),
+        _ => Err(ClusterError::NoLeader(format!(
+            "the address update of node {node_id} is not applied yet"
+        ))),
+    }
+}
+
+/// Asks `via` to add this node (or take its current address) until a
+/// leader accepts, then keeps watching: a node that hears from no leader
+/// for a while asks again, since a leader may have removed it while it
+/// was away.
+pub(crate) async fn join_loop(inner: std::sync::Weak<super::Inner>, via: String) {
+    let mut accepted = false;
+    // After a first success, a failed re-join (a leaderless moment) is
+    // routine: logged at debug, not every half second at warn.
+    let mut ever = false;
+    loop {
+        if accepted {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if accepted {
+            let leading = inner.raft.metrics().borrow().state == openraft::ServerState::Leader;
+            let heard = *inner
+                .last_leader_contact
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if leading || heard.is_some_and(|t| t.elapsed() < REJOIN_AFTER) {
+                continue;
+            }
+            accepted = false;
+        }
+        let req = JoinRequest {
+            node_id: inner.id,
+            addr: inner.settings.advertise.clone(),
+        };
+        let mut rb = inner
             .http
             .post(format!("http://{via}/raft/join"))
             .timeout(LEADER_WAIT)
             .json(&req);
-        if let Some(k) = &kv.inner.settings.key {
+        if let Some(k) = &inner.settings.key {
             rb = rb.bearer_auth(k);
         }
+        drop(inner);
         match rb.send().await {
             Ok(r) if r.status().is_success() => {
-                tracing::info!(via = %via, "join accepted");
-                return;
+                if !ever {
+                    tracing::info!(via = %via, "join accepted");
+                }
+                accepted = true;
+                ever = true;
+                continue;
             }
+            Ok(r) if ever => {
+                tracing::debug!(via = %via, status = %r.status(), "re-join refused; retrying")
+            }
+            Err(e) if ever => tracing::debug!(via = %via, error = %e, "re-join failed; retrying"),
             Ok(r) => tracing::warn!(via = %via, status = %r.status(), "join refused; retrying"),
             Err(e) => tracing::warn!(via = %via, error = %e, "join failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A member that came back on a new address without `join` (nor, maybe,
+/// gossip) tells the others, through each member it knows in turn, until
+/// a leader has taken the address: the leader can no longer reach it, so
+/// it must speak first.
+pub(crate) async fn report_addr_loop(inner: std::sync::Weak<super::Inner>, vias: Vec<String>) {
+    for via in vias.iter().cycle() {
+        let Some(inner) = inner.upgrade() else { return };
+        let current = inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&inner.id)
+            .map(|n| n.addr.clone());
+        if current.as_deref() != Some(inner.settings.advertise.as_str()) {
+            let req = JoinRequest {
+                node_id: inner.id,
+                addr: inner.settings.advertise.clone(),
+            };
+            let mut rb = inner
+                .http
+                .post(format!("http://{via}/raft/join"))
+                .timeout(LEADER_WAIT)
+                .json(&req);
+            if let Some(k) = &inner.settings.key {
+                rb = rb.bearer_auth(k);
+            }
+            drop(inner);
+            match rb.send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(via = %via, "the leader took this node's new address");
+                    return;
+                }
+                Ok(r) => {
+                    tracing::debug!(via = %via, status = %r.status(), "address report refused; trying the next member")
+                }
+                Err(e) => {
+                    tracing::debug!(via = %via, error = %e, "address report failed; trying the next member")
+                }
+            }
+        } else {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

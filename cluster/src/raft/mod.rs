@@ -9,14 +9,18 @@
 //!   ([`RaftKv::add_learner`]). A node found through gossip needs no
 //!   `join`: the node layer reports live peers ([`RaftKv::set_discovered`])
 //!   and the leader adds them as learners itself. A node that expects to
-//!   be found that way starts with `bootstrap: false` and waits.
+//!   be found that way starts with `bootstrap: false` and waits; with
+//!   `bootstrap_expect` it helps form a new cluster (see `bootstrap`).
 //! - The leader keeps `voters` voters spread over regions, and replaces a
 //!   voter silent for longer than `voter_down_timeout` with a live
-//!   learner, one membership change at a time (see `policy`).
+//!   learner, one membership change at a time (see `policy`); it follows
+//!   members to new addresses and removes learners that stay dead for
+//!   `remove_dead_learner_after`.
 //! - Writes on any node are forwarded to the leader; reads are local.
 //! - Raft RPC is HTTP/1.1 + JSON on `/raft/*` (see [`RaftKv::router`]).
 
 mod api;
+pub mod bootstrap;
 mod network;
 pub mod policy;
 
@@ -49,12 +53,20 @@ pub struct RaftSettings {
     /// (`true`), or wait to be added by a leader that found this node
     /// through gossip (`false`).
     pub bootstrap: bool,
+    /// With no `join` and an empty data dir: wait until gossip shows this
+    /// many nodes with empty stores and the same setting, then let exactly
+    /// one of them initialise the cluster (see `bootstrap`). Overrides
+    /// `bootstrap`.
+    pub bootstrap_expect: Option<usize>,
     /// This node's region, for spreading voters.
     pub region: String,
     /// How many voters the leader keeps (fewer when fewer nodes exist).
     pub voters: usize,
     /// A voter silent this long is replaced by a live learner.
     pub voter_down_timeout: Duration,
+    /// A learner silent this long (and not alive in gossip) is removed
+    /// from the membership.
+    pub remove_dead_learner_after: Duration,
     /// Without contact with a leader for this long, the config is stale.
     pub stale_after: Duration,
     /// Build a snapshot (and purge the log) after this many entries.
@@ -72,9 +84,11 @@ impl RaftSettings {
             advertise,
             join: None,
             bootstrap: true,
+            bootstrap_expect: None,
             region: String::new(),
             voters: 3,
             voter_down_timeout: Duration::from_secs(30),
+            remove_dead_learner_after: Duration::from_secs(600),
             stale_after: Duration::from_secs(3),
             snapshot_every: 1000,
             key: None,
@@ -151,11 +165,16 @@ pub struct ClusterStatus {
     pub config_stale: bool,
     /// Milliseconds since that contact (absent: never).
     pub config_age_ms: Option<u64>,
+    /// While an empty node waits to form a new cluster
+    /// (`bootstrap_expect`): what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
 }
 
 /// A peer the node layer found (through gossip): its Raft id, the address
-/// of its `/raft/*` endpoints and its region.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// of its `/raft/*` endpoints, its region, and what it says for forming a
+/// new cluster (`bootstrap`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
     /// Raft node id.
     pub id: NodeId,
@@ -163,6 +182,13 @@ pub struct Peer {
     pub addr: String,
     /// Region label (empty: unknown).
     pub region: String,
+    /// Its store is part of a cluster (`Some(true)`), empty
+    /// (`Some(false)`), or it does not say (`None`, read as "part of one").
+    pub in_cluster: Option<bool>,
+    /// Its `bootstrap_expect`, if set.
+    pub expect: Option<usize>,
+    /// The node it votes to initialise a new cluster.
+    pub boot_vote: Option<NodeId>,
 }
 
 pub(crate) struct Inner {
@@ -173,13 +199,39 @@ pub(crate) struct Inner {
     pub(crate) settings: RaftSettings,
     pub(crate) liveness: PeerLiveness,
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
-    pub(crate) started: Instant,
     pub(crate) discovered: Mutex<BTreeMap<NodeId, Peer>>,
+    /// Raft addresses that members reported through `/raft/join` (a node
+    /// restarted on a new address); the policy task applies them.
+    pub(crate) reported_addrs: Mutex<BTreeMap<NodeId, String>>,
+    /// This node's bootstrap vote (see `bootstrap`).
+    pub(crate) boot_vote: Mutex<Option<NodeId>>,
+    /// What bootstrapping waits for, while it does.
+    pub(crate) boot_waiting: Mutex<Option<String>>,
+}
+
+/// True when this node's store belongs to a cluster (it has a membership).
+pub(crate) fn in_cluster(inner: &Inner) -> bool {
+    inner
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .next()
+        .is_some()
 }
 
 impl Inner {
     pub(crate) fn discovered(&self) -> BTreeMap<NodeId, Peer> {
         self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn reported_addrs(&self) -> BTreeMap<NodeId, String> {
+        self.reported_addrs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -266,8 +318,10 @@ impl RaftKv {
                 settings,
                 liveness,
                 last_leader_contact: Mutex::new(None),
-                started: Instant::now(),
                 discovered: Mutex::new(BTreeMap::new()),
+                reported_addrs: Mutex::new(BTreeMap::new()),
+                boot_vote: Mutex::new(None),
+                boot_waiting: Mutex::new(None),
             }),
         };
         let initialized = kv
@@ -277,6 +331,14 @@ impl RaftKv {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         match (&kv.inner.settings.join, initialized) {
+            (None, false) if let Some(expect) = kv.inner.settings.bootstrap_expect => {
+                tracing::info!(
+                    node_id = id,
+                    expect,
+                    "waiting for {expect} nodes with empty stores to bootstrap the config cluster"
+                );
+                tokio::spawn(bootstrap::run(Arc::downgrade(&kv.inner), expect));
+            }
             (None, false) if !kv.inner.settings.bootstrap => {
                 tracing::info!(
                     node_id = id,
@@ -300,9 +362,32 @@ impl RaftKv {
             }
             (Some(join), false) => {
                 tracing::info!(node_id = id, via = %join, "joining the config cluster as a learner");
-                tokio::spawn(api::join_loop(kv.clone(), join.clone()));
+                tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
             }
-            (_, true) => tracing::info!(node_id = id, "config store opened"),
+            (Some(join), true) => {
+                // A member that comes back through `join` reports its
+                // (possibly new) address, and is added again if a leader
+                // removed it while it was away.
+                tracing::info!(node_id = id, via = %join, "config store opened; reporting this node's address to the leader");
+                tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
+            }
+            (None, true) => {
+                tracing::info!(node_id = id, "config store opened");
+                let m = kv.inner.raft.metrics().borrow().clone();
+                let mem = m.membership_config.membership();
+                let moved = mem
+                    .get_node(&id)
+                    .is_some_and(|n| n.addr != kv.inner.settings.advertise);
+                let others: Vec<String> = mem
+                    .nodes()
+                    .filter(|(n, _)| **n != id)
+                    .map(|(_, n)| n.addr.clone())
+                    .collect();
+                if moved && !others.is_empty() {
+                    tracing::info!(node_id = id, addr = %kv.inner.settings.advertise, "this node has a new address; reporting it to the leader");
+                    tokio::spawn(api::report_addr_loop(Arc::downgrade(&kv.inner), others));
+                }
+            }
         }
         tokio::spawn(policy::run(Arc::downgrade(&kv.inner)));
         Ok(kv)
@@ -354,6 +439,22 @@ impl RaftKv {
             .discovered
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    /// True when this node's store belongs to a cluster; false while it is
+    /// empty and waits to be added or to bootstrap one.
+    pub fn in_cluster(&self) -> bool {
+        in_cluster(&self.inner)
+    }
+
+    /// The node this one votes to initialise a new cluster
+    /// (`bootstrap_expect`), if any.
+    pub fn boot_vote(&self) -> Option<NodeId> {
+        *self
+            .inner
+            .boot_vote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until this node has applied everything the leader had
@@ -434,6 +535,13 @@ impl RaftKv {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             config_stale: age.is_none_or(|a| a > stale_after),
             config_age_ms: age.map(|a| a.as_millis() as u64),
+            bootstrap: self
+                .inner
+                .boot_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|_| !in_cluster(&self.inner)),
         }
     }
 

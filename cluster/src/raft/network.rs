@@ -87,6 +87,7 @@ impl HttpPeer {
             .http
             .post(&url)
             .timeout(option.hard_ttl())
+            .header(super::api::TARGET, self.target.to_string())
             .json(req);
         if let Some(k) = &self.net.key {
             rb = rb.bearer_auth(k);

@@ -5,15 +5,33 @@
 //! 1. **Learners from discovery.** A live peer that the node layer reports
 //!    (found through gossip, with its Raft id and address) and that is not a
 //!    member yet is added as a learner.
-//! 2. **Voters spread over regions.** The leader keeps
+//! 2. **Addresses follow the nodes.** A member whose Raft address differs
+//!    from the one reported for it — by itself (this leader), through
+//!    `/raft/join`, or in gossip, in that order — gets the new address
+//!    ([`address_change`]), as a `SetNodes` change that keeps its role. A
+//!    node restarted with its data dir on a new port is reachable again,
+//!    voter or learner. Every RPC names its target id and a node refuses
+//!    RPCs for another id, so an address that now belongs to someone else
+//!    is merely unreachable.
+//! 3. **Voters spread over regions.** The leader keeps
 //!    `min(voters, usable nodes)` voters, chosen by [`choose_voters`]: one
 //!    per region before a second in any region, current voters before
 //!    learners so that a healthy configuration is left alone.
-//! 3. **Replacing silent voters.** A voter that has not answered the
+//! 4. **Replacing silent voters.** A voter that has not answered the
 //!    leader for `voter_down_timeout` is no longer usable, so a live,
 //!    caught-up learner takes its place (the old voter stays a learner and
 //!    can catch up). Without a learner to promote, it stays a voter:
 //!    removing it would not lower the quorum the live voters need.
+//! 5. **Removing dead learners.** A learner that has not answered the
+//!    leader for `remove_dead_learner_after` and that gossip does not list
+//!    as alive is removed ([`dead_learner`]). Voters never are: a dead
+//!    voter is first replaced by rule 4, and only then, as a learner,
+//!    falls under this one. A removed node that comes back is added again
+//!    by rule 1 (gossip) or by its own `join`.
+//!
+//! Silence is measured from the later of the last answer and the moment
+//! this leader first saw the node as a member, so a new leader (or a node
+//! just added again) gives every member the full timeout.
 //!
 //! Each tick makes at most one change, and each voter change moves one
 //! voter ([`next_voters`]), so the cluster walks to the desired set one
@@ -21,12 +39,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use weir_storage::NodeId;
 
-use super::Inner;
+use super::{Inner, Peer};
 
 /// How far behind (in log entries) a learner may be and still be promoted.
 const CAUGHT_UP: u64 = 100;
@@ -108,26 +126,115 @@ pub fn next_voters(
     Some(next)
 }
 
+/// The one address change to make now, if any: `(node, new address)`.
+/// Reports are taken in order of trust — this node's own address (`me`),
+/// then what members said through `/raft/join`, then gossip — and an
+/// address another member already has is never given to a second one.
+pub fn address_change(
+    members: &BTreeMap<NodeId, String>,
+    me: (NodeId, &str),
+    joined: &BTreeMap<NodeId, String>,
+    discovered: &BTreeMap<NodeId, Peer>,
+) -> Option<(NodeId, String)> {
+    let reported = |id: NodeId| -> Option<&str> {
+        if id == me.0 {
+            return Some(me.1);
+        }
+        joined
+            .get(&id)
+            .map(String::as_str)
+            .or_else(|| discovered.get(&id).map(|p| p.addr.as_str()))
+    };
+    members.iter().find_map(|(&id, addr)| {
+        let new = reported(id)?;
+        if new == addr || new.is_empty() {
+            return None;
+        }
+        if let Some((&other, _)) = members.iter().find(|(o, a)| **o != id && *a == new) {
+            tracing::warn!(node_id = id, addr = %new, other, "not moving a member to an address another member has");
+            return None;
+        }
+        Some((id, new.to_string()))
+    })
+}
+
+/// What the leader knows of a learner when deciding whether it is dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnerSeen {
+    /// Raft node id.
+    pub id: NodeId,
+    /// A voter now (never removed by this rule).
+    pub voter: bool,
+    /// Time since it last answered this leader (or since this leader first
+    /// saw it as a member, if later).
+    pub silent_for: Duration,
+    /// Gossip lists it as alive.
+    pub gossip_alive: bool,
+}
+
+/// The learner to remove now, if any: silent for at least `after` and not
+/// alive in gossip; the longest silent first.
+pub fn dead_learner(members: &[LearnerSeen], after: Duration) -> Option<NodeId> {
+    members
+        .iter()
+        .filter(|m| !m.voter && !m.gossip_alive && m.silent_for >= after)
+        .max_by_key(|m| (m.silent_for, std::cmp::Reverse(m.id)))
+        .map(|m| m.id)
+}
+
+/// The policy task's memory: since when this leader (in this term) has
+/// known each member.
+#[derive(Default)]
+struct Known {
+    term: u64,
+    since: BTreeMap<NodeId, Instant>,
+}
+
+impl Known {
+    /// Brings the map up to date with the current term and members.
+    fn update(&mut self, term: u64, members: impl Iterator<Item = NodeId>) {
+        if term != self.term {
+            self.term = term;
+            self.since.clear();
+        }
+        let now = Instant::now();
+        let members: BTreeSet<NodeId> = members.collect();
+        self.since.retain(|id, _| members.contains(id));
+        for id in members {
+            self.since.entry(id).or_insert(now);
+        }
+    }
+
+    /// How long `id` has been silent towards this leader.
+    fn silent_for(&self, id: NodeId, last_seen: Option<Instant>) -> Duration {
+        let known = self.since.get(&id).copied().unwrap_or_else(Instant::now);
+        last_seen.map_or(known, |t| t.max(known)).elapsed()
+    }
+}
+
 pub(crate) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
+    let mut known = Known::default();
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = step(&inner).await {
+        if let Err(e) = step(&inner, &mut known).await {
             tracing::warn!(error = %e, "membership policy: change failed");
         }
     }
 }
 
-async fn step(inner: &Inner) -> Result<(), String> {
+async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
     let m = inner.raft.metrics().borrow().clone();
     if m.state != ServerState::Leader {
+        known.since.clear();
         return Ok(());
     }
     let mem = m.membership_config.membership();
     if mem.get_joint_config().len() > 1 {
         return Ok(());
     }
+    known.update(m.current_term, mem.nodes().map(|(id, _)| *id));
     let discovered = inner.discovered();
 
     // 1. A discovered node that is not a member becomes a learner.
@@ -147,7 +254,29 @@ async fn step(inner: &Inner) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
 
-    // 2. Voters.
+    // 2. A member on a new address gets it.
+    let addrs: BTreeMap<NodeId, String> =
+        mem.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let joined = inner.reported_addrs();
+    // Reports that are now true are done.
+    inner
+        .reported_addrs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|id, a| addrs.get(id).is_some_and(|cur| cur != a));
+    let me = (inner.id, inner.settings.advertise.as_str());
+    if let Some((id, addr)) = address_change(&addrs, me, &joined, &discovered) {
+        tracing::info!(node_id = id, from = addrs.get(&id).map(String::as_str).unwrap_or_default(), to = %addr, "a member moved: updating its raft address");
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode { addr })]));
+        return inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+
+    // 3. and 4. Voters.
     let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
     let caught_up = |id: &NodeId| {
@@ -175,10 +304,7 @@ async fn step(inner: &Inner) -> Result<(), String> {
             let usable = if id == inner.id {
                 true
             } else if voter {
-                match inner.liveness.last_seen(id) {
-                    Some(t) => t.elapsed() <= timeout,
-                    None => inner.started.elapsed() <= timeout,
-                }
+                known.silent_for(id, inner.liveness.last_seen(id)) <= timeout
             } else {
                 inner
                     .liveness
@@ -196,13 +322,43 @@ async fn step(inner: &Inner) -> Result<(), String> {
         .collect();
     let target = inner.settings.voters.max(1);
     let desired = choose_voters(inner.id, &candidates, target);
-    let Some(next) = next_voters(&voters, &desired, &candidates, target) else {
+    if let Some(next) = next_voters(&voters, &desired, &candidates, target) {
+        tracing::info!(from = ?voters, to = ?next, "changing the voters");
+        return inner
+            .raft
+            .change_membership(next, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+
+    // 5. Learners dead for long are removed.
+    let seen: Vec<LearnerSeen> = mem
+        .nodes()
+        .filter(|(id, _)| **id != inner.id)
+        .map(|(id, _)| LearnerSeen {
+            id: *id,
+            voter: voters.contains(id),
+            silent_for: known.silent_for(*id, inner.liveness.last_seen(*id)),
+            gossip_alive: discovered.contains_key(id),
+        })
+        .collect();
+    let Some(dead) = dead_learner(&seen, inner.settings.remove_dead_learner_after) else {
         return Ok(());
     };
-    tracing::info!(from = ?voters, to = ?next, "changing the voters");
+    let silent = seen
+        .iter()
+        .find(|s| s.id == dead)
+        .map(|s| s.silent_for)
+        .unwrap_or_default();
+    tracing::info!(
+        node_id = dead,
+        silent_ms = silent.as_millis() as u64,
+        "removing a learner that has been dead too long"
+    );
     inner
         .raft
-        .change_membership(next, true)
+        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([dead])), false)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -462,5 +618,174 @@ mod tests {
             let got = next_voters(&current, &desired, &c, target);
             assert_eq!(got, want.map(|w| set(&w)), "{case}");
         }
+    }
+
+    #[test]
+    fn addresses_follow_the_nodes() {
+        fn m(rows: &[(NodeId, &str)]) -> BTreeMap<NodeId, String> {
+            rows.iter().map(|&(id, a)| (id, a.to_string())).collect()
+        }
+        fn g(rows: &[(NodeId, &str)]) -> BTreeMap<NodeId, Peer> {
+            rows.iter()
+                .map(|&(id, a)| {
+                    (
+                        id,
+                        Peer {
+                            id,
+                            addr: a.into(),
+                            ..Peer::default()
+                        },
+                    )
+                })
+                .collect()
+        }
+        type Case = (
+            &'static str,
+            BTreeMap<NodeId, String>,
+            (NodeId, &'static str),
+            BTreeMap<NodeId, String>,
+            BTreeMap<NodeId, Peer>,
+            Option<(NodeId, &'static str)>,
+        );
+        let members = m(&[(1, "a:1"), (2, "b:1"), (3, "c:1")]);
+        // (case, members, me, joined, gossip, change)
+        let cases: Vec<Case> = vec![
+            (
+                "everything where it is",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(2, "b:1"), (3, "c:1")]),
+                None,
+            ),
+            (
+                "gossip shows a member on a new port",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(2, "b:1"), (3, "c:2")]),
+                Some((3, "c:2")),
+            ),
+            (
+                "a join report wins over gossip",
+                members.clone(),
+                (1, "a:1"),
+                m(&[(3, "c:3")]),
+                g(&[(3, "c:2")]),
+                Some((3, "c:3")),
+            ),
+            (
+                "the leader's own address comes from itself",
+                members.clone(),
+                (1, "a:9"),
+                m(&[(1, "a:7")]),
+                g(&[(1, "a:8")]),
+                Some((1, "a:9")),
+            ),
+            (
+                "an address another member has is not taken",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(3, "b:1")]),
+                None,
+            ),
+            (
+                "non-members are not this rule's business",
+                members.clone(),
+                (1, "a:1"),
+                m(&[(7, "x:1")]),
+                g(&[(8, "y:1")]),
+                None,
+            ),
+            (
+                "one change at a time, lowest id first",
+                members.clone(),
+                (1, "a:1"),
+                m(&[]),
+                g(&[(2, "b:2"), (3, "c:2")]),
+                Some((2, "b:2")),
+            ),
+        ];
+        for (case, members, me, joined, gossip, want) in cases {
+            let got = address_change(&members, me, &joined, &gossip);
+            assert_eq!(got, want.map(|(id, a)| (id, a.to_string())), "{case}");
+        }
+    }
+
+    #[test]
+    fn dead_learners_table() {
+        const S: Duration = Duration::from_secs(1);
+        /// `(id, voter, silent seconds, alive in gossip)`.
+        fn rows(r: &[(NodeId, bool, u64, bool)]) -> Vec<LearnerSeen> {
+            r.iter()
+                .map(|&(id, voter, silent, gossip_alive)| LearnerSeen {
+                    id,
+                    voter,
+                    silent_for: S * silent as u32,
+                    gossip_alive,
+                })
+                .collect()
+        }
+        let after = S * 600;
+        // (case, members, removed)
+        let cases: Vec<(&str, Vec<LearnerSeen>, Option<NodeId>)> = vec![
+            (
+                "nobody silent",
+                rows(&[(2, false, 0, true), (3, true, 0, true)]),
+                None,
+            ),
+            (
+                "a learner silent, not yet long enough",
+                rows(&[(2, false, 599, false)]),
+                None,
+            ),
+            (
+                "a learner silent for the timeout exactly",
+                rows(&[(2, false, 600, false)]),
+                Some(2),
+            ),
+            (
+                "a dead voter is never removed by this rule",
+                rows(&[(2, true, 3600, false)]),
+                None,
+            ),
+            (
+                "a learner alive in gossip stays (it would be added again at once)",
+                rows(&[(2, false, 3600, true)]),
+                None,
+            ),
+            (
+                "the longest silent goes first, one at a time",
+                rows(&[
+                    (2, false, 700, false),
+                    (3, false, 900, false),
+                    (4, true, 5000, false),
+                ]),
+                Some(3),
+            ),
+            (
+                "a tie goes to the lower id",
+                rows(&[(5, false, 700, false), (4, false, 700, false)]),
+                Some(4),
+            ),
+        ];
+        for (case, seen, want) in cases {
+            assert_eq!(dead_learner(&seen, after), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn silence_counts_from_when_this_leader_knew_the_member() {
+        let mut k = Known::default();
+        k.update(3, [1, 2].into_iter());
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600));
+        // Answered long ago, but this leader has known it only now.
+        assert!(k.silent_for(2, long_ago) < Duration::from_secs(60));
+        // A new term starts the count again; so does being added again.
+        k.since.insert(2, long_ago.unwrap_or_else(Instant::now));
+        k.update(3, [1].into_iter());
+        k.update(3, [1, 2].into_iter());
+        assert!(k.silent_for(2, None) < Duration::from_secs(60));
     }
 }

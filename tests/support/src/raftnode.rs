@@ -1,7 +1,7 @@
 //! A launcher for `weir serve` in cluster mode (the replicated config
 //! store): each node has its own data dir, port-0 listeners and a ready
-//! file, can be killed, restarted on the same admin (Raft) address, or
-//! frozen with SIGSTOP; the process is killed on drop. Used by the Raft
+//! file, can be killed or stopped, restarted on the same admin (Raft)
+//! address or a new one, or frozen with SIGSTOP; the process is killed on drop. Used by the Raft
 //! tests and the propagation benchmark.
 
 use std::path::{Path, PathBuf};
@@ -113,6 +113,28 @@ impl Node {
         self.kill();
         let admin = self.admin.clone();
         self.launch(Some(&admin)).await
+    }
+
+    /// Stops the process with SIGTERM (a clean shutdown: it leaves gossip
+    /// and stops Raft) and waits for it to exit; kills it if it has not
+    /// after 30 s.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        self.signal("-TERM");
+        let deadline = Instant::now() + START;
+        loop {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("weir did not stop on SIGTERM; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn signal(&self, sig: &str) {
