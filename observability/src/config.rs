@@ -91,6 +91,46 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Upper bounds of the latency histograms, in seconds.
     pub latency_buckets: Vec<f64>,
+    /// Push the same series over OTLP (off by default).
+    pub otlp: OtlpMetricsConfig,
+}
+
+/// OTLP metrics export: the series `/metrics` serves, pushed to a collector
+/// on a timer. Off unless `enabled`, `OTEL_METRICS_EXPORTER=otlp` or an
+/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable is set (and neither
+/// `OTEL_METRICS_EXPORTER=none` nor `OTEL_SDK_DISABLED=true` is). Unset
+/// transport fields take `observability.tracing`'s.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpMetricsConfig {
+    /// Export metrics.
+    pub enabled: bool,
+    /// Collector base URL (`/v1/metrics` is appended for HTTP); defaults to
+    /// `tracing.endpoint`, then to the protocol's local default.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; defaults to `tracing.protocol`.
+    pub protocol: Option<OtlpProtocol>,
+    /// Extra headers sent with each export; when empty, `tracing.headers`.
+    pub headers: Vec<(String, String)>,
+    /// Time between two exports.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+    /// Give up on one export after this long.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for OtlpMetricsConfig {
+    fn default() -> Self {
+        OtlpMetricsConfig {
+            enabled: false,
+            endpoint: None,
+            protocol: None,
+            headers: Vec::new(),
+            export_interval: Duration::from_secs(60),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -100,6 +140,7 @@ impl Default for MetricsConfig {
             latency_buckets: vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
+            otlp: OtlpMetricsConfig::default(),
         }
     }
 }
@@ -231,6 +272,33 @@ impl ObservabilityConfig {
             p.push((
                 "metrics.latency_buckets".into(),
                 "must be positive and strictly increasing".into(),
+            ));
+        }
+        let o = &self.metrics.otlp;
+        if o.enabled && !self.metrics.enabled {
+            p.push((
+                "metrics.otlp.enabled".into(),
+                "needs metrics.enabled: with metrics off nothing is recorded to export".into(),
+            ));
+        }
+        if let Some(e) = &o.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            p.push((
+                "metrics.otlp.endpoint".into(),
+                format!("`{e}` must start with http:// or https://"),
+            ));
+        }
+        if o.export_interval.is_zero() {
+            p.push((
+                "metrics.otlp.export_interval".into(),
+                "must be positive".into(),
+            ));
+        }
+        if o.export_timeout.is_zero() {
+            p.push((
+                "metrics.otlp.export_timeout".into(),
+                "must be positive".into(),
             ));
         }
         if self.access_log.buffer == 0 {
