@@ -307,3 +307,46 @@ impl ObservabilityConfig {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_metrics_settings_are_checked_by_key() {
+        let mut cfg = ObservabilityConfig::default();
+        assert!(cfg.validate().is_empty());
+        cfg.metrics.otlp = OtlpMetricsConfig {
+            enabled: true,
+            endpoint: Some("collector:4317".into()),
+            export_interval: Duration::ZERO,
+            export_timeout: Duration::ZERO,
+            ..OtlpMetricsConfig::default()
+        };
+        cfg.metrics.enabled = false;
+        let keys: Vec<String> = cfg.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "metrics.otlp.enabled",
+                "metrics.otlp.endpoint",
+                "metrics.otlp.export_interval",
+                "metrics.otlp.export_timeout"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_otlp_section_parses_with_durations_and_a_protocol() {
+        let cfg: ObservabilityConfig = serde_yaml_ng::from_str(
+            "metrics:\n  otlp:\n    enabled: true\n    protocol: http/protobuf\n    export_interval: 15s\n",
+        )
+        .unwrap();
+        assert!(cfg.metrics.otlp.enabled);
+        assert_eq!(cfg.metrics.otlp.protocol, Some(OtlpProtocol::HttpProtobuf));
+        assert_eq!(cfg.metrics.otlp.export_interval, Duration::from_secs(15));
+        let bad =
+            serde_yaml_ng::from_str::<ObservabilityConfig>("metrics:\n  otlp:\n    interval: 1s\n");
+        assert!(bad.is_err());
+    }
+}

@@ -407,7 +407,9 @@ impl Task {
             Err(_) => Err(format!("timed out after {:?}", self.timeout)),
         };
         match result {
-            Ok(()) => {
+            // Nothing recorded yet: nothing was sent.
+            Ok(false) => {}
+            Ok(true) => {
                 self.stats.exported.fetch_add(1, Ordering::Relaxed);
                 self.stats.counter.inc(["ok"]);
                 self.stats.errors.success();
@@ -420,7 +422,8 @@ impl Task {
         }
     }
 
-    async fn collect_and_send(&self) -> Result<(), String> {
+    /// Whether a request was sent (and accepted).
+    async fn collect_and_send(&self) -> Result<bool, String> {
         if let Some(hook) = self.refresh.load_full() {
             hook().await;
         }
@@ -434,9 +437,9 @@ impl Task {
         };
         let converted = convert::to_request(set, &self.resource, times);
         if converted.points == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        self.client.send(converted.request).await
+        self.client.send(converted.request).await.map(|()| true)
     }
 }
 
