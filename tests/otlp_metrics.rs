@@ -324,3 +324,68 @@ async fn a_dead_or_hung_collector_costs_clients_nothing_and_metrics_stay_right()
         }
     }
 }
+
+#[test]
+fn the_file_cannot_export_what_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("weir.yaml");
+    std::fs::write(
+        &f,
+        "observability:\n  metrics:\n    enabled: false\n    otlp: {enabled: true, export_interval: 0s, endpoint: \"collector:4317\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(weir_bin())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "observability.metrics.otlp.enabled",
+        "observability.metrics.otlp.export_interval",
+        "observability.metrics.otlp.endpoint",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_cannot_export_what_is_not_recorded_and_says_so() {
+    let up = Upstream::start("up").await;
+    let yaml = format!(
+        "{}observability:\n  metrics:\n    enabled: false\n",
+        one_upstream(&[up.target()], "")
+    );
+    let gw = Gateway::builder(weir_bin())
+        .config(Gateway::config(&yaml))
+        .env("OTEL_METRICS_EXPORTER", "otlp")
+        .start()
+        .await
+        .unwrap();
+    wait_until("the warning is logged", WAIT, || async {
+        gw.log().contains("nothing is exported")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_metrics_variable_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("weir.yaml");
+    std::fs::write(
+        &f,
+        "observability:\n  metrics:\n    otlp: {enabled: true}\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(weir_bin())
+        .args(["serve", "--config"])
+        .arg(&f)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "soon")
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("OTEL_METRIC_EXPORT_INTERVAL"), "{err}");
+}

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use weir_observability::access_log::{AccessLog, AccessRecord};
 use weir_observability::config::{NodeInfo, ObservabilityConfig};
 use weir_observability::metrics::{self, ActiveRequest, Metrics, RequestMetrics};
-use weir_observability::metrics_export::MetricsExport;
-use weir_observability::trace::{RequestInfo, RequestSpan, Tracing};
+use weir_observability::metrics_export::{MetricsExport, MetricsExportSettings};
+use weir_observability::trace::{EnvVars, RequestInfo, RequestSpan, Tracing};
 
 use crate::proxy::{BodySlot, ConnInfo};
 use crate::snapshot::Snapshot;
@@ -70,7 +70,24 @@ impl Telemetry {
                 &tracing,
             )
             .map_err(|e| anyhow::anyhow!("observability.metrics.otlp: {e}"))?,
-            None => MetricsExport::disabled(),
+            None => {
+                // The file cannot ask for this (validation refuses it), the
+                // environment can: say why nothing is pushed.
+                let asked = MetricsExportSettings::resolve(
+                    &config.tracing,
+                    &config.metrics.otlp,
+                    node,
+                    &EnvVars::from_process(),
+                );
+                if matches!(asked, Ok(Some(_))) {
+                    tracing::warn!(
+                        "otlp metrics export is asked for by the environment but \
+                         observability.metrics.enabled is false: nothing is recorded, so nothing \
+                         is exported"
+                    );
+                }
+                MetricsExport::disabled()
+            }
         };
         let access_log = AccessLog::from_config(&config.access_log, metrics.clone())
             .map_err(|e| anyhow::anyhow!("observability.access_log.target: {e}"))?;
