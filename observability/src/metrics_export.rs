@@ -598,3 +598,54 @@ impl ErrorLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn export_errors_are_logged_once_per_interval_not_per_export() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let log = ErrorLog::default();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..50 {
+                log.failure("connection refused");
+            }
+            log.success();
+            log.success();
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("otlp metrics export failed").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("otlp metrics export recovered").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("failures_not_logged=49"), "{text}");
+    }
+}
