@@ -514,7 +514,8 @@ pub(crate) fn parse_protocol(raw: &str) -> Result<OtlpProtocol, String> {
 }
 
 /// Checks a collector URL and, for the generic and file endpoints over
-/// HTTP, appends `/v1/traces` to its path as the specification says.
+/// HTTP, appends the signal's path (`/v1/traces`, `/v1/metrics`) to its
+/// path as the specification says.
 pub(crate) fn check_endpoint(raw: &str, append: Option<&str>) -> Result<String, String> {
     let uri: Uri = raw
         .parse()
