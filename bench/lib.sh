@@ -335,6 +335,12 @@ setup_weir() { setup_weir_named weir ""; }
 setup_weir_nometrics() { setup_weir_named weir-nometrics "observability: {metrics: {enabled: false}}"; }
 setup_weir_t1() { ensure_otlp weir-t1; setup_weir_named weir-t1 "$(traced_yaml weir-t1 0.01)"; }
 setup_weir_t100() { ensure_otlp weir-t100; setup_weir_named weir-t100 "$(traced_yaml weir-t100 1.0)"; }
+# weir-mexport  metrics also pushed over OTLP/gRPC to a live receiver every
+#               second (60x the default rate), tracing off
+setup_weir_mexport() {
+    ensure_otlp weir-mexport
+    setup_weir_named weir-mexport "observability: {metrics: {otlp: {enabled: true, endpoint: \"http://127.0.0.1:${OTLP_PORT_OF[weir-mexport]}\", export_interval: 1s}}}"
+}
 # weir-plugins  the plugin chain ip-restriction + cors + proxy-rewrite set
 #               globally (every request passes all three; key-auth joins the
 #               chain once it is available)

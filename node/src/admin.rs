@@ -280,6 +280,7 @@ pub fn endpoints() -> Vec<(&'static str, &'static str)> {
 
 /// The admin router.
 pub fn router(ctx: Arc<AdminCtx>) -> Router {
+    install_metrics_refresh(&ctx);
     let mut r = Router::new();
     for (_, path, handler) in table() {
         r = r.route(path, handler);
@@ -461,6 +462,40 @@ async fn cluster_health(State(ctx): State<Arc<AdminCtx>>) -> Response {
     .into_response()
 }
 
+/// Brings the read-not-counted series up to date, before a scrape or an
+/// OTLP export.
+async fn refresh_metrics(ctx: &AdminCtx, m: &weir_observability::metrics::Metrics) {
+    ctx.state.telemetry().refresh(&ctx.state.load());
+    crate::cluster_metrics::refresh(m, ctx.cluster.as_deref(), &ctx.health, ctx.store.as_ref())
+        .await;
+}
+
+/// Lets the OTLP metrics push refresh the same series a scrape does. The
+/// refresh runs on this (the gateway's) runtime, where the cluster state
+/// lives; the export thread only waits for it, bounded by its timeout.
+fn install_metrics_refresh(ctx: &Arc<AdminCtx>) {
+    let export = ctx.state.telemetry().metrics_export();
+    if !export.is_enabled() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    // Weak: the context owns the telemetry that owns this hook.
+    let weak = Arc::downgrade(ctx);
+    export.set_refresh(Arc::new(move || {
+        let weak = weak.clone();
+        let task = runtime.spawn(async move {
+            if let Some(ctx) = weak.upgrade() {
+                refresh_metrics(&ctx, weir_observability::metrics::global()).await;
+            }
+        });
+        Box::pin(async move {
+            let _ = task.await;
+        })
+    }));
+}
+
 async fn metrics(State(ctx): State<Arc<AdminCtx>>, headers: HeaderMap) -> Response {
     use weir_observability::metrics::{Format, global};
     let m = global();
@@ -468,9 +503,7 @@ async fn metrics(State(ctx): State<Arc<AdminCtx>>, headers: HeaderMap) -> Respon
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are disabled")
             .into_response();
     }
-    ctx.state.telemetry().refresh(&ctx.state.load());
-    crate::cluster_metrics::refresh(m, ctx.cluster.as_deref(), &ctx.health, ctx.store.as_ref())
-        .await;
+    refresh_metrics(&ctx, m).await;
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let mut r = m.encode_as(format).into_response();
     r.headers_mut().insert(

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use weir_observability::access_log::{AccessLog, AccessRecord};
 use weir_observability::config::{NodeInfo, ObservabilityConfig};
 use weir_observability::metrics::{self, ActiveRequest, Metrics, RequestMetrics};
-use weir_observability::trace::{RequestInfo, RequestSpan, Tracing};
+use weir_observability::metrics_export::{MetricsExport, MetricsExportSettings};
+use weir_observability::trace::{EnvVars, RequestInfo, RequestSpan, Tracing};
 
 use crate::proxy::{BodySlot, ConnInfo};
 use crate::snapshot::Snapshot;
@@ -29,6 +30,8 @@ use crate::snapshot::Snapshot;
 pub struct Telemetry {
     metrics: Option<Arc<Metrics>>,
     tracing: Tracing,
+    /// OTLP push of the same series (off unless configured).
+    metrics_export: MetricsExport,
     access_log: Option<AccessLog>,
     /// `(upstream, target)` pairs whose health gauge is published, so a
     /// target that leaves the config loses its series.
@@ -42,6 +45,7 @@ impl std::fmt::Debug for Telemetry {
         f.debug_struct("Telemetry")
             .field("metrics", &self.metrics.is_some())
             .field("tracing", &self.tracing)
+            .field("metrics_export", &self.metrics_export)
             .field("access_log", &self.access_log)
             .finish()
     }
@@ -56,11 +60,41 @@ impl Telemetry {
         let metrics = config.metrics.enabled.then(|| registry.clone());
         let tracing = Tracing::init(&config.tracing, node)
             .map_err(|e| anyhow::anyhow!("observability.tracing: {e}"))?;
+        // Nothing is recorded with metrics off, so there is nothing to push.
+        let metrics_export = match &metrics {
+            Some(m) => MetricsExport::init(
+                &config.tracing,
+                &config.metrics.otlp,
+                node,
+                m.clone(),
+                &tracing,
+            )
+            .map_err(|e| anyhow::anyhow!("observability.metrics.otlp: {e}"))?,
+            None => {
+                // The file cannot ask for this (validation refuses it), the
+                // environment can: say why nothing is pushed.
+                let asked = MetricsExportSettings::resolve(
+                    &config.tracing,
+                    &config.metrics.otlp,
+                    node,
+                    &EnvVars::from_process(),
+                );
+                if matches!(asked, Ok(Some(_))) {
+                    tracing::warn!(
+                        "otlp metrics export is asked for by the environment but \
+                         observability.metrics.enabled is false: nothing is recorded, so nothing \
+                         is exported"
+                    );
+                }
+                MetricsExport::disabled()
+            }
+        };
         let access_log = AccessLog::from_config(&config.access_log, metrics.clone())
             .map_err(|e| anyhow::anyhow!("observability.access_log.target: {e}"))?;
         Ok(Telemetry {
             metrics,
             tracing,
+            metrics_export,
             access_log,
             ..Telemetry::default()
         })
@@ -74,6 +108,11 @@ impl Telemetry {
     /// The tracer (disabled when tracing is off).
     pub fn tracing(&self) -> &Tracing {
         &self.tracing
+    }
+
+    /// The OTLP metrics push (disabled when off).
+    pub fn metrics_export(&self) -> &MetricsExport {
+        &self.metrics_export
     }
 
     /// Opens the log of one request; `None` when every sink is off.
@@ -139,11 +178,14 @@ impl Telemetry {
         *published = current;
     }
 
-    /// Flushes the access log and the span queue; for shutdown.
+    /// Flushes the access log, pushes the metrics one last time and
+    /// flushes the span queue; for shutdown.
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(log) = &self.access_log {
             log.shutdown(timeout);
         }
+        // Before tracing: the metrics task may run on its export thread.
+        self.metrics_export.shutdown();
         self.tracing.shutdown();
     }
 }

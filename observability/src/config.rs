@@ -91,6 +91,46 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Upper bounds of the latency histograms, in seconds.
     pub latency_buckets: Vec<f64>,
+    /// Push the same series over OTLP (off by default).
+    pub otlp: OtlpMetricsConfig,
+}
+
+/// OTLP metrics export: the series `/metrics` serves, pushed to a collector
+/// on a timer. Off unless `enabled`, `OTEL_METRICS_EXPORTER=otlp` or an
+/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable is set (and neither
+/// `OTEL_METRICS_EXPORTER=none` nor `OTEL_SDK_DISABLED=true` is). Unset
+/// transport fields take `observability.tracing`'s.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpMetricsConfig {
+    /// Export metrics.
+    pub enabled: bool,
+    /// Collector base URL (`/v1/metrics` is appended for HTTP); defaults to
+    /// `tracing.endpoint`, then to the protocol's local default.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; defaults to `tracing.protocol`.
+    pub protocol: Option<OtlpProtocol>,
+    /// Extra headers sent with each export; when empty, `tracing.headers`.
+    pub headers: Vec<(String, String)>,
+    /// Time between two exports.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+    /// Give up on one export after this long.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for OtlpMetricsConfig {
+    fn default() -> Self {
+        OtlpMetricsConfig {
+            enabled: false,
+            endpoint: None,
+            protocol: None,
+            headers: Vec::new(),
+            export_interval: Duration::from_secs(60),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -100,6 +140,7 @@ impl Default for MetricsConfig {
             latency_buckets: vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
+            otlp: OtlpMetricsConfig::default(),
         }
     }
 }
@@ -233,9 +274,79 @@ impl ObservabilityConfig {
                 "must be positive and strictly increasing".into(),
             ));
         }
+        let o = &self.metrics.otlp;
+        if o.enabled && !self.metrics.enabled {
+            p.push((
+                "metrics.otlp.enabled".into(),
+                "needs metrics.enabled: with metrics off nothing is recorded to export".into(),
+            ));
+        }
+        if let Some(e) = &o.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            p.push((
+                "metrics.otlp.endpoint".into(),
+                format!("`{e}` must start with http:// or https://"),
+            ));
+        }
+        if o.export_interval.is_zero() {
+            p.push((
+                "metrics.otlp.export_interval".into(),
+                "must be positive".into(),
+            ));
+        }
+        if o.export_timeout.is_zero() {
+            p.push((
+                "metrics.otlp.export_timeout".into(),
+                "must be positive".into(),
+            ));
+        }
         if self.access_log.buffer == 0 {
             p.push(("access_log.buffer".into(), "must be at least 1".into()));
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_metrics_settings_are_checked_by_key() {
+        let mut cfg = ObservabilityConfig::default();
+        assert!(cfg.validate().is_empty());
+        cfg.metrics.otlp = OtlpMetricsConfig {
+            enabled: true,
+            endpoint: Some("collector:4317".into()),
+            export_interval: Duration::ZERO,
+            export_timeout: Duration::ZERO,
+            ..OtlpMetricsConfig::default()
+        };
+        cfg.metrics.enabled = false;
+        let keys: Vec<String> = cfg.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "metrics.otlp.enabled",
+                "metrics.otlp.endpoint",
+                "metrics.otlp.export_interval",
+                "metrics.otlp.export_timeout"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_otlp_section_parses_with_durations_and_a_protocol() {
+        let cfg: ObservabilityConfig = serde_yaml_ng::from_str(
+            "metrics:\n  otlp:\n    enabled: true\n    protocol: http/protobuf\n    export_interval: 15s\n",
+        )
+        .unwrap();
+        assert!(cfg.metrics.otlp.enabled);
+        assert_eq!(cfg.metrics.otlp.protocol, Some(OtlpProtocol::HttpProtobuf));
+        assert_eq!(cfg.metrics.otlp.export_interval, Duration::from_secs(15));
+        let bad =
+            serde_yaml_ng::from_str::<ObservabilityConfig>("metrics:\n  otlp:\n    interval: 1s\n");
+        assert!(bad.is_err());
     }
 }

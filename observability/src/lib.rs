@@ -3,8 +3,8 @@
 //! Owns how `tracing` events leave the process (a formatted log on stderr,
 //! filtered by `WEIR_LOG` or `RUST_LOG`; other crates only ever call
 //! [`init`]), the Prometheus metrics ([`metrics`], with process metrics
-//! from [`process`]), the JSON access log ([`access_log`]) and OTLP trace
-//! export ([`trace`]). It does not
+//! from [`process`]), the JSON access log ([`access_log`]), OTLP trace
+//! export ([`trace`]) and OTLP metrics export ([`metrics_export`]). It does not
 //! own what is measured or logged: the gateway calls the recording API from
 //! its request path.
 #![forbid(unsafe_code)]
@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod config;
 pub mod metrics;
+pub mod metrics_export;
 pub mod process;
 pub mod trace;
 

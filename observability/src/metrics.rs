@@ -1146,6 +1146,18 @@ impl Metrics {
         out
     }
 
+    /// Every family and series, read as data (the Prometheus protobuf
+    /// model), for OTLP export: the same reading `/metrics` encodes.
+    pub(crate) fn collect(
+        &self,
+    ) -> Result<
+        Vec<prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily>,
+        fmt::Error,
+    > {
+        let reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        prometheus_client::encoding::prometheus_protobuf::encode(&reg)
+    }
+
     /// The exposition in `format`.
     pub fn encode_as(&self, format: Format) -> String {
         match format {
@@ -1379,6 +1391,7 @@ mod tests {
         let cfg = MetricsConfig {
             enabled: true,
             latency_buckets: vec![0.01, 0.1, 1.0],
+            ..MetricsConfig::default()
         };
         let m = Metrics::new(&cfg);
         m.record_request(&RequestMetrics {
@@ -1418,6 +1431,7 @@ mod tests {
         let cfg = MetricsConfig {
             enabled: true,
             latency_buckets: vec![f64::NAN, -1.0],
+            ..MetricsConfig::default()
         };
         let m = Metrics::new(&cfg);
         assert_eq!(

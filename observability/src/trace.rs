@@ -45,9 +45,9 @@
 //! not exported) so the upstream receives a `traceparent` continuing the
 //! trace with the sampled flag clear.
 
-mod export;
+pub(crate) mod export;
 mod propagation;
-mod settings;
+pub(crate) mod settings;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -224,6 +224,8 @@ struct Enabled {
     /// `weir.node.id` and `weir.region`, built once.
     node_attrs: Vec<KeyValue>,
     settings: TraceSettings,
+    /// The export thread, shared with OTLP metrics export.
+    runtime: Arc<ExportRuntime>,
 }
 
 impl Enabled {
@@ -352,7 +354,7 @@ impl Tracing {
 
     /// Starts export with settings already resolved.
     pub fn from_settings(settings: TraceSettings, node: &NodeInfo) -> Result<Tracing, TraceError> {
-        let runtime = ExportRuntime::start().map_err(TraceError::Thread)?;
+        let runtime = Arc::new(ExportRuntime::start().map_err(TraceError::Thread)?);
         let exporter = {
             // tonic's channel and hyper's pool spawn their background tasks
             // on the runtime current while they are built.
@@ -360,8 +362,12 @@ impl Tracing {
             build_exporter(&settings)?
         };
         let stats = Arc::new(Stats::default());
-        let exporter =
-            RuntimeExporter::new(exporter, runtime, settings.export_timeout, stats.clone());
+        let exporter = RuntimeExporter::new(
+            exporter,
+            runtime.clone(),
+            settings.export_timeout,
+            stats.clone(),
+        );
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(settings.max_queue_size)
             .with_max_export_batch_size(settings.max_export_batch_size)
@@ -372,15 +378,7 @@ impl Tracing {
             .build();
         let mut gate = QueueGate::new(processor, settings.max_queue_size, stats.clone());
 
-        let resource = Resource::builder_empty()
-            .with_detector(Box::new(TelemetryResourceDetector))
-            .with_attributes(
-                settings
-                    .resource
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .build();
+        let resource = sdk_resource(&settings.resource);
         // What the SDK's provider would do: the exporter learns the
         // resource before the first span.
         gate.set_resource(&resource);
@@ -418,6 +416,7 @@ impl Tracing {
                 shut_down: AtomicBool::new(false),
                 node_attrs,
                 settings,
+                runtime,
             })),
         })
     }
@@ -430,6 +429,12 @@ impl Tracing {
     /// Whether spans are being created and exported.
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// The export runtime, for other signals to share its thread. It
+    /// stops when tracing shuts down.
+    pub(crate) fn export_runtime(&self) -> Option<Arc<ExportRuntime>> {
+        self.inner.as_ref().map(|e| e.runtime.clone())
     }
 
     /// The settings in force, when enabled.
@@ -530,6 +535,19 @@ impl Tracing {
             e.shutdown();
         }
     }
+}
+
+/// The resource every signal is exported with: the SDK's telemetry
+/// attributes, then `attrs`.
+pub(crate) fn sdk_resource(attrs: &std::collections::BTreeMap<String, String>) -> Resource {
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(
+            attrs
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .build()
 }
 
 fn build_exporter(

@@ -192,13 +192,18 @@ impl fmt::Debug for ExportRuntime {
 #[derive(Debug)]
 pub(crate) struct RuntimeExporter<E> {
     inner: Arc<E>,
-    runtime: ExportRuntime,
+    runtime: Arc<ExportRuntime>,
     timeout: Duration,
     stats: Arc<Stats>,
 }
 
 impl<E> RuntimeExporter<E> {
-    pub fn new(inner: E, runtime: ExportRuntime, timeout: Duration, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        inner: E,
+        runtime: Arc<ExportRuntime>,
+        timeout: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
         RuntimeExporter {
             inner: Arc::new(inner),
             runtime,

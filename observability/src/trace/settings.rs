@@ -53,8 +53,8 @@ pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 /// Export timeout of the batch processor, in milliseconds.
 pub const OTEL_BSP_EXPORT_TIMEOUT: &str = "OTEL_BSP_EXPORT_TIMEOUT";
 
-const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
-const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+pub(crate) const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+pub(crate) const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
 const TRACES_PATH: &str = "/v1/traces";
 
 /// The environment as `init` sees it: only `OTEL_*` variables, empty
@@ -115,12 +115,12 @@ impl EnvVars {
     }
 
     /// The first set variable of `names`, with its name.
-    fn first<'a>(&'a self, names: &[&'static str]) -> Option<(&'static str, &'a str)> {
+    pub(crate) fn first<'a>(&'a self, names: &[&'static str]) -> Option<(&'static str, &'a str)> {
         names.iter().find_map(|n| self.get(n).map(|v| (*n, v)))
     }
 
     /// Fails on the first of `names` whose value is not Unicode.
-    fn check_unicode(&self, names: &[&'static str]) -> Result<(), TraceError> {
+    pub(crate) fn check_unicode(&self, names: &[&'static str]) -> Result<(), TraceError> {
         match names.iter().find(|n| self.not_unicode.contains(**n)) {
             Some(n) => Err(TraceError::env(n, "the value is not valid Unicode".into())),
             None => Ok(()),
@@ -352,7 +352,7 @@ fn traces_path(protocol: OtlpProtocol) -> Option<&'static str> {
     }
 }
 
-fn upsert(list: &mut Vec<(String, String)>, k: String, v: String) {
+pub(crate) fn upsert(list: &mut Vec<(String, String)>, k: String, v: String) {
     match list.iter_mut().find(|(name, _)| *name == k) {
         Some(slot) => slot.1 = v,
         None => list.push((k, v)),
@@ -362,7 +362,7 @@ fn upsert(list: &mut Vec<(String, String)>, k: String, v: String) {
 /// Resource attributes: weir's own, then `OTEL_RESOURCE_ATTRIBUTES`, then
 /// the service name (`OTEL_SERVICE_NAME` beats `service.name` from
 /// `OTEL_RESOURCE_ATTRIBUTES`, which beats the file).
-fn resource(
+pub(crate) fn resource(
     cfg: &TracingConfig,
     node: &NodeInfo,
     env: &EnvVars,
@@ -459,7 +459,7 @@ fn parse_ratio(raw: &str) -> Result<f64, TraceError> {
     }
 }
 
-fn parse_bool(env: &EnvVars, var: &'static str) -> Result<Option<bool>, TraceError> {
+pub(crate) fn parse_bool(env: &EnvVars, var: &'static str) -> Result<Option<bool>, TraceError> {
     match env.get(var) {
         None => Ok(None),
         Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
@@ -481,7 +481,10 @@ fn parse_number(env: &EnvVars, var: &'static str) -> Result<Option<usize>, Trace
         .transpose()
 }
 
-fn parse_millis(env: &EnvVars, vars: &[&'static str]) -> Result<Option<Duration>, TraceError> {
+pub(crate) fn parse_millis(
+    env: &EnvVars,
+    vars: &[&'static str],
+) -> Result<Option<Duration>, TraceError> {
     let Some((var, v)) = env.first(vars) else {
         return Ok(None);
     };
@@ -498,7 +501,7 @@ fn parse_millis(env: &EnvVars, vars: &[&'static str]) -> Result<Option<Duration>
     }
 }
 
-fn parse_protocol(raw: &str) -> Result<OtlpProtocol, String> {
+pub(crate) fn parse_protocol(raw: &str) -> Result<OtlpProtocol, String> {
     match raw {
         "grpc" => Ok(OtlpProtocol::Grpc),
         "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
@@ -511,8 +514,9 @@ fn parse_protocol(raw: &str) -> Result<OtlpProtocol, String> {
 }
 
 /// Checks a collector URL and, for the generic and file endpoints over
-/// HTTP, appends `/v1/traces` to its path as the specification says.
-fn check_endpoint(raw: &str, append: Option<&str>) -> Result<String, String> {
+/// HTTP, appends the signal's path (`/v1/traces`, `/v1/metrics`) to its
+/// path as the specification says.
+pub(crate) fn check_endpoint(raw: &str, append: Option<&str>) -> Result<String, String> {
     let uri: Uri = raw
         .parse()
         .map_err(|e| format!("`{}` is not a URL: {e}", raw.escape_debug()))?;
@@ -542,7 +546,7 @@ fn check_endpoint(raw: &str, append: Option<&str>) -> Result<String, String> {
     })
 }
 
-fn check_header(name: &str, value: &str) -> Result<(String, String), String> {
+pub(crate) fn check_header(name: &str, value: &str) -> Result<(String, String), String> {
     let name = name.trim().to_ascii_lowercase();
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!(
@@ -563,7 +567,7 @@ fn check_header(name: &str, value: &str) -> Result<(String, String), String> {
 /// variables: `key=value` pairs separated by commas, whitespace trimmed,
 /// values percent-decoded. Errors give the 1-based position, not the value,
 /// which may be a secret.
-fn parse_key_values(raw: &str, what: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_key_values(raw: &str, what: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (i, item) in raw.split(',').enumerate() {
         let item = item.trim();

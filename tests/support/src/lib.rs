@@ -47,7 +47,10 @@ pub use client::{
 };
 pub use gateway::{DEFAULT_READY_TIMEOUT, Gateway, GatewayBuilder, Ready, Signal};
 pub use origin::{Origin, Script as OriginScript};
-pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, ReceiverKind, SpanKind, SpanStatus};
+pub use otlp::{
+    AttrValue, HistogramPoint, MetricData, NumberPoint, OtlpReceiver, ReceivedMetric,
+    ReceivedMetrics, ReceivedSpan, ReceiverKind, SpanKind, SpanStatus,
+};
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
 pub use scripted::{Gate, Script, ScriptedUpstream};

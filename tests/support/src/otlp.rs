@@ -1,15 +1,16 @@
-//! A real OTLP trace receiver, for tests of trace export.
+//! A real OTLP trace and metrics receiver, for tests of OTLP export.
 //!
 //! [`OtlpReceiver`] listens on `127.0.0.1:0` and speaks one of:
 //!
 //! | constructor | protocol |
 //! | --- | --- |
-//! | [`OtlpReceiver::grpc`] | OTLP/gRPC: the `TraceService/Export` method, over h2c |
-//! | [`OtlpReceiver::http`] | OTLP/HTTP: `POST /v1/traces` with a protobuf body |
+//! | [`OtlpReceiver::grpc`] | OTLP/gRPC: `TraceService/Export` and `MetricsService/Export`, over h2c |
+//! | [`OtlpReceiver::http`] | OTLP/HTTP: `POST /v1/traces` and `POST /v1/metrics` with protobuf bodies |
 //! | [`OtlpReceiver::silent`] | accepts TCP connections and never reads or answers |
 //!
 //! Every span received is kept as a [`ReceivedSpan`] with ids in lowercase
-//! hex and attributes in maps, so tests compare plain values. Faults:
+//! hex and attributes in maps, so tests compare plain values; every metrics
+//! export as a [`ReceivedMetrics`]. Faults:
 //! [`OtlpReceiver::set_stalling`] makes the server take requests and never
 //! answer them (a hung collector), [`OtlpReceiver::stop`] closes the port
 //! and every connection (a dead collector: connections are refused).
@@ -31,6 +32,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -38,6 +45,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
@@ -190,6 +198,113 @@ impl ReceivedSpan {
     }
 }
 
+/// What kind of metric arrived, with its points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricData {
+    /// A sum: monotonic or not, cumulative (`true`) or delta.
+    Sum {
+        /// Only goes up.
+        monotonic: bool,
+        /// Cumulative temporality.
+        cumulative: bool,
+        /// The points.
+        points: Vec<NumberPoint>,
+    },
+    /// A gauge.
+    Gauge(Vec<NumberPoint>),
+    /// An explicit-bucket histogram.
+    Histogram {
+        /// Cumulative temporality.
+        cumulative: bool,
+        /// The points.
+        points: Vec<HistogramPoint>,
+    },
+    /// Anything else (exponential histogram, summary, none).
+    Other,
+}
+
+/// A sum or gauge point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberPoint {
+    /// Point attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// The value, integers widened.
+    pub value: f64,
+    /// Start of the series, in nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    /// When it was read.
+    pub time_unix_nanos: u64,
+}
+
+/// A histogram point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramPoint {
+    /// Point attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Observations.
+    pub count: u64,
+    /// Their sum.
+    pub sum: Option<f64>,
+    /// Upper bounds (`+Inf` implicit).
+    pub bounds: Vec<f64>,
+    /// Observations per bucket, one more than `bounds`.
+    pub bucket_counts: Vec<u64>,
+}
+
+/// One metric as the receiver got it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedMetric {
+    /// Metric name.
+    pub name: String,
+    /// Unit (UCUM).
+    pub unit: String,
+    /// Description.
+    pub description: String,
+    /// Kind and points.
+    pub data: MetricData,
+}
+
+impl ReceivedMetric {
+    /// The number points (sum or gauge), if this is one.
+    pub fn number_points(&self) -> &[NumberPoint] {
+        match &self.data {
+            MetricData::Sum { points, .. } | MetricData::Gauge(points) => points,
+            _ => &[],
+        }
+    }
+
+    /// The histogram points, if this is a histogram.
+    pub fn histogram_points(&self) -> &[HistogramPoint] {
+        match &self.data {
+            MetricData::Histogram { points, .. } => points,
+            _ => &[],
+        }
+    }
+}
+
+/// One metrics export request as the receiver got it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedMetrics {
+    /// Resource attributes.
+    pub resource: BTreeMap<String, AttrValue>,
+    /// Instrumentation scope name.
+    pub scope: String,
+    /// The metrics, in order.
+    pub metrics: Vec<ReceivedMetric>,
+}
+
+impl ReceivedMetrics {
+    /// The metric called `name`.
+    pub fn metric(&self, name: &str) -> Option<&ReceivedMetric> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+
+    /// A string resource attribute.
+    pub fn resource_str(&self, key: &str) -> Option<&str> {
+        self.resource.get(key).and_then(AttrValue::as_str)
+    }
+}
+
 /// Whether the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -201,6 +316,8 @@ enum Mode {
 #[derive(Debug)]
 struct Shared {
     spans: Mutex<Vec<ReceivedSpan>>,
+    /// Metrics export requests received and answered.
+    metrics: Mutex<Vec<ReceivedMetrics>>,
     /// Headers (gRPC metadata) of every export request answered.
     headers: Mutex<Vec<HeaderMap>>,
     /// Export requests received, answered or not.
@@ -238,6 +355,14 @@ impl Shared {
         self.span_count
             .fetch_add(spans.len() as u64, std::sync::atomic::Ordering::SeqCst);
         lock(&self.spans).extend(spans);
+        lock(&self.headers).push(headers);
+    }
+
+    fn record_metrics(&self, headers: HeaderMap, req: ExportMetricsServiceRequest) {
+        if !self.keep {
+            return;
+        }
+        lock(&self.metrics).extend(convert_metrics(req));
         lock(&self.headers).push(headers);
     }
 }
@@ -296,6 +421,7 @@ impl OtlpReceiver {
         let (mode, _) = watch::channel(Mode::Serving);
         let shared = Arc::new(Shared {
             spans: Mutex::new(Vec::new()),
+            metrics: Mutex::new(Vec::new()),
             headers: Mutex::new(Vec::new()),
             requests: Default::default(),
             span_count: Default::default(),
@@ -350,6 +476,32 @@ impl OtlpReceiver {
         .await
     }
 
+    /// Every metrics export received so far, in arrival order.
+    pub fn metrics(&self) -> Vec<ReceivedMetrics> {
+        lock(&self.shared.metrics).clone()
+    }
+
+    /// Waits until a metrics export satisfies `check` and returns it.
+    ///
+    /// # Panics
+    /// When `timeout` passes first.
+    pub async fn wait_for_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&ReceivedMetrics) -> bool,
+    ) -> ReceivedMetrics {
+        let what = format!("{what} at the otlp receiver {}", self.addr);
+        crate::wait_for(&what, timeout, || async {
+            lock(&self.shared.metrics)
+                .iter()
+                .rev()
+                .find(|m| check(m))
+                .cloned()
+        })
+        .await
+    }
+
     /// Spans received so far (kept or only counted).
     pub fn span_count(&self) -> u64 {
         self.shared
@@ -357,9 +509,10 @@ impl OtlpReceiver {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Forgets the spans and headers received so far.
+    /// Forgets the spans, metrics and headers received so far.
     pub fn clear(&self) {
         lock(&self.shared.spans).clear();
+        lock(&self.shared.metrics).clear();
         lock(&self.shared.headers).clear();
     }
 
@@ -475,9 +628,44 @@ impl TraceService for GrpcSink {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.0.may_answer().await {
+            return Err(tonic::Status::unavailable("receiver stopped"));
+        }
+        let (metadata, _, body) = request.into_parts();
+        self.0.record_metrics(metadata.into_headers(), body);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 async fn serve_grpc(stream: TcpStream, shared: Arc<Shared>) {
-    let server = TraceServiceServer::new(GrpcSink(shared));
-    let service = service_fn(move |req: Request<Incoming>| server.clone().oneshot(req));
+    let traces = TraceServiceServer::new(GrpcSink(shared.clone()));
+    let metrics = MetricsServiceServer::new(GrpcSink(shared));
+    let service = service_fn(move |req: Request<Incoming>| {
+        let traces = traces.clone();
+        let metrics = metrics.clone();
+        async move {
+            if req
+                .uri()
+                .path()
+                .starts_with("/opentelemetry.proto.collector.metrics.v1.MetricsService/")
+            {
+                metrics.oneshot(req).await
+            } else {
+                traces.oneshot(req).await
+            }
+        }
+    });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), service)
         .await;
@@ -496,9 +684,16 @@ async fn handle_http(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() != "/v1/traces" {
-        return Ok(plain(StatusCode::NOT_FOUND, "only /v1/traces is served"));
-    }
+    let is_metrics = match req.uri().path() {
+        "/v1/traces" => false,
+        "/v1/metrics" => true,
+        _ => {
+            return Ok(plain(
+                StatusCode::NOT_FOUND,
+                "only /v1/traces and /v1/metrics are served",
+            ));
+        }
+    };
     if req.method() != Method::POST {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
     }
@@ -526,23 +721,43 @@ async fn handle_http(
             ));
         }
     };
-    let decoded = match ExportTraceServiceRequest::decode(body) {
-        Ok(d) => d,
-        Err(e) => {
-            return Ok(plain(
-                StatusCode::BAD_REQUEST,
-                &format!("bad protobuf: {e}"),
-            ));
+    let answer = if is_metrics {
+        let decoded = match ExportMetricsServiceRequest::decode(body) {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad protobuf: {e}"),
+                ));
+            }
+        };
+        if !shared.may_answer().await {
+            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "receiver stopped"));
         }
+        shared.record_metrics(parts.headers, decoded);
+        ExportMetricsServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec()
+    } else {
+        let decoded = match ExportTraceServiceRequest::decode(body) {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad protobuf: {e}"),
+                ));
+            }
+        };
+        if !shared.may_answer().await {
+            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "receiver stopped"));
+        }
+        shared.record(parts.headers, decoded);
+        ExportTraceServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec()
     };
-    if !shared.may_answer().await {
-        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "receiver stopped"));
-    }
-    shared.record(parts.headers, decoded);
-    let answer = ExportTraceServiceResponse {
-        partial_success: None,
-    }
-    .encode_to_vec();
     let mut response = Response::new(Full::new(Bytes::from(answer)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -609,6 +824,77 @@ fn convert(req: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
         }
     }
     out
+}
+
+fn convert_metrics(req: ExportMetricsServiceRequest) -> Vec<ReceivedMetrics> {
+    let mut out = Vec::new();
+    for rm in req.resource_metrics {
+        let resource = rm
+            .resource
+            .map(|r| attributes(r.attributes))
+            .unwrap_or_default();
+        for sm in rm.scope_metrics {
+            let scope = sm.scope.map(|s| s.name).unwrap_or_default();
+            let metrics = sm
+                .metrics
+                .into_iter()
+                .map(|m| ReceivedMetric {
+                    name: m.name,
+                    unit: m.unit,
+                    description: m.description,
+                    data: match m.data {
+                        Some(metric::Data::Sum(s)) => MetricData::Sum {
+                            monotonic: s.is_monotonic,
+                            cumulative: s.aggregation_temporality == 2,
+                            points: number_points(s.data_points),
+                        },
+                        Some(metric::Data::Gauge(g)) => {
+                            MetricData::Gauge(number_points(g.data_points))
+                        }
+                        Some(metric::Data::Histogram(h)) => MetricData::Histogram {
+                            cumulative: h.aggregation_temporality == 2,
+                            points: h
+                                .data_points
+                                .into_iter()
+                                .map(|p| HistogramPoint {
+                                    attributes: attributes(p.attributes),
+                                    count: p.count,
+                                    sum: p.sum,
+                                    bounds: p.explicit_bounds,
+                                    bucket_counts: p.bucket_counts,
+                                })
+                                .collect(),
+                        },
+                        _ => MetricData::Other,
+                    },
+                })
+                .collect();
+            out.push(ReceivedMetrics {
+                resource: resource.clone(),
+                scope,
+                metrics,
+            });
+        }
+    }
+    out
+}
+
+fn number_points(
+    points: Vec<opentelemetry_proto::tonic::metrics::v1::NumberDataPoint>,
+) -> Vec<NumberPoint> {
+    points
+        .into_iter()
+        .map(|p| NumberPoint {
+            attributes: attributes(p.attributes),
+            value: match p.value {
+                Some(number_data_point::Value::AsDouble(d)) => d,
+                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                None => f64::NAN,
+            },
+            start_unix_nanos: p.start_time_unix_nano,
+            time_unix_nanos: p.time_unix_nano,
+        })
+        .collect()
 }
 
 fn attributes(kvs: Vec<KeyValue>) -> BTreeMap<String, AttrValue> {

@@ -145,7 +145,7 @@ async fn http_rejects_what_is_not_an_export() {
     let receiver = OtlpReceiver::http().await;
     let client = http_client();
     let wrong_path = client
-        .post(format!("{}/v1/metrics", receiver.endpoint()))
+        .post(format!("{}/v1/logs", receiver.endpoint()))
         .send()
         .await
         .unwrap();
