@@ -1208,7 +1208,8 @@ trait RegisterMetric {
 
 impl<M: prometheus_client::registry::Metric> RegisterMetric for M {
     fn register(self: Box<Self>, reg: &mut Registry, name: &'static str, help: &'static str) {
-        reg.register(name, help, *self);
+        // The registry ends help texts with a period of its own.
+        reg.register(name, help.strip_suffix('.').unwrap_or(help), *self);
     }
 }
 
@@ -1434,6 +1435,16 @@ mod tests {
         let om = m.encode_openmetrics();
         assert!(om.contains("# TYPE weir_access_log_dropped counter\n"));
         assert!(om.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn help_texts_end_with_one_period() {
+        let m = Metrics::default();
+        m.record_request(&request("r", &Method::GET, 200));
+        let _ = m.counter("weir_test_things", "Things.");
+        for line in m.encode().lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+        }
     }
 
     #[test]
