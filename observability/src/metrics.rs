@@ -39,7 +39,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::MetricsConfig;
-use crate::process::ProcessCollector;
+use crate::process::{PROCESS_METRICS, ProcessCollector};
 
 /// Distinct label sets a family keeps before folding new ones into `other`.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
@@ -406,6 +406,11 @@ impl<const N: usize, V: Send + Sync + 'static> Table<N, V> {
     fn len(&self) -> usize {
         self.series.load().len()
     }
+
+    /// The metric names this family exposes.
+    fn names(&self) -> Vec<&'static str> {
+        self.columns.iter().map(|c| c.name).collect()
+    }
 }
 
 impl<const N: usize, V> fmt::Debug for Table<N, V> {
@@ -744,22 +749,24 @@ impl Metrics {
             folded: folded.get_or_create(&[("family", "weir_cache")]).clone(),
         });
 
-        let tables: [(&'static str, Box<dyn Collector>); 9] = [
-            ("http_server_request", Box::new(requests.clone())),
-            ("http_client_request", Box::new(attempts.clone())),
-            ("weir_upstream_target_up", Box::new(target_up.clone())),
-            ("weir_upstream_retries", Box::new(retries.clone())),
+        let tables: [(Vec<&'static str>, Box<dyn Collector>); 9] = [
+            (requests.names(), Box::new(requests.clone())),
+            (attempts.names(), Box::new(attempts.clone())),
+            (target_up.names(), Box::new(target_up.clone())),
+            (retries.names(), Box::new(retries.clone())),
             (
-                "weir_upstream_retry_budget_exhausted",
+                retry_budget_exhausted.names(),
                 Box::new(retry_budget_exhausted.clone()),
             ),
-            ("weir_auth_failures", Box::new(auth_failures.clone())),
-            ("weir_ratelimit_decisions", Box::new(ratelimit.clone())),
-            ("weir_cache", Box::new(cache.clone())),
-            ("process", Box::new(ProcessCollector)),
+            (auth_failures.names(), Box::new(auth_failures.clone())),
+            (ratelimit.names(), Box::new(ratelimit.clone())),
+            (cache.names(), Box::new(cache.clone())),
+            (PROCESS_METRICS.to_vec(), Box::new(ProcessCollector)),
         ];
-        for (name, collector) in tables {
-            names.insert(name, Box::new(()));
+        for (metric_names, collector) in tables {
+            for name in metric_names {
+                names.insert(name, Box::new(()));
+            }
             reg.register_collector(collector);
         }
 
@@ -1113,7 +1120,11 @@ impl Metrics {
         if let Some(existing) = names.get(name) {
             return existing
                 .downcast_ref::<H>()
-                .unwrap_or_else(|| panic!("metric `{name}` is already registered as another kind"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "metric `{name}` is already registered, as a built-in or as another kind"
+                    )
+                })
                 .clone();
         }
         let (metric, handle) = make();
@@ -1473,7 +1484,14 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "already registered as another kind")]
+    #[should_panic(expected = "is already registered")]
+    fn a_built_in_name_cannot_be_registered_again() {
+        let m = Metrics::default();
+        let _ = m.counter("weir_http_server_requests_total", "again");
+    }
+
+    #[test]
+    #[should_panic(expected = "is already registered")]
     fn a_name_cannot_change_kind() {
         let m = Metrics::default();
         let _ = m.gauge("weir_x", "x");
