@@ -39,7 +39,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::MetricsConfig;
-use crate::process::ProcessCollector;
+use crate::process::{PROCESS_METRICS, ProcessCollector};
 
 /// Distinct label sets a family keeps before folding new ones into `other`.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
@@ -409,6 +409,11 @@ impl<const N: usize, V: Send + Sync + 'static> Table<N, V> {
     fn len(&self) -> usize {
         self.series.load().len()
     }
+
+    /// The metric names this family exposes.
+    fn names(&self) -> Vec<&'static str> {
+        self.columns.iter().map(|c| c.name).collect()
+    }
 }
 
 impl<const N: usize, V> fmt::Debug for Table<N, V> {
@@ -747,22 +752,24 @@ impl Metrics {
             folded: folded.get_or_create(&[("family", "weir_cache")]).clone(),
         });
 
-        let tables: [(&'static str, Box<dyn Collector>); 9] = [
-            ("http_server_request", Box::new(requests.clone())),
-            ("http_client_request", Box::new(attempts.clone())),
-            ("weir_upstream_target_up", Box::new(target_up.clone())),
-            ("weir_upstream_retries", Box::new(retries.clone())),
+        let tables: [(Vec<&'static str>, Box<dyn Collector>); 9] = [
+            (requests.names(), Box::new(requests.clone())),
+            (attempts.names(), Box::new(attempts.clone())),
+            (target_up.names(), Box::new(target_up.clone())),
+            (retries.names(), Box::new(retries.clone())),
             (
-                "weir_upstream_retry_budget_exhausted",
+                retry_budget_exhausted.names(),
                 Box::new(retry_budget_exhausted.clone()),
             ),
-            ("weir_auth_failures", Box::new(auth_failures.clone())),
-            ("weir_ratelimit_decisions", Box::new(ratelimit.clone())),
-            ("weir_cache", Box::new(cache.clone())),
-            ("process", Box::new(ProcessCollector)),
+            (auth_failures.names(), Box::new(auth_failures.clone())),
+            (ratelimit.names(), Box::new(ratelimit.clone())),
+            (cache.names(), Box::new(cache.clone())),
+            (PROCESS_METRICS.to_vec(), Box::new(ProcessCollector)),
         ];
-        for (name, collector) in tables {
-            names.insert(name, Box::new(()));
+        for (metric_names, collector) in tables {
+            for name in metric_names {
+                names.insert(name, Box::new(()));
+            }
             reg.register_collector(collector);
         }
 
@@ -1116,7 +1123,11 @@ impl Metrics {
         if let Some(existing) = names.get(name) {
             return existing
                 .downcast_ref::<H>()
-                .unwrap_or_else(|| panic!("metric `{name}` is already registered as another kind"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "metric `{name}` is already registered, as a built-in or as another kind"
+                    )
+                })
                 .clone();
         }
         let (metric, handle) = make();
@@ -1223,7 +1234,8 @@ trait RegisterMetric {
 
 impl<M: prometheus_client::registry::Metric> RegisterMetric for M {
     fn register(self: Box<Self>, reg: &mut Registry, name: &'static str, help: &'static str) {
-        reg.register(name, help, *self);
+        // The registry ends help texts with a period of its own.
+        reg.register(name, help.strip_suffix('.').unwrap_or(help), *self);
     }
 }
 
@@ -1454,6 +1466,16 @@ mod tests {
     }
 
     #[test]
+    fn help_texts_end_with_one_period() {
+        let m = Metrics::default();
+        m.record_request(&request("r", &Method::GET, 200));
+        let _ = m.counter("weir_test_things", "Things.");
+        for line in m.encode().lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+        }
+    }
+
+    #[test]
     fn format_negotiation_prefers_openmetrics_when_asked() {
         let prom_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::from_accept(Some(prom_accept)), Format::OpenMetrics);
@@ -1479,7 +1501,14 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "already registered as another kind")]
+    #[should_panic(expected = "is already registered")]
+    fn a_built_in_name_cannot_be_registered_again() {
+        let m = Metrics::default();
+        let _ = m.counter("weir_http_server_requests_total", "again");
+    }
+
+    #[test]
+    #[should_panic(expected = "is already registered")]
     fn a_name_cannot_change_kind() {
         let m = Metrics::default();
         let _ = m.gauge("weir_x", "x");

@@ -17,6 +17,18 @@ use prometheus_client::metrics::gauge::ConstGauge;
 /// at 100 on every architecture.
 const USER_HZ: f64 = 100.0;
 
+/// The metric names [`ProcessCollector`] exposes (counters without
+/// `_total`).
+pub const PROCESS_METRICS: [&str; 7] = [
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
 /// One reading of the process's resource use.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessStats {
