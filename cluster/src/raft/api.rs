@@ -443,18 +443,7 @@ pub(crate) async fn join_loop(inner: std::sync::Weak<super::Inner>, via: String)
             }
             accepted = false;
         }
-        let req = JoinRequest {
-            node_id: inner.id,
-            addr: inner.settings.advertise.clone(),
-        };
-        let mut rb = inner
-            .http
-            .post(format!("http://{via}/raft/join"))
-            .timeout(LEADER_WAIT)
-            .json(&req);
-        if let Some(k) = &inner.settings.key {
-            rb = rb.bearer_auth(k);
-        }
+        let rb = join_request(&inner, &via);
         drop(inner);
         match rb.send().await {
             Ok(r) if r.status().is_success() => {
@@ -476,6 +465,23 @@ pub(crate) async fn join_loop(inner: std::sync::Weak<super::Inner>, via: String)
     }
 }
 
+/// This node's join request (its id and advertised address) to `via`.
+fn join_request(inner: &super::Inner, via: &str) -> reqwest::RequestBuilder {
+    let req = JoinRequest {
+        node_id: inner.id,
+        addr: inner.settings.advertise.clone(),
+    };
+    let rb = inner
+        .http
+        .post(format!("http://{via}/raft/join"))
+        .timeout(LEADER_WAIT)
+        .json(&req);
+    match &inner.settings.key {
+        Some(k) => rb.bearer_auth(k),
+        None => rb,
+    }
+}
+
 /// A member that came back on a new address without `join` (nor, maybe,
 /// gossip) tells the others, through each member it knows in turn, until
 /// a leader has taken the address: the leader can no longer reach it, so
@@ -492,18 +498,7 @@ pub(crate) async fn report_addr_loop(inner: std::sync::Weak<super::Inner>, vias:
             .get_node(&inner.id)
             .map(|n| n.addr.clone());
         if current.as_deref() != Some(inner.settings.advertise.as_str()) {
-            let req = JoinRequest {
-                node_id: inner.id,
-                addr: inner.settings.advertise.clone(),
-            };
-            let mut rb = inner
-                .http
-                .post(format!("http://{via}/raft/join"))
-                .timeout(LEADER_WAIT)
-                .json(&req);
-            if let Some(k) = &inner.settings.key {
-                rb = rb.bearer_auth(k);
-            }
+            let rb = join_request(&inner, via);
             drop(inner);
             match rb.send().await {
                 Ok(r) if r.status().is_success() => {
