@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -51,7 +51,7 @@ pub use settings::{
 use crate::config::{NodeInfo, OtlpMetricsConfig, OtlpProtocol, TracingConfig};
 use crate::metrics::{CounterVec, Metrics};
 use crate::process::ProcessStats;
-use crate::trace::export::{ERROR_LOG_INTERVAL, ExportHttpClient, ExportRuntime};
+use crate::trace::export::{ErrorLog, ExportHttpClient, ExportRuntime};
 use crate::trace::settings::EnvVars;
 use crate::trace::{TraceError, Tracing};
 
@@ -412,12 +412,12 @@ impl Task {
             Ok(true) => {
                 self.stats.exported.fetch_add(1, Ordering::Relaxed);
                 self.stats.counter.inc(["ok"]);
-                self.stats.errors.success();
+                log_success(&self.stats.errors);
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 self.stats.counter.inc(["failed"]);
-                self.stats.errors.failure(&e);
+                log_failure(&self.stats.errors, &e);
             }
         }
     }
@@ -549,53 +549,24 @@ impl Client {
     }
 }
 
-// === ErrorLog ===
+// === Failure log lines ===
 
-/// Logs export failures at most once per [`ERROR_LOG_INTERVAL`], with the
-/// number of failures not logged, and once when exports recover.
-#[derive(Debug)]
-struct ErrorLog {
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-    failing: AtomicBool,
-}
-
-impl Default for ErrorLog {
-    fn default() -> Self {
-        ErrorLog {
-            last: Mutex::new(None),
-            suppressed: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
-        }
+fn log_failure(log: &ErrorLog, error: &str) {
+    if let Some(suppressed) = log.failed() {
+        tracing::warn!(
+            error,
+            failures_not_logged = suppressed,
+            "otlp metrics export failed; the next export sends the series again"
+        );
     }
 }
 
-impl ErrorLog {
-    fn failure(&self, error: &str) {
-        self.failing.store(true, Ordering::Relaxed);
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = last.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL);
-        if due {
-            *last = Some(Instant::now());
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                error,
-                failures_not_logged = suppressed,
-                "otlp metrics export failed; the next export sends the series again"
-            );
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn success(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::info!(
-                failures_not_logged = suppressed,
-                "otlp metrics export recovered"
-            );
-        }
+fn log_success(log: &ErrorLog) {
+    if let Some(suppressed) = log.recovered() {
+        tracing::info!(
+            failures_not_logged = suppressed,
+            "otlp metrics export recovered"
+        );
     }
 }
 
@@ -630,10 +601,10 @@ mod tests {
         let log = ErrorLog::default();
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..50 {
-                log.failure("connection refused");
+                log_failure(&log, "connection refused");
             }
-            log.success();
-            log.success();
+            log_success(&log);
+            log_success(&log);
         });
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         assert_eq!(

@@ -58,10 +58,11 @@ pub(crate) struct Stats {
     errors: ErrorLog,
 }
 
-/// Logs export failures at most once per [`ERROR_LOG_INTERVAL`], with the
-/// number of failures it did not log, and once when exports recover.
+/// Decides when export failures are logged, for traces and metrics alike:
+/// at most once per [`ERROR_LOG_INTERVAL`], with the number of failures it
+/// did not log, and once when exports recover. The caller writes the line.
 #[derive(Debug)]
-struct ErrorLog {
+pub(crate) struct ErrorLog {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last line, plus one (0: never).
     last_ms: AtomicU64,
@@ -81,7 +82,9 @@ impl Default for ErrorLog {
 }
 
 impl ErrorLog {
-    fn failure(&self, error: &str, spans: usize) {
+    /// A failed export: when this one is to be logged, the failures not
+    /// logged since the last line; `None` when it is only counted.
+    pub(crate) fn failed(&self) -> Option<u64> {
         self.failing.store(true, Ordering::Relaxed);
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let last = self.last_ms.load(Ordering::Relaxed);
@@ -92,26 +95,39 @@ impl ErrorLog {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                error,
-                spans,
-                failures_not_logged = suppressed,
-                "otlp trace export failed; spans of this batch are lost"
-            );
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
 
-    fn success(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::info!(
-                failures_not_logged = suppressed,
-                "otlp trace export recovered"
-            );
-        }
+    /// A successful export: when it ends a run of failures, the failures
+    /// not logged.
+    pub(crate) fn recovered(&self) -> Option<u64> {
+        self.failing
+            .swap(false, Ordering::Relaxed)
+            .then(|| self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+fn log_failure(log: &ErrorLog, error: &str, spans: usize) {
+    if let Some(suppressed) = log.failed() {
+        tracing::warn!(
+            error,
+            spans,
+            failures_not_logged = suppressed,
+            "otlp trace export failed; spans of this batch are lost"
+        );
+    }
+}
+
+fn log_success(log: &ErrorLog) {
+    if let Some(suppressed) = log.recovered() {
+        tracing::info!(
+            failures_not_logged = suppressed,
+            "otlp trace export recovered"
+        );
     }
 }
 
@@ -257,11 +273,11 @@ impl<E: SpanExporter + 'static> SpanExporter for RuntimeExporter<E> {
             match &result {
                 Ok(()) => {
                     stats.exported.fetch_add(n as u64, Ordering::Relaxed);
-                    stats.errors.success();
+                    log_success(&stats.errors);
                 }
                 Err(e) => {
                     stats.failed.fetch_add(n as u64, Ordering::Relaxed);
-                    stats.errors.failure(&e.to_string(), n);
+                    log_failure(&stats.errors, &e.to_string(), n);
                 }
             }
             result
@@ -403,10 +419,10 @@ mod tests {
         let log = ErrorLog::default();
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..100 {
-                log.failure("connection refused", 512);
+                log_failure(&log, "connection refused", 512);
             }
-            log.success();
-            log.success();
+            log_success(&log);
+            log_success(&log);
         });
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
