@@ -411,7 +411,7 @@ async fn status(State(ctx): State<Arc<AdminCtx>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "mode": if ctx.store.is_some() { "cluster" } else { "file" },
         "config": {
-            "generation": snap.generation,
+            "generation": snap.generation(),
             "loaded_at": humantime::format_rfc3339_seconds(snap.built_at).to_string(),
             "routes": snap.router.len(),
             "upstreams": snap.upstreams.len(),
@@ -1194,7 +1194,7 @@ async fn apply(
     // The whole result is checked even for a dry run.
     let preview = kv
         .view()
-        .preview(&batch, &docs::validator())
+        .preview(&batch, &docs::standalone_validator())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if let Some(e) = outcome_error(&preview) {
         return Err(e.with_stored(&ctx.stored_problems.get()));
@@ -1225,12 +1225,27 @@ pub async fn follow_store(ctx: Arc<AdminCtx>, base: Arc<Config>) {
         if revision != ctx.applied_revision.load(Ordering::Relaxed) {
             let st = ctx.state.clone();
             let base = base.clone();
+            let held = ctx.stored_problems.clone();
             let built = tokio::task::spawn_blocking(move || {
-                let (cfg, problems) = docs::config_from_docs(&base, &docs);
-                if !problems.is_empty() {
-                    return Err(format!("{problems:?}"));
+                // The validator compiled these documents when the write
+                // was applied; publishing serves that snapshot.
+                let key = docs::DocsKey::of(&docs);
+                let published = st.publish_prepared(
+                    || {
+                        let (cfg, problems) = docs::config_from_docs(&base, &docs);
+                        if problems.is_empty() {
+                            Ok(cfg)
+                        } else {
+                            Err(docs::located(problems))
+                        }
+                    },
+                    key,
+                );
+                match &published {
+                    Ok(_) => held.record(revision, Vec::new()),
+                    Err(_) => held.record(revision, crate::stored::check(&docs)),
                 }
-                st.apply(&cfg).map_err(|e| e.to_string())
+                published
             })
             .await;
             match built {

@@ -962,9 +962,18 @@ pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
 
 impl Config {
     /// Checks what serde cannot: versions, unique ids, references, ranges
-    /// and patterns. Returns every problem, not just the first.
+    /// and patterns, routes, consumers and plugins. Returns every problem,
+    /// not just the first. This is the whole compile
+    /// ([`crate::snapshot::compile`]) with its result thrown away.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
-        let mut p = Problems::default();
+        crate::snapshot::validate(self)
+    }
+
+    /// The checks of this document alone, before anything is compiled:
+    /// version, settings, cluster, observability, upstreams and services.
+    /// Routes, consumers and plugins are checked as they are compiled.
+    /// Returns, for each upstream, whether it passed.
+    pub(crate) fn check(&self, p: &mut Problems) -> Vec<bool> {
         if self.version != 1 {
             p.push(
                 "version",
@@ -974,7 +983,7 @@ impl Config {
                 ),
             );
         }
-        self.settings.validate(&mut p);
+        self.settings.validate(p);
         for (path, reason) in self.cluster.iter().flat_map(|c| c.validate()) {
             p.push(format!("cluster.{path}"), reason);
         }
@@ -983,21 +992,24 @@ impl Config {
         }
 
         let mut upstream_ids = HashSet::new();
+        let mut upstream_ok = Vec::with_capacity(self.upstreams.len());
         for (i, u) in self.upstreams.iter().enumerate() {
+            let before = p.0.len();
             let at = format!("upstreams[{i}]");
-            check_id(&mut p, &at, &u.id);
+            check_id(p, &at, &u.id);
             if !upstream_ids.insert(u.id.as_str()) {
                 p.push(
                     format!("{at}.id"),
                     format!("duplicate upstream id `{}`", u.id),
                 );
             }
-            u.validate(&at, &mut p);
+            u.validate(&at, p);
+            upstream_ok.push(p.0.len() == before);
         }
         let mut service_ids = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
-            check_id(&mut p, &at, &s.id);
+            check_id(p, &at, &s.id);
             if !service_ids.insert(s.id.as_str()) {
                 p.push(
                     format!("{at}.id"),
@@ -1011,47 +1023,14 @@ impl Config {
                 );
             }
             if let Some(h) = &s.host_header {
-                check_host_header(&mut p, &format!("{at}.host_header"), h);
+                check_host_header(p, &format!("{at}.host_header"), h);
             }
         }
-        let mut route_ids = HashSet::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            check_id(&mut p, &at, &r.id);
-            if !route_ids.insert(r.id.as_str()) {
-                p.push(format!("{at}.id"), format!("duplicate route id `{}`", r.id));
-            }
-            match (&r.service, &r.upstream) {
-                (None, None) => p.push(at.clone(), "a route needs `service` or `upstream`"),
-                (Some(s), _) if !service_ids.contains(s.as_str()) => {
-                    p.push(format!("{at}.service"), format!("no service with id `{s}`"))
-                }
-                _ => {}
-            }
-            if let Some(u) = &r.upstream
-                && !upstream_ids.contains(u.as_str())
-            {
-                p.push(
-                    format!("{at}.upstream"),
-                    format!("no upstream with id `{u}`"),
-                );
-            }
-            if let Some(h) = &r.host_header {
-                check_host_header(&mut p, &format!("{at}.host_header"), h);
-            }
-            crate::router::validate_route(r, &at, &mut p);
-        }
-        crate::consumer::validate(self, &mut p);
-        crate::plugin::validate(self, &mut p);
-        if p.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(p.0))
-        }
+        upstream_ok
     }
 }
 
-fn check_id(p: &mut Problems, at: &str, id: &str) {
+pub(crate) fn check_id(p: &mut Problems, at: &str, id: &str) {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -1065,7 +1044,7 @@ fn check_id(p: &mut Problems, at: &str, id: &str) {
     }
 }
 
-fn check_host_header(p: &mut Problems, at: &str, h: &HostHeader) {
+pub(crate) fn check_host_header(p: &mut Problems, at: &str, h: &HostHeader) {
     if let HostHeader::Rewrite(v) = h
         && http::HeaderValue::from_str(v).is_err()
     {

@@ -376,13 +376,6 @@ fn compile(
     })
 }
 
-/// Checks the `consumers:` list, for [`Config::validate`].
-pub(crate) fn validate(config: &Config, p: &mut Problems) {
-    if let Err(e) = Consumers::build(config) {
-        p.0.extend(e.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::is_bcrypt;

@@ -18,10 +18,11 @@ use serde_json::Value;
 use weir_storage::{Docs, Document, Problem, Validator};
 
 use crate::config::{
-    BasicCredential, Config, ConsumerConfig, CredentialsConfig, HmacCredential, JwtCredential,
-    KeyCredential, RouteConfig, ServiceConfig, SubscriptionConfig, SubscriptionState,
-    UpstreamConfig,
+    BasicCredential, Config, ConfigErrors, ConsumerConfig, CredentialsConfig, HmacCredential,
+    JwtCredential, KeyCredential, RouteConfig, ServiceConfig, SubscriptionConfig,
+    SubscriptionState, UpstreamConfig,
 };
+use crate::snapshot::State;
 
 /// A consumer document: the file's consumer, `id` being its name.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
@@ -506,8 +507,25 @@ fn relocate_credential(
     (kind, id, pointer)
 }
 
-/// Every problem of the whole document set, located in its documents.
+/// Every problem of the whole document set, located in its documents,
+/// from a compile of its own (for tools and tests; a node's store uses
+/// [`validator`], which keeps what it compiled).
 pub fn problems(docs: &Docs) -> Vec<Problem> {
+    // The settings are not replicated: validate the documents against the
+    // defaults, so every node reaches the same verdict.
+    problems_with(&Config::default(), docs, |cfg| {
+        crate::snapshot::validate(cfg)
+    })
+}
+
+/// Every problem of `docs`, read on top of `base`, with `compile` judging
+/// the whole: problems of single documents first, and only when there are
+/// none the compile's, each located in the document it is about.
+fn problems_with(
+    base: &Config,
+    docs: &Docs,
+    compile: impl FnOnce(&Config) -> Result<(), ConfigErrors>,
+) -> Vec<Problem> {
     let mut out = Vec::new();
     for ((kind, id), d) in docs {
         if !is_kind(kind) {
@@ -531,13 +549,11 @@ pub fn problems(docs: &Docs) -> Vec<Problem> {
     if !out.is_empty() {
         return out;
     }
-    // The settings are not replicated: validate the documents against the
-    // defaults, so every node reaches the same verdict.
-    let (cfg, parse, origins) = build(&Config::default(), docs);
+    let (cfg, parse, origins) = build(base, docs);
     if !parse.is_empty() {
         return parse;
     }
-    if let Err(errors) = cfg.validate() {
+    if let Err(errors) = compile(&cfg) {
         let index = [
             (
                 "upstreams",
@@ -573,9 +589,60 @@ pub fn problems(docs: &Docs) -> Vec<Problem> {
     out
 }
 
-/// The validator the replicated store runs on every write.
-pub fn validator() -> Validator {
+/// The validator a node's replicated store runs on every write (and the
+/// admin preview runs on a proposed one): the documents are compiled on
+/// top of the node's `base` settings, reusing what the last compile made,
+/// and the snapshot is kept so that the store follower serves it without
+/// compiling again ([`State::publish_prepared`]). Settings only size what
+/// is built (a cache's capacity) and `base` was validated when the node
+/// started, so every node reaches the same verdict.
+pub fn validator(state: Arc<State>, base: Arc<Config>) -> Validator {
+    Arc::new(move |docs: &Docs| {
+        problems_with(&base, docs, |cfg| {
+            state.prepare(cfg, DocsKey::of(docs)).map(|_| ())
+        })
+    })
+}
+
+/// Problems of stored documents as config errors, each path naming the
+/// document (`routes/r1/paths/0`).
+pub fn located(problems: Vec<Problem>) -> ConfigErrors {
+    ConfigErrors(
+        problems
+            .into_iter()
+            .map(|p| crate::config::ConfigProblem {
+                path: format!("{}/{}{}", p.kind, p.id, p.pointer),
+                location: None,
+                reason: p.reason,
+            })
+            .collect(),
+    )
+}
+
+/// A validator with a compile of its own for each call, which keeps
+/// nothing: for previews of writes that are not made.
+pub fn standalone_validator() -> Validator {
     Arc::new(problems)
+}
+
+/// Which stored documents a snapshot was compiled from: the documents
+/// themselves, compared by identity (a stored document never changes, a
+/// write replaces it with a new one), so two sets are equal exactly when
+/// they hold the same documents.
+#[derive(Clone)]
+pub struct DocsKey(Vec<Arc<Document>>);
+
+impl DocsKey {
+    /// The key of `docs` as they are.
+    pub fn of(docs: &Docs) -> DocsKey {
+        DocsKey(docs.values().cloned().collect())
+    }
+}
+
+impl PartialEq for DocsKey {
+    fn eq(&self, other: &DocsKey) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 /// The store id of a subscription from the file: its `id`, or

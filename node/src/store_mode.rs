@@ -181,9 +181,12 @@ pub async fn serve(
         .iter()
         .find(|k| k.role == crate::admin::Role::Admin)
         .map(|k| k.secret.clone());
-    let kv = RaftKv::start(settings, crate::docs::validator())
-        .await
-        .map_err(|e| anyhow::anyhow!("config store in {}: {e}", data_dir.display()))?;
+    let kv = RaftKv::start(
+        settings,
+        crate::docs::validator(state.clone(), base.clone()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("config store in {}: {e}", data_dir.display()))?;
     let _discover = cluster.clone().map(|c| {
         AbortOnDrop(tokio::spawn(publish_and_discover(
             kv.clone(),
@@ -214,10 +217,6 @@ pub async fn serve(
     // The first snapshot from whatever the store holds now. Documents that
     // are not valid (written by an older version) are reported, and the
     // node still starts so that they can be fixed through the admin API.
-    let _stored = AbortOnDrop(tokio::spawn(crate::stored::follow(
-        kv.clone(),
-        ctx.stored_problems.clone(),
-    )));
     let (docs, revision) = kv.view().docs_at();
     match first_config(&base, &docs) {
         Ok(cfg) => {

@@ -9,26 +9,43 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use weir_cluster::raft::RaftKv;
 use weir_storage::{Docs, Problem};
 
 /// The problems of the stored documents at one revision.
 #[derive(Debug, Default, Clone)]
-pub struct StoredProblems(Arc<Mutex<(u64, Arc<Vec<Problem>>)>>);
+pub struct StoredProblems(Arc<Mutex<Held>>);
+
+#[derive(Debug, Default)]
+struct Held {
+    problems: Arc<Vec<Problem>>,
+    /// Every problem logged so far, so each is logged once.
+    logged: Logged,
+}
 
 impl StoredProblems {
     /// The problems as of the last check (empty: the store is valid).
     pub fn get(&self) -> Arc<Vec<Problem>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .problems
+            .clone()
     }
 
-    fn set(&self, revision: u64, problems: Vec<Problem>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (revision, Arc::new(problems));
-    }
-
-    fn revision(&self) -> Option<u64> {
-        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        (g.0 != 0 || !g.1.is_empty()).then_some(g.0)
+    /// Records what the documents at `revision` are found to be: valid
+    /// (`problems` empty) or not. Each problem not seen before is logged
+    /// once at `error`, and the return to a valid store once at `info`.
+    pub fn record(&self, revision: u64, problems: Vec<Problem>) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if problems.is_empty() && !held.logged.is_empty() {
+            tracing::info!(
+                revision,
+                "the stored documents are valid again; writes are accepted"
+            );
+            held.logged.clear();
+        }
+        log_new(&problems, &mut held.logged);
+        held.problems = Arc::new(problems);
     }
 }
 
@@ -81,33 +98,6 @@ fn log_new(problems: &[Problem], logged: &mut Logged) {
                 reason = %p.reason,
                 "a stored document is not valid; writes are refused until it is fixed (docs/raft.md, \"Upgrading\")"
             );
-        }
-    }
-}
-
-/// Checks the stored documents now and after every change, keeping
-/// `holder` up to date; runs until the store is dropped.
-pub async fn follow(kv: RaftKv, holder: StoredProblems) {
-    let mut rx = kv.view().subscribe();
-    let mut logged = Logged::new();
-    loop {
-        let (docs, revision) = kv.view().docs_at();
-        if holder.revision() != Some(revision) {
-            let problems = tokio::task::spawn_blocking(move || check(&docs))
-                .await
-                .unwrap_or_default();
-            if problems.is_empty() && !logged.is_empty() {
-                tracing::info!(
-                    revision,
-                    "the stored documents are valid again; writes are accepted"
-                );
-                logged.clear();
-            }
-            log_new(&problems, &mut logged);
-            holder.set(revision, problems);
-        }
-        if rx.changed().await.is_err() {
-            return;
         }
     }
 }

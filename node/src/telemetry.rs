@@ -154,7 +154,7 @@ impl Telemetry {
     /// `/metrics` scrape.
     pub fn refresh(&self, snap: &Snapshot) {
         let Some(m) = &self.metrics else { return };
-        m.set_config_generation(snap.generation);
+        m.set_config_generation(snap.generation());
         let dropped = self.tracing.dropped_spans() + self.tracing.failed_spans();
         let seen = self.spans_dropped_seen.swap(dropped, Ordering::Relaxed);
         if dropped > seen {

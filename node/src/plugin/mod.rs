@@ -16,7 +16,7 @@
 //!
 //! Every phase has a no-op default, so a plugin implements only what it
 //! needs. Config is parsed and validated once, when a snapshot is built
-//! ([`build_chains`]); a route without plugins has no chain at all and its
+//! ([`ChainLevels`]); a route without plugins has no chain at all and its
 //! requests never touch this module.
 //!
 //! Adding a plugin is one file in this folder plus one line in
@@ -35,7 +35,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Config, ConfigErrors, Problems};
+use crate::config::{Config, Problems, RouteConfig};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
 
@@ -727,69 +727,96 @@ fn build_level(map: &PluginMap, at: &str, env: &BuildEnv, p: &mut Problems) -> L
     out
 }
 
-/// Compiles the plugin chain of every route: global, service and route
-/// `plugins:` maps merged by name (the most specific level wins), ordered
-/// by priority. `None` for a route without plugins. Every problem found is
-/// reported with its path, e.g. `routes[2].plugins.key-auth.header`.
-pub fn build_chains(
-    config: &Config,
-    consumers: &Arc<Consumers>,
-) -> Result<Vec<Option<Arc<Chain>>>, ConfigErrors> {
-    let env = BuildEnv {
-        consumers: consumers.clone(),
-        settings: Arc::new(config.settings.clone()),
-        consumer_level: false,
-    };
-    let mut p = Problems::default();
-    let global = build_level(&config.plugins, "plugins", &env, &mut p);
-    let services: HashMap<&str, (Level, Vec<&str>)> = config
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let at = format!("services[{i}].plugins");
-            let level = build_level(&s.plugins, &at, &env, &mut p);
-            let off = disabled(
-                &s.disable_plugins,
-                &s.plugins,
-                &format!("services[{i}]"),
-                &mut p,
-            );
-            (s.id.as_str(), (level, off))
-        })
-        .collect();
-    let service_lifecycles: HashMap<&str, Option<Arc<dyn Plugin>>> = config
-        .services
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let l = s.lifecycle.as_ref()?;
-            let at = format!("services[{i}].lifecycle");
-            Some((s.id.as_str(), governance::lifecycle(l, &at, &mut p)))
-        })
-        .collect();
-    let service_cfgs: HashMap<&str, &crate::config::ServiceConfig> =
-        config.services.iter().map(|s| (s.id.as_str(), s)).collect();
-    let mut chains = Vec::with_capacity(config.routes.len());
-    for (i, r) in config.routes.iter().enumerate() {
+/// The plugin levels routes inherit from, built once per config: the
+/// global `plugins:` map and each service's plugins, `disable_plugins` and
+/// lifecycle. [`ChainLevels::route`] compiles a route's chain: the global,
+/// service and route `plugins:` maps merged by name (the most specific
+/// level wins), ordered by priority; `None` for a route without plugins.
+/// Every problem found is reported with its path, e.g.
+/// `routes[2].plugins.key-auth.header`. While none of what they are built from changes, a new route
+/// is compiled against the same instances the other routes share.
+pub struct ChainLevels {
+    env: BuildEnv,
+    global: Level,
+    services: HashMap<String, ServiceLevel>,
+}
+
+struct ServiceLevel {
+    plugins: Level,
+    off: Vec<String>,
+    lifecycle: Option<Arc<dyn Plugin>>,
+    require_subscription: Option<bool>,
+}
+
+impl ChainLevels {
+    /// Builds the global and service levels of `config`, reporting their
+    /// problems (and those of its subscriptions) to `p`.
+    pub(crate) fn build(
+        config: &Config,
+        consumers: &Arc<Consumers>,
+        p: &mut Problems,
+    ) -> ChainLevels {
+        governance::validate_subscriptions(config, p);
+        let env = BuildEnv {
+            consumers: consumers.clone(),
+            settings: Arc::new(config.settings.clone()),
+            consumer_level: false,
+        };
+        let global = build_level(&config.plugins, "plugins", &env, p);
+        let services = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let at = format!("services[{i}].plugins");
+                let plugins = build_level(&s.plugins, &at, &env, p);
+                let off = disabled(&s.disable_plugins, &s.plugins, &format!("services[{i}]"), p)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                let lifecycle = s
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| governance::lifecycle(l, &format!("services[{i}].lifecycle"), p));
+                let level = ServiceLevel {
+                    plugins,
+                    off,
+                    lifecycle,
+                    require_subscription: s.require_subscription,
+                };
+                (s.id.clone(), level)
+            })
+            .collect();
+        ChainLevels {
+            env,
+            global,
+            services,
+        }
+    }
+
+    /// Compiles the chain of route `r`, which is `routes[i]` of `config`
+    /// (the config these levels were built from, or one that differs from
+    /// it only in its routes and upstreams).
+    pub(crate) fn route(
+        &self,
+        config: &Config,
+        i: usize,
+        r: &RouteConfig,
+        p: &mut Problems,
+    ) -> Option<Arc<Chain>> {
         let at = format!("routes[{i}].plugins");
-        let own = build_level(&r.plugins, &at, &env, &mut p);
-        let route_off = disabled(
-            &r.disable_plugins,
-            &r.plugins,
-            &format!("routes[{i}]"),
-            &mut p,
-        );
-        let service = r.service.as_deref().and_then(|s| services.get(s));
+        let own = build_level(&r.plugins, &at, &self.env, p);
+        let route_off = disabled(&r.disable_plugins, &r.plugins, &format!("routes[{i}]"), p);
+        let service = r.service.as_deref().and_then(|s| self.services.get(s));
         let mut merged: HashMap<&str, (&'static PluginDef, Arc<dyn Plugin>)> = HashMap::new();
-        for (name, (def, plugin)) in &global {
+        for (name, (def, plugin)) in &self.global {
             merged.insert(name.as_str(), (*def, plugin.clone()));
         }
-        if let Some((level, off)) = service {
-            for name in off {
-                merged.remove(name);
+        if let Some(level) = service {
+            for name in &level.off {
+                merged.remove(name.as_str());
             }
-            for (name, (def, plugin)) in level {
+            for (name, (def, plugin)) in &level.plugins {
                 merged.insert(name.as_str(), (*def, plugin.clone()));
             }
         }
@@ -802,20 +829,16 @@ pub fn build_chains(
         let mut list: Vec<_> = merged.into_values().collect();
 
         // Governance: the route's own settings, else its service's.
-        let svc = r.service.as_deref().and_then(|s| service_cfgs.get(s));
         let lifecycle = match &r.lifecycle {
-            Some(l) => governance::lifecycle(l, &format!("routes[{i}].lifecycle"), &mut p),
-            None => r
-                .service
-                .as_deref()
-                .and_then(|s| service_lifecycles.get(s).cloned().flatten()),
+            Some(l) => governance::lifecycle(l, &format!("routes[{i}].lifecycle"), p),
+            None => service.and_then(|s| s.lifecycle.clone()),
         };
         if let Some(l) = lifecycle {
             list.push((&governance::LIFECYCLE, l));
         }
         let required = r
             .require_subscription
-            .or(svc.and_then(|s| s.require_subscription))
+            .or(service.and_then(|s| s.require_subscription))
             .unwrap_or(false);
         if required {
             if !list.iter().any(|(d, _)| AUTH_PLUGINS.contains(&d.name)) {
@@ -832,12 +855,7 @@ pub fn build_chains(
                 governance::subscription(config, &r.id, r.service.as_deref()),
             ));
         }
-        chains.push(chain_of(list));
-    }
-    if p.0.is_empty() {
-        Ok(chains)
-    } else {
-        Err(ConfigErrors(p.0))
+        chain_of(list)
     }
 }
 
@@ -889,20 +907,6 @@ fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<
 
 /// The plugins that identify a consumer.
 const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth", "hmac-auth"];
-
-/// Checks every `plugins:` map, lifecycle and subscription of a config,
-/// for [`Config::validate`].
-pub(crate) fn validate(config: &Config, p: &mut Problems) {
-    governance::validate_subscriptions(config, p);
-    let consumers = match Consumers::build(config) {
-        Ok(c) => Arc::new(c),
-        // The consumer problems are reported by their own check.
-        Err(_) => Arc::new(Consumers::default()),
-    };
-    if let Err(e) = build_chains(config, &consumers) {
-        p.0.extend(e.0);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -255,7 +255,7 @@ fn decode(raw: &[u8]) -> Cow<'_, [u8]> {
 /// reload of thousands of routes fast, and clones share the compiled
 /// program.
 #[derive(Default)]
-pub(super) struct RegexCache(HashMap<String, Regex>);
+pub struct RegexCache(HashMap<String, Regex>);
 
 /// Checks `r` and returns its matching form, or `None` after pushing every
 /// problem found (with its field path under `at`) to `p`.

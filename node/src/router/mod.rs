@@ -73,9 +73,11 @@ mod tests;
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::{ConfigErrors, Problems, RouteConfig};
 
+pub use compile::RegexCache;
 use compile::{CompiledRoute, HostPattern, PathPattern, Seg};
 use tree::{Entry, FastMap, FastSet, Node, SortKey, next_segment, path_specificity};
 
@@ -164,12 +166,31 @@ impl<T: fmt::Debug> fmt::Debug for RouteMatch<'_, T> {
     }
 }
 
+/// One route's conditions in matching form: made once per route config
+/// by [`Matcher::compile`] (which is also the route's validation), shared
+/// by every table built while the route does not change.
+#[derive(Clone)]
+pub struct Matcher(Arc<CompiledRoute>);
+
+impl Matcher {
+    /// Checks `r` and compiles its conditions, or returns `None` after
+    /// pushing every problem found (with its field path under `at`).
+    pub(crate) fn compile(
+        r: &RouteConfig,
+        at: &str,
+        p: &mut Problems,
+        regexes: &mut RegexCache,
+    ) -> Option<Matcher> {
+        compile::compile(r, at, p, regexes).map(|c| Matcher(Arc::new(c)))
+    }
+}
+
 /// An immutable table of routes.
 #[derive(Clone)]
 pub struct Router<T> {
     /// Payloads by route index (config order).
     values: Vec<T>,
-    routes: Vec<CompiledRoute>,
+    routes: Vec<Matcher>,
     exact_hosts: FastMap<Box<str>, Node>,
     /// Keyed by the suffix after `*.`.
     suffix_hosts: FastMap<Box<str>, Node>,
@@ -190,29 +211,34 @@ impl<T> Router<T> {
     pub fn build(routes: Vec<(&RouteConfig, T)>) -> Result<Self, ConfigErrors> {
         let mut problems = Problems::default();
         let mut compiled = Vec::with_capacity(routes.len());
-        let mut values = Vec::with_capacity(routes.len());
-        let mut regexes = compile::RegexCache::default();
+        let mut regexes = RegexCache::default();
         for (i, (config, value)) in routes.into_iter().enumerate() {
             if let Some(c) =
-                compile::compile(config, &format!("routes[{i}]"), &mut problems, &mut regexes)
+                Matcher::compile(config, &format!("routes[{i}]"), &mut problems, &mut regexes)
             {
-                compiled.push(c);
+                compiled.push((c, value));
             }
-            values.push(value);
-        }
-        if u32::try_from(values.len()).is_err() {
-            problems.push("routes", "too many routes");
         }
         if !problems.0.is_empty() {
             return Err(ConfigErrors(problems.0));
         }
+        Router::from_compiled(compiled)
+    }
 
+    /// Builds the table from routes whose conditions are already compiled
+    /// (each [`Matcher`] made once and reused while its route does not
+    /// change), in config order.
+    pub fn from_compiled(routes: Vec<(Matcher, T)>) -> Result<Self, ConfigErrors> {
+        if u32::try_from(routes.len()).is_err() {
+            return Err(ConfigErrors::one("routes", "too many routes"));
+        }
+        let (compiled, values): (Vec<Matcher>, Vec<T>) = routes.into_iter().unzip();
         let mut router = Router {
             values,
             ..Router::default()
         };
         for (i, route) in compiled.iter().enumerate() {
-            router.insert(i, route);
+            router.insert(i, &route.0);
         }
         router.routes = compiled;
         router.any_host.finish();
@@ -465,6 +491,7 @@ impl<'r, T> Search<'r, '_, T> {
         }
         let req = self.req;
         self.router.routes[e.route]
+            .0
             .conditions
             .matches(req.method, req.headers, req.query)
     }
@@ -480,6 +507,7 @@ impl<'r, T> Search<'r, '_, T> {
 
 /// Checks a route's match conditions (paths, hosts, methods, headers,
 /// query, version); problems are pushed with field paths under `at`.
+#[cfg(test)]
 pub(crate) fn validate_route(r: &RouteConfig, at: &str, p: &mut Problems) {
     let _ = compile::compile(r, at, p, &mut compile::RegexCache::default());
 }

@@ -118,11 +118,32 @@ impl Node {
         }
     }
 
+    /// The literal child for `seg`, added when missing. While a table is
+    /// built children are appended unsorted (a wide node is found through
+    /// `index`), and [`Node::finish`] sorts them once: inserting in order
+    /// would move half the children on every insert, quadratic in the
+    /// width of a node such as a root with thousands of first segments.
     fn static_child(&mut self, seg: &str) -> &mut Node {
-        let i = match self.statics.binary_search_by(|(k, _)| (**k).cmp(seg)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.statics.insert(i, (seg.into(), Node::default()));
+        let found = match &self.index {
+            Some(index) => index.get(seg).copied(),
+            None => self.statics.iter().position(|(k, _)| &**k == seg),
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let i = self.statics.len();
+                self.statics.push((seg.into(), Node::default()));
+                if let Some(index) = &mut self.index {
+                    index.insert(seg.into(), i);
+                } else if self.statics.len() > INDEX_ABOVE {
+                    self.index = Some(
+                        self.statics
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (seg, _))| (seg.clone(), i))
+                            .collect(),
+                    );
+                }
                 i
             }
         };
@@ -140,6 +161,7 @@ impl Node {
                 max = max.max(e.key);
             }
         }
+        self.statics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (_, child) in &mut self.statics {
             max = max.max(child.finish());
         }
