@@ -205,7 +205,7 @@ fn print_problems(source: &Path, errors: &ConfigErrors) {
 }
 
 fn validate(file: &Path) -> ExitCode {
-    match config::load_file(file) {
+    match crate::compile::load_file(file) {
         Ok(c) => {
             println!(
                 "{}: ok ({} routes, {} services, {} upstreams)",
@@ -241,7 +241,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn serve(args: ServeArgs) -> ExitCode {
     let mut cfg: Config = match &args.config {
-        Some(path) => match config::load_file(path) {
+        Some(path) => match crate::compile::load_file(path) {
             Ok(c) => c,
             Err(errors) => {
                 print_problems(path, &errors);
@@ -266,7 +266,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     overrides(&mut cfg);
     // Flags are checked like the file, so a bad `--region` is named.
-    if let Err(errors) = cfg.validate() {
+    if let Err(errors) = crate::compile::validate(&cfg) {
         print_problems(Path::new("command line"), &errors);
         return ExitCode::from(2);
     }
@@ -309,7 +309,7 @@ pub(crate) async fn serve_async(
     ready_file: Option<PathBuf>,
     overrides: crate::reload::Overrides,
 ) -> anyhow::Result<()> {
-    cfg.validate()
+    crate::compile::validate(&cfg)
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let mut cfg = cfg;
     let telemetry = start_telemetry(&mut cfg)?;

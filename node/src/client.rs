@@ -178,7 +178,7 @@ pub fn members_status(conn: &ConnArgs, json: bool) -> ExitCode {
 
 /// `weir apply -f FILE [--dry-run]`.
 pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
-    let cfg = match crate::config::load_file(file) {
+    let cfg = match crate::compile::load_file(file) {
         Ok(c) => c,
         Err(errors) => {
             for p in &errors.0 {

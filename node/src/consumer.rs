@@ -376,7 +376,7 @@ fn compile(
     })
 }
 
-/// Checks the `consumers:` list, for [`Config::validate`].
+/// Checks the `consumers:` list, for [`crate::compile::validate`].
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
     if let Err(e) = Consumers::build(config) {
         p.0.extend(e.0);

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod cluster_metrics;
+pub mod compile;
 pub mod config;
 pub mod consumer;
 pub mod docs;

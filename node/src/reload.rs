@@ -38,7 +38,7 @@ fn reload_inner(
     path: &Path,
     overrides: &Overrides,
 ) -> Result<u64, config::ConfigErrors> {
-    let mut cfg = config::load_file(path)?;
+    let mut cfg = crate::compile::load_file(path)?;
     overrides(&mut cfg);
     let old = state.load();
     if cfg.settings.listen != old.settings.listen

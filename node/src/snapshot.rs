@@ -77,7 +77,7 @@ impl Snapshot {
         pools: &Pools,
         generation: u64,
     ) -> Result<Snapshot, ConfigErrors> {
-        config.validate()?;
+        crate::compile::validate(config)?;
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()

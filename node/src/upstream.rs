@@ -152,7 +152,7 @@ pub struct Upstream {
     /// Sticky sessions, when configured.
     pub sticky: Option<StickyConfig>,
     /// Active health checks, when configured.
-    pub health_check: Option<crate::health::HealthCheckConfig>,
+    pub health_check: Option<crate::config::HealthCheckConfig>,
     /// Locality preference; `None` when it does not apply (no region or
     /// zone labels that the node's own could match, or `locality: none`).
     pub locality: Option<(crate::config::Locality, u32)>,

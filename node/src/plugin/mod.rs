@@ -23,7 +23,7 @@
 //! [`REGISTRY`]; `docs/plugins.md` shows how.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Config, ConfigErrors, Problems};
+use crate::config::{Config, ConfigErrors, PluginMap, Problems};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
 
@@ -690,9 +690,6 @@ impl Drop for PluginBody {
 
 // === building chains ===
 
-/// A `plugins:` map in config: plugin name → that plugin's config.
-pub type PluginMap = BTreeMap<String, serde_yaml_ng::Value>;
-
 /// Built plugin instances of one config level, by name.
 type Level = HashMap<String, (&'static PluginDef, Arc<dyn Plugin>)>;
 
@@ -891,7 +888,7 @@ fn chain_of(mut list: Vec<(&'static PluginDef, Arc<dyn Plugin>)>) -> Option<Arc<
 const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth", "hmac-auth"];
 
 /// Checks every `plugins:` map, lifecycle and subscription of a config,
-/// for [`Config::validate`].
+/// for [`crate::compile::validate`].
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
     governance::validate_subscriptions(config, p);
     let consumers = match Consumers::build(config) {
