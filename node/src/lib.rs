@@ -30,7 +30,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
-pub mod store_mode;
+pub mod start;
 pub mod stored;
 pub mod telemetry;
 pub mod traffic;

@@ -23,8 +23,8 @@ use weir_cluster::membership::{
 use weir_cluster::raft::{Peer, RaftKv, RaftSettings};
 use weir_storage::{Batch, Op};
 
+use super::{AbortOnDrop, start_cluster, start_telemetry, wait_for_signal, write_ready_file};
 use crate::admin::{AdminCtx, ApiKey};
-use crate::cli::{AbortOnDrop, start_cluster, start_telemetry, wait_for_signal, write_ready_file};
 use crate::config::Config;
 use crate::server::Server;
 use crate::snapshot::State;
