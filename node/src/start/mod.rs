@@ -7,6 +7,8 @@
 //!   reloaded;
 //! - `store.rs`: store mode, the config follows the Raft-replicated store
 //!   (ADR 0015 says which mode runs);
+//! - `follow.rs`: the store follower, rebuilding the route snapshot when
+//!   the store's revision moves.
 //!
 //! Argument parsing is `cli`; what runs once started (server, admin API,
 //! reload) lives in its own modules.
@@ -21,6 +23,7 @@ use crate::server::Server;
 use crate::snapshot::State;
 
 mod file;
+mod follow;
 pub mod store;
 
 /// Flags of `weir serve`.

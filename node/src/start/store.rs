@@ -238,7 +238,7 @@ pub async fn serve(
             tracing::error!(revision, reason = %why, "serving no routes until the stored documents are fixed (see /v1/status)");
         }
     }
-    let _follow = AbortOnDrop(tokio::spawn(crate::admin::follow_store(ctx.clone(), base)));
+    let _follow = AbortOnDrop(tokio::spawn(super::follow::follow_store(ctx.clone(), base)));
 
     let _echo = match file_cfg.settings.echo_listen {
         Some(addr) => {
