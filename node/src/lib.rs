@@ -12,7 +12,6 @@ pub mod admin;
 pub mod balance;
 pub mod cache;
 pub mod cli;
-pub mod client;
 pub mod cluster;
 pub mod cluster_metrics;
 pub mod compile;

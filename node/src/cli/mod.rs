@@ -3,13 +3,17 @@
 //! `cluster status` (gossip members) and `cluster store` (the config store).
 //!
 //! This module only parses arguments and dispatches: running a node is
-//! `start`, talking to a node's admin API is `client`.
+//! `start`; the admin client commands call a node's admin API in
+//! `client.rs` and draw their tables in `table.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod client;
+mod table;
 
 /// weir: a distributed API gateway.
 #[derive(Debug, Parser)]
@@ -72,7 +76,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
     /// Show documents of a kind (routes, services, upstreams, consumers,
     /// credentials, subscriptions, plugins), or one of them.
@@ -82,10 +86,10 @@ enum Command {
         /// Document id (all when absent).
         id: Option<String>,
         /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = crate::client::Output::Table)]
-        output: crate::client::Output,
+        #[arg(short = 'o', long, value_enum, default_value_t = client::Output::Table)]
+        output: client::Output,
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
     /// Delete a document.
     Delete {
@@ -94,7 +98,7 @@ enum Command {
         /// Document id.
         id: String,
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
     /// Show the config history: who changed what, when.
     Revisions {
@@ -102,14 +106,14 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
     /// Restore the config as it was at a revision (as a new revision).
     Rollback {
         /// The revision to restore.
         revision: u64,
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
 }
 
@@ -122,13 +126,13 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
     /// The node's view of the replicated config store: Raft members,
     /// leader, staleness.
     Store {
         #[command(flatten)]
-        conn: crate::client::ConnArgs,
+        conn: client::ConnArgs,
     },
 }
 
@@ -145,25 +149,25 @@ pub fn main() -> ExitCode {
         Command::Validate { file } => validate(&file),
         Command::Cluster {
             command: ClusterCommand::Status { json, conn },
-        } => crate::client::members_status(&conn, json),
+        } => client::cluster_status(&conn, json),
         Command::Echo { listen, name } => crate::start::echo(listen, name),
         Command::Apply {
             file,
             dry_run,
             conn,
-        } => crate::client::apply(&conn, &file, dry_run),
+        } => client::apply(&conn, &file, dry_run),
         Command::Get {
             kind,
             id,
             output,
             conn,
-        } => crate::client::get(&conn, &kind, id.as_deref(), output),
-        Command::Delete { kind, id, conn } => crate::client::delete(&conn, &kind, &id),
-        Command::Revisions { after, conn } => crate::client::revisions(&conn, after),
-        Command::Rollback { revision, conn } => crate::client::rollback(&conn, revision),
+        } => client::get(&conn, &kind, id.as_deref(), output),
+        Command::Delete { kind, id, conn } => client::delete(&conn, &kind, &id),
+        Command::Revisions { after, conn } => client::revisions(&conn, after),
+        Command::Rollback { revision, conn } => client::rollback(&conn, revision),
         Command::Cluster {
             command: ClusterCommand::Store { conn },
-        } => crate::client::cluster_status(&conn),
+        } => client::cluster_store(&conn),
     }
 }
 
