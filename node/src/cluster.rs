@@ -1,7 +1,8 @@
-//! The node's side of clustering: the `cluster` config section and `weir
-//! serve` flags, starting gossip membership (`weir-cluster`) with this
-//! node's addresses, the admin endpoint `GET /v1/cluster/members`, and
-//! `weir cluster status`.
+//! The node's side of clustering: the `weir serve` cluster flags, starting
+//! gossip membership (`weir-cluster`) with this node's addresses, and the
+//! document behind the admin endpoint `GET /v1/cluster/members`. The
+//! `cluster` config section is `config::ClusterConfig`; `weir cluster
+//! status` renders the document in `cli`.
 //!
 //! Clustering is on when the config has a `cluster` section or any cluster
 //! flag is given; otherwise the node runs alone and binds no gossip port
@@ -11,118 +12,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use weir_cluster::gossip::GossipStatsSnapshot;
 use weir_cluster::membership::{
     GossipTiming, Member, MemberState, Membership, MembershipConfig, NodeInfo,
 };
 use weir_observability::metrics::Metrics;
 
-/// Default gossip port (UDP).
-pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
-
-/// The `cluster` config section.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// Cluster name; nodes with another name are refused.
-    pub name: String,
-    /// This node's id, unique in the cluster. Empty: the host name, plus
-    /// the gossip port when it is not the default.
-    pub node_id: String,
-    /// Region label of this node (locality, health sharding).
-    pub region: String,
-    /// Zone label of this node.
-    pub zone: String,
-    /// Where gossip listens (UDP).
-    pub gossip_listen: SocketAddr,
-    /// The IP other nodes reach this one on. Needed when `gossip_listen`
-    /// is 0.0.0.0 or ::.
-    pub advertise_addr: Option<IpAddr>,
-    /// Gossip addresses (`host:port`) of nodes to join through.
-    pub seeds: Vec<String>,
-    /// File holding the cluster secret (at least 16 bytes; surrounding
-    /// whitespace ignored). `WEIR_CLUSTER_SECRET` may hold it instead.
-    /// Required unless gossip listens on loopback only.
-    pub secret_file: Option<PathBuf>,
-    /// How often gossip runs.
-    #[serde(with = "humantime_serde")]
-    pub gossip_interval: Duration,
-    /// Silence, in mean heartbeat intervals, before a peer is dead.
-    pub phi_threshold: f64,
-    /// How long dead members stay listed.
-    #[serde(with = "humantime_serde")]
-    pub dead_node_grace: Duration,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        let t = GossipTiming::default();
-        ClusterConfig {
-            name: "weir".to_string(),
-            node_id: String::new(),
-            region: String::new(),
-            zone: String::new(),
-            gossip_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_GOSSIP_PORT)),
-            advertise_addr: None,
-            seeds: Vec::new(),
-            secret_file: None,
-            gossip_interval: t.gossip_interval,
-            phi_threshold: t.phi_threshold,
-            dead_node_grace: t.dead_node_grace,
-        }
-    }
-}
-
-fn is_label(s: &str) -> bool {
-    s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-impl ClusterConfig {
-    /// Problems as `(path under cluster, reason)`.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut p = Vec::new();
-        let mut push = |k: &str, r: &str| p.push((k.to_string(), r.to_string()));
-        if self.name.is_empty() || !is_label(&self.name) {
-            push(
-                "name",
-                "must be 1-63 characters of letters, digits, `-`, `_` or `.`",
-            );
-        }
-        for (k, v) in [
-            ("node_id", &self.node_id),
-            ("region", &self.region),
-            ("zone", &self.zone),
-        ] {
-            if !is_label(v) {
-                push(
-                    k,
-                    "must be at most 63 characters of letters, digits, `-`, `_` or `.`",
-                );
-            }
-        }
-        if self.gossip_interval < Duration::from_millis(10)
-            || self.gossip_interval > Duration::from_secs(60)
-        {
-            push("gossip_interval", "must be between 10ms and 60s");
-        }
-        if !(self.phi_threshold.is_finite() && self.phi_threshold >= 2.0) {
-            push("phi_threshold", "must be a number of at least 2");
-        }
-        for (i, s) in self.seeds.iter().enumerate() {
-            if s.rsplit_once(':')
-                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-            {
-                p.push((format!("seeds[{i}]"), format!("`{s}` is not `host:port`")));
-            }
-        }
-        p
-    }
-}
+use crate::config::{ClusterConfig, DEFAULT_GOSSIP_PORT, is_label};
 
 /// Cluster settings given on the command line; each wins over the file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -378,10 +275,7 @@ impl Cluster {
 
     /// The body of `GET /v1/cluster/members`.
     pub async fn members_json(&self) -> serde_json::Value {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let unix_ms = crate::clock::unix_ms();
         let members: Vec<serde_json::Value> = self
             .membership
             .members()
@@ -401,7 +295,7 @@ impl Cluster {
                     "mesh_addr": m.mesh_addr,
                     "version": m.version,
                     "started_at_ms": m.started_at_ms,
-                    "age_seconds": m.started_at_ms.map(|s| now_ms.saturating_sub(s) / 1000),
+                    "age_seconds": m.started_at_ms.map(|s| unix_ms.saturating_sub(s) / 1000),
                 })
             })
             .collect();
@@ -420,160 +314,9 @@ impl Cluster {
 /// Shared handle the admin API reads.
 pub type SharedCluster = Option<Arc<Cluster>>;
 
-// === weir cluster status ===
-
-/// `weir cluster status`: the member list and the health matrix (fetched
-/// by the admin client, which sends the admin key) printed as tables, or as
-/// JSON (the members document with the health view's `targets` under
-/// `health`).
-///
-/// # Errors
-/// If the JSON cannot be printed.
-pub fn render_status(
-    mut members: serde_json::Value,
-    health: &serde_json::Value,
-    json: bool,
-) -> anyhow::Result<String> {
-    members["health"] = health["targets"].clone();
-    if json {
-        return Ok(serde_json::to_string_pretty(&members)?);
-    }
-    Ok(render_table(&members))
-}
-
-/// Left-aligned columns, two spaces apart.
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn render_table(doc: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
-        serde_json::Value::Null | serde_json::Value::String(_) => "-".to_string(),
-        other => other.to_string(),
-    };
-    let mut rows = vec![
-        [
-            "ID", "STATE", "REGION", "ZONE", "AGE", "PROXY", "ADMIN", "GOSSIP",
-        ]
-        .map(String::from),
-    ];
-    for m in doc["members"].as_array().into_iter().flatten() {
-        let mut id = s(&m["id"]);
-        if m["is_self"] == serde_json::Value::Bool(true) {
-            id.push_str(" (self)");
-        }
-        let age = m["age_seconds"]
-            .as_u64()
-            .map(|a| humantime::format_duration(Duration::from_secs(a)).to_string())
-            .unwrap_or_else(|| "-".to_string());
-        rows.push([
-            id,
-            s(&m["state"]),
-            s(&m["region"]),
-            s(&m["zone"]),
-            age,
-            s(&m["proxy_addr"]),
-            s(&m["admin_addr"]),
-            s(&m["gossip_addr"]),
-        ]);
-    }
-    let mut out = format!(
-        "cluster {} (seen from {})\n\n",
-        s(&doc["cluster"]),
-        s(&doc["node_id"])
-    );
-    out.push_str(&columns(&rows));
-    let g = &doc["gossip"];
-    out.push_str(&format!(
-        "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
-        s(&g["sent_datagrams"]),
-        s(&g["received_datagrams"]),
-        s(&g["rejected_datagrams"]),
-        s(&g["malformed_datagrams"]),
-    ));
-    let targets = doc["health"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    if !targets.is_empty() {
-        let list = |v: &serde_json::Value| {
-            let items: Vec<String> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| x.as_str().unwrap_or("?").to_string())
-                .collect();
-            if items.is_empty() {
-                "-".to_string()
-            } else {
-                items.join(",")
-            }
-        };
-        let mut rows = vec![
-            [
-                "UPSTREAM", "TARGET", "REGION", "CLUSTER", "PROBERS", "DOWN FOR",
-            ]
-            .map(String::from),
-        ];
-        for t in targets {
-            rows.push([
-                s(&t["upstream"]),
-                s(&t["target"]),
-                s(&t["region"]),
-                if t["cluster_down"] == serde_json::Value::Bool(true) {
-                    "down".to_string()
-                } else {
-                    "up".to_string()
-                },
-                list(&t["probers"]),
-                list(&t["down_reports"]),
-            ]);
-        }
-        out.push_str("\nhealth checks (DOWN FOR: members reporting the target down)\n\n");
-        out.push_str(&columns(&rows));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn validation_names_each_bad_key() {
-        let c = ClusterConfig {
-            name: String::new(),
-            region: "eu west".into(),
-            seeds: vec!["10.0.0.1:7946".into(), "nohost".into(), ":1".into()],
-            gossip_interval: Duration::from_millis(1),
-            phi_threshold: f64::NAN,
-            ..ClusterConfig::default()
-        };
-        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(
-            keys,
-            [
-                "name",
-                "region",
-                "gossip_interval",
-                "phi_threshold",
-                "seeds[1]",
-                "seeds[2]"
-            ]
-        );
-        assert!(ClusterConfig::default().validate().is_empty());
-    }
 
     #[test]
     fn flags_turn_clustering_on_and_win() {
@@ -590,38 +333,5 @@ mod tests {
         assert_eq!(c.region, "eu");
         assert_eq!(c.seeds, ["a:1"]);
         assert_eq!(c.name, "weir");
-    }
-
-    #[test]
-    fn table_lists_members() {
-        let doc = serde_json::json!({
-            "cluster": "c", "node_id": "a",
-            "members": [
-                {"id": "a", "is_self": true, "state": "alive", "region": "eu", "zone": "",
-                 "age_seconds": 61, "proxy_addr": "127.0.0.1:1", "admin_addr": null, "gossip_addr": "127.0.0.1:2"},
-                {"id": "b", "is_self": false, "state": "dead", "region": "us", "zone": "z",
-                 "age_seconds": null, "proxy_addr": null, "admin_addr": null, "gossip_addr": "127.0.0.1:3"}
-            ],
-            "gossip": {"sent_datagrams": 5, "received_datagrams": 4, "rejected_datagrams": 1, "malformed_datagrams": 0},
-            "health": [
-                {"upstream": "u", "target": "10.0.0.1:80", "region": "eu", "cluster_down": true,
-                 "probers": ["a", "b"], "down_reports": ["a", "b"]},
-                {"upstream": "u", "target": "10.0.0.2:80", "region": "", "cluster_down": false,
-                 "probers": ["b", "a"], "down_reports": []}
-            ]
-        });
-        let t = render_table(&doc);
-        assert!(t.contains("a (self)  alive"), "{t}");
-        assert!(t.contains("1m 1s"), "{t}");
-        assert!(t.contains("b         dead "), "{t}");
-        assert!(t.contains("1 rejected"), "{t}");
-        assert!(
-            t.contains("u         10.0.0.1:80  eu      down     a,b      a,b"),
-            "{t}"
-        );
-        assert!(
-            t.contains("u         10.0.0.2:80  -       up       b,a      -"),
-            "{t}"
-        );
     }
 }

@@ -44,7 +44,7 @@ pub struct ConsumerDoc {
     /// `limit-conn`); each wins over a route's limit of the same type.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
-    pub plugins: crate::plugin::PluginMap,
+    pub plugins: crate::config::PluginMap,
 }
 
 /// A credential document: one credential of one consumer, exactly one of
@@ -436,7 +436,7 @@ fn build(base: &Config, docs: &Docs) -> (Config, Vec<Problem>, CredentialOrigins
     (cfg, problems, origins)
 }
 
-/// Where a `Config::validate` path (`routes[3].paths[0]`) points: the
+/// Where a compile problem's path (`routes[3].paths[0]`) points: the
 /// document and the JSON pointer inside it.
 fn locate(path: &str, index: &[(&'static str, Vec<String>)]) -> (String, String, String) {
     // The global `plugins:` map: one document per plugin.

@@ -38,7 +38,8 @@ fn reload_inner(
     path: &Path,
     overrides: &Overrides,
 ) -> Result<u64, config::ConfigErrors> {
-    let mut cfg = config::load_file(path)?;
+    // `apply` is the check and the build in one compile.
+    let mut cfg = config::parse_file(path)?;
     overrides(&mut cfg);
     let old = state.load();
     if cfg.settings.listen != old.settings.listen

@@ -27,11 +27,11 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::{
-    Config, ConfigErrors, ConsumerConfig, HostHeader, Problems, RouteConfig, ServiceConfig,
-    Settings, SubscriptionConfig, UpstreamConfig,
+    Config, ConfigErrors, ConsumerConfig, HostHeader, PluginMap, Problems, RouteConfig,
+    ServiceConfig, Settings, SubscriptionConfig, UpstreamConfig,
 };
 use crate::consumer::Consumers;
-use crate::plugin::{Chain, ChainLevels, PluginMap};
+use crate::plugin::{Chain, ChainLevels};
 use crate::router::{Matcher, RegexCache, Router};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Pools, Upstream};
@@ -342,7 +342,8 @@ pub fn compile(
     })
 }
 
-/// Validates `config` as [`compile`] does, building nothing that lasts.
+/// Validates `config` as [`compile`] does, building nothing that lasts
+/// (the pools it makes are its own).
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     compile(config, &Pools::default(), None).map(|_| ())
 }

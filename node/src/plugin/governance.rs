@@ -234,7 +234,7 @@ impl Plugin for Subscription {
     }
 }
 
-/// Checks the `subscriptions:` list, for [`Config::validate`].
+/// Checks the `subscriptions:` list, for [`crate::compile::validate`].
 pub(crate) fn validate_subscriptions(config: &Config, p: &mut Problems) {
     let consumers: HashSet<&str> = config.consumers.iter().map(|c| c.name.as_str()).collect();
     let routes: HashSet<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();

@@ -23,7 +23,7 @@
 //! [`REGISTRY`]; `docs/plugins.md` shows how.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Config, Problems, RouteConfig};
+use crate::config::{Config, PluginMap, Problems, RouteConfig};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
 
@@ -689,9 +689,6 @@ impl Drop for PluginBody {
 }
 
 // === building chains ===
-
-/// A `plugins:` map in config: plugin name → that plugin's config.
-pub type PluginMap = BTreeMap<String, serde_yaml_ng::Value>;
 
 /// Built plugin instances of one config level, by name.
 type Level = HashMap<String, (&'static PluginDef, Arc<dyn Plugin>)>;

@@ -885,7 +885,7 @@ fn validation_reports_every_problem_of_a_route() {
 #[test]
 fn config_validation_reaches_the_router() {
     let src = "upstreams:\n  - id: u\n    targets: [{addr: '127.0.0.1:1'}]\nroutes:\n  - {id: a, paths: [/a], upstream: u}\n  - {id: b, paths: [/b], upstream: u}\n  - {id: c, paths: [/c], upstream: u}\n  - id: d\n    paths: [/d]\n    upstream: u\n    headers: [{name: x-a, regex: '('}]\n";
-    let err = crate::config::load_str(src).expect_err("bad regex");
+    let err = crate::compile::load_str(src).expect_err("bad regex");
     assert_eq!(err.0.len(), 1, "{err}");
     assert_eq!(err.0[0].path, "routes[3].headers[0].regex");
     assert!(

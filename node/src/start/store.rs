@@ -23,8 +23,8 @@ use weir_cluster::membership::{
 use weir_cluster::raft::{Peer, RaftKv, RaftSettings};
 use weir_storage::{Batch, Op};
 
+use super::{AbortOnDrop, start_cluster, start_telemetry, wait_for_signal, write_ready_file};
 use crate::admin::{AdminCtx, ApiKey};
-use crate::cli::{AbortOnDrop, start_cluster, start_telemetry, wait_for_signal, write_ready_file};
 use crate::config::Config;
 use crate::server::Server;
 use crate::snapshot::State;
@@ -237,7 +237,7 @@ pub async fn serve(
             tracing::error!(revision, reason = %why, "serving no routes until the stored documents are fixed (see /v1/status)");
         }
     }
-    let _follow = AbortOnDrop(tokio::spawn(crate::admin::follow_store(ctx.clone(), base)));
+    let _follow = AbortOnDrop(tokio::spawn(super::follow::follow_store(ctx.clone(), base)));
 
     let _echo = match file_cfg.settings.echo_listen {
         Some(addr) => {
@@ -445,9 +445,7 @@ async fn seed(kv: &RaftKv, cfg: &Config, path: &std::path::Path) -> anyhow::Resu
             ops,
             author: "file".into(),
             message: format!("seed from {}", path.display()),
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: crate::clock::unix_ms(),
         })
         .await?;
     tracing::info!(outcome = ?w.outcome, "store seeded from the config file");

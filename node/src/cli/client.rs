@@ -1,5 +1,6 @@
 //! The admin client behind `weir apply`, `get`, `delete`, `revisions`,
-//! `rollback`, `cluster status` and `cluster store`.
+//! `rollback`, `cluster status` and `cluster store`: each calls the admin
+//! API and prints the answer (tables are drawn by `table.rs`).
 //!
 //! The admin address and key come from flags, then the environment
 //! (`WEIR_ADMIN`, `WEIR_ADMIN_KEY`), then a small YAML file
@@ -161,7 +162,7 @@ fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 }
 
 /// `weir cluster status [--json]`: gossip members and the health matrix.
-pub fn members_status(conn: &ConnArgs, json: bool) -> ExitCode {
+pub fn cluster_status(conn: &ConnArgs, json: bool) -> ExitCode {
     run(async move {
         let client = Client::new(conn)?;
         let members = client
@@ -170,7 +171,7 @@ pub fn members_status(conn: &ConnArgs, json: bool) -> ExitCode {
         let health = client
             .call(reqwest::Method::GET, "/v1/cluster/health", None)
             .await?;
-        let out = crate::cluster::render_status(members, &health, json)?;
+        let out = super::table::render_status(members, &health, json)?;
         println!("{}", out.trim_end());
         Ok(())
     })
@@ -178,7 +179,7 @@ pub fn members_status(conn: &ConnArgs, json: bool) -> ExitCode {
 
 /// `weir apply -f FILE [--dry-run]`.
 pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
-    let cfg = match crate::config::load_file(file) {
+    let cfg = match crate::compile::load_file(file) {
         Ok(c) => c,
         Err(errors) => {
             for p in &errors.0 {
@@ -294,17 +295,7 @@ pub fn get(conn: &ConnArgs, kind: &str, id: Option<&str>, output: Output) -> Exi
         match output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&values)?),
             Output::Yaml => print!("{}", serde_yaml_ng::to_string(&values)?),
-            Output::Table => {
-                println!("{:<32} {:>9} {:>9}", "ID", "REVISION", "CREATED");
-                for d in &items {
-                    println!(
-                        "{:<32} {:>9} {:>9}",
-                        d["id"].as_str().unwrap_or(""),
-                        d["revision"],
-                        d["created"]
-                    );
-                }
-            }
+            Output::Table => print!("{}", super::table::documents(&items)),
         }
         Ok(())
     })
@@ -332,42 +323,8 @@ pub fn revisions(conn: &ConnArgs, after: u64) -> ExitCode {
                 None,
             )
             .await?;
-        println!(
-            "{:>9}  {:<20}  {:<16}  CHANGES",
-            "REVISION", "WHEN", "AUTHOR"
-        );
-        for rec in r["items"].as_array().cloned().unwrap_or_default() {
-            let when = rec["at_ms"]
-                .as_u64()
-                .map(|ms| {
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                    )
-                    .to_string()
-                })
-                .unwrap_or_default();
-            let changes: Vec<String> = rec["changes"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} {}/{}",
-                        c["action"].as_str().unwrap_or(""),
-                        c["kind"].as_str().unwrap_or(""),
-                        c["id"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            println!(
-                "{:>9}  {:<20}  {:<16}  {}",
-                rec["revision"],
-                when,
-                rec["author"].as_str().unwrap_or(""),
-                changes.join(", ")
-            );
-        }
+        let records = r["items"].as_array().cloned().unwrap_or_default();
+        print!("{}", super::table::revisions(&records));
         Ok(())
     })
 }
@@ -392,7 +349,7 @@ pub fn rollback(conn: &ConnArgs, revision: u64) -> ExitCode {
 }
 
 /// `weir cluster store`.
-pub fn cluster_status(conn: &ConnArgs) -> ExitCode {
+pub fn cluster_store(conn: &ConnArgs) -> ExitCode {
     run(async move {
         let r = Client::new(conn)?
             .call(reqwest::Method::GET, "/v1/status", None)

@@ -1,0 +1,69 @@
+//! The response-cache endpoints: `GET /v1/cache` (what this node's cache
+//! holds) and `POST /v1/cache/purge` (remove entries by key or prefix).
+//! Both act on this node only; the cache itself is `cache`.
+
+use axum::body::Bytes;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use weir_storage::Problem;
+
+use super::ApiError;
+
+/// `GET /v1/cache`: what this node's response cache holds and is doing.
+pub(super) async fn cache_stats() -> Response {
+    let (entries, bytes) = crate::cache::stats();
+    let c = crate::cache::collapser();
+    axum::Json(json!({
+        "entries": entries,
+        "bytes": bytes,
+        "fetching": c.in_flight(),
+        "waiting": c.waiting(),
+    }))
+    .into_response()
+}
+
+/// `POST /v1/cache/purge` with `{"key": "..."}` or `{"prefix": "..."}`:
+/// removes entries from this node's response cache.
+pub(super) async fn cache_purge(body: Bytes) -> Result<Response, ApiError> {
+    let problem = |pointer: &str, reason: &str| {
+        ApiError::invalid(vec![Problem {
+            kind: String::new(),
+            id: String::new(),
+            pointer: pointer.to_string(),
+            reason: reason.to_string(),
+        }])
+    };
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| problem("", &format!("the body is not JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(problem(
+            "",
+            "the body must be an object with `key` or `prefix`",
+        ));
+    };
+    if let Some(other) = obj.keys().find(|k| *k != "key" && *k != "prefix") {
+        return Err(problem(
+            &format!("/{other}"),
+            "unknown field; expected `key` or `prefix`",
+        ));
+    }
+    let what = match (obj.get("key"), obj.get("prefix")) {
+        (Some(_), Some(_)) => {
+            return Err(problem(
+                "/prefix",
+                "give either `key` or `prefix`, not both",
+            ));
+        }
+        (None, None) => return Err(problem("", "needs `key` or `prefix`")),
+        (Some(k), None) => match k.as_str() {
+            Some(k) if !k.is_empty() => crate::cache::Purge::Key(k.to_string()),
+            _ => return Err(problem("/key", "must be a non-empty string")),
+        },
+        (None, Some(p)) => match p.as_str() {
+            Some(p) if !p.is_empty() => crate::cache::Purge::Prefix(p.to_string()),
+            _ => return Err(problem("/prefix", "must be a non-empty string")),
+        },
+    };
+    let purged = crate::cache::purge(&what);
+    Ok(axum::Json(json!({"purged": purged, "scope": "node"})).into_response())
+}

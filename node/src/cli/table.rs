@@ -1,0 +1,232 @@
+//! How the admin client prints what it fetched: the member and health
+//! tables of `weir cluster status`, the document list of `weir get` and the
+//! history of `weir revisions`. Each function returns the text; printing
+//! it is `client`'s job.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// `weir cluster status`: the member list and the health matrix (fetched
+/// by the admin client, which sends the admin key) printed as tables, or as
+/// JSON (the members document with the health view's `targets` under
+/// `health`).
+///
+/// # Errors
+/// If the JSON cannot be printed.
+pub(super) fn render_status(
+    mut members: serde_json::Value,
+    health: &serde_json::Value,
+    json: bool,
+) -> anyhow::Result<String> {
+    members["health"] = health["targets"].clone();
+    if json {
+        return Ok(serde_json::to_string_pretty(&members)?);
+    }
+    Ok(render_table(&members))
+}
+
+/// Left-aligned columns, two spaces apart.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The member list, gossip counters and health matrix as tables.
+fn render_table(doc: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+        serde_json::Value::Null | serde_json::Value::String(_) => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![
+        [
+            "ID", "STATE", "REGION", "ZONE", "AGE", "PROXY", "ADMIN", "GOSSIP",
+        ]
+        .map(String::from),
+    ];
+    for m in doc["members"].as_array().into_iter().flatten() {
+        let mut id = s(&m["id"]);
+        if m["is_self"] == serde_json::Value::Bool(true) {
+            id.push_str(" (self)");
+        }
+        let age = m["age_seconds"]
+            .as_u64()
+            .map(|a| humantime::format_duration(Duration::from_secs(a)).to_string())
+            .unwrap_or_else(|| "-".to_string());
+        rows.push([
+            id,
+            s(&m["state"]),
+            s(&m["region"]),
+            s(&m["zone"]),
+            age,
+            s(&m["proxy_addr"]),
+            s(&m["admin_addr"]),
+            s(&m["gossip_addr"]),
+        ]);
+    }
+    let mut out = format!(
+        "cluster {} (seen from {})\n\n",
+        s(&doc["cluster"]),
+        s(&doc["node_id"])
+    );
+    out.push_str(&columns(&rows));
+    let g = &doc["gossip"];
+    out.push_str(&format!(
+        "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
+        s(&g["sent_datagrams"]),
+        s(&g["received_datagrams"]),
+        s(&g["rejected_datagrams"]),
+        s(&g["malformed_datagrams"]),
+    ));
+    let targets = doc["health"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if !targets.is_empty() {
+        let list = |v: &serde_json::Value| {
+            let items: Vec<String> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| x.as_str().unwrap_or("?").to_string())
+                .collect();
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        let mut rows = vec![
+            [
+                "UPSTREAM", "TARGET", "REGION", "CLUSTER", "PROBERS", "DOWN FOR",
+            ]
+            .map(String::from),
+        ];
+        for t in targets {
+            rows.push([
+                s(&t["upstream"]),
+                s(&t["target"]),
+                s(&t["region"]),
+                if t["cluster_down"] == serde_json::Value::Bool(true) {
+                    "down".to_string()
+                } else {
+                    "up".to_string()
+                },
+                list(&t["probers"]),
+                list(&t["down_reports"]),
+            ]);
+        }
+        out.push_str("\nhealth checks (DOWN FOR: members reporting the target down)\n\n");
+        out.push_str(&columns(&rows));
+    }
+    out
+}
+
+/// `weir get -o table`: id, revision and creation revision of each
+/// document, one per line under a header.
+pub(super) fn documents(items: &[Value]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<32} {:>9} {:>9}", "ID", "REVISION", "CREATED");
+    for d in items {
+        let _ = writeln!(
+            out,
+            "{:<32} {:>9} {:>9}",
+            d["id"].as_str().unwrap_or(""),
+            d["revision"],
+            d["created"]
+        );
+    }
+    out
+}
+
+/// `weir revisions`: revision, time, author and changes of each history
+/// record, one per line under a header.
+pub(super) fn revisions(records: &[Value]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>9}  {:<20}  {:<16}  CHANGES",
+        "REVISION", "WHEN", "AUTHOR"
+    );
+    for rec in records {
+        let when = rec["at_ms"]
+            .as_u64()
+            .map(|ms| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let changes: Vec<String> = rec["changes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}/{}",
+                    c["action"].as_str().unwrap_or(""),
+                    c["kind"].as_str().unwrap_or(""),
+                    c["id"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>9}  {:<20}  {:<16}  {}",
+            rec["revision"],
+            when,
+            rec["author"].as_str().unwrap_or(""),
+            changes.join(", ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_members() {
+        let doc = serde_json::json!({
+            "cluster": "c", "node_id": "a",
+            "members": [
+                {"id": "a", "is_self": true, "state": "alive", "region": "eu", "zone": "",
+                 "age_seconds": 61, "proxy_addr": "127.0.0.1:1", "admin_addr": null, "gossip_addr": "127.0.0.1:2"},
+                {"id": "b", "is_self": false, "state": "dead", "region": "us", "zone": "z",
+                 "age_seconds": null, "proxy_addr": null, "admin_addr": null, "gossip_addr": "127.0.0.1:3"}
+            ],
+            "gossip": {"sent_datagrams": 5, "received_datagrams": 4, "rejected_datagrams": 1, "malformed_datagrams": 0},
+            "health": [
+                {"upstream": "u", "target": "10.0.0.1:80", "region": "eu", "cluster_down": true,
+                 "probers": ["a", "b"], "down_reports": ["a", "b"]},
+                {"upstream": "u", "target": "10.0.0.2:80", "region": "", "cluster_down": false,
+                 "probers": ["b", "a"], "down_reports": []}
+            ]
+        });
+        let t = render_table(&doc);
+        assert!(t.contains("a (self)  alive"), "{t}");
+        assert!(t.contains("1m 1s"), "{t}");
+        assert!(t.contains("b         dead "), "{t}");
+        assert!(t.contains("1 rejected"), "{t}");
+        assert!(
+            t.contains("u         10.0.0.1:80  eu      down     a,b      a,b"),
+            "{t}"
+        );
+        assert!(
+            t.contains("u         10.0.0.2:80  -       up       b,a      -"),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The declarative configuration: what `weir serve --config FILE` reads,
+//! what the admin API stores as documents, and what `weir validate -f FILE`
+//! checks.
+//!
+//! Plain data at the bottom of the node: serde types with
+//! `deny_unknown_fields` ([`parse_str`] reads YAML and reports a problem
+//! with its path and `line:column`), and the checks that need nothing but
+//! the config ([`Config::validate_local`]). Nothing here imports the rest
+//! of the node: the checks that need the router, consumers or plugins, and
+//! compiling a config into a snapshot, are `compile` and `snapshot`. The
+//! data path never sees these types.
+//!
+//! - `settings.rs`: `settings:`;
+//! - `upstream.rs` and `health_check.rs`: `upstreams:`;
+//! - `route.rs`: `services:` and `routes:`;
+//! - `consumer.rs`: `consumers:` and `subscriptions:`;
+//! - `cluster.rs`: `cluster:`;
+//! - `errors.rs`: problems and their paths.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+mod cluster;
+mod consumer;
+mod errors;
+mod health_check;
+mod route;
+mod settings;
+mod upstream;
+
+pub(crate) use cluster::is_label;
+pub use cluster::{ClusterConfig, DEFAULT_GOSSIP_PORT};
+pub use consumer::{
+    BasicCredential, ConsumerConfig, CredentialsConfig, HmacCredential, JwtCredential,
+    KeyCredential, SubscriptionConfig, SubscriptionState,
+};
+pub(crate) use errors::Problems;
+pub use errors::{ConfigErrors, ConfigProblem};
+pub use health_check::{CheckKind, HealthCheckConfig};
+pub use route::{
+    HostHeader, LifecycleConfig, LifecycleStatus, RouteConfig, ServiceConfig, ValueMatch,
+    ValueRule, VersionMatch, VersionSource,
+};
+pub use settings::{ConsumerHeaders, MAX_HEADER_COUNT, Settings};
+pub use upstream::{
+    BalancerConfig, HashOn, KeepaliveConfig, Locality, PassiveHealthConfig, RetryBudgetConfig,
+    StickyConfig, TargetConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme,
+};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of the file. Only `1` exists.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// Process-wide settings: listeners, workers, timeouts.
+    #[serde(default)]
+    pub settings: Settings,
+    /// Upstreams: groups of targets behind a balancer.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Services: an upstream plus settings shared by several routes.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Routes: what requests match and where they go.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Traces, metrics and the access log.
+    #[serde(default)]
+    pub observability: weir_observability::config::ObservabilityConfig,
+    /// Gossip membership; absent means this node runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+    /// Plugins for every route; a service's or route's own entry of the
+    /// same name replaces it (see `docs/plugins.md`).
+    #[serde(default)]
+    pub plugins: PluginMap,
+    /// Consumers: named API clients and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    /// Subscriptions of consumers to routes and services.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// A `plugins:` map in config: plugin name → that plugin's config.
+pub type PluginMap = BTreeMap<String, serde_yaml_ng::Value>;
+
+fn default_version() -> u32 {
+    1
+}
+
+impl Default for Config {
+    /// The embedded default: version 1, default settings, no routes.
+    fn default() -> Self {
+        Config {
+            version: default_version(),
+            settings: Settings::default(),
+            upstreams: Vec::new(),
+            services: Vec::new(),
+            routes: Vec::new(),
+            observability: Default::default(),
+            plugins: Default::default(),
+            consumers: Vec::new(),
+            cluster: None,
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+// === loading ===
+
+/// Parses a YAML document into a [`Config`], without checking it (that is
+/// `compile::validate`). A problem is reported with its field path, and
+/// with `line:column` where the YAML parser knows it.
+pub fn parse_str(src: &str) -> Result<Config, ConfigErrors> {
+    if src.trim().is_empty() {
+        return Ok(Config::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(src);
+    let config: Config = match serde_path_to_error::deserialize(de) {
+        Ok(c) => c,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let location = inner.location().map(|l| (l.line(), l.column()));
+            // serde_yaml_ng appends " at line X column Y"; the location is
+            // reported separately.
+            let mut reason = inner.to_string();
+            if let Some(i) = reason.find(" at line ") {
+                reason.truncate(i);
+            }
+            let path = if path == "." {
+                "(document)".to_string()
+            } else {
+                path
+            };
+            // The YAML parser may start its message with (part of) the
+            // path; say the path once.
+            if let Some((head, rest)) = reason.split_once(": ")
+                && path.starts_with(head)
+            {
+                reason = rest.to_string();
+            }
+            return Err(ConfigErrors(vec![ConfigProblem {
+                path,
+                location,
+                reason,
+            }]));
+        }
+    };
+    Ok(config)
+}
+
+/// Reads and parses a config file, without checking it.
+pub fn parse_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(path.display().to_string(), format!("cannot read file: {e}"))
+    })?;
+    parse_str(&src)
+}
+
+// === validation ===
+
+impl Config {
+    /// The checks of this document alone, before anything is compiled:
+    /// version, settings, cluster and observability sections, and the
+    /// upstreams and services (ids, references, values). Routes, consumers
+    /// and plugins are checked as they are compiled
+    /// (`snapshot::compile`, which runs these too). Returns every problem,
+    /// not just the first.
+    pub fn validate_local(&self) -> Result<(), ConfigErrors> {
+        let mut p = Problems::default();
+        self.check(&mut p);
+        p.into_result()
+    }
+
+    /// Runs the checks of [`Config::validate_local`] into `p`. Returns,
+    /// for each upstream, whether it passed (only those are built).
+    pub(crate) fn check(&self, p: &mut Problems) -> Vec<bool> {
+        if self.version != 1 {
+            p.push(
+                "version",
+                format!(
+                    "unsupported config version {}; this weir reads version 1",
+                    self.version
+                ),
+            );
+        }
+        self.settings.validate(p);
+        for (path, reason) in self.cluster.iter().flat_map(|c| c.validate()) {
+            p.push(format!("cluster.{path}"), reason);
+        }
+        for (path, reason) in self.observability.validate() {
+            p.push(format!("observability.{path}"), reason);
+        }
+
+        let mut upstream_ids = HashSet::new();
+        let mut upstream_ok = Vec::with_capacity(self.upstreams.len());
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let before = p.0.len();
+            let at = format!("upstreams[{i}]");
+            check_id(p, &at, &u.id);
+            if !upstream_ids.insert(u.id.as_str()) {
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate upstream id `{}`", u.id),
+                );
+            }
+            u.validate(&at, p);
+            upstream_ok.push(p.0.len() == before);
+        }
+        let mut service_ids = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            check_id(p, &at, &s.id);
+            if !service_ids.insert(s.id.as_str()) {
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate service id `{}`", s.id),
+                );
+            }
+            if !upstream_ids.contains(s.upstream.as_str()) {
+                p.push(
+                    format!("{at}.upstream"),
+                    format!("no upstream with id `{}`", s.upstream),
+                );
+            }
+            if let Some(h) = &s.host_header {
+                check_host_header(p, &format!("{at}.host_header"), h);
+            }
+        }
+        upstream_ok
+    }
+}
+
+pub(crate) fn check_id(p: &mut Problems, at: &str, id: &str) {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        p.push(
+            format!("{at}.id"),
+            format!("`{id}` is not a valid id: use 1 to 128 of letters, digits, `-`, `_`, `.`"),
+        );
+    }
+}
+
+pub(crate) fn check_host_header(p: &mut Problems, at: &str, h: &HostHeader) {
+    if let HostHeader::Rewrite(v) = h
+        && http::HeaderValue::from_str(v).is_err()
+    {
+        p.push(at, format!("`{v}` is not a valid Host header value"));
+    }
+}
