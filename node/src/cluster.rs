@@ -12,9 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use weir_cluster::gossip::GossipStatsSnapshot;
 use weir_cluster::membership::{
     GossipTiming, Member, MemberState, Membership, MembershipConfig, NodeInfo,
@@ -277,10 +275,7 @@ impl Cluster {
 
     /// The body of `GET /v1/cluster/members`.
     pub async fn members_json(&self) -> serde_json::Value {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let unix_ms = crate::clock::unix_ms();
         let members: Vec<serde_json::Value> = self
             .membership
             .members()
@@ -300,7 +295,7 @@ impl Cluster {
                     "mesh_addr": m.mesh_addr,
                     "version": m.version,
                     "started_at_ms": m.started_at_ms,
-                    "age_seconds": m.started_at_ms.map(|s| now_ms.saturating_sub(s) / 1000),
+                    "age_seconds": m.started_at_ms.map(|s| unix_ms.saturating_sub(s) / 1000),
                 })
             })
             .collect();

@@ -1,17 +1,22 @@
 //! weir's gateway node: the data plane (listeners, routing, balancing,
 //! upstream pools, retries, forwarding headers, JSON errors), the declarative
-//! config and its hot reload, and the `weir` command line.
+//! config and its hot reload, the admin API, and the `weir` command line.
 //!
 //! It does not own cluster state (that is `weir-cluster`) nor log export
-//! (`weir-observability`). Config enters through [`config`], is compiled once
-//! into an immutable [`snapshot::Snapshot`], and the data path only ever
-//! reads snapshots.
+//! (`weir-observability`). Config enters as plain data ([`config`]), is
+//! checked as a whole ([`compile`]) and built into an immutable
+//! [`snapshot::Snapshot`]; the data path ([`proxy`], [`server`]) only ever
+//! reads snapshots. [`admin`] serves the admin API, one file per concern;
+//! [`start`] starts a node in file mode or store mode and follows the
+//! store; [`cli`] parses the command line and holds the admin client.
+//! `docs/layout.md` lists where everything lives.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod balance;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod cluster_metrics;
 pub mod compile;

@@ -23,12 +23,13 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::balance::PickCtx;
+use crate::clock::{mono_ms, mono_ms_at};
 use crate::error::GatewayError;
 use crate::headers;
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
 use crate::telemetry::RequestLog;
-use crate::upstream::{PooledConn, SendError, Upstream, ms_at, now_ms};
+use crate::upstream::{PooledConn, SendError, Upstream};
 use weir_observability::metrics::{AttemptMetrics, AttemptOutcome, RetryReason};
 
 /// Errors carried by bodies.
@@ -642,7 +643,7 @@ impl Attempts<'_> {
             } else {
                 Instant::now()
             };
-            let now = ms_at(started.into_std());
+            let now = mono_ms_at(started.into_std());
             let eligible = |i: usize| !tried.contains(i) && up.eligible(i, now);
             let (idx, cookie_matched) = match sticky_pref.filter(|&i| attempt == 0 && eligible(i)) {
                 Some(i) => (i, true),
@@ -847,7 +848,7 @@ impl Attempts<'_> {
             let due_ms = base + limit.as_millis() as u64;
             let (now_at, now) = clock.take().unwrap_or_else(|| {
                 let at = Instant::now();
-                (at, ms_at(at.into_std()))
+                (at, mono_ms_at(at.into_std()))
             });
             let wake = (now_at + Duration::from_millis(due_ms.saturating_sub(now))).min(deadline);
             match tokio::time::timeout_at(wake, &mut fut).await {
@@ -867,7 +868,7 @@ impl Attempts<'_> {
                         )));
                     }
                     let (done2, progress2) = self.body.progress(attempt_start);
-                    let now = now_ms();
+                    let now = mono_ms();
                     if done2 == done && progress2 == progress && now >= due_ms {
                         if !done && self.body.stalled_on_client() {
                             return Err(Failure::ClientStalled);
@@ -1127,7 +1128,7 @@ impl Body for ReqBody {
                         return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge))));
                     }
                 }
-                slot.progress_ms.store(now_ms(), Ordering::Relaxed);
+                slot.progress_ms.store(mono_ms(), Ordering::Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
@@ -1135,7 +1136,7 @@ impl Body for ReqBody {
                 Poll::Ready(Some(Err(Box::new(BodyError::Client(e)))))
             }
             None => {
-                slot.progress_ms.store(now_ms(), Ordering::Relaxed);
+                slot.progress_ms.store(mono_ms(), Ordering::Relaxed);
                 slot.done.store(true, Ordering::Release);
                 Poll::Ready(None)
             }

@@ -160,7 +160,7 @@ impl Telemetry {
         if dropped > seen {
             m.inc_spans_dropped(dropped - seen);
         }
-        let now = crate::upstream::now_ms();
+        let now = crate::clock::mono_ms();
         let mut published = self
             .health_series
             .lock()

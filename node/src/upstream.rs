@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response};
@@ -24,21 +24,9 @@ use tokio::net::TcpStream;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balance::Balancer;
+use crate::clock::mono_ms;
 use crate::config::{ConfigErrors, StickyConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme};
 use crate::proxy::ReqBody;
-
-/// Milliseconds since the process started; a cheap monotonic clock that
-/// fits an atomic.
-pub fn now_ms() -> u64 {
-    ms_at(Instant::now())
-}
-
-/// [`now_ms`] for an instant already read, sparing a clock read.
-pub fn ms_at(t: Instant) -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    t.saturating_duration_since(*START.get_or_init(Instant::now))
-        .as_millis() as u64
-}
 
 // === impl TargetHealth ===
 
@@ -238,7 +226,7 @@ impl Upstream {
     pub fn record_failure(&self, i: usize, reason: &str) {
         let t = &self.targets[i];
         if t.health
-            .record_failure(self.max_fails, self.fail_timeout, now_ms())
+            .record_failure(self.max_fails, self.fail_timeout, mono_ms())
         {
             tracing::warn!(
                 upstream = %self.id,

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_storage::{Batch, Op, Problem};
 
-use super::documents::{WriteQuery, now_ms, store, write, write_response};
+use super::documents::{WriteQuery, store, write, write_response};
 use super::keys::caller;
 use super::{AdminCtx, ApiError, ApiResult, outcome_error};
+use crate::clock::unix_ms;
 use crate::docs;
 
 /// `POST /v1/apply`: make the kinds listed in `documents` match exactly.
@@ -153,7 +154,7 @@ pub(super) async fn apply(
         } else {
             req.message
         },
-        at_ms: now_ms(),
+        at_ms: unix_ms(),
     };
     // The whole result is checked even for a dry run.
     let preview = kv

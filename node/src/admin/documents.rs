@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -22,6 +22,7 @@ use weir_storage::{Batch, Document, Op, Problem, WriteOutcome};
 use super::keys::caller;
 use super::subscriptions::check_new_subscription;
 use super::{AdminCtx, ApiError, ApiResult, outcome_error};
+use crate::clock::unix_ms;
 use crate::docs;
 
 pub(super) fn store(ctx: &AdminCtx) -> Result<&RaftKv, ApiError> {
@@ -44,12 +45,6 @@ fn check_kind(kind: &str) -> Result<(), ApiError> {
             format!("no kind `{kind}`; kinds: {}", docs::KINDS.join(", ")),
         ))
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn parse_body(kind: &str, id: Option<&str>, body: &Bytes) -> Result<(String, Value), ApiError> {
@@ -211,7 +206,7 @@ pub(super) async fn put_one(
         }],
         author: caller(&ext),
         message: format!("put {kind}/{id}"),
-        at_ms: now_ms(),
+        at_ms: unix_ms(),
     };
     let (outcome, extra) = write(&ctx, batch, &q).await?;
     let doc = store(&ctx)?.view().get(&kind, &id);
@@ -239,7 +234,7 @@ pub(super) async fn create(
         }],
         author: caller(&ext),
         message: format!("create {kind}/{id}"),
-        at_ms: now_ms(),
+        at_ms: unix_ms(),
     };
     let (outcome, extra) = write(&ctx, batch, &q).await?;
     let doc = store(&ctx)?.view().get(&kind, &id);
@@ -271,7 +266,7 @@ pub(super) async fn delete_one(
         }],
         author: caller(&ext),
         message: format!("delete {kind}/{id}"),
-        at_ms: now_ms(),
+        at_ms: unix_ms(),
     };
     let (outcome, extra) = write(&ctx, batch, &q).await?;
     Ok(write_response(StatusCode::OK, &outcome, extra, None))
@@ -430,7 +425,7 @@ pub(super) async fn rollback(
         ops: vec![Op::RollbackTo { revision }],
         author: caller(&ext),
         message: format!("rollback to {revision}"),
-        at_ms: now_ms(),
+        at_ms: unix_ms(),
     };
     let (outcome, extra) = write(&ctx, batch, &q).await?;
     Ok(write_response(StatusCode::OK, &outcome, extra, None))

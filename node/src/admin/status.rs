@@ -25,7 +25,7 @@ pub(super) async fn status(State(ctx): State<Arc<AdminCtx>>) -> Response {
             "upstreams": snap.upstreams.len(),
         },
         "upstreams": snap.upstreams.values().map(|u| {
-            let now = crate::upstream::now_ms();
+            let now = crate::clock::mono_ms();
             json!({
                 "id": u.id,
                 "targets": u.targets.iter().enumerate().map(|(i, t)| json!({

@@ -12,9 +12,10 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use weir_storage::{Batch, Op, Problem, WriteOutcome};
 
-use super::documents::{WriteQuery, now_ms, store, write, write_response};
+use super::documents::{WriteQuery, store, write, write_response};
 use super::keys::caller;
 use super::{AdminCtx, ApiError, ApiResult};
+use crate::clock::unix_ms;
 use crate::config::SubscriptionState;
 use crate::docs;
 
@@ -138,7 +139,7 @@ pub(super) async fn transition(
         }],
         author: caller(&ext),
         message: format!("{} subscriptions/{id}", decision.name()),
-        at_ms: now_ms(),
+        at_ms: unix_ms(),
     };
     let (outcome, extra) = write(&ctx, batch, &q).await?;
     let doc = kv.view().get("subscriptions", &id);

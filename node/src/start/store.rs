@@ -446,9 +446,7 @@ async fn seed(kv: &RaftKv, cfg: &Config, path: &std::path::Path) -> anyhow::Resu
             ops,
             author: "file".into(),
             message: format!("seed from {}", path.display()),
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: crate::clock::unix_ms(),
         })
         .await?;
     tracing::info!(outcome = ?w.outcome, "store seeded from the config file");
