@@ -10,12 +10,15 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod cluster_metrics;
 pub mod config;
+pub mod conn;
 pub mod consumer;
 pub mod docs;
 pub mod echo;

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response};
@@ -24,21 +24,11 @@ use tokio::net::TcpStream;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balance::Balancer;
+use crate::body::ReqBody;
 use crate::config::{ConfigErrors, StickyConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme};
-use crate::proxy::ReqBody;
 
-/// Milliseconds since the process started; a cheap monotonic clock that
-/// fits an atomic.
-pub fn now_ms() -> u64 {
-    ms_at(Instant::now())
-}
-
-/// [`now_ms`] for an instant already read, sparing a clock read.
-pub fn ms_at(t: Instant) -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    t.saturating_duration_since(*START.get_or_init(Instant::now))
-        .as_millis() as u64
-}
+// The clock used to live here; callers still find it at this path.
+pub use crate::clock::{ms_at, now_ms};
 
 // === impl TargetHealth ===
 
