@@ -103,19 +103,19 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_stalled_body_fails_after_the_limit() {
-        let limit = Duration::from_secs(5);
+        let limit = Duration::from_millis(50);
         let mut b = ReadTimeout::new(Stalls(Some(Bytes::from_static(b"x"))), limit);
         let first = b.frame().await.unwrap().unwrap();
         assert_eq!(&first.into_data().unwrap()[..], b"x");
         let started = Instant::now();
         let err = b.frame().await.unwrap().unwrap_err();
         assert!(err.is::<ReadTimeoutError>(), "{err}");
-        assert_eq!(started.elapsed(), limit);
+        assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_body_that_keeps_coming_is_not_cut() {
         let b = ReadTimeout::new(
             crate::body::Full::new(Bytes::from_static(b"abc")),
