@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::proxy::ProxyBody;
+use crate::body::{ClientBodyError, Full};
 
 /// Where a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl GatewayError {
 
     /// The JSON error response. A refused body may still be on the wire,
     /// so those responses also close the connection.
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<Full> {
         let close = matches!(
             self,
             GatewayError::PayloadTooLarge { .. } | GatewayError::RequestTimeout
@@ -146,13 +146,25 @@ impl GatewayError {
     }
 }
 
+impl From<ClientBodyError> for GatewayError {
+    fn from(e: ClientBodyError) -> Self {
+        match e {
+            ClientBodyError::TooLarge { limit } => GatewayError::PayloadTooLarge { limit },
+            ClientBodyError::Timeout => GatewayError::RequestTimeout,
+            ClientBodyError::Unreadable => {
+                GatewayError::BadRequest("the request body could not be read".into())
+            }
+        }
+    }
+}
+
 /// Builds the JSON error response for any status and code.
 pub fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
     request_id: &HeaderValue,
-) -> Response<ProxyBody> {
+) -> Response<Full> {
     let body = serde_json::json!({
         "error": {
             "status": status.as_u16(),
@@ -162,7 +174,7 @@ pub fn error_response(
         }
     });
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut resp = Response::new(ProxyBody::full(bytes));
+    let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -172,4 +184,16 @@ pub fn error_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
     resp
+}
+
+/// An error with its sources, `outer: inner: …`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

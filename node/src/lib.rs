@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod cluster_metrics;
 pub mod compile;
 pub mod config;
+pub mod conn;
 pub mod consumer;
 pub mod docs;
 pub mod echo;

@@ -3,59 +3,92 @@
 //! `handle` validates the request, finds its route, then runs the attempt
 //! loop: pick a target (healthy, not yet tried), send, and on a failure that
 //! is safe to retry move to another target while attempts and the retry
-//! budget last. Bodies stream in both directions through small wrappers
-//! ([`ReqBody`], [`ProxyBody`]) that enforce size limits and idle timeouts
-//! without buffering.
+//! budget last. Bodies stream in both directions without buffering; this
+//! module decides which body layers (from [`crate::body`], the plugin
+//! chain's and the request log's) each response gets, and in which order
+//! ([`ResponseBody`]).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
+use http_body_util::Either;
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::balance::PickCtx;
-use crate::clock::{mono_ms, mono_ms_at};
-use crate::error::GatewayError;
+use crate::body::{
+    BodyGuard, BodySlot, BodySource, ClientBody, Full, Guarded, ReadTimeout, ReqBody,
+};
+use crate::conn::ConnInfo;
+use crate::error::{GatewayError, error_chain};
 use crate::headers;
+use crate::plugin::PluginBody;
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
-use crate::telemetry::RequestLog;
+use crate::telemetry::{LoggedBody, RequestLog};
+use crate::clock::{mono_ms, mono_ms_at};
 use crate::upstream::{PooledConn, SendError, Upstream};
 use weir_observability::metrics::{AttemptMetrics, AttemptOutcome, RetryReason};
 
-/// Errors carried by bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+// === the bodies a response gets ===
 
-/// What the gateway knows about the client connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The peer address.
-    pub client: SocketAddr,
-    /// The peer's IP as forwarding headers write it, formatted once per
-    /// connection rather than per request.
-    pub client_ip: headers::ClientIp,
-    /// `http` or `https`, for forwarding headers.
-    pub proto: &'static str,
+/// The upstream's body as it is relayed: the exchange's guard innermost
+/// (the connection back to its pool at the end, the target out of the
+/// in-flight count when dropped, a failure recorded), the read idle
+/// timeout around it.
+pub type Relayed = ReadTimeout<Guarded<Incoming, Exchange>>;
+
+/// What a route's upstream side answers with: the upstream's body, or one
+/// the gateway made (an upgrade's empty body, an error).
+pub type Answered = Either<Relayed, Full>;
+
+/// An answer passing through a route's plugin chain (whose plugins may
+/// replace the body by one of their own).
+pub type Plugged = PluginBody<Either<Answered, Full>>;
+
+/// The body of every response the gateway sends to clients. The plain
+/// proxied path is the first, unboxed, so it pays for its own layers only;
+/// a body the gateway made is sent as it is, the request's log already
+/// closed; a plugin chain's body is boxed, keeping this type as small as
+/// the plain path's. The request's log wraps the first and the last
+/// outermost, so it counts the bytes the client is sent.
+pub type ResponseBody = Either<LoggedBody<Relayed>, Either<Full, Box<LoggedBody<Plugged>>>>;
+
+/// A body the gateway made, as a response body.
+fn made(b: Full) -> ResponseBody {
+    Either::Right(Either::Left(b))
 }
 
-impl ConnInfo {
-    /// The connection from `client` over `proto`.
-    pub fn new(client: SocketAddr, proto: &'static str) -> Self {
-        ConnInfo {
-            client,
-            client_ip: headers::ClientIp::new(client.ip()),
-            proto,
-        }
+/// What a relayed body keeps alive and reports to, for as long as the
+/// client is being sent it.
+pub struct Exchange {
+    /// Keeps the target counted as in flight until the body is dropped.
+    chosen: Chosen,
+    /// The HTTP/1.1 connection the body arrives on, back to its pool
+    /// once the body has been read to its end.
+    conn: PooledConn,
+}
+
+impl BodyGuard for Exchange {
+    fn on_end(&mut self) {
+        self.conn.release();
     }
+
+    fn on_error(&mut self) {
+        self.chosen.up.record_failure(self.chosen.idx, "body");
+    }
+}
+
+/// The upstream's body `inner`, answered by `chosen` on `conn`, as it is
+/// relayed.
+fn relayed(inner: Incoming, chosen: Chosen, conn: PooledConn) -> Relayed {
+    let read_timeout = chosen.up.timeouts.read;
+    ReadTimeout::new(Guarded::new(inner, Exchange { chosen, conn }), read_timeout)
 }
 
 /// Serves one request. Never fails: every problem becomes a JSON error.
@@ -63,7 +96,7 @@ pub async fn handle(
     state: Arc<State>,
     conn: ConnInfo,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let snap = state.load();
     let rid = headers::request_id(req.headers());
     let mut log = state.telemetry().begin(&req, &conn);
@@ -76,7 +109,7 @@ pub async fn handle(
             if let Some(l) = log.as_deref_mut() {
                 l.set_error_type(e.code());
             }
-            e.into_response(&rid)
+            e.into_response(&rid).map(made)
         }
     };
     let h = resp.headers_mut();
@@ -90,10 +123,10 @@ pub async fn handle(
         l.set_status(resp.status(), &rid);
         match resp.body_mut() {
             // The log is closed when the streamed body ends or is dropped.
-            ProxyBody::Upstream { log, .. } => *log = Some(l),
-            ProxyBody::Plugin(p) => p.attach_log(l),
-            ProxyBody::Full(b) => l.add_bytes_out(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Empty => {}
+            Either::Left(relayed) => relayed.attach(l),
+            Either::Right(Either::Right(plugged)) => plugged.attach(l),
+            // A made body is sent whole; the log closes now.
+            Either::Right(Either::Left(b)) => l.add_bytes_out(b.len()),
         }
     }
     Ok(resp)
@@ -142,7 +175,7 @@ async fn proxy(
     req: Request<Incoming>,
     rid: &HeaderValue,
     mut log: Option<&mut RequestLog>,
-) -> Result<Response<ProxyBody>, GatewayError> {
+) -> Result<Response<ResponseBody>, GatewayError> {
     let settings = &snap.settings;
     let size = head_size(&req);
     if size > settings.max_header_bytes {
@@ -231,7 +264,11 @@ async fn proxy(
     };
     let Some(chain) = &route.plugins else {
         let req = req.map(ClientBody::Streamed);
-        return forward(snap, conn, req, rid, route, front, None, log).await;
+        let resp = forward(snap, conn, req, rid, route, front, None, log).await?;
+        return Ok(resp.map(|b| match b {
+            Either::Left(relayed) => Either::Left(LoggedBody::new(relayed)),
+            Either::Right(made_here) => made(made_here),
+        }));
     };
 
     // The plugin phases: access may answer on its own; whatever answer the
@@ -265,7 +302,7 @@ async fn proxy(
                 let consumer = ctx.consumer.clone();
                 background(snap.clone(), *conn, req, rid.clone(), front, consumer, bg.0);
             }
-            crate::plugin::Chain::early_response(early, rid)
+            crate::plugin::Chain::early_response(early, rid).map(Either::Right)
         }
         Ok(()) => {
             // A plugin may lower the body limit for this request; the
@@ -294,12 +331,13 @@ async fn proxy(
                     if let Some(l) = log {
                         l.set_error_type(e.code());
                     }
-                    e.into_response(rid)
+                    e.into_response(rid).map(Either::Right)
                 }
             }
         }
     };
-    Ok(chain.respond(resp, ctx))
+    let resp = chain.respond(resp, ctx);
+    Ok(resp.map(|b| Either::Right(Either::Right(Box::new(LoggedBody::new(b))))))
 }
 
 /// Sends a request a plugin answered early upstream anyway, in the
@@ -355,7 +393,7 @@ fn background(
         );
         let resp = match sent.await {
             Ok(r) => r,
-            Err(e) => e.into_response(&rid),
+            Err(e) => e.into_response(&rid).map(Either::Right),
         };
         let mut body = chain.respond(resp, ctx).into_body();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -393,7 +431,7 @@ async fn forward(
     front: Front,
     mut plugins: Option<(&Arc<crate::plugin::Chain>, &mut crate::plugin::RequestCtx)>,
     mut log: Option<&mut RequestLog>,
-) -> Result<Response<ProxyBody>, GatewayError> {
+) -> Result<Response<Answered>, GatewayError> {
     let Front {
         host_value,
         declared_len,
@@ -513,7 +551,7 @@ async fn forward(
             }
         });
         let (parts, _body) = resp.into_parts();
-        return Ok(Response::from_parts(parts, ProxyBody::Empty));
+        return Ok(Response::from_parts(parts, Either::Right(Full::empty())));
     }
 
     let (mut parts, body) = resp.into_parts();
@@ -529,7 +567,7 @@ async fn forward(
     }
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(body, target, conn),
+        Either::Left(relayed(body, target, conn)),
     ))
 }
 
@@ -728,7 +766,7 @@ impl Attempts<'_> {
             if outcome.is_err()
                 && let Some(e) = self.body.client_fault()
             {
-                return Err(e);
+                return Err(e.into());
             }
             if let Err(Failure::ClientStalled) = outcome {
                 return Err(GatewayError::RequestTimeout);
@@ -950,427 +988,6 @@ impl Failure {
         }
     }
 }
-
-/// An error with its sources, `outer: inner: …`.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-// === request bodies ===
-
-/// The client's request body, kept where a failed attempt can hand it back:
-/// until an attempt starts reading it, it stays in the slot, so a retry
-/// after a connect failure can still send it.
-pub struct BodySlot {
-    body: std::sync::Mutex<Option<ClientBody>>,
-    started: AtomicBool,
-    done: AtomicBool,
-    progress_ms: AtomicU64,
-    limit: u64,
-    too_large: AtomicBool,
-    client_error: AtomicBool,
-    /// True while the last read of the client's body is pending: a stall
-    /// then is the client's, not the upstream's.
-    waiting_on_client: AtomicBool,
-    /// Body bytes read from the client.
-    received: AtomicU64,
-}
-
-impl BodySlot {
-    fn new(body: ClientBody, limit: u64) -> Self {
-        BodySlot {
-            body: std::sync::Mutex::new(Some(body)),
-            started: AtomicBool::new(false),
-            done: AtomicBool::new(false),
-            progress_ms: AtomicU64::new(0),
-            limit,
-            too_large: AtomicBool::new(false),
-            client_error: AtomicBool::new(false),
-            waiting_on_client: AtomicBool::new(false),
-            received: AtomicU64::new(0),
-        }
-    }
-
-    /// Body bytes read from the client so far.
-    pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-enum BodySource {
-    Empty,
-    Stream(Arc<BodySlot>),
-}
-
-impl BodySource {
-    /// A body for the next attempt, or None when it was already consumed.
-    fn take(&self) -> Option<ReqBody> {
-        match self {
-            BodySource::Empty => Some(ReqBody::Empty),
-            BodySource::Stream(slot) => {
-                if slot.started.load(Ordering::Acquire) {
-                    return None;
-                }
-                Some(ReqBody::Stream {
-                    slot: slot.clone(),
-                    body: None,
-                    seen: 0,
-                })
-            }
-        }
-    }
-
-    fn replayable(&self) -> bool {
-        match self {
-            BodySource::Empty => true,
-            BodySource::Stream(slot) => !slot.started.load(Ordering::Acquire),
-        }
-    }
-
-    /// (body fully sent, ms of last progress).
-    fn progress(&self, attempt_start: u64) -> (bool, u64) {
-        match self {
-            BodySource::Empty => (true, attempt_start),
-            BodySource::Stream(slot) => {
-                let p = slot.progress_ms.load(Ordering::Relaxed).max(attempt_start);
-                (slot.done.load(Ordering::Acquire), p)
-            }
-        }
-    }
-
-    /// Whether the body is stalled on the client rather than the upstream.
-    fn stalled_on_client(&self) -> bool {
-        match self {
-            BodySource::Empty => false,
-            BodySource::Stream(slot) => {
-                !slot.done.load(Ordering::Acquire) && slot.waiting_on_client.load(Ordering::Relaxed)
-            }
-        }
-    }
-
-    fn client_fault(&self) -> Option<GatewayError> {
-        match self {
-            BodySource::Empty => None,
-            BodySource::Stream(slot) => {
-                if slot.too_large.load(Ordering::Acquire) {
-                    Some(GatewayError::PayloadTooLarge { limit: slot.limit })
-                } else if slot.client_error.load(Ordering::Acquire) {
-                    Some(GatewayError::BadRequest(
-                        "the request body could not be read".into(),
-                    ))
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
-/// Body sent to the upstream.
-pub enum ReqBody {
-    /// No body.
-    Empty,
-    /// The client's body, streamed.
-    Stream {
-        /// Where the body waits until an attempt reads it.
-        slot: Arc<BodySlot>,
-        /// The body, once this attempt took it.
-        body: Option<ClientBody>,
-        /// Bytes forwarded so far.
-        seen: u64,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("request body exceeds the limit")]
-    TooLarge,
-    #[error("reading the client's request body failed: {0}")]
-    Client(hyper::Error),
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let ReqBody::Stream { slot, body, seen } = this else {
-            return Poll::Ready(None);
-        };
-        if body.is_none() {
-            slot.started.store(true, Ordering::Release);
-            *body = slot.body.lock().unwrap_or_else(|e| e.into_inner()).take();
-        }
-        let Some(inner) = body.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(inner).poll_frame(cx);
-        slot.waiting_on_client
-            .store(polled.is_pending(), Ordering::Relaxed);
-        match ready!(polled) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    *seen += data.len() as u64;
-                    slot.received.store(*seen, Ordering::Relaxed);
-                    if slot.limit > 0 && *seen > slot.limit {
-                        slot.too_large.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge))));
-                    }
-                }
-                slot.progress_ms.store(mono_ms(), Ordering::Relaxed);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(e)) => {
-                slot.client_error.store(true, Ordering::Release);
-                Poll::Ready(Some(Err(Box::new(BodyError::Client(e)))))
-            }
-            None => {
-                slot.progress_ms.store(mono_ms(), Ordering::Relaxed);
-                slot.done.store(true, Ordering::Release);
-                Poll::Ready(None)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Empty => true,
-            ReqBody::Stream { body: Some(b), .. } => b.is_end_stream(),
-            ReqBody::Stream { .. } => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Empty => SizeHint::with_exact(0),
-            ReqBody::Stream { body: Some(b), .. } => b.size_hint(),
-            ReqBody::Stream { slot, .. } => {
-                match slot.body.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    Some(b) => b.size_hint(),
-                    None => SizeHint::default(),
-                }
-            }
-        }
-    }
-}
-
-/// The client's request body: still streaming from the client, or read
-/// whole by a plugin of the access phase (e.g. to check its digest).
-pub enum ClientBody {
-    /// Not read yet; it streams upstream as it arrives.
-    Streamed(Incoming),
-    /// Read whole; sent upstream as one chunk (taken when sent).
-    Read(Option<Bytes>),
-}
-
-impl ClientBody {
-    /// Reads the whole body, refusing more than `limit` bytes (0: no
-    /// limit) or a client slower than `timeout`, and keeps it so it is
-    /// still sent upstream. Reading again returns the same bytes.
-    pub async fn read_all(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, GatewayError> {
-        use http_body_util::BodyExt;
-        let incoming = match self {
-            ClientBody::Read(b) => return Ok(b.clone().unwrap_or_default()),
-            ClientBody::Streamed(i) => i,
-        };
-        if limit > 0 && incoming.size_hint().lower() > limit {
-            return Err(GatewayError::PayloadTooLarge { limit });
-        }
-        let read = async {
-            let mut buf = bytes::BytesMut::new();
-            while let Some(frame) = incoming.frame().await {
-                let frame = frame.map_err(|_| {
-                    GatewayError::BadRequest("the request body could not be read".into())
-                })?;
-                if let Ok(data) = frame.into_data() {
-                    if limit > 0 && (buf.len() + data.len()) as u64 > limit {
-                        return Err(GatewayError::PayloadTooLarge { limit });
-                    }
-                    buf.extend_from_slice(&data);
-                }
-            }
-            Ok(buf.freeze())
-        };
-        let bytes = tokio::time::timeout(timeout, read)
-            .await
-            .map_err(|_| GatewayError::RequestTimeout)??;
-        *self = ClientBody::Read(Some(bytes.clone()));
-        Ok(bytes)
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ClientBody::Streamed(i) => Pin::new(i).poll_frame(cx),
-            ClientBody::Read(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Streamed(i) => i.is_end_stream(),
-            ClientBody::Read(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Streamed(i) => i.size_hint(),
-            ClientBody::Read(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-// === response bodies ===
-
-/// Body of every response the gateway sends to clients.
-pub enum ProxyBody {
-    /// No body.
-    Empty,
-    /// A body made by the gateway.
-    Full(Option<Bytes>),
-    /// The upstream's body, streamed with a read idle timeout.
-    Upstream {
-        /// The upstream body.
-        inner: Incoming,
-        /// Longest pause between two chunks.
-        read_timeout: Duration,
-        /// Armed only when the body is waiting for data.
-        sleep: Option<Pin<Box<Sleep>>>,
-        /// Keeps the target counted as in flight until the body ends.
-        chosen: Chosen,
-        /// The HTTP/1.1 connection the body arrives on, back to its pool
-        /// once the body has been read to its end.
-        conn: PooledConn,
-        /// The request's log, closed when this body is dropped.
-        log: Option<Box<RequestLog>>,
-    },
-    /// A body passing through a route's plugin chain.
-    Plugin(Box<crate::plugin::PluginBody>),
-}
-
-impl ProxyBody {
-    /// A body made of one chunk.
-    pub fn full(b: Bytes) -> Self {
-        ProxyBody::Full(Some(b))
-    }
-
-    fn upstream(inner: Incoming, chosen: Chosen, mut conn: PooledConn) -> Self {
-        let read_timeout = chosen.up.timeouts.read;
-        // A body known to be empty (HEAD, 204, 304, `Content-Length: 0`) is
-        // never polled: the exchange is already complete.
-        if inner.is_end_stream() {
-            conn.release();
-        }
-        ProxyBody::Upstream {
-            inner,
-            read_timeout,
-            sleep: None,
-            chosen,
-            conn,
-            log: None,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("upstream body stalled for longer than the read timeout {0:?}")]
-struct ReadTimeout(Duration);
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Empty => Poll::Ready(None),
-            ProxyBody::Plugin(p) => p.poll_frame(cx),
-            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream {
-                inner,
-                read_timeout,
-                sleep,
-                chosen,
-                conn,
-                log,
-            } => match Pin::new(&mut *inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => {
-                    if let (Some(l), Some(d)) = (log.as_deref_mut(), f.data_ref()) {
-                        l.add_bytes_out(d.len() as u64);
-                    }
-                    if let Some(s) = sleep.as_mut() {
-                        s.as_mut().reset(Instant::now() + *read_timeout);
-                    }
-                    // With a known length, hyper stops polling after the
-                    // last chunk rather than waiting for the end.
-                    if inner.is_end_stream() {
-                        conn.release();
-                    }
-                    Poll::Ready(Some(Ok(f)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    chosen.up.record_failure(chosen.idx, "body");
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
-                Poll::Ready(None) => {
-                    conn.release();
-                    Poll::Ready(None)
-                }
-                Poll::Pending => {
-                    let s =
-                        sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*read_timeout)));
-                    match s.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            Poll::Ready(Some(Err(Box::new(ReadTimeout(*read_timeout)))))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Empty => true,
-            ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
-            ProxyBody::Plugin(p) => p.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Empty => SizeHint::with_exact(0),
-            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
-            ProxyBody::Plugin(p) => p.size_hint(),
-        }
-    }
-}
-
-use std::future::Future;
 
 #[cfg(test)]
 mod tests {

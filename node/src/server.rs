@@ -19,7 +19,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::proxy::{self, ConnInfo};
+use crate::conn::ConnInfo;
+use crate::proxy;
 use crate::snapshot::State;
 
 /// Addresses the server actually bound (useful with port 0).

@@ -8,6 +8,8 @@
 //! it is closed exactly once — when the response body has been sent or
 //! dropped — which records the request metrics, ends the span and queues the
 //! access-log line. When every sink is off no `RequestLog` exists at all.
+//! [`LoggedBody`] is the response-body layer that counts the bytes sent
+//! and closes the log with the body.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +24,12 @@ use weir_observability::metrics::{self, ActiveRequest, Metrics, RequestMetrics};
 use weir_observability::metrics_export::{MetricsExport, MetricsExportSettings};
 use weir_observability::trace::{EnvVars, RequestInfo, RequestSpan, Tracing};
 
-use crate::proxy::{BodySlot, ConnInfo};
+use crate::body::BodySlot;
+use crate::conn::ConnInfo;
 use crate::snapshot::Snapshot;
+
+mod body;
+pub use body::LoggedBody;
 
 /// The process-wide observability sinks.
 #[derive(Default)]

@@ -24,9 +24,9 @@ use tokio::net::TcpStream;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balance::Balancer;
+use crate::body::ReqBody;
 use crate::clock::mono_ms;
 use crate::config::{ConfigErrors, StickyConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme};
-use crate::proxy::ReqBody;
 
 // === impl TargetHealth ===
 

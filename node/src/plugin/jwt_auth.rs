@@ -580,7 +580,7 @@ impl Jwks {
             let resp = client
                 .request(req)
                 .await
-                .map_err(|e| format!("request failed: {}", crate::proxy::error_chain(&e)))?;
+                .map_err(|e| format!("request failed: {}", crate::error::error_chain(&e)))?;
             if !resp.status().is_success() {
                 // Redirects are not followed: the configured URL is the one
                 // trusted.
@@ -594,7 +594,7 @@ impl Jwks {
                     if e.is::<http_body_util::LengthLimitError>() {
                         format!("document larger than {MAX_JWKS_BYTES} bytes")
                     } else {
-                        format!("reading body: {}", crate::proxy::error_chain(&*e))
+                        format!("reading body: {}", crate::error::error_chain(&*e))
                     }
                 })
         };

@@ -25,22 +25,24 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
+use http_body_util::Either;
 use serde::de::DeserializeOwned;
 
+use crate::body::{BoxError, Full};
 use crate::config::{Config, PluginMap, Problems, RouteConfig};
 use crate::consumer::{Consumer, Consumers};
-use crate::proxy::{BoxError, ProxyBody};
+
+pub use body::PluginBody;
 
 mod adaptive_concurrency;
 mod basic_auth;
+mod body;
 mod compression;
 mod consumer_restriction;
 mod cors;
@@ -240,7 +242,7 @@ pub struct RequestHead<'a> {
     /// Request headers; a plugin may remove credentials it consumed.
     pub headers: &'a mut HeaderMap,
     /// The request body; see [`RequestHead::read_body`].
-    pub body: &'a mut crate::proxy::ClientBody,
+    pub body: &'a mut crate::body::ClientBody,
     /// `settings.max_body_bytes` (0: none).
     pub body_limit: u64,
 }
@@ -264,10 +266,10 @@ impl RequestHead<'_> {
             .filter(|&l| l > 0)
             .min()
             .unwrap_or(0);
-        self.body
-            .read_all(limit, timeout)
-            .await
-            .map_err(|e| Early::error(e.status(), e.code(), e.to_string()))
+        self.body.read_all(limit, timeout).await.map_err(|e| {
+            let e = crate::error::GatewayError::from(e);
+            Early::error(e.status(), e.code(), e.to_string())
+        })
     }
 }
 
@@ -432,7 +434,7 @@ impl Early {
         }
     }
 
-    fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+    fn into_response(self, request_id: &HeaderValue) -> Response<Full> {
         match self {
             Early::Error {
                 status,
@@ -444,7 +446,7 @@ impl Early {
                 r.headers_mut().extend(headers);
                 r
             }
-            Early::Response(r) => r.map(ProxyBody::full),
+            Early::Response(r) => r.map(Full::new),
         }
     }
 }
@@ -491,18 +493,23 @@ impl Chain {
     }
 
     /// Turns an early answer into a response.
-    pub fn early_response(early: Early, request_id: &HeaderValue) -> Response<ProxyBody> {
+    pub fn early_response(early: Early, request_id: &HeaderValue) -> Response<Full> {
         early.into_response(request_id)
     }
 
     /// Runs the response header phase on `resp` and wraps its body so the
-    /// body and log phases run as it streams.
-    pub fn respond(
+    /// body and log phases run as it streams. A plugin that replaces the
+    /// body puts a [`Full`] in place of `B`.
+    pub fn respond<B>(
         self: &Arc<Self>,
-        resp: Response<ProxyBody>,
+        resp: Response<B>,
         mut ctx: RequestCtx,
-    ) -> Response<ProxyBody> {
-        let (mut parts, mut body) = resp.into_parts();
+    ) -> Response<PluginBody<Either<B, Full>>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = resp.into_parts();
         let mut replace = None;
         {
             let mut head = ResponseHead {
@@ -514,177 +521,16 @@ impl Chain {
                 e.plugin.response_headers(&mut head, &mut ctx);
             }
         }
-        if let Some(b) = replace {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            body = ProxyBody::full(b);
-        }
-        let status = parts.status;
-        Response::from_parts(
-            parts,
-            ProxyBody::Plugin(Box::new(PluginBody {
-                inner: body,
-                log: None,
-                chain: self.clone(),
-                ctx,
-                status,
-                sent: 0,
-                completed: false,
-                held: None,
-                finished: false,
-            })),
-        )
-    }
-}
-
-/// A response body passing through the body and log phases.
-pub struct PluginBody {
-    inner: ProxyBody,
-    /// The request's log, closed (after the plugins' log phase) when this
-    /// body is dropped.
-    log: Option<Box<crate::telemetry::RequestLog>>,
-    chain: Arc<Chain>,
-    ctx: RequestCtx,
-    status: StatusCode,
-    sent: u64,
-    completed: bool,
-    /// A non-data frame (trailers) that arrived at the end of the body and
-    /// waits until the plugins' last bytes are sent.
-    held: Option<Frame<Bytes>>,
-    /// The end phase has run.
-    finished: bool,
-}
-
-impl PluginBody {
-    /// Hands the request's log to this body: it records the bytes the
-    /// client was sent, after every filter.
-    pub fn attach_log(&mut self, log: Box<crate::telemetry::RequestLog>) {
-        self.log = Some(log);
-    }
-
-    /// Whether the wrapped body is known to be complete.
-    pub fn is_end_stream(&self) -> bool {
-        if self.chain.filters_body {
-            // The end phase may still add bytes.
-            self.finished && self.held.is_none()
-        } else {
-            self.inner.is_end_stream()
-        }
-    }
-
-    /// Size hint of the wrapped body (unknown once a filter may change it).
-    pub fn size_hint(&self) -> SizeHint {
-        if self.chain.filters_body {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
-        }
-    }
-
-    /// Polls the wrapped body, filtering each data chunk.
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.finished {
-            // The plugins' last bytes went out; what is left is the held
-            // trailers frame, then the end.
-            self.completed = self.held.is_none() || self.completed;
-            return Poll::Ready(self.held.take().map(Ok));
-        }
-        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                let frame = match frame.into_data() {
-                    Ok(mut data) => {
-                        if self.chain.filters_body {
-                            for e in self.chain.entries.iter() {
-                                e.plugin.response_body(&mut data, &mut self.ctx);
-                            }
-                        }
-                        self.sent += data.len() as u64;
-                        if self.chain.filters_body && self.inner.is_end_stream() {
-                            // A body of known length ends with its last
-                            // chunk: hyper polls no further, so the end
-                            // phase runs now and its bytes join this chunk.
-                            let tail = self.finish();
-                            if let Ok(tail) = tail.into_data() {
-                                data = concat(data, tail);
-                            }
-                        }
-                        Frame::data(data)
-                    }
-                    Err(frame) if self.chain.filters_body => {
-                        // Trailers end the data: the plugins finish first.
-                        self.held = Some(frame);
-                        return Poll::Ready(Some(Ok(self.finish())));
-                    }
-                    Err(frame) => frame,
-                };
-                Poll::Ready(Some(Ok(frame)))
+        let body = match replace {
+            Some(b) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                Either::Right(Full::new(b))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e))),
-            None if self.chain.filters_body && !self.finished => {
-                let last = self.finish();
-                if last.data_ref().is_some_and(|d| d.is_empty()) {
-                    self.completed = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Ok(last)))
-            }
-            None => {
-                self.completed = true;
-                Poll::Ready(None)
-            }
-        }
-    }
-
-    /// Runs the end phase: each plugin's held-back bytes pass the body
-    /// phase of the plugins after it. Returns them as one data frame
-    /// (possibly empty).
-    fn finish(&mut self) -> Frame<Bytes> {
-        self.finished = true;
-        let mut pending = Bytes::new();
-        for e in self.chain.entries.iter() {
-            if !pending.is_empty() {
-                e.plugin.response_body(&mut pending, &mut self.ctx);
-            }
-            if let Some(tail) = e.plugin.response_end(&mut self.ctx) {
-                pending = concat(pending, tail);
-            }
-        }
-        self.sent += pending.len() as u64;
-        Frame::data(pending)
-    }
-}
-
-/// `a` then `b`, copying only when both hold bytes.
-fn concat(a: Bytes, b: Bytes) -> Bytes {
-    if a.is_empty() {
-        return b;
-    }
-    if b.is_empty() {
-        return a;
-    }
-    let mut joined = Vec::with_capacity(a.len() + b.len());
-    joined.extend_from_slice(&a);
-    joined.extend_from_slice(&b);
-    Bytes::from(joined)
-}
-
-impl Drop for PluginBody {
-    fn drop(&mut self) {
-        let completed = self.completed || self.inner.is_end_stream();
-        let outcome = Outcome {
-            status: self.status,
-            body_bytes: self.sent,
-            completed,
+            None => Either::Left(body),
         };
-        for e in self.chain.entries.iter() {
-            e.plugin.log(&self.ctx, &outcome);
-        }
-        if let Some(l) = self.log.as_deref_mut() {
-            l.add_bytes_out(self.sent);
-        }
+        let status = parts.status;
+        Response::from_parts(parts, PluginBody::new(body, self.clone(), ctx, status))
     }
 }
 
@@ -990,7 +836,7 @@ mod tests {
             HeaderValue::from_static("id"),
         );
         let (method, uri, mut headers) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
-        let mut body = crate::proxy::ClientBody::Read(None);
+        let mut body = crate::body::ClientBody::Read(None);
         let mut head = RequestHead {
             method: &method,
             uri: &uri,
@@ -1032,7 +878,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             HeaderValue::from_static("id"),
         );
-        let resp = Response::new(ProxyBody::full(Bytes::from_static(b"hello")));
+        let resp = Response::new(Full::new(Bytes::from_static(b"hello")));
         let resp = chain.respond(resp, ctx);
         // A filtering chain may change the length: no exact size promised.
         assert_eq!(resp.body().size_hint().exact(), None);
@@ -1081,7 +927,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             HeaderValue::from_static("id"),
         );
-        let resp = Response::new(ProxyBody::full(Bytes::from_static(b"hello")));
+        let resp = Response::new(Full::new(Bytes::from_static(b"hello")));
         let body = chain.respond(resp, ctx).into_body();
         assert!(!body.is_end_stream(), "the end phase has not run yet");
         let body = body.collect().await.unwrap().to_bytes();
