@@ -38,12 +38,18 @@ fn limited(path: &str, plugin: &str, plugin_config: &str) -> Route {
         .plugin(plugin, plugin_config)
 }
 
-/// Sends the request and reads its status and JSON body.
-async fn status_and_body(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
-    let r = request.send().await.unwrap();
-    let s = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.unwrap();
-    (s, body)
+/// Sends `n` GETs of `url` at once; their statuses and JSON bodies.
+async fn batch(c: &reqwest::Client, url: &str, n: usize) -> Vec<(u16, serde_json::Value)> {
+    concurrently(n, || {
+        let request = c.get(url);
+        async move {
+            let r = request.send().await.unwrap();
+            let s = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (s, body)
+        }
+    })
+    .await
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -218,7 +224,7 @@ async fn limit_conn_caps_requests_in_flight() {
     let route = limited("/c/*", "limit-conn", "{max: 2, key: [route]}");
     let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
-    let done = concurrently(6, || status_and_body(c.get(gw.url("/c/slow/3000")))).await;
+    let done = batch(&c, &gw.url("/c/slow/3000"), 6).await;
     let mut statuses = Vec::new();
     for (s, body) in done {
         if s == 429 {
@@ -253,16 +259,17 @@ async fn adaptive_concurrency_follows_upstream_latency() {
     );
     let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
-    let batch = |n: usize| concurrently(n, || status_and_body(c.get(gw.url("/a"))));
+    let url = gw.url("/a");
+    let send_batch = |n: usize| batch(&c, &url, n);
     // Fast: a batch under the initial limit all passes. The slack (400 ms)
     // absorbs scheduling stalls of a loaded machine; the slow phase (2 s)
     // is far past it.
     for _ in 0..3 {
-        assert!(batch(8).await.iter().all(|(s, _)| *s == 200));
+        assert!(send_batch(8).await.iter().all(|(s, _)| *s == 200));
     }
     up.set_behaviour(Behaviour::normal().with_delay(Duration::from_millis(2000)));
     let overloaded = wait_for("a 503 overloaded", Duration::from_secs(60), || async {
-        let out = batch(12).await;
+        let out = send_batch(12).await;
         out.iter().find(|(s, _)| *s == 503).map(|(_, b)| b.clone())
     })
     .await;
@@ -272,7 +279,7 @@ async fn adaptive_concurrency_follows_upstream_latency() {
 
     up.set_behaviour(Behaviour::normal());
     wait_until("the limit to recover", Duration::from_secs(60), || async {
-        batch(8).await.iter().all(|(s, _)| *s == 200)
+        send_batch(8).await.iter().all(|(s, _)| *s == 200)
     })
     .await;
 }
