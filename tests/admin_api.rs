@@ -11,20 +11,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use sha2::Digest;
 use weir_testsupport::raftnode::Node;
 use weir_testsupport::{Upstream, http_client, wait_until};
 
-use common::weir_bin;
+use common::{sha_hex, weir_bin};
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn sha_hex(s: &str) -> String {
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 async fn post(node: &Node, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
     let r = http_client()

@@ -6,9 +6,10 @@ mod common;
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine;
-use common::{error_of, weir_bin};
+use common::{error_of, gateway_debug, rejected, sha_hex};
+use serde_json::json;
 use sha2::Digest;
-use weir_testsupport::{Gateway, Upstream, http_client};
+use weir_testsupport::{Consumer, Gateway, GatewayConfig, Route, Upstream, http_client};
 
 const KEY_ALICE: &str = "alice-secret-key-0001";
 const KEY_ALICE_NEW: &str = "alice-secret-key-0002";
@@ -16,13 +17,6 @@ const KEY_BOB: &str = "bob-secret-key-0003";
 const PASSWORD_CAROL: &str = "carol-pa55word-zz";
 const PASSWORD_ERIN: &str = "erin-bcrypt-pa55";
 const HMAC_SECRET: &str = "dave-hmac-shared-secret-0123456789abcdef";
-
-fn sha_hex(s: &str) -> String {
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn argon(password: &str) -> String {
     let salt = SaltString::encode_b64(b"test-salt-bytes!").unwrap();
@@ -43,98 +37,75 @@ fn bcrypt_hash(password: &str, version: bcrypt::Version) -> String {
 }
 
 fn config(target: &str) -> String {
-    format!(
-        "upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
-consumers:
-  - name: alice
-    groups: [gold, staff]
-    credentials:
-      key-auth: [{{key_sha256: {a1}}}, {{key_sha256: {a2}}}]
-  - name: bob
-    groups: [free]
-    credentials:
-      key-auth: [{{key_sha256: {b}}}]
-  - name: carol
-    groups: [gold]
-    credentials:
-      basic-auth: [{{username: carol, password_hash: '{carol}'}}]
-  - name: dave
-    credentials:
-      hmac-auth: [{{key_id: dave-key, secret: {HMAC_SECRET}}}]
-  - name: erin
-    credentials:
-      basic-auth:
-        - {{username: erin-2a, password_hash: '{erin_a}'}}
-        - {{username: erin-2b, password_hash: '{erin_b}'}}
-        - {{username: erin-2y, password_hash: '{erin_y}'}}
-routes:
-  - id: signed
-    paths: [/signed]
-    upstream: u
-    plugins:
-      hmac-auth: {{clock_skew: 60s, signed_headers: ['@request-target', x-body-sha]}}
-  - id: signed-body
-    paths: [/signed-body]
-    upstream: u
-    plugins:
-      hmac-auth: {{validate_request_body: true, max_body_bytes: 1024}}
-  - id: signed-small
-    paths: [/signed-small]
-    upstream: u
-    plugins:
-      request-size-limit: {{max_body_bytes: 16}}
-      hmac-auth: {{validate_request_body: true}}
-  - id: keyed
-    paths: [/keyed/*]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-  - id: keyed-visible
-    paths: [/visible]
-    upstream: u
-    plugins:
-      key-auth: {{header: x-api-key, query: '', hide_credentials: false}}
-  - id: basic
-    paths: [/basic]
-    upstream: u
-    plugins:
-      basic-auth: {{}}
-  - id: gold-only
-    paths: [/gold]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-      consumer-restriction: {{allow: {{groups: [gold]}}}}
-  - id: not-bob
-    paths: [/not-bob]
-    upstream: u
-    plugins:
-      basic-auth: {{}}
-      key-auth: {{}}
-      consumer-restriction: {{deny: {{consumers: [bob]}}}}
-  - id: acl-no-auth
-    paths: [/acl-only]
-    upstream: u
-    plugins:
-      consumer-restriction: {{allow: {{consumers: [alice]}}}}
-",
-        a1 = sha_hex(KEY_ALICE),
-        a2 = sha_hex(KEY_ALICE_NEW),
-        b = sha_hex(KEY_BOB),
-        carol = argon(PASSWORD_CAROL),
-        erin_a = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoA),
-        erin_b = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoB),
-        erin_y = bcrypt_hash(PASSWORD_ERIN, bcrypt::Version::TwoY),
-    )
+    let route = |id: &str, path: &str| Route::new(id, path).upstream("u");
+    let erin = |username: &str, version| json!({"username": username, "password_hash": bcrypt_hash(PASSWORD_ERIN, version)});
+    GatewayConfig::new()
+        .upstream("u", target)
+        .consumer(
+            Consumer::new("alice")
+                .groups(&["gold", "staff"])
+                .key_auth(&[&sha_hex(KEY_ALICE), &sha_hex(KEY_ALICE_NEW)]),
+        )
+        .consumer(
+            Consumer::new("bob")
+                .groups(&["free"])
+                .key_auth(&[&sha_hex(KEY_BOB)]),
+        )
+        .consumer(Consumer::new("carol").groups(&["gold"]).credentials(
+            "basic-auth",
+            json!([{"username": "carol", "password_hash": argon(PASSWORD_CAROL)}]),
+        ))
+        .consumer(Consumer::new("dave").credentials(
+            "hmac-auth",
+            json!([{"key_id": "dave-key", "secret": HMAC_SECRET}]),
+        ))
+        .consumer(Consumer::new("erin").credentials(
+            "basic-auth",
+            json!([
+                erin("erin-2a", bcrypt::Version::TwoA),
+                erin("erin-2b", bcrypt::Version::TwoB),
+                erin("erin-2y", bcrypt::Version::TwoY),
+            ]),
+        ))
+        .route(route("signed", "/signed").plugin(
+            "hmac-auth",
+            "{clock_skew: 60s, signed_headers: ['@request-target', x-body-sha]}",
+        ))
+        .route(route("signed-body", "/signed-body").plugin(
+            "hmac-auth",
+            "{validate_request_body: true, max_body_bytes: 1024}",
+        ))
+        .route(
+            route("signed-small", "/signed-small")
+                .plugin("request-size-limit", "{max_body_bytes: 16}")
+                .plugin("hmac-auth", "{validate_request_body: true}"),
+        )
+        .route(route("keyed", "/keyed/*").plugin("key-auth", "{}"))
+        .route(route("keyed-visible", "/visible").plugin(
+            "key-auth",
+            "{header: x-api-key, query: '', hide_credentials: false}",
+        ))
+        .route(route("basic", "/basic").plugin("basic-auth", "{}"))
+        .route(
+            route("gold-only", "/gold")
+                .plugin("key-auth", "{}")
+                .plugin("consumer-restriction", "{allow: {groups: [gold]}}"),
+        )
+        .route(
+            route("not-bob", "/not-bob")
+                .plugin("basic-auth", "{}")
+                .plugin("key-auth", "{}")
+                .plugin("consumer-restriction", "{deny: {consumers: [bob]}}"),
+        )
+        .route(
+            route("acl-no-auth", "/acl-only")
+                .plugin("consumer-restriction", "{allow: {consumers: [alice]}}"),
+        )
+        .to_yaml()
 }
 
 async fn start(up: &Upstream) -> Gateway {
-    Gateway::builder(weir_bin())
-        .config(Gateway::config(&config(&up.target())))
-        .env("WEIR_LOG", "debug")
-        .start()
-        .await
-        .expect("weir starts")
+    gateway_debug(&config(&up.target())).await
 }
 
 /// Asserts a uniform 401 and returns its body's `error` object.
@@ -223,18 +194,14 @@ async fn basic_auth_checks_argon2_hashes() {
     let c = http_client();
 
     assert_401(c.get(gw.url("/basic")).send().await.unwrap(), "Basic").await;
+    let basic =
+        |user: &str, pass: &str| c.get(gw.url("/basic")).basic_auth(user, Some(pass)).send();
     for (user, pass) in [
         ("carol", "wrong"),
         ("nobody", PASSWORD_CAROL),
         ("carol", ""),
     ] {
-        let r = c
-            .get(gw.url("/basic"))
-            .basic_auth(user, Some(pass))
-            .send()
-            .await
-            .unwrap();
-        assert_401(r, "Basic").await;
+        assert_401(basic(user, pass).await.unwrap(), "Basic").await;
     }
     let r = c
         .get(gw.url("/basic"))
@@ -245,12 +212,7 @@ async fn basic_auth_checks_argon2_hashes() {
     assert_401(r, "Basic").await;
     assert_eq!(up.hits(), 0);
 
-    let r = c
-        .get(gw.url("/basic"))
-        .basic_auth("carol", Some(PASSWORD_CAROL))
-        .send()
-        .await
-        .unwrap();
+    let r = basic("carol", PASSWORD_CAROL).await.unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["headers"]["x-consumer-name"], "carol");
@@ -262,33 +224,19 @@ async fn basic_auth_checks_bcrypt_hashes() {
     let up = Upstream::start("a").await;
     let gw = start(&up).await;
     let c = http_client();
+    let basic =
+        |user: &str, pass: &str| c.get(gw.url("/basic")).basic_auth(user, Some(pass)).send();
     for user in ["erin-2a", "erin-2b", "erin-2y"] {
-        let r = c
-            .get(gw.url("/basic"))
-            .basic_auth(user, Some(PASSWORD_ERIN))
-            .send()
-            .await
-            .unwrap();
+        let r = basic(user, PASSWORD_ERIN).await.unwrap();
         assert_eq!(r.status(), 200, "{user}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["headers"]["x-consumer-name"], "erin", "{user}");
         for wrong in ["erin-bcrypt-pa56", "", PASSWORD_CAROL] {
-            let r = c
-                .get(gw.url("/basic"))
-                .basic_auth(user, Some(wrong))
-                .send()
-                .await
-                .unwrap();
-            assert_401(r, "Basic").await;
+            assert_401(basic(user, wrong).await.unwrap(), "Basic").await;
         }
     }
     // argon2 and bcrypt credentials live side by side.
-    let r = c
-        .get(gw.url("/basic"))
-        .basic_auth("carol", Some(PASSWORD_CAROL))
-        .send()
-        .await
-        .unwrap();
+    let r = basic("carol", PASSWORD_CAROL).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.hits(), 4, "refused passwords never reach the upstream");
     assert!(!gw.log().contains(PASSWORD_ERIN));
@@ -336,6 +284,8 @@ async fn failures_are_counted_and_secrets_never_logged() {
     let gw = start(&up).await;
     let c = http_client();
     let wrong_password = "carol-wrong-pa55-yy";
+    let basic =
+        |user: &str, pass: &str| c.get(gw.url("/basic")).basic_auth(user, Some(pass)).send();
     for _ in 0..3 {
         let r = c
             .get(gw.url("/keyed/x"))
@@ -346,13 +296,7 @@ async fn failures_are_counted_and_secrets_never_logged() {
         let e = assert_401(r, "ApiKey").await;
         assert!(!e.to_string().contains("leaked-guess-key-9"));
     }
-    let r = c
-        .get(gw.url("/basic"))
-        .basic_auth("carol", Some(wrong_password))
-        .send()
-        .await
-        .unwrap();
-    assert_401(r, "Basic").await;
+    assert_401(basic("carol", wrong_password).await.unwrap(), "Basic").await;
     for (path, key) in [("/keyed/x", KEY_ALICE), ("/visible", KEY_BOB)] {
         let h = if path == "/visible" {
             "x-api-key"
@@ -362,12 +306,7 @@ async fn failures_are_counted_and_secrets_never_logged() {
         let r = c.get(gw.url(path)).header(h, key).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let r = c
-        .get(gw.url("/basic"))
-        .basic_auth("carol", Some(PASSWORD_CAROL))
-        .send()
-        .await
-        .unwrap();
+    let r = basic("carol", PASSWORD_CAROL).await.unwrap();
     assert_eq!(r.status(), 200);
 
     let metrics = c
@@ -412,12 +351,9 @@ async fn failures_are_counted_and_secrets_never_logged() {
 
 #[test]
 fn credential_errors_name_the_field_without_the_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
     let digest = sha_hex("dup");
-    std::fs::write(
-        &f,
-        format!(
+    let err = rejected(
+        &format!(
             "upstreams: [{{id: u, targets: [{{addr: '127.0.0.1:1'}}]}}]
 consumers:
   - name: a
@@ -440,16 +376,7 @@ routes:
       consumer-restriction: {{allow: {{consumers: [nobody]}}}}
 "
         ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
+        &[
         "consumers[0].credentials.key-auth[0].key_sha256: must be the SHA-256 of the key as 64 hex digits",
         "consumers[0].credentials.basic-auth[0].password_hash: must be an argon2 PHC string (`$argon2id$v=19$m=...`) or a bcrypt hash",
         "consumers[0].credentials.basic-auth[1].password_hash: must be an argon2 PHC string",
@@ -458,9 +385,8 @@ routes:
         "consumers[2].name: `bad name` is not a valid consumer name",
         "routes[0].plugins.key-auth.header: `bad header` is not a valid header name",
         "routes[0].plugins.consumer-restriction.allow.consumers[0]: no consumer named `nobody`",
-    ] {
-        assert!(err.contains(want), "missing `{want}` in:\n{err}");
-    }
+        ],
+    );
     for secret in ["plain-secret-value", "hunter2", "EGdrhbKUv8", "tooShort"] {
         assert!(!err.contains(secret), "{err}");
     }

@@ -8,13 +8,16 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{error_of, weir_bin};
+use common::{error_of, gateway, gateway_debug, rejected};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use weir_testsupport::{Gateway, HttpsDocServer, TestCa, Upstream, http_client, wait_until};
+use weir_testsupport::{
+    Consumer, Gateway, GatewayConfig, HttpsDocServer, Route, TestCa, Upstream, http_client,
+    wait_until,
+};
 
 const HS_SECRET: &str = "hs-secret-that-is-long-enough-0123456789";
 
@@ -45,6 +48,11 @@ fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: serde_json
     let mut h = Header::new(alg);
     h.kid = kid.map(String::from);
     jsonwebtoken::encode(&h, &claims, key).unwrap()
+}
+
+/// A token signed with the key in fixture `file`, under `kid`.
+fn token(alg: Algorithm, kid: &str, file: &str, claims: &serde_json::Value) -> String {
+    sign(alg, Some(kid), &enc(alg, file), claims.clone())
 }
 
 fn hs(claims: serde_json::Value) -> String {
@@ -119,76 +127,58 @@ fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
     serde_json::to_string(&set).unwrap()
 }
 
-fn indent(pem: &str) -> String {
-    pem.lines()
-        .map(|l| format!("              {l}\n"))
-        .collect()
+/// A route `id` on `/{id}` whose tokens are checked against `jwks_url`,
+/// trusting `ca_file` for it if given.
+fn jwks_route(id: &str, jwks_url: &str, ca_file: Option<&std::path::Path>) -> Route {
+    let mut jwt = json!({
+        "jwks_url": jwks_url,
+        "jwks_refresh": "1s",
+        "jwks_refetch_gap": "100ms",
+        "require_consumer": false,
+    });
+    if let Some(ca) = ca_file {
+        jwt["jwks_ca_file"] = json!(ca.display().to_string());
+    }
+    Route::new(id, &format!("/{id}"))
+        .upstream("u")
+        .plugin("jwt-auth", jwt)
 }
 
 fn config(target: &str, jwks_url: &str) -> String {
-    format!(
-        "upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
-consumers:
-  - name: alice
-    groups: [gold]
-    credentials:
-      jwt-auth: [{{subject: alice-sub}}]
-  - name: bob
-    credentials:
-      jwt-auth: [{{subject: bob-sub}}]
-routes:
-  - id: hs
-    paths: [/hs]
-    upstream: u
-    plugins:
-      jwt-auth:
-        algorithms: [HS256]
-        keys: [{{algorithm: HS256, secret: {HS_SECRET}}}]
-        issuer: [https://issuer.test]
-        audience: [weir-api]
-        leeway: 60s
-  - id: asym
-    paths: [/asym]
-    upstream: u
-    plugins:
-      jwt-auth:
-        keys:
-          - kid: rs
-            algorithm: RS256
-            public_key: |
-{rs}          - kid: es256
-            algorithm: ES256
-            public_key: |
-{es256}          - kid: es384
-            algorithm: ES384
-            public_key: |
-{es384}          - kid: ed
-            algorithm: EdDSA
-            public_key: |
-{ed}  - id: jwks
-    paths: [/jwks]
-    upstream: u
-    plugins:
-      jwt-auth:
-        jwks_url: {jwks_url}
-        jwks_refresh: 1s
-        jwks_refetch_gap: 100ms
-        require_consumer: false
-",
-        rs = indent(&fixture("rsa1.pub.pem")),
-        es256 = indent(&fixture("ec256.pub.pem")),
-        es384 = indent(&fixture("ec384.pub.pem")),
-        ed = indent(&fixture("ed25519.pub.pem")),
-    )
+    let key = |kid: &str, algorithm: &str, file: &str| json!({"kid": kid, "algorithm": algorithm, "public_key": fixture(file)});
+    GatewayConfig::new()
+        .upstream("u", target)
+        .consumer(
+            Consumer::new("alice")
+                .groups(&["gold"])
+                .credentials("jwt-auth", "[{subject: alice-sub}]"),
+        )
+        .consumer(Consumer::new("bob").credentials("jwt-auth", "[{subject: bob-sub}]"))
+        .route(Route::new("hs", "/hs").upstream("u").plugin(
+            "jwt-auth",
+            json!({
+                "algorithms": ["HS256"],
+                "keys": [{"algorithm": "HS256", "secret": HS_SECRET}],
+                "issuer": ["https://issuer.test"],
+                "audience": ["weir-api"],
+                "leeway": "60s",
+            }),
+        ))
+        .route(Route::new("asym", "/asym").upstream("u").plugin(
+            "jwt-auth",
+            json!({"keys": [
+                key("rs", "RS256", "rsa1.pub.pem"),
+                key("es256", "ES256", "ec256.pub.pem"),
+                key("es384", "ES384", "ec384.pub.pem"),
+                key("ed", "EdDSA", "ed25519.pub.pem"),
+            ]}),
+        ))
+        .route(jwks_route("jwks", jwks_url, None))
+        .to_yaml()
 }
 
 async fn start(up: &Upstream, jwks_url: &str) -> Gateway {
-    Gateway::builder(weir_bin())
-        .config(Gateway::config(&config(&up.target(), jwks_url)))
-        .env("WEIR_LOG", "debug")
-        .start()
-        .await
-        .expect("weir starts")
+    gateway_debug(&config(&up.target(), jwks_url)).await
 }
 
 async fn status(gw: &Gateway, path: &str, token: &str) -> u16 {
@@ -205,6 +195,23 @@ async fn status(gw: &Gateway, path: &str, token: &str) -> u16 {
         assert_eq!(error_of(&body)["message"], "missing or invalid credentials");
     }
     s
+}
+
+/// Waits until `path` accepts `new` (signed with a key just published)
+/// and then refuses `old` (signed with the key withdrawn).
+async fn follows_rotation(gw: &Gateway, path: &str, new: &str, old: &str) {
+    wait_until(
+        &format!("{path}: the new kid is picked up"),
+        Duration::from_secs(10),
+        || async { status(gw, path, new).await == 200 },
+    )
+    .await;
+    wait_until(
+        &format!("{path}: the old kid is dropped"),
+        Duration::from_secs(10),
+        || async { status(gw, path, old).await == 401 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +306,7 @@ async fn asymmetric_algorithms_with_inline_keys() {
         (Algorithm::ES384, "es384", "ec384.pem"),
         (Algorithm::EdDSA, "ed", "ed25519.pem"),
     ] {
-        let t = sign(alg, Some(kid), &enc(alg, file), claims.clone());
+        let t = token(alg, kid, file, &claims);
         let r = http_client()
             .get(gw.url("/asym"))
             .bearer_auth(&t)
@@ -311,16 +318,11 @@ async fn asymmetric_algorithms_with_inline_keys() {
         assert_eq!(body["headers"]["x-consumer-name"], "bob");
         // The same token under another key's kid fails.
         let other = if kid == "rs" { "ed" } else { "rs" };
-        let t = sign(alg, Some(other), &enc(alg, file), claims.clone());
+        let t = token(alg, other, file, &claims);
         assert_eq!(status(&gw, "/asym", &t).await, 401, "{alg:?} under {other}");
     }
     // A key the gateway does not know (rsa2) with a known kid.
-    let t = sign(
-        Algorithm::RS256,
-        Some("rs"),
-        &enc(Algorithm::RS256, "rsa2.pem"),
-        claims.clone(),
-    );
+    let t = token(Algorithm::RS256, "rs", "rsa2.pem", &claims);
     assert_eq!(status(&gw, "/asym", &t).await, 401);
 }
 
@@ -330,24 +332,9 @@ async fn jwks_keys_are_fetched_and_rotated() {
     let server = JwksServer::start(jwks(&[("k1", Algorithm::RS256, "rsa1.pem")])).await;
     let gw = start(&up, &format!("http://{}/jwks.json", server.addr)).await;
     let claims = json!({"sub": "alice-sub", "exp": now() + 600});
-    let t1 = sign(
-        Algorithm::RS256,
-        Some("k1"),
-        &enc(Algorithm::RS256, "rsa1.pem"),
-        claims.clone(),
-    );
-    let t2 = sign(
-        Algorithm::ES256,
-        Some("k2"),
-        &enc(Algorithm::ES256, "ec256.pem"),
-        claims.clone(),
-    );
-    let t3 = sign(
-        Algorithm::RS256,
-        Some("k1"),
-        &enc(Algorithm::RS256, "rsa2.pem"),
-        claims.clone(),
-    );
+    let t1 = token(Algorithm::RS256, "k1", "rsa1.pem", &claims);
+    let t2 = token(Algorithm::ES256, "k2", "ec256.pem", &claims);
+    let t3 = token(Algorithm::RS256, "k1", "rsa2.pem", &claims);
     assert_eq!(status(&gw, "/jwks", &t1).await, 200);
     assert_eq!(status(&gw, "/jwks", &t2).await, 401);
     assert_eq!(status(&gw, "/jwks", &t3).await, 401);
@@ -356,27 +343,15 @@ async fn jwks_keys_are_fetched_and_rotated() {
     // accepted once the unknown kid triggers a fetch; the old one is
     // refused once the periodic refresh drops it.
     server.set(jwks(&[("k2", Algorithm::ES256, "ec256.pem")]));
-    wait_until(
-        "the new kid is picked up",
-        Duration::from_secs(10),
-        || async { status(&gw, "/jwks", &t2).await == 200 },
-    )
-    .await;
-    wait_until(
-        "the old kid is dropped",
-        Duration::from_secs(10),
-        || async { status(&gw, "/jwks", &t1).await == 401 },
-    )
-    .await;
+    follows_rotation(&gw, "/jwks", &t2, &t1).await;
 }
 
 #[test]
 fn jwt_config_errors_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(
-        &f,
-        "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let yaml = "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
 routes:
   - id: r
     paths: [/]
@@ -404,33 +379,22 @@ routes:
       jwt-auth:
         jwks_url: 'https://keys.example/jwks.json'
         jwks_ca_file: NOT_PEM
-",
-    )
-    .unwrap();
-    let not_pem = dir.path().join("not.pem");
-    std::fs::write(&not_pem, "just text\n").unwrap();
-    let yaml = std::fs::read_to_string(&f).unwrap();
-    std::fs::write(&f, yaml.replace("NOT_PEM", &not_pem.display().to_string())).unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "routes[0].plugins.jwt-auth.algorithms[1]: `none` is not one of",
-        "routes[0].plugins.jwt-auth.keys[0].secret: must be at least 32 bytes",
-        "routes[0].plugins.jwt-auth.keys[1].public_key: not a PEM public key for RS256",
-        "routes[0].plugins.jwt-auth.keys[1].algorithm: RS256 is not in `algorithms`",
-        "routes[0].plugins.jwt-auth.keys[2]: ES256 needs `public_key`",
-        "routes[0].plugins.jwt-auth.jwks_url: `ftp://keys.example/jwks.json` is not an https:// or http:// URL",
-        "routes[1].plugins.jwt-auth.jwks_ca_file: cannot read `/no/such/ca.pem`",
-        "routes[2].plugins.jwt-auth.jwks_ca_file: ",
-        "holds no PEM certificate",
-    ] {
-        assert!(err.contains(want), "missing `{want}` in:\n{err}");
-    }
+";
+    let yaml = yaml.replace("NOT_PEM", &not_pem.display().to_string());
+    let err = rejected(
+        &yaml,
+        &[
+            "routes[0].plugins.jwt-auth.algorithms[1]: `none` is not one of",
+            "routes[0].plugins.jwt-auth.keys[0].secret: must be at least 32 bytes",
+            "routes[0].plugins.jwt-auth.keys[1].public_key: not a PEM public key for RS256",
+            "routes[0].plugins.jwt-auth.keys[1].algorithm: RS256 is not in `algorithms`",
+            "routes[0].plugins.jwt-auth.keys[2]: ES256 needs `public_key`",
+            "routes[0].plugins.jwt-auth.jwks_url: `ftp://keys.example/jwks.json` is not an https:// or http:// URL",
+            "routes[1].plugins.jwt-auth.jwks_ca_file: cannot read `/no/such/ca.pem`",
+            "routes[2].plugins.jwt-auth.jwks_ca_file: ",
+            "holds no PEM certificate",
+        ],
+    );
     assert!(
         !err.contains("short\n") && !err.contains("xxxxxxxx"),
         "{err}"
@@ -457,48 +421,24 @@ async fn jwks_over_https_trusts_only_what_it_should() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path(), "ca.pem").unwrap();
-    let route = |id: &str, url: String, ca: Option<&std::path::Path>| {
-        let ca = ca.map_or(String::new(), |p| {
-            format!("        jwks_ca_file: {}\n", p.display())
-        });
-        format!(
-            "  - id: {id}
-    paths: [/{id}]
-    upstream: u
-    plugins:
-      jwt-auth:
-        jwks_url: {url}
-{ca}        jwks_refresh: 1s
-        jwks_refetch_gap: 100ms
-        require_consumer: false
-"
-        )
-    };
-    let yaml = format!(
-        "upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]\nroutes:\n{}{}{}",
-        up.target(),
-        route("trusted", trusted.url("/jwks.json"), Some(&ca_file)),
-        route("wrong-name", wrong_name.url("/jwks.json"), Some(&ca_file)),
-        route("untrusted", untrusted.url("/jwks.json"), None),
-    );
-    let gw = Gateway::builder(weir_bin())
-        .config(Gateway::config(&yaml))
-        .start()
-        .await
-        .expect("weir starts");
+    let yaml = GatewayConfig::new()
+        .upstream("u", up.target())
+        .route(jwks_route(
+            "trusted",
+            &trusted.url("/jwks.json"),
+            Some(&ca_file),
+        ))
+        .route(jwks_route(
+            "wrong-name",
+            &wrong_name.url("/jwks.json"),
+            Some(&ca_file),
+        ))
+        .route(jwks_route("untrusted", &untrusted.url("/jwks.json"), None))
+        .to_yaml();
+    let gw = gateway(&yaml).await;
     let claims = json!({"sub": "alice-sub", "exp": now() + 600});
-    let t1 = sign(
-        Algorithm::RS256,
-        Some("k1"),
-        &enc(Algorithm::RS256, "rsa1.pem"),
-        claims.clone(),
-    );
-    let t2 = sign(
-        Algorithm::ES256,
-        Some("k2"),
-        &enc(Algorithm::ES256, "ec256.pem"),
-        claims.clone(),
-    );
+    let t1 = token(Algorithm::RS256, "k1", "rsa1.pem", &claims);
+    let t2 = token(Algorithm::ES256, "k2", "ec256.pem", &claims);
 
     assert_eq!(status(&gw, "/trusted", &t1).await, 200);
     assert!(trusted.hits() >= 1);
@@ -507,18 +447,7 @@ async fn jwks_over_https_trusts_only_what_it_should() {
     // Rotation over https: the unknown kid triggers a fetch, the periodic
     // refresh drops the withdrawn key.
     trusted.set(jwks(&[("k2", Algorithm::ES256, "ec256.pem")]));
-    wait_until(
-        "the new kid is picked up over https",
-        Duration::from_secs(10),
-        || async { status(&gw, "/trusted", &t2).await == 200 },
-    )
-    .await;
-    wait_until(
-        "the old kid is dropped",
-        Duration::from_secs(10),
-        || async { status(&gw, "/trusted", &t1).await == 401 },
-    )
-    .await;
+    follows_rotation(&gw, "/trusted", &t2, &t1).await;
 
     // Untrusted certificates: the fetch fails, the token is refused, the
     // server never sees a request, and the log says why.

@@ -3,74 +3,61 @@
 
 mod common;
 
-use common::{error_of, gateway, weir_bin};
-use sha2::Digest;
-use weir_testsupport::{Upstream, http_client};
-
-fn sha_hex(s: &str) -> String {
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use common::{error_of, gateway, rejected, sha_hex};
+use weir_testsupport::{Consumer, GatewayConfig, Route, Service, Upstream, http_client};
 
 fn config(target: &str) -> String {
-    let mut consumers = String::new();
-    for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
-        consumers.push_str(&format!(
-            "  - name: {name}\n    credentials:\n      key-auth: [{{key_sha256: {}}}]\n",
-            sha_hex(&format!("{name}-key-0000"))
-        ));
-    }
-    format!(
-        "upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
-consumers:
-{consumers}subscriptions:
-  - {{consumer: alice, route: orders, state: approved}}
-  - {{consumer: bob, route: orders, state: requested}}
-  - {{consumer: carol, route: orders, state: rejected}}
-  - {{consumer: dave, route: orders, state: revoked}}
-  - {{consumer: erin, service: billing, state: approved}}
-  - {{consumer: frank, route: invoices, state: revoked}}
-  - {{consumer: frank, service: billing, state: approved}}
-services:
-  - id: billing
-    upstream: u
-    require_subscription: true
-    plugins:
-      key-auth: {{}}
-    lifecycle:
-      status: deprecated
-      deprecated_at: 2026-01-01T00:00:00Z
-      sunset: 2027-06-30T12:00:00Z
-      successor: https://api.example.com/v2/billing
-routes:
-  - id: orders
-    paths: [/orders]
-    upstream: u
-    require_subscription: true
-    plugins:
-      key-auth: {{}}
-  - id: invoices
-    paths: [/invoices]
-    service: billing
-  - id: invoices-v2
-    paths: [/v2/invoices]
-    service: billing
-    lifecycle: {{status: published}}
-    require_subscription: false
-  - id: old
-    paths: [/old/*]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-    lifecycle:
-      status: retired
-      deprecated_at: 2025-01-01T00:00:00Z
-      sunset: 2025-12-31T00:00:00Z
-      successor: /v2/orders
-"
-    )
+    let consumers = ["alice", "bob", "carol", "dave", "erin", "frank"]
+        .into_iter()
+        .map(|name| Consumer::new(name).key_auth(&[&sha_hex(&key(name))]));
+    consumers
+        .fold(GatewayConfig::new().upstream("u", target), GatewayConfig::consumer)
+        .set(
+            "subscriptions",
+            "
+- {consumer: alice, route: orders, state: approved}
+- {consumer: bob, route: orders, state: requested}
+- {consumer: carol, route: orders, state: rejected}
+- {consumer: dave, route: orders, state: revoked}
+- {consumer: erin, service: billing, state: approved}
+- {consumer: frank, route: invoices, state: revoked}
+- {consumer: frank, service: billing, state: approved}
+",
+        )
+        .service(
+            Service::new("billing", "u")
+                .set("require_subscription", "true")
+                .plugin("key-auth", "{}")
+                .set(
+                    "lifecycle",
+                    "{status: deprecated, deprecated_at: '2026-01-01T00:00:00Z', \
+                     sunset: '2027-06-30T12:00:00Z', successor: 'https://api.example.com/v2/billing'}",
+                ),
+        )
+        .route(
+            Route::new("orders", "/orders")
+                .upstream("u")
+                .set("require_subscription", "true")
+                .plugin("key-auth", "{}"),
+        )
+        .route(Route::new("invoices", "/invoices").service("billing"))
+        .route(
+            Route::new("invoices-v2", "/v2/invoices")
+                .service("billing")
+                .set("lifecycle", "{status: published}")
+                .set("require_subscription", "false"),
+        )
+        .route(
+            Route::new("old", "/old/*")
+                .upstream("u")
+                .plugin("key-auth", "{}")
+                .set(
+                    "lifecycle",
+                    "{status: retired, deprecated_at: '2025-01-01T00:00:00Z', \
+                     sunset: '2025-12-31T00:00:00Z', successor: /v2/orders}",
+                ),
+        )
+        .to_yaml()
 }
 
 fn key(name: &str) -> String {
@@ -161,11 +148,7 @@ async fn only_approved_subscriptions_pass() {
 
 #[test]
 fn governance_config_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(
-        &f,
-        "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
+    let yaml = "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
 consumers: [{name: alice}]
 subscriptions:
   - {consumer: nobody, route: r, state: approved}
@@ -178,44 +161,19 @@ routes:
     upstream: u
     require_subscription: true
     lifecycle: {status: deprecated, sunset: 'next tuesday'}
-",
-    )
-    .unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+";
     // An unknown enum value stops parsing before the other checks.
-    assert!(
-        err.contains("subscriptions[3].state: unknown variant `maybe`"),
-        "{err}"
-    );
+    rejected(yaml, &["subscriptions[3].state: unknown variant `maybe`"]);
 
-    std::fs::write(
-        &f,
-        std::fs::read_to_string(&f)
-            .unwrap()
-            .replace("  - {consumer: alice, route: r, state: maybe}\n", ""),
-    )
-    .unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "subscriptions[0].consumer: no consumer named `nobody`",
-        "subscriptions[1].route: no route with id `missing`",
-        "subscriptions[2]: set exactly one of `route`, `service`",
-        "routes[0].require_subscription: needs an auth plugin",
-        "routes[0].lifecycle.sunset: `next tuesday` is not an RFC 3339 time",
-        "routes[0].lifecycle.deprecated_at: a deprecated API needs the date",
-    ] {
-        assert!(err.contains(want), "missing `{want}` in:\n{err}");
-    }
+    rejected(
+        &yaml.replace("  - {consumer: alice, route: r, state: maybe}\n", ""),
+        &[
+            "subscriptions[0].consumer: no consumer named `nobody`",
+            "subscriptions[1].route: no route with id `missing`",
+            "subscriptions[2]: set exactly one of `route`, `service`",
+            "routes[0].require_subscription: needs an auth plugin",
+            "routes[0].lifecycle.sunset: `next tuesday` is not an RFC 3339 time",
+            "routes[0].lifecycle.deprecated_at: a deprecated API needs the date",
+        ],
+    );
 }

@@ -5,16 +5,51 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{error_of, gateway, weir_bin};
+use common::{error_of, gateway, rejected, sha_hex};
 use weir_testsupport::{
-    Behaviour, Gate, Script, ScriptedUpstream, Upstream, http_client, wait_for, wait_until,
+    Behaviour, Consumer, Gate, GatewayConfig, Route, Script, ScriptedUpstream, Upstream,
+    concurrently, count, http_client, statuses, statuses_during, until_status, wait_for,
+    wait_until,
 };
 
-fn config(target: &str, routes: &str) -> String {
-    format!("upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]\nroutes:\n{routes}")
+/// One upstream `u` at `target` and `routes` to it.
+fn config(target: &str, routes: impl IntoIterator<Item = Route>) -> String {
+    routes
+        .into_iter()
+        .fold(
+            GatewayConfig::new().upstream("u", target),
+            GatewayConfig::route,
+        )
+        .to_yaml()
+}
+
+/// A route on `path` to upstream `u` with one plugin, named after the
+/// path's first segment (`/c/*` is route `c`).
+fn limited(path: &str, plugin: &str, plugin_config: &str) -> Route {
+    let id = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    Route::new(id, path)
+        .upstream("u")
+        .plugin(plugin, plugin_config)
+}
+
+/// Sends `n` GETs of `url` at once; their statuses and JSON bodies.
+async fn batch(c: &reqwest::Client, url: &str, n: usize) -> Vec<(u16, serde_json::Value)> {
+    concurrently(n, || {
+        let request = c.get(url);
+        async move {
+            let r = request.send().await.unwrap();
+            let s = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (s, body)
+        }
+    })
+    .await
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -26,17 +61,18 @@ fn header(r: &reqwest::Response, name: &str) -> Option<String> {
 #[tokio::test]
 async fn limit_count_headers_and_429() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: counted
-    paths: [/counted]
-    upstream: u
-    plugins:
-      limit-count: {count: 3, time_window: 60s, key: [route]}
-  - id: quiet
-    paths: [/quiet]
-    upstream: u
-    plugins:
-      limit-count: {count: 1, time_window: 60s, headers: false}
-";
+    let routes = [
+        limited(
+            "/counted",
+            "limit-count",
+            "{count: 3, time_window: 60s, key: [route]}",
+        ),
+        limited(
+            "/quiet",
+            "limit-count",
+            "{count: 1, time_window: 60s, headers: false}",
+        ),
+    ];
     let gw = gateway(&config(&up.target(), routes)).await;
     let c = http_client();
     for left in ["2", "1", "0"] {
@@ -69,31 +105,21 @@ async fn limit_count_headers_and_429() {
 #[tokio::test]
 async fn limit_count_keys_apart_and_sliding_window() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: s
-    paths: [/s]
-    upstream: u
-    plugins:
-      limit-count: {count: 10, time_window: 60s, policy: sliding, key: [route, 'header:x-user']}
-";
-    let gw = gateway(&config(&up.target(), routes)).await;
+    let route = limited(
+        "/s",
+        "limit-count",
+        "{count: 10, time_window: 60s, policy: sliding, key: [route, 'header:x-user']}",
+    );
+    let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
     for user in ["alice", "bob"] {
-        let mut ok = 0;
-        for _ in 0..15 {
-            let r = c
-                .get(gw.url("/s"))
-                .header("x-user", user)
-                .send()
-                .await
-                .unwrap();
-            match r.status().as_u16() {
-                200 => ok += 1,
-                429 => {}
-                s => panic!("unexpected status {s}"),
-            }
-        }
+        let got = statuses(15, || c.get(gw.url("/s")).header("x-user", user)).await;
+        assert!(
+            got.iter().all(|&s| s == 200 || s == 429),
+            "unexpected status in {got:?}"
+        );
         // Windows start at a key's first request: the whole run sits in one.
-        assert_eq!(ok, 10, "admitted for {user}");
+        assert_eq!(count(&got, 200), 10, "admitted for {user}");
     }
 }
 
@@ -102,21 +128,17 @@ async fn limit_count_keys_apart_and_sliding_window() {
 #[tokio::test]
 async fn fixed_window_admitted_count_over_time() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: f
-    paths: [/f]
-    upstream: u
-    plugins:
-      limit-count: {count: 4, time_window: 1s, key: [route]}
-";
-    let gw = gateway(&config(&up.target(), routes)).await;
+    let route = limited(
+        "/f",
+        "limit-count",
+        "{count: 4, time_window: 1s, key: [route]}",
+    );
+    let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
     let start = Instant::now();
-    let mut statuses = Vec::new();
-    while start.elapsed() < Duration::from_millis(2500) {
-        statuses.push(c.get(gw.url("/f")).send().await.unwrap().status().as_u16());
-    }
+    let statuses = statuses_during(Duration::from_millis(2500), || c.get(gw.url("/f"))).await;
     let span = start.elapsed();
-    let ok = statuses.iter().filter(|&&s| s == 200).count() as u64;
+    let ok = count(&statuses, 200) as u64;
     assert!(statuses.iter().all(|&s| s == 200 || s == 429));
     assert_eq!(&statuses[..4], [200; 4]);
     let windows = span.as_secs() + 1;
@@ -127,13 +149,8 @@ async fn fixed_window_admitted_count_over_time() {
 #[tokio::test]
 async fn limit_req_burst_then_rate() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: b
-    paths: [/b]
-    upstream: u
-    plugins:
-      limit-req: {rate: 2, burst: 4, key: [route]}
-";
-    let gw = gateway(&config(&up.target(), routes)).await;
+    let route = limited("/b", "limit-req", "{rate: 2, burst: 4, key: [route]}");
+    let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
     let start = Instant::now();
     let mut ok = 0u64;
@@ -166,29 +183,22 @@ async fn limit_req_burst_then_rate() {
 #[tokio::test]
 async fn limit_req_delay_mode_queues_instead_of_rejecting() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: d
-    paths: [/d]
-    upstream: u
-    plugins:
-      limit-req: {rate: 2, burst: 2, delay: true, key: [route]}
-";
-    let gw = gateway(&config(&up.target(), routes)).await;
+    let route = limited(
+        "/d",
+        "limit-req",
+        "{rate: 2, burst: 2, delay: true, key: [route]}",
+    );
+    let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
     let start = Instant::now();
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let c = c.clone();
-            let url = gw.url("/d");
-            tokio::spawn(async move {
-                let r = c.get(url).send().await.unwrap();
-                (r.status().as_u16(), Instant::now())
-            })
-        })
-        .collect();
-    let mut done = Vec::new();
-    for t in tasks {
-        done.push(t.await.unwrap());
-    }
+    let done = concurrently(6, || {
+        let request = c.get(gw.url("/d"));
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), Instant::now())
+        }
+    })
+    .await;
     let admitted: Vec<_> = done
         .iter()
         .filter(|(s, _)| *s == 200)
@@ -211,29 +221,12 @@ async fn limit_req_delay_mode_queues_instead_of_rejecting() {
 #[tokio::test]
 async fn limit_conn_caps_requests_in_flight() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: c
-    paths: [/c/*]
-    upstream: u
-    plugins:
-      limit-conn: {max: 2, key: [route]}
-";
-    let gw = gateway(&config(&up.target(), routes)).await;
+    let route = limited("/c/*", "limit-conn", "{max: 2, key: [route]}");
+    let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let c = c.clone();
-            let url = gw.url("/c/slow/3000");
-            tokio::spawn(async move {
-                let r = c.get(url).send().await.unwrap();
-                let s = r.status().as_u16();
-                let body: serde_json::Value = r.json().await.unwrap();
-                (s, body)
-            })
-        })
-        .collect();
+    let done = batch(&c, &gw.url("/c/slow/3000"), 6).await;
     let mut statuses = Vec::new();
-    for t in tasks {
-        let (s, body) = t.await.unwrap();
+    for (s, body) in done {
         if s == 429 {
             assert_eq!(error_of(&body)["code"], "rate_limited");
         }
@@ -259,45 +252,24 @@ async fn limit_conn_caps_requests_in_flight() {
 #[tokio::test]
 async fn adaptive_concurrency_follows_upstream_latency() {
     let up = Upstream::start("a").await;
-    let routes = "  - id: a
-    paths: [/a]
-    upstream: u
-    plugins:
-      adaptive-concurrency: {initial_limit: 10, min_limit: 1, max_limit: 50, backoff: 0.5, slack: 400ms}
-";
-    let gw = gateway(&config(&up.target(), routes)).await;
+    let route = limited(
+        "/a",
+        "adaptive-concurrency",
+        "{initial_limit: 10, min_limit: 1, max_limit: 50, backoff: 0.5, slack: 400ms}",
+    );
+    let gw = gateway(&config(&up.target(), [route])).await;
     let c = http_client();
-    let batch = |n: usize| {
-        let c = c.clone();
-        let url = gw.url("/a");
-        async move {
-            let tasks: Vec<_> = (0..n)
-                .map(|_| {
-                    let (c, url) = (c.clone(), url.clone());
-                    tokio::spawn(async move {
-                        let r = c.get(url).send().await.unwrap();
-                        let s = r.status().as_u16();
-                        let body: serde_json::Value = r.json().await.unwrap();
-                        (s, body)
-                    })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        }
-    };
+    let url = gw.url("/a");
+    let send_batch = |n: usize| batch(&c, &url, n);
     // Fast: a batch under the initial limit all passes. The slack (400 ms)
     // absorbs scheduling stalls of a loaded machine; the slow phase (2 s)
     // is far past it.
     for _ in 0..3 {
-        assert!(batch(8).await.iter().all(|(s, _)| *s == 200));
+        assert!(send_batch(8).await.iter().all(|(s, _)| *s == 200));
     }
     up.set_behaviour(Behaviour::normal().with_delay(Duration::from_millis(2000)));
     let overloaded = wait_for("a 503 overloaded", Duration::from_secs(60), || async {
-        let out = batch(12).await;
+        let out = send_batch(12).await;
         out.iter().find(|(s, _)| *s == 503).map(|(_, b)| b.clone())
     })
     .await;
@@ -307,17 +279,14 @@ async fn adaptive_concurrency_follows_upstream_latency() {
 
     up.set_behaviour(Behaviour::normal());
     wait_until("the limit to recover", Duration::from_secs(60), || async {
-        batch(8).await.iter().all(|(s, _)| *s == 200)
+        send_batch(8).await.iter().all(|(s, _)| *s == 200)
     })
     .await;
 }
 
 #[test]
 fn validate_names_limit_fields() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(
-        &f,
+    rejected(
         "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
 consumers:
   - name: c
@@ -334,49 +303,22 @@ routes:
       limit-conn: {max: 1, colour: red}
       adaptive-concurrency: {backoff: 2}
 ",
-    )
-    .unwrap();
-    let out = Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "routes[0].plugins.limit-count.count: must be at least 1",
-        "routes[0].plugins.limit-count.key[0]: unknown key part `ip`",
-        "routes[0].plugins.limit-count.rejected_code: 200 is not a status between 400 and 599",
-        "routes[0].plugins.limit-req.rate: must be between",
-        "routes[0].plugins.limit-conn.colour: unknown field `colour`",
-        "consumers[0].plugins.key-auth: `key-auth` cannot be set on a consumer; only limit-count, limit-req, limit-conn can",
-        "consumers[0].plugins.limit-count.count: must be at least 1",
-        "routes[0].plugins.adaptive-concurrency.backoff: must be between 0.5 and 0.99",
-    ] {
-        assert!(err.contains(want), "missing `{want}` in:\n{err}");
-    }
-}
-
-fn sha_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        &[
+            "routes[0].plugins.limit-count.count: must be at least 1",
+            "routes[0].plugins.limit-count.key[0]: unknown key part `ip`",
+            "routes[0].plugins.limit-count.rejected_code: 200 is not a status between 400 and 599",
+            "routes[0].plugins.limit-req.rate: must be between",
+            "routes[0].plugins.limit-conn.colour: unknown field `colour`",
+            "consumers[0].plugins.key-auth: `key-auth` cannot be set on a consumer; only limit-count, limit-req, limit-conn can",
+            "consumers[0].plugins.limit-count.count: must be at least 1",
+            "routes[0].plugins.adaptive-concurrency.backoff: must be between 0.5 and 0.99",
+        ],
+    );
 }
 
 /// Sends `n` requests with `key` one after the other; the statuses.
-async fn statuses(c: &reqwest::Client, url: &str, key: &str, n: usize) -> Vec<u16> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let r = c.get(url).header("apikey", key).send().await.unwrap();
-        out.push(r.status().as_u16());
-    }
-    out
-}
-
-fn admitted(s: &[u16]) -> usize {
-    s.iter().filter(|&&s| s == 200).count()
+async fn with_key(c: &reqwest::Client, url: &str, key: &str, n: usize) -> Vec<u16> {
+    statuses(n, || c.get(url).header("apikey", key)).await
 }
 
 /// A consumer's own `limit-count`, `limit-req` and `limit-conn` win over
@@ -387,65 +329,55 @@ fn admitted(s: &[u16]) -> usize {
 async fn a_consumers_own_limits_win_over_the_routes() {
     let up = Upstream::start("a").await;
     let held = ScriptedUpstream::start().await;
-    let yaml = format!(
-        "upstreams:
-  - {{id: u, targets: [{{addr: \"{}\"}}]}}
-  - {{id: held, targets: [{{addr: \"{}\"}}]}}
-consumers:
-  - name: gold
-    credentials: {{key-auth: [{{key_sha256: {}}}]}}
-    plugins:
-      limit-count: {{count: 5, time_window: 1h}}
-      limit-req: {{rate: 0.001, burst: 4}}
-      limit-conn: {{max: 3}}
-  - name: plain
-    credentials: {{key-auth: [{{key_sha256: {}}}]}}
-  - name: tight
-    credentials: {{key-auth: [{{key_sha256: {}}}]}}
-    plugins:
-      limit-count: {{count: 1, time_window: 1h}}
-routes:
-  - id: count
-    paths: [/count]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-      limit-count: {{count: 2, time_window: 1h, key: [consumer]}}
-  - id: count2
-    paths: [/count2]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-      limit-count: {{count: 2, time_window: 1h, key: [consumer]}}
-  - id: req
-    paths: [/req]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-      limit-req: {{rate: 0.001, burst: 2, key: [consumer]}}
-  - id: conn
-    paths: [/conn/*]
-    upstream: held
-    plugins:
-      key-auth: {{}}
-      limit-conn: {{max: 1, key: [consumer]}}
-",
-        up.target(),
-        held.target(),
-        sha_hex("gold-key"),
-        sha_hex("plain-key"),
-        sha_hex("tight-key"),
-    );
+    let keyed = |id: &str, path: &str, upstream: &str| {
+        Route::new(id, path)
+            .upstream(upstream)
+            .plugin("key-auth", "{}")
+    };
+    let yaml = GatewayConfig::new()
+        .upstream("u", up.target())
+        .upstream("held", held.target())
+        .consumer(
+            Consumer::new("gold")
+                .key_auth(&[&sha_hex("gold-key")])
+                .plugin("limit-count", "{count: 5, time_window: 1h}")
+                .plugin("limit-req", "{rate: 0.001, burst: 4}")
+                .plugin("limit-conn", "{max: 3}"),
+        )
+        .consumer(Consumer::new("plain").key_auth(&[&sha_hex("plain-key")]))
+        .consumer(
+            Consumer::new("tight")
+                .key_auth(&[&sha_hex("tight-key")])
+                .plugin("limit-count", "{count: 1, time_window: 1h}"),
+        )
+        .route(keyed("count", "/count", "u").plugin(
+            "limit-count",
+            "{count: 2, time_window: 1h, key: [consumer]}",
+        ))
+        .route(keyed("count2", "/count2", "u").plugin(
+            "limit-count",
+            "{count: 2, time_window: 1h, key: [consumer]}",
+        ))
+        .route(
+            keyed("req", "/req", "u")
+                .plugin("limit-req", "{rate: 0.001, burst: 2, key: [consumer]}"),
+        )
+        .route(keyed("conn", "/conn/*", "held").plugin("limit-conn", "{max: 1, key: [consumer]}"))
+        .to_yaml();
     let gw = gateway(&yaml).await;
     let c = http_client();
 
-    let gold = statuses(&c, &gw.url("/count"), "gold-key", 8).await;
-    assert_eq!(admitted(&gold), 5, "gold: its own count {gold:?}");
+    let gold = with_key(&c, &gw.url("/count"), "gold-key", 8).await;
+    assert_eq!(count(&gold, 200), 5, "gold: its own count {gold:?}");
     assert!(gold.iter().all(|&s| s == 200 || s == 429), "{gold:?}");
-    let plain = statuses(&c, &gw.url("/count"), "plain-key", 8).await;
-    assert_eq!(admitted(&plain), 2, "plain: the route's count {plain:?}");
-    let tight = statuses(&c, &gw.url("/count"), "tight-key", 8).await;
-    assert_eq!(admitted(&tight), 1, "tight: its own, lower count {tight:?}");
+    let plain = with_key(&c, &gw.url("/count"), "plain-key", 8).await;
+    assert_eq!(count(&plain, 200), 2, "plain: the route's count {plain:?}");
+    let tight = with_key(&c, &gw.url("/count"), "tight-key", 8).await;
+    assert_eq!(
+        count(&tight, 200),
+        1,
+        "tight: its own, lower count {tight:?}"
+    );
     // The consumer's quota holds per route (default key: consumer, route).
     let r = c
         .get(gw.url("/count2"))
@@ -457,10 +389,10 @@ routes:
     assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("5"));
     assert_eq!(header(&r, "ratelimit-remaining").as_deref(), Some("4"));
 
-    let gold = statuses(&c, &gw.url("/req"), "gold-key", 8).await;
-    assert_eq!(admitted(&gold), 4, "gold: its own burst {gold:?}");
-    let plain = statuses(&c, &gw.url("/req"), "plain-key", 8).await;
-    assert_eq!(admitted(&plain), 2, "plain: the route's burst {plain:?}");
+    let gold = with_key(&c, &gw.url("/req"), "gold-key", 8).await;
+    assert_eq!(count(&gold, 200), 4, "gold: its own burst {gold:?}");
+    let plain = with_key(&c, &gw.url("/req"), "plain-key", 8).await;
+    assert_eq!(count(&plain, 200), 2, "plain: the route's burst {plain:?}");
 
     // In flight: admitted bodies stay open until the gate opens, so every
     // admitted request holds its place while the others are decided.
@@ -496,13 +428,8 @@ routes:
             assert_eq!(&r.bytes().await.unwrap()[..], b"firstrest");
         }
         // Every place is given back once the bodies have ended.
-        let r = wait_for("places given back", Duration::from_secs(10), || {
-            let c = c.clone();
-            let url = gw.url("/conn/held");
-            async move {
-                let r = c.get(url).header("apikey", key).send().await.ok()?;
-                (r.status() == 200).then_some(r)
-            }
+        let r = until_status("places given back", Duration::from_secs(10), 200, || {
+            c.get(gw.url("/conn/held")).header("apikey", key)
         })
         .await;
         assert_eq!(&r.bytes().await.unwrap()[..], b"firstrest");

@@ -5,46 +5,43 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{error_of, gateway, weir_bin};
-use weir_testsupport::{Gateway, Upstream, http_client, wait_until};
+use common::{error_of, gateway, rejected};
+use serde_json::json;
+use weir_testsupport::{Gateway, GatewayConfig, Route, Service, Upstream, http_client, wait_until};
 
-fn config(target: &str, extra_routes: &str, top: &str) -> String {
-    format!(
-        "{top}
-upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
-services:
-  - id: svc
-    upstream: u
-    plugins:
-      response-rewrite: {{headers: {{set: {{x-level: service}}}}}}
-routes:
-  - id: plain
-    paths: [/plain]
-    upstream: u
-  - id: via-service
-    paths: [/svc]
-    service: svc
-  - id: own
-    paths: [/own]
-    service: svc
-    plugins:
-      response-rewrite:
-        headers:
-          set: {{x-level: route}}
-          add: {{x-extra: one}}
-          remove: [x-upstream]
-{extra_routes}"
-    )
+/// `response-rewrite` setting `x-level: level`.
+fn level(level: &str) -> serde_json::Value {
+    json!({"headers": {"set": {"x-level": level}}})
+}
+
+/// Upstream `u`, service `svc` setting `x-level: service`, and the routes
+/// `plain` (no plugin), `via-service` and `own`, whose own plugin sets
+/// `x-level: own_level` over the service's.
+fn config(target: &str, own_level: &str) -> GatewayConfig {
+    GatewayConfig::new()
+        .upstream("u", target)
+        .service(Service::new("svc", "u").plugin("response-rewrite", level("service")))
+        .route(Route::new("plain", "/plain").upstream("u"))
+        .route(Route::new("via-service", "/svc").service("svc"))
+        .route(Route::new("own", "/own").service("svc").plugin(
+            "response-rewrite",
+            json!({"headers": {
+                "set": {"x-level": own_level},
+                "add": {"x-extra": "one"},
+                "remove": ["x-upstream"],
+            }}),
+        ))
 }
 
 #[tokio::test]
 async fn most_specific_level_wins() {
     let up = Upstream::start("a").await;
-    let top = "plugins:\n  response-rewrite: {headers: {set: {x-level: global}}}\n";
-    let gw = gateway(&config(&up.target(), "", top)).await;
+    let yaml = config(&up.target(), "route")
+        .plugin("response-rewrite", level("global"))
+        .to_yaml();
+    let gw = gateway(&yaml).await;
     let c = http_client();
 
     let r = c.get(gw.url("/plain")).send().await.unwrap();
@@ -71,21 +68,17 @@ async fn most_specific_level_wins() {
 #[tokio::test]
 async fn fixed_status_and_body_replace_the_upstream_answer() {
     let up = Upstream::start("a").await;
-    let extra = "  - id: mock
-    paths: [/mock]
-    upstream: u
-    plugins:
-      response-rewrite: {status: 201, body: '{\"mocked\":true}', headers: {set: {content-type: application/json}}}
-  - id: dead
-    paths: [/dead]
-    upstream: gone
-    plugins:
-      response-rewrite: {headers: {set: {x-seen: 'yes'}}}
-";
-    let yaml = config(&up.target(), extra, "").replace(
-        "upstreams: [",
-        "upstreams: [{id: gone, targets: [{addr: \"127.0.0.1:1\"}], retries: 0}, ",
-    );
+    let yaml = config(&up.target(), "route")
+        .upstream_spec("{id: gone, targets: [{addr: \"127.0.0.1:1\"}], retries: 0}")
+        .route(Route::new("mock", "/mock").upstream("u").plugin(
+            "response-rewrite",
+            "{status: 201, body: '{\"mocked\":true}', headers: {set: {content-type: application/json}}}",
+        ))
+        .route(Route::new("dead", "/dead").upstream("gone").plugin(
+            "response-rewrite",
+            "{headers: {set: {x-seen: 'yes'}}}",
+        ))
+        .to_yaml();
     let gw = gateway(&yaml).await;
     let c = http_client();
 
@@ -105,7 +98,7 @@ async fn fixed_status_and_body_replace_the_upstream_answer() {
 #[tokio::test]
 async fn consumer_headers_from_the_client_never_reach_the_upstream() {
     let up = Upstream::start("a").await;
-    let gw = gateway(&config(&up.target(), "", "")).await;
+    let gw = gateway(&config(&up.target(), "route").to_yaml()).await;
     let c = http_client();
     for path in ["/plain", "/own"] {
         let r = c
@@ -124,10 +117,7 @@ async fn consumer_headers_from_the_client_never_reach_the_upstream() {
 
 #[test]
 fn validate_names_plugin_field_and_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(
-        &f,
+    rejected(
         "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
 plugins:
   no-such-plugin: {}
@@ -149,42 +139,21 @@ routes:
     plugins:
       response-rewrite: {status: 99, headers: {set: {'bad header': x}}}
 ",
-    )
-    .unwrap();
-    let out = Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("plugins.no-such-plugin: unknown plugin `no-such-plugin`"),
-        "{err}"
-    );
-    assert!(
-        err.contains("routes[2].plugins.response-rewrite.colour: unknown field `colour`"),
-        "{err}"
-    );
-    assert!(
-        err.contains("routes[3].plugins.response-rewrite.status: 99 is not a status"),
-        "{err}"
-    );
-    assert!(
-        err.contains(
-            "routes[3].plugins.response-rewrite.headers.set.bad header: `bad header` is not a valid header name"
-        ),
-        "{err}"
+        &[
+            "plugins.no-such-plugin: unknown plugin `no-such-plugin`",
+            "routes[2].plugins.response-rewrite.colour: unknown field `colour`",
+            "routes[3].plugins.response-rewrite.status: 99 is not a status",
+            "routes[3].plugins.response-rewrite.headers.set.bad header: `bad header` is not a valid header name",
+        ],
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugin_config_on_reload_keeps_the_running_config() {
     let up = Upstream::start("a").await;
-    let good = config(&up.target(), "", "");
-    let gw = gateway(&good).await;
+    let gw = gateway(&config(&up.target(), "route").to_yaml()).await;
     let c = http_client();
-    let bad = good.replace("x-level: route", "x-level: \"bad\\nvalue\"");
+    let bad = config(&up.target(), "bad\nvalue").to_yaml();
     gw.rewrite_config(&Gateway::config(&bad)).unwrap();
     wait_until(
         "the rejection is logged",
@@ -202,10 +171,8 @@ async fn bad_plugin_config_on_reload_keeps_the_running_config() {
     assert_eq!(r.headers()["x-level"], "route");
 
     // A good change is applied again.
-    gw.rewrite_config(&Gateway::config(
-        &good.replace("x-level: route", "x-level: route2"),
-    ))
-    .unwrap();
+    gw.rewrite_config(&Gateway::config(&config(&up.target(), "route2").to_yaml()))
+        .unwrap();
     wait_until("the new config serves", Duration::from_secs(10), || async {
         let r = c.get(gw.url("/own")).send().await.unwrap();
         r.headers()["x-level"] == "route2"
@@ -216,42 +183,33 @@ async fn bad_plugin_config_on_reload_keeps_the_running_config() {
 #[tokio::test]
 async fn disable_plugins_switches_off_wider_ones() {
     let up = Upstream::start("a").await;
-    let yaml = format!(
-        "plugins:
-  response-rewrite: {{headers: {{set: {{x-level: global}}}}}}
-  proxy-rewrite: {{headers: {{set: {{x-global-rewrite: 'yes'}}}}}}
-upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]
-services:
-  - id: svc
-    upstream: u
-    plugins:
-      response-rewrite: {{headers: {{set: {{x-level: service}}}}}}
-  - id: quiet
-    upstream: u
-    disable_plugins: [response-rewrite]
-routes:
-  - id: plain
-    paths: [/plain]
-    upstream: u
-  - id: route-off
-    paths: [/route-off]
-    upstream: u
-    disable_plugins: [response-rewrite, proxy-rewrite]
-  - id: service-plugin-off
-    paths: [/svc-off]
-    service: svc
-    disable_plugins: [response-rewrite]
-  - id: quiet-service
-    paths: [/quiet]
-    service: quiet
-  - id: quiet-but-own
-    paths: [/quiet-own]
-    service: quiet
-    plugins:
-      response-rewrite: {{headers: {{set: {{x-level: route}}}}}}
-",
-        up.target()
-    );
+    let yaml = GatewayConfig::new()
+        .plugin("response-rewrite", level("global"))
+        .plugin(
+            "proxy-rewrite",
+            "{headers: {set: {x-global-rewrite: 'yes'}}}",
+        )
+        .upstream("u", up.target())
+        .service(Service::new("svc", "u").plugin("response-rewrite", level("service")))
+        .service(Service::new("quiet", "u").set("disable_plugins", "[response-rewrite]"))
+        .route(Route::new("plain", "/plain").upstream("u"))
+        .route(
+            Route::new("route-off", "/route-off")
+                .upstream("u")
+                .set("disable_plugins", "[response-rewrite, proxy-rewrite]"),
+        )
+        .route(
+            Route::new("service-plugin-off", "/svc-off")
+                .service("svc")
+                .set("disable_plugins", "[response-rewrite]"),
+        )
+        .route(Route::new("quiet-service", "/quiet").service("quiet"))
+        .route(
+            Route::new("quiet-but-own", "/quiet-own")
+                .service("quiet")
+                .plugin("response-rewrite", level("route")),
+        )
+        .to_yaml();
     let gw = gateway(&yaml).await;
     let c = http_client();
     // (path, x-level answered, whether proxy-rewrite ran)
@@ -280,10 +238,7 @@ routes:
 
 #[test]
 fn disable_plugins_names_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(
-        &f,
+    rejected(
         "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
 services:
   - id: s
@@ -301,21 +256,11 @@ routes:
       cors: {allow_origins: ['*']}
     disable_plugins: [cors]
 ",
-    )
-    .unwrap();
-    let out = Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "services[0].disable_plugins[0]: unknown plugin `corz`; known:",
-        "routes[0].disable_plugins[1]: unknown plugin `no-such-plugin`",
-        "routes[0].disable_plugins[2]: `cors` is listed twice",
-        "routes[1].disable_plugins[0]: `cors` is also set in `routes[1].plugins`",
-    ] {
-        assert!(err.contains(want), "missing `{want}` in:\n{err}");
-    }
+        &[
+            "services[0].disable_plugins[0]: unknown plugin `corz`; known:",
+            "routes[0].disable_plugins[1]: unknown plugin `no-such-plugin`",
+            "routes[0].disable_plugins[2]: `cors` is listed twice",
+            "routes[1].disable_plugins[0]: `cors` is also set in `routes[1].plugins`",
+        ],
+    );
 }

@@ -1,10 +1,11 @@
-//! Shared bits of the integration tests: the binary under test and a
-//! one-line gateway start.
+//! Shared bits of the integration tests: the binary under test, one-line
+//! gateway starts, `weir validate` on a bad config, and key digests.
 #![allow(dead_code)]
 
 use std::path::Path;
 
-use weir_testsupport::Gateway;
+use sha2::Digest as _;
+use weir_testsupport::{Gateway, assert_rejected};
 
 /// The `weir` binary cargo built for these tests.
 pub fn weir_bin() -> &'static Path {
@@ -16,6 +17,31 @@ pub async fn gateway(yaml: &str) -> Gateway {
     Gateway::start(weir_bin(), &Gateway::config(yaml))
         .await
         .expect("weir starts")
+}
+
+/// Starts a gateway with `yaml` like [`gateway`], logging at debug level
+/// (for tests that check no secret reaches even the debug log).
+pub async fn gateway_debug(yaml: &str) -> Gateway {
+    Gateway::builder(weir_bin())
+        .config(Gateway::config(yaml))
+        .env("WEIR_LOG", "debug")
+        .start()
+        .await
+        .expect("weir starts")
+}
+
+/// Runs `weir validate` on `yaml`, asserts it is refused (exit 2) with
+/// every line of `wants` on stderr, and returns the stderr.
+pub fn rejected(yaml: &str, wants: &[&str]) -> String {
+    assert_rejected(weir_bin(), yaml, wants)
+}
+
+/// The SHA-256 of `s` as 64 hex digits, as `key_sha256` wants a key.
+pub fn sha_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A config with one upstream `u` over `targets` and one catch-all route,

@@ -20,10 +20,15 @@
 //! - [`ScriptedUpstream`]: answers the test writes per path (status,
 //!   headers, body parts), with [`Gate`]s that hold a body half way.
 //! - [`wait_until`] / [`wait_for`]: deadlines instead of sleeps.
+//! - [`GatewayConfig`]: builds the config YAML of a test (upstreams,
+//!   [`Route`]s, [`Service`]s, [`Consumer`]s, plugins) instead of each
+//!   test file pasting its own.
+//! - Request loops: [`statuses`], [`statuses_during`], [`concurrently`],
+//!   [`until_status`], and [`assert_rejected`] for `weir validate`.
 //!
-//! It does not own the gateway's behaviour or its config schema: tests
-//! write YAML as the gateway documents it, and this crate only forces the
-//! listeners onto loopback ports ([`Gateway::config`]).
+//! It does not own the gateway's behaviour or its config schema: the
+//! builder writes whatever keys the test names, unchecked, and this crate
+//! only forces the listeners onto loopback ports ([`Gateway::config`]).
 //!
 //! Everything async runs on the caller's tokio runtime; a plain
 //! `#[tokio::test]` (current-thread) is enough.
@@ -31,12 +36,14 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod config;
 mod gateway;
 mod origin;
 mod otlp;
 mod pattern;
 pub mod raftnode;
 mod raw;
+mod requests;
 mod scripted;
 mod tls;
 mod upstream;
@@ -45,6 +52,7 @@ mod wait;
 pub use client::{
     Drained, drain_response, h2c_client, http_client, upload_body, upload_body_chunked,
 };
+pub use config::{Consumer, GatewayConfig, Route, Service, ToYaml};
 pub use gateway::{DEFAULT_READY_TIMEOUT, Gateway, GatewayBuilder, Ready, Signal};
 pub use origin::{Origin, Script as OriginScript};
 pub use otlp::{
@@ -53,6 +61,7 @@ pub use otlp::{
 };
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
+pub use requests::{assert_rejected, concurrently, count, statuses, statuses_during, until_status};
 pub use scripted::{Gate, Script, ScriptedUpstream};
 pub use tls::{HttpsDocServer, TestCa, TestCert};
 pub use upstream::{Behaviour, RecordedRequest, Upstream, unused_addr};
