@@ -291,12 +291,8 @@ impl SealedTransport {
         socket: std::net::UdpSocket,
         key: Option<GossipKey>,
         stats: Arc<GossipStats>,
-    ) -> SealedTransport {
-        SealedTransport {
-            key,
-            stats,
-            socket: Mutex::new(Some(Unopened::Udp(socket))),
-        }
+    ) -> Self {
+        Self::unopened(Unopened::Udp(socket), key, stats)
     }
 
     /// A transport over `socket`, bound by any [`DatagramTransport`];
@@ -305,11 +301,15 @@ impl SealedTransport {
         socket: Box<dyn DatagramSocket>,
         key: Option<GossipKey>,
         stats: Arc<GossipStats>,
-    ) -> SealedTransport {
+    ) -> Self {
+        Self::unopened(Unopened::Bound(socket), key, stats)
+    }
+
+    fn unopened(socket: Unopened, key: Option<GossipKey>, stats: Arc<GossipStats>) -> Self {
         SealedTransport {
             key,
             stats,
-            socket: Mutex::new(Some(Unopened::Bound(socket))),
+            socket: Mutex::new(Some(socket)),
         }
     }
 }
