@@ -1,5 +1,11 @@
-//! The gossip transport: chitchat's messages over UDP, each datagram sealed
-//! with XChaCha20-Poly1305 under a key derived from the cluster secret.
+//! The gossip transport: chitchat's messages as datagrams, each sealed with
+//! XChaCha20-Poly1305 under a key derived from the cluster secret.
+//!
+//! What carries the datagrams is a value, [`GossipTransport`]: UDP in
+//! production, anything implementing [`DatagramTransport`] in tests and
+//! fault injection ([`crate::faults`]). The sealing sits above that seam,
+//! so an injected transport only ever moves sealed bytes and cannot turn
+//! authentication off (ADR 0029).
 //!
 //! Wire format of one datagram:
 //!
@@ -19,6 +25,7 @@
 //! chitchat's state merge ignores versions it already has, so a replay can
 //! at worst repeat old news.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -46,6 +53,83 @@ const FORMAT_SEALED: u8 = 0x01;
 const NONCE_LEN: usize = 24;
 /// HKDF salt: fixes the key to this protocol and its version.
 const KDF_SALT: &[u8] = b"weir gossip v1";
+
+/// What carries gossip datagrams: binds sockets. It moves bytes only; the
+/// bytes it is handed are already sealed (or marked open).
+#[async_trait]
+pub trait DatagramTransport: Send + Sync + 'static {
+    /// A socket bound to `addr`; port 0 picks one, which
+    /// [`DatagramSocket::local_addr`] then reports.
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn DatagramSocket>>;
+}
+
+/// One bound datagram socket, as [`tokio::net::UdpSocket`] is one.
+#[async_trait]
+pub trait DatagramSocket: Send + Sync + 'static {
+    /// The address it is bound to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// Sends one datagram. A datagram lost on the way is not an error.
+    async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize>;
+    /// Waits for one datagram; returns its length and sender.
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+}
+
+/// The production transport: plain UDP sockets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Udp;
+
+#[async_trait]
+impl DatagramTransport for Udp {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn DatagramSocket>> {
+        Ok(Box::new(tokio::net::UdpSocket::bind(addr).await?))
+    }
+}
+
+#[async_trait]
+impl DatagramSocket for tokio::net::UdpSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::UdpSocket::local_addr(self)
+    }
+    async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        tokio::net::UdpSocket::send_to(self, datagram, to).await
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        tokio::net::UdpSocket::recv_from(self, buf).await
+    }
+}
+
+/// The transport gossip runs over, as a value a caller passes in
+/// ([`crate::membership::MembershipConfig::transport`]). The default is
+/// [`Udp`]. Whatever it is, membership seals above it.
+#[derive(Clone)]
+pub struct GossipTransport(Arc<dyn DatagramTransport>);
+
+impl GossipTransport {
+    /// Gossip over `transport`.
+    pub fn new(transport: impl DatagramTransport) -> GossipTransport {
+        GossipTransport(Arc::new(transport))
+    }
+
+    /// Binds a socket through the transport.
+    ///
+    /// # Errors
+    /// Whatever the transport's bind returns.
+    pub async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn DatagramSocket>> {
+        self.0.bind(addr).await
+    }
+}
+
+impl Default for GossipTransport {
+    fn default() -> Self {
+        GossipTransport::new(Udp)
+    }
+}
+
+impl std::fmt::Debug for GossipTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipTransport(..)")
+    }
+}
 
 /// Errors building the gossip key.
 #[derive(Debug, thiserror::Error)]
@@ -185,22 +269,43 @@ fn bump(c: &AtomicU64, by: u64) {
 
 /// A chitchat [`Transport`] that seals every datagram (or marks it open
 /// when there is no key). It hands out one socket: the one given to
-/// [`SealedTransport::new`], already bound, so callers can bind port 0 and
-/// learn the port before chitchat starts.
+/// [`SealedTransport::new`] or [`SealedTransport::over`], already bound, so
+/// callers can bind port 0 and learn the port before chitchat starts.
 pub struct SealedTransport {
     key: Option<GossipKey>,
     stats: Arc<GossipStats>,
-    socket: Mutex<Option<std::net::UdpSocket>>,
+    socket: Mutex<Option<Unopened>>,
+}
+
+/// The socket before chitchat opens it. A std UDP socket is only turned
+/// into a tokio one there, inside the runtime.
+enum Unopened {
+    Udp(std::net::UdpSocket),
+    Bound(Box<dyn DatagramSocket>),
 }
 
 impl SealedTransport {
-    /// A transport over `socket` (bound, any blocking mode); `key: None`
-    /// sends open datagrams.
+    /// A transport over the UDP `socket` (bound, any blocking mode);
+    /// `key: None` sends open datagrams.
     pub fn new(
         socket: std::net::UdpSocket,
         key: Option<GossipKey>,
         stats: Arc<GossipStats>,
-    ) -> SealedTransport {
+    ) -> Self {
+        Self::unopened(Unopened::Udp(socket), key, stats)
+    }
+
+    /// A transport over `socket`, bound by any [`DatagramTransport`];
+    /// `key: None` sends open datagrams.
+    pub fn over(
+        socket: Box<dyn DatagramSocket>,
+        key: Option<GossipKey>,
+        stats: Arc<GossipStats>,
+    ) -> Self {
+        Self::unopened(Unopened::Bound(socket), key, stats)
+    }
+
+    fn unopened(socket: Unopened, key: Option<GossipKey>, stats: Arc<GossipStats>) -> Self {
         SealedTransport {
             key,
             stats,
@@ -212,18 +317,23 @@ impl SealedTransport {
 #[async_trait]
 impl Transport for SealedTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let std_socket = self
+        let unopened = self
             .socket
             .lock()
             .map_err(|_| anyhow::anyhow!("gossip transport lock poisoned"))?
             .take()
             .context("the gossip socket was already opened")?;
-        let bound = std_socket.local_addr()?;
+        let socket: Box<dyn DatagramSocket> = match unopened {
+            Unopened::Udp(std_socket) => {
+                std_socket.set_nonblocking(true)?;
+                Box::new(tokio::net::UdpSocket::from_std(std_socket)?)
+            }
+            Unopened::Bound(socket) => socket,
+        };
+        let bound = socket.local_addr()?;
         if bound != listen_addr {
             anyhow::bail!("gossip socket is bound to {bound}, not {listen_addr}");
         }
-        std_socket.set_nonblocking(true)?;
-        let socket = tokio::net::UdpSocket::from_std(std_socket)?;
         Ok(Box::new(SealedSocket {
             key: self.key.clone(),
             stats: self.stats.clone(),
@@ -238,7 +348,7 @@ impl Transport for SealedTransport {
 struct SealedSocket {
     key: Option<GossipKey>,
     stats: Arc<GossipStats>,
-    socket: tokio::net::UdpSocket,
+    socket: Box<dyn DatagramSocket>,
     plain: Vec<u8>,
     wire: Vec<u8>,
     recv_buf: Box<[u8]>,

@@ -1,6 +1,8 @@
 //! Cluster membership: who is in the cluster, where they are and how to
 //! reach them, kept by chitchat's scuttlebutt gossip over the
-//! [sealed transport](crate::gossip).
+//! [sealed transport](crate::gossip). What carries the sealed datagrams is
+//! [`MembershipConfig::transport`]: UDP unless the caller passes another
+//! (tests put [faults](crate::faults) there).
 //!
 //! Each node publishes a few keys about itself ([`NodeInfo`]); chitchat
 //! identifies it by `(node id, generation, gossip address)`, and the
@@ -36,7 +38,9 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::gossip::{GossipKey, GossipStats, GossipStatsSnapshot, KeyError, SealedTransport};
+use crate::gossip::{
+    GossipKey, GossipStats, GossipStatsSnapshot, GossipTransport, KeyError, SealedTransport,
+};
 
 /// Key: the node's region.
 pub const KEY_REGION: &str = "region";
@@ -136,6 +140,9 @@ pub struct MembershipConfig {
     pub info: NodeInfo,
     /// Gossip and failure-detection timing.
     pub timing: GossipTiming,
+    /// What carries the datagrams; [`GossipTransport::default`] is UDP.
+    /// Sealing applies whatever it is.
+    pub transport: GossipTransport,
 }
 
 /// Errors starting membership.
@@ -254,7 +261,8 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Membership {
-    /// Binds the gossip socket, checks the security rules, and joins.
+    /// Binds the gossip socket through `cfg.transport`, checks the
+    /// security rules, and joins.
     ///
     /// # Errors
     /// See [`MembershipError`].
@@ -271,10 +279,13 @@ impl Membership {
             None => return Err(MembershipError::SecretRequired(cfg.listen)),
         };
         let socket =
-            std::net::UdpSocket::bind(cfg.listen).map_err(|source| MembershipError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+            cfg.transport
+                .bind(cfg.listen)
+                .await
+                .map_err(|source| MembershipError::Bind {
+                    addr: cfg.listen,
+                    source,
+                })?;
         let bound = socket
             .local_addr()
             .map_err(|source| MembershipError::Bind {
@@ -325,7 +336,7 @@ impl Membership {
             }
         }
         let stats = Arc::new(GossipStats::default());
-        let transport = SealedTransport::new(socket, key, stats.clone());
+        let transport = SealedTransport::over(socket, key, stats.clone());
         let handle = chitchat::spawn_chitchat(config, kv, &transport)
             .await
             .map_err(MembershipError::Start)?;
@@ -529,6 +540,7 @@ mod tests {
                 initial_interval: Duration::from_millis(100),
                 ..GossipTiming::default()
             },
+            transport: GossipTransport::default(),
         }
     }
 

@@ -190,6 +190,7 @@ impl Cluster {
                 dead_node_grace: c.dead_node_grace,
                 ..GossipTiming::default()
             },
+            transport: weir_cluster::gossip::GossipTransport::default(),
         })
         .await
         .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;

@@ -50,20 +50,10 @@ pub struct Peer {
     pub region: String,
 }
 
-fn rendezvous_score(upstream: &str, target: &str, node: &str) -> u64 {
-    // FNV-1a, then a 64-bit finaliser: stable across processes and builds.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [upstream, "\0", target, "\0", node] {
-        for b in part.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+impl weir_cluster::owner::Candidate for Peer {
+    fn candidate_id(&self) -> &str {
+        &self.id
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// The `k` probers of a target: highest rendezvous score first, members of
@@ -75,15 +65,10 @@ pub fn probers_of<'a>(
     peers: &'a [Peer],
     k: usize,
 ) -> Vec<&'a Peer> {
-    let mut ranked: Vec<(bool, u64, &Peer)> = peers
-        .iter()
-        .map(|p| {
-            let local = !region.is_empty() && p.region == region;
-            (local, rendezvous_score(upstream, target, &p.id), p)
-        })
-        .collect();
-    ranked.sort_by(|a, b| (b.0, b.1, &b.2.id).cmp(&(a.0, a.1, &a.2.id)));
-    ranked.into_iter().take(k).map(|(_, _, p)| p).collect()
+    let key = weir_cluster::owner::key(&[upstream, target]);
+    weir_cluster::owner::owners_preferring(&key, peers, k, |p| {
+        !region.is_empty() && p.region == region
+    })
 }
 
 /// Parses a peer's report; `None` if it is not a list of pairs.

@@ -117,7 +117,8 @@ impl ConfigView {
     ) -> Result<WriteOutcome, StoreError> {
         let (docs, revision) = self.docs_at();
         let db = self.shared.db.clone();
-        Ok(compute(&docs, revision, batch, validator, &|n| state_at(&db, n))?.0)
+        let at = |n: u64| state_at(&db.begin_read()?.open_table(HISTORY)?, n);
+        Ok(compute(&docs, revision, batch, validator, &at)?.0)
     }
 }
 
@@ -247,13 +248,13 @@ impl StateMachine {
     }
 }
 
-/// The documents as they were at `revision`, rebuilt from the history.
+/// The documents as they were at `revision`, rebuilt from the history
+/// table `t`: the committed one (a read transaction) or the one of an open
+/// write transaction, which also sees the history written earlier in it.
 fn state_at(
-    db: &Database,
+    t: &impl ReadableTable<u64, &'static [u8]>,
     revision: u64,
 ) -> Result<BTreeMap<DocKey, serde_json::Value>, StoreError> {
-    let tx = db.begin_read()?;
-    let t = tx.open_table(HISTORY)?;
     let mut out = BTreeMap::new();
     for item in t.range(..=revision)? {
         let (k, v) = item?;
@@ -503,7 +504,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(batch) => {
                         // History written earlier in this transaction is
                         // visible to a rollback through `tx`'s own view.
-                        let at = |n: u64| state_at_tx(&tx, n);
+                        let at = |n: u64| state_at(&tx.open_table(HISTORY)?, n);
                         let (outcome, change) =
                             compute(&docs, revision, &batch, &this.validator, &at)?;
                         if let Some((new_docs, record)) = change {
@@ -612,28 +613,4 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(StoreError::read)
     }
-}
-
-/// [`state_at`] inside an open write transaction.
-fn state_at_tx(
-    tx: &WriteTransaction,
-    revision: u64,
-) -> Result<BTreeMap<DocKey, serde_json::Value>, StoreError> {
-    let t = tx.open_table(HISTORY)?;
-    let mut out = BTreeMap::new();
-    for item in t.range(..=revision)? {
-        let (k, v) = item?;
-        let rec: RevisionRecord = dec(&format!("history/{}", k.value()), v.value())?;
-        for c in rec.changes {
-            match c.value {
-                Some(v) => {
-                    out.insert((c.kind, c.id), v);
-                }
-                None => {
-                    out.remove(&(c.kind, c.id));
-                }
-            }
-        }
-    }
-    Ok(out)
 }
