@@ -10,7 +10,6 @@
 
 pub mod admin;
 pub mod balance;
-pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod cluster;
@@ -31,6 +30,6 @@ pub mod server;
 pub mod snapshot;
 pub mod store_mode;
 pub mod stored;
+pub mod stores;
 pub mod telemetry;
-pub mod traffic;
 pub mod upstream;

@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigErrors, HostHeader, Settings};
 use crate::consumer::Consumers;
 use crate::plugin::Chain;
 use crate::router::Router;
+use crate::stores::{BuildStores, Stores};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Pools, Upstream};
 
@@ -71,10 +72,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles a validated config.
+    /// Compiles a validated config; its plugins take their state from
+    /// `stores`.
     pub fn build(
         config: &Config,
         pools: &Pools,
+        stores: &BuildStores,
         generation: u64,
     ) -> Result<Snapshot, ConfigErrors> {
         config.validate()?;
@@ -92,8 +95,8 @@ impl Snapshot {
         pools.retain(&config.upstreams);
         let services: HashMap<&str, _> =
             config.services.iter().map(|s| (s.id.as_str(), s)).collect();
-        let consumers = Arc::new(Consumers::build(config)?);
-        let mut chains = crate::plugin::build_chains(config, &consumers)?.into_iter();
+        let consumers = Arc::new(Consumers::build(config, stores)?);
+        let mut chains = crate::plugin::build_chains(config, &consumers, stores)?.into_iter();
 
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
@@ -177,6 +180,8 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     telemetry: Arc<Telemetry>,
     pools: Pools,
+    /// Limit and cache state, kept across snapshots (ADR 0030).
+    stores: Arc<Stores>,
     next_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -192,11 +197,15 @@ impl State {
         telemetry: Arc<Telemetry>,
     ) -> Result<Arc<State>, ConfigErrors> {
         let pools = Pools::default();
-        let snap = Snapshot::build(config, &pools, 1)?;
+        let stores = Arc::new(Stores::default());
+        let build = stores.begin();
+        let snap = Snapshot::build(config, &pools, &build, 1)?;
+        stores.published(&build);
         Ok(Arc::new(State {
             current: ArcSwap::from_pointee(snap),
             telemetry,
             pools,
+            stores,
             next_generation: std::sync::atomic::AtomicU64::new(2),
         }))
     }
@@ -204,6 +213,11 @@ impl State {
     /// Where requests report.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// The node's limit and cache state.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 
     /// The snapshot requests should use now.
@@ -217,8 +231,10 @@ impl State {
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let snap = Snapshot::build(config, &self.pools, generation)?;
+        let build = self.stores.begin();
+        let snap = Snapshot::build(config, &self.pools, &build, generation)?;
         self.current.store(Arc::new(snap));
+        self.stores.published(&build);
         Ok(generation)
     }
 }

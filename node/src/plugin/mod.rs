@@ -38,6 +38,7 @@ use serde::de::DeserializeOwned;
 use crate::config::{Config, ConfigErrors, Problems};
 use crate::consumer::{Consumer, Consumers};
 use crate::proxy::{BoxError, ProxyBody};
+use crate::stores::{BuildStores, Owner};
 
 mod adaptive_concurrency;
 mod basic_auth;
@@ -51,6 +52,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
+mod limit_key;
 mod limit_req;
 mod overrides;
 mod proxy_cache;
@@ -167,6 +169,10 @@ pub struct BuildEnv {
     /// Building a consumer's own plugin (`consumers[].plugins`), not a
     /// route's.
     consumer_level: bool,
+    /// The node's limit and cache state (ADR 0030).
+    stores: BuildStores,
+    /// Where the `plugins:` map being built is configured.
+    owner: Owner,
 }
 
 impl BuildEnv {
@@ -184,6 +190,29 @@ impl BuildEnv {
     /// another consumer override).
     pub fn consumer_level(&self) -> bool {
         self.consumer_level
+    }
+
+    /// The node's stores: a plugin takes its counters, cache store and
+    /// collapser from here, never constructs them.
+    pub fn stores(&self) -> &BuildStores {
+        &self.stores
+    }
+
+    /// The id a limit of plugin type `plugin` with config `config`, built
+    /// at this level, keeps its state under across builds.
+    pub fn limit_id(&self, plugin: &str, config: &serde_yaml_ng::Value) -> weir_limits::LimitId {
+        crate::stores::limit_id(&self.owner, plugin, config)
+    }
+
+    /// The same environment for the `plugins:` map of `owner`.
+    fn owned_by(&self, owner: Owner) -> BuildEnv {
+        BuildEnv {
+            consumers: self.consumers.clone(),
+            settings: self.settings.clone(),
+            consumer_level: self.consumer_level,
+            stores: self.stores.clone(),
+            owner,
+        }
     }
 }
 
@@ -734,11 +763,14 @@ fn build_level(map: &PluginMap, at: &str, env: &BuildEnv, p: &mut Problems) -> L
 pub fn build_chains(
     config: &Config,
     consumers: &Arc<Consumers>,
+    stores: &BuildStores,
 ) -> Result<Vec<Option<Arc<Chain>>>, ConfigErrors> {
     let env = BuildEnv {
         consumers: consumers.clone(),
         settings: Arc::new(config.settings.clone()),
         consumer_level: false,
+        stores: stores.clone(),
+        owner: Owner::Global,
     };
     let mut p = Problems::default();
     let global = build_level(&config.plugins, "plugins", &env, &mut p);
@@ -748,6 +780,7 @@ pub fn build_chains(
         .enumerate()
         .map(|(i, s)| {
             let at = format!("services[{i}].plugins");
+            let env = env.owned_by(Owner::Service(s.id.clone()));
             let level = build_level(&s.plugins, &at, &env, &mut p);
             let off = disabled(
                 &s.disable_plugins,
@@ -773,7 +806,12 @@ pub fn build_chains(
     let mut chains = Vec::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
         let at = format!("routes[{i}].plugins");
-        let own = build_level(&r.plugins, &at, &env, &mut p);
+        let own = build_level(
+            &r.plugins,
+            &at,
+            &env.owned_by(Owner::Route(r.id.clone())),
+            &mut p,
+        );
         let route_off = disabled(
             &r.disable_plugins,
             &r.plugins,
@@ -894,12 +932,13 @@ const AUTH_PLUGINS: &[&str] = &["key-auth", "basic-auth", "jwt-auth", "hmac-auth
 /// for [`Config::validate`].
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
     governance::validate_subscriptions(config, p);
-    let consumers = match Consumers::build(config) {
+    let stores = BuildStores::scratch();
+    let consumers = match Consumers::build(config, &stores) {
         Ok(c) => Arc::new(c),
         // The consumer problems are reported by their own check.
         Err(_) => Arc::new(Consumers::default()),
     };
-    if let Err(e) = build_chains(config, &consumers) {
+    if let Err(e) = build_chains(config, &consumers, &stores) {
         p.0.extend(e.0);
     }
 }
