@@ -40,7 +40,13 @@ fn extra_route(id: &str) -> String {
 }
 
 async fn status(url: String) -> u16 {
-    http_client().get(url).send().await.unwrap().status().as_u16()
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]

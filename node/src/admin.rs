@@ -359,10 +359,7 @@ async fn cache_stats(State(ctx): State<Arc<AdminCtx>>) -> Response {
 
 /// `POST /v1/cache/purge` with `{"key": "..."}` or `{"prefix": "..."}`:
 /// removes entries from this node's response cache.
-async fn cache_purge(
-    State(ctx): State<Arc<AdminCtx>>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+async fn cache_purge(State(ctx): State<Arc<AdminCtx>>, body: Bytes) -> Result<Response, ApiError> {
     let problem = |pointer: &str, reason: &str| {
         ApiError::invalid(vec![Problem {
             kind: String::new(),

@@ -211,7 +211,11 @@ mod tests {
         assert_eq!(&*a.owner, "route:r1");
         let changed = limit_id(&route, "limit-count", &yaml("{count: 3, time_window: 60s}"));
         assert_ne!(a.config, changed.config);
-        let as_string = limit_id(&route, "limit-count", &yaml("{count: '2', time_window: 60s}"));
+        let as_string = limit_id(
+            &route,
+            "limit-count",
+            &yaml("{count: '2', time_window: 60s}"),
+        );
         assert_ne!(a.config, as_string.config, "a string is not a number");
         let elsewhere = limit_id(
             &Owner::Service("r1".into()),

@@ -157,6 +157,9 @@ mod tests {
         let (ma, mb) = (a.begin(), b.begin());
         assert!(!Arc::ptr_eq(&a.store(ma, 100), &b.store(mb, 100)));
         let _lead = a.collapse().try_lead("k").expect("leads on a");
-        assert!(b.collapse().try_lead("k").is_some(), "b has its own flights");
+        assert!(
+            b.collapse().try_lead("k").is_some(),
+            "b has its own flights"
+        );
     }
 }

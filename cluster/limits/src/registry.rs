@@ -87,7 +87,12 @@ impl LimitStores {
 
     /// The counter store of limit `id`: the one it had, or a new one from
     /// the provider.
-    pub fn counters(&self, mark: BuildMark, id: &LimitId, spec: &CounterSpec) -> Arc<dyn CounterStore> {
+    pub fn counters(
+        &self,
+        mark: BuildMark,
+        id: &LimitId,
+        spec: &CounterSpec,
+    ) -> Arc<dyn CounterStore> {
         self.counters
             .get_or_open(id, mark, || self.provider.open(id, spec))
     }
@@ -157,7 +162,10 @@ mod tests {
         let again = stores.counters(b2, &id("route:a", 1), &SPEC);
         stores.counters(b2, &id("route:b", 1), &SPEC);
         assert_eq!(stores.sweep(b2), 0);
-        assert!(!again.hit_window("k", &ONE, 2, 1).admitted, "still at its limit");
+        assert!(
+            !again.hit_window("k", &ONE, 2, 1).admitted,
+            "still at its limit"
+        );
         assert_eq!(stores.len(), 2);
     }
 
@@ -213,7 +221,10 @@ mod tests {
         let b2 = stores.begin();
         let t2 = stores.in_flight(b2, &conn);
         stores.sweep(b2);
-        assert!(matches!(t2.acquire("k", 1), Acquire::Full), "the place is still held");
+        assert!(
+            matches!(t2.acquire("k", 1), Acquire::Full),
+            "the place is still held"
+        );
         drop(held);
         assert!(matches!(t2.acquire("k", 1), Acquire::Admitted { .. }));
         let b3 = stores.begin();

@@ -112,7 +112,9 @@ impl Plugin for LimitCount {
             return own.access(req, ctx).await;
         }
         let key = self.common.key.key(req.headers, ctx);
-        let v = self.store.hit_window(&key, &self.policy, wall_clock_us(), 1);
+        let v = self
+            .store
+            .hit_window(&key, &self.policy, wall_clock_us(), 1);
         ratelimit::decide(&v, &self.common, ctx)
     }
 

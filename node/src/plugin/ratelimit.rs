@@ -9,8 +9,8 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 use weir_observability::metrics::{RateLimitDecision, global};
 
-use super::{ConfigErrorList, Early, RequestCtx};
 use super::limit_key::KeySpec;
+use super::{ConfigErrorList, Early, RequestCtx};
 use weir_limits::Verdict;
 
 static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
