@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, Problems};
+use crate::stores::BuildStores;
 
 /// An authenticated API client, as later phases and upstreams see it.
 #[derive(Debug)]
@@ -99,13 +100,14 @@ fn dummy_hash() -> &'static str {
 }
 
 impl Consumers {
-    /// Compiles the `consumers:` list of a config.
-    pub fn build(config: &Config) -> Result<Consumers, ConfigErrors> {
+    /// Compiles the `consumers:` list of a config; consumers' own limits
+    /// keep their state in `stores`.
+    pub fn build(config: &Config, stores: &BuildStores) -> Result<Consumers, ConfigErrors> {
         let mut p = Problems::default();
         let mut out = Consumers::default();
         for (i, c) in config.consumers.iter().enumerate() {
             let at = format!("consumers[{i}]");
-            if let Some(consumer) = compile(c, &at, &config.settings, &mut p) {
+            if let Some(consumer) = compile(c, &at, &config.settings, stores, &mut p) {
                 if out.by_name.contains_key(&c.name) {
                     p.push(
                         format!("{at}.name"),
@@ -334,6 +336,7 @@ fn compile(
     c: &crate::config::ConsumerConfig,
     at: &str,
     settings: &crate::config::Settings,
+    stores: &BuildStores,
     p: &mut Problems,
 ) -> Option<Consumer> {
     let mut ok = true;
@@ -356,7 +359,14 @@ fn compile(
             ok = false;
         }
     }
-    let limits = crate::plugin::consumer_limits(&c.plugins, &format!("{at}.plugins"), settings, p);
+    let limits = crate::plugin::consumer_limits(
+        &c.name,
+        &c.plugins,
+        &format!("{at}.plugins"),
+        settings,
+        stores,
+        p,
+    );
     if !ok {
         return None;
     }

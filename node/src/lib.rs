@@ -15,7 +15,6 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
-pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
@@ -38,6 +37,6 @@ pub mod server;
 pub mod snapshot;
 pub mod start;
 pub mod stored;
+pub mod stores;
 pub mod telemetry;
-pub mod traffic;
 pub mod upstream;

@@ -33,6 +33,7 @@ use crate::config::{
 use crate::consumer::Consumers;
 use crate::plugin::{Chain, ChainLevels};
 use crate::router::{Matcher, RegexCache, Router};
+use crate::stores::{BuildStores, Stores};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Pools, Upstream};
 
@@ -149,11 +150,13 @@ struct RouteSource {
 /// (the last snapshot this process compiled, served or not) every part
 /// whose inputs did not change. Returns every problem found, each with its
 /// path (`routes[3].paths[0]`), or the snapshot. `pools` provides upstream
-/// connection pools; compiling creates pools for new targets but never
+/// connection pools and `stores` the plugins' limit and cache state;
+/// compiling creates pools and stores for new targets and limits but never
 /// drops any (that happens when a snapshot is published).
 pub fn compile(
     config: &Config,
     pools: &Pools,
+    stores: &BuildStores,
     prev: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut p = Problems::default();
@@ -237,14 +240,14 @@ pub fn compile(
     let plugins = match reused_plugins {
         Some(s) => s,
         None => {
-            let consumers = match Consumers::build(config) {
+            let consumers = match Consumers::build(config, stores) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
                     p.0.extend(e.0);
                     Arc::new(Consumers::default())
                 }
             };
-            let levels = ChainLevels::build(config, &consumers, &mut p);
+            let levels = ChainLevels::build(config, &consumers, stores, &mut p);
             Arc::new(PluginSource {
                 global: config.plugins.clone(),
                 services: config.services.clone(),
@@ -343,9 +346,9 @@ pub fn compile(
 }
 
 /// Validates `config` as [`compile`] does, building nothing that lasts
-/// (the pools it makes are its own).
+/// (the pools and stores it makes are its own).
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
-    compile(config, &Pools::default(), None).map(|_| ())
+    compile(config, &Pools::default(), &BuildStores::scratch(), None).map(|_| ())
 }
 
 /// That the service and upstream a route names exist (the objects may
@@ -434,6 +437,8 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     telemetry: Arc<Telemetry>,
     pools: Pools,
+    /// Limit and cache state, kept across snapshots (ADR 0030).
+    stores: Arc<Stores>,
     next_generation: AtomicU64,
     /// The last snapshot compiled (published or not), which the next
     /// compile reuses from, and what it was compiled from when that was a
@@ -445,6 +450,8 @@ pub struct State {
 #[derive(Default)]
 struct Last {
     compiled: Option<Arc<Snapshot>>,
+    /// The stores handle `compiled` was built with.
+    build: Option<BuildStores>,
     /// The stored documents `compiled` was made from, if it was.
     docs: Option<crate::docs::DocsKey>,
 }
@@ -461,17 +468,22 @@ impl State {
         telemetry: Arc<Telemetry>,
     ) -> Result<Arc<State>, ConfigErrors> {
         let pools = Pools::default();
-        let snap = compile(config, &pools, None)?;
+        let stores = Arc::new(Stores::default());
+        let build = stores.begin();
+        let snap = compile(config, &pools, &build, None)?;
         snap.generation.store(1, Ordering::Relaxed);
         let snap = Arc::new(snap);
         pools.retain(&config.upstreams);
+        stores.published(&build);
         Ok(Arc::new(State {
             current: ArcSwap::new(snap.clone()),
             telemetry,
             pools,
+            stores,
             next_generation: AtomicU64::new(2),
             last: Mutex::new(Last {
                 compiled: Some(snap),
+                build: Some(build),
                 docs: None,
             }),
         }))
@@ -480,6 +492,11 @@ impl State {
     /// Where requests report.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// The node's limit and cache state.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 
     /// The snapshot requests should use now.
@@ -491,13 +508,15 @@ impl State {
     /// stays.
     pub fn apply(&self, config: &Config) -> Result<u64, ConfigErrors> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = compile(config, &self.pools, last.compiled.as_deref())?;
+        let build = self.stores.begin();
+        let snap = compile(config, &self.pools, &build, last.compiled.as_deref())?;
         let snap = Arc::new(snap);
         *last = Last {
             compiled: Some(snap.clone()),
+            build: Some(build.clone()),
             docs: None,
         };
-        Ok(self.publish(snap, &config.upstreams))
+        Ok(self.publish(snap, &config.upstreams, &build))
     }
 
     /// Compiles `config` (made from the stored documents `docs`) without
@@ -510,9 +529,11 @@ impl State {
         docs: crate::docs::DocsKey,
     ) -> Result<Arc<Snapshot>, ConfigErrors> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = Arc::new(compile(config, &self.pools, last.compiled.as_deref())?);
+        let build = self.stores.begin();
+        let snap = Arc::new(compile(config, &self.pools, &build, last.compiled.as_deref())?);
         *last = Last {
             compiled: Some(snap.clone()),
+            build: Some(build),
             docs: Some(docs),
         };
         Ok(snap)
@@ -531,35 +552,50 @@ impl State {
             .docs
             .as_ref()
             .filter(|d| **d == docs)
-            .and(last.compiled.clone());
-        let (snap, upstreams) = match ready {
-            Some(snap) => {
+            .and(last.compiled.clone().zip(last.build.clone()));
+        let (snap, upstreams, build) = match ready {
+            Some((snap, build)) => {
                 let upstreams: Vec<UpstreamConfig> = snap
                     .sources
                     .upstreams
                     .values()
                     .map(|u| u.config.clone())
                     .collect();
-                (snap, upstreams)
+                (snap, upstreams, build)
             }
             None => {
                 let config = config()?;
-                let snap = Arc::new(compile(&config, &self.pools, last.compiled.as_deref())?);
+                let build = self.stores.begin();
+                let snap = Arc::new(compile(
+                    &config,
+                    &self.pools,
+                    &build,
+                    last.compiled.as_deref(),
+                )?);
                 *last = Last {
                     compiled: Some(snap.clone()),
+                    build: Some(build.clone()),
                     docs: Some(docs),
                 };
-                (snap, config.upstreams)
+                (snap, config.upstreams, build)
             }
         };
-        Ok(self.publish(snap, &upstreams))
+        Ok(self.publish(snap, &upstreams, &build))
     }
 
-    fn publish(&self, snap: Arc<Snapshot>, upstreams: &[UpstreamConfig]) -> u64 {
+    /// Serves `snap`, then lets go of the pools and the limit and cache
+    /// state that nothing serves any more.
+    fn publish(
+        &self,
+        snap: Arc<Snapshot>,
+        upstreams: &[UpstreamConfig],
+        build: &BuildStores,
+    ) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         snap.generation.store(generation, Ordering::Relaxed);
         self.current.store(snap);
         self.pools.retain(upstreams);
+        self.stores.published(build);
         generation
     }
 }
@@ -587,7 +623,11 @@ routes:
     }
 
     fn compiled(cfg: &Config, prev: Option<&Snapshot>) -> Snapshot {
-        compile(cfg, &Pools::default(), prev).expect("compiles")
+        compile(cfg, &Pools::default(), &BuildStores::scratch(), prev).expect("compiles")
+    }
+
+    fn refused(cfg: &Config, prev: Option<&Snapshot>) -> Option<ConfigErrors> {
+        compile(cfg, &Pools::default(), &BuildStores::scratch(), prev).err()
     }
 
     #[tokio::test]
@@ -646,12 +686,8 @@ routes:
         let first = compiled(&config(BASE), None);
         let mut cfg = config(BASE);
         cfg.upstreams.retain(|u| u.id != "v");
-        let with_prev = compile(&cfg, &Pools::default(), Some(&first))
-            .err()
-            .expect("route c names a deleted upstream");
-        let fresh = compile(&cfg, &Pools::default(), None)
-            .err()
-            .expect("the same without reuse");
+        let with_prev = refused(&cfg, Some(&first)).expect("route c names a deleted upstream");
+        let fresh = refused(&cfg, None).expect("the same without reuse");
         assert_eq!(with_prev, fresh);
         assert!(
             with_prev.to_string().contains("routes[2].upstream"),
@@ -679,8 +715,8 @@ routes:
         for (i, edit) in edits.iter().enumerate() {
             let mut cfg = config(BASE);
             edit(&mut cfg);
-            let a = compile(&cfg, &Pools::default(), Some(&first)).err();
-            let b = compile(&cfg, &Pools::default(), None).err();
+            let a = refused(&cfg, Some(&first));
+            let b = refused(&cfg, None);
             assert!(a.is_some(), "edit {i} is refused");
             assert_eq!(a, b, "edit {i}");
         }

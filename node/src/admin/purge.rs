@@ -1,18 +1,23 @@
 //! The response-cache endpoints: `GET /v1/cache` (what this node's cache
 //! holds) and `POST /v1/cache/purge` (remove entries by key or prefix).
-//! Both act on this node only; the cache itself is `cache`.
+//! Both act on this node only; the cache itself is `weir-cache`, its
+//! stores held by the node's `State`.
 
 use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use weir_storage::Problem;
 
-use super::ApiError;
+use std::sync::Arc;
+
+use axum::extract::State;
+
+use super::{AdminCtx, ApiError};
 
 /// `GET /v1/cache`: what this node's response cache holds and is doing.
-pub(super) async fn cache_stats() -> Response {
-    let (entries, bytes) = crate::cache::stats();
-    let c = crate::cache::collapser();
+pub(super) async fn cache_stats(State(ctx): State<Arc<AdminCtx>>) -> Response {
+    let (entries, bytes) = ctx.state.stores().cache().stats();
+    let c = ctx.state.stores().cache().collapse();
     axum::Json(json!({
         "entries": entries,
         "bytes": bytes,
@@ -24,7 +29,10 @@ pub(super) async fn cache_stats() -> Response {
 
 /// `POST /v1/cache/purge` with `{"key": "..."}` or `{"prefix": "..."}`:
 /// removes entries from this node's response cache.
-pub(super) async fn cache_purge(body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn cache_purge(
+    State(ctx): State<Arc<AdminCtx>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let problem = |pointer: &str, reason: &str| {
         ApiError::invalid(vec![Problem {
             kind: String::new(),
@@ -56,14 +64,14 @@ pub(super) async fn cache_purge(body: Bytes) -> Result<Response, ApiError> {
         }
         (None, None) => return Err(problem("", "needs `key` or `prefix`")),
         (Some(k), None) => match k.as_str() {
-            Some(k) if !k.is_empty() => crate::cache::Purge::Key(k.to_string()),
+            Some(k) if !k.is_empty() => weir_cache::Purge::Key(k.to_string()),
             _ => return Err(problem("/key", "must be a non-empty string")),
         },
         (None, Some(p)) => match p.as_str() {
-            Some(p) if !p.is_empty() => crate::cache::Purge::Prefix(p.to_string()),
+            Some(p) if !p.is_empty() => weir_cache::Purge::Prefix(p.to_string()),
             _ => return Err(problem("/prefix", "must be a non-empty string")),
         },
     };
-    let purged = crate::cache::purge(&what);
+    let purged = ctx.state.stores().cache().purge(&what);
     Ok(axum::Json(json!({"purged": purged, "scope": "node"})).into_response())
 }

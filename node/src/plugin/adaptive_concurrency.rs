@@ -1,5 +1,5 @@
 //! `adaptive-concurrency`: a limit on requests in flight to a route's
-//! upstream that follows its latency (AIMD, `crate::traffic::adaptive`).
+//! upstream that follows its latency (AIMD, `weir_limits::adaptive`).
 //! Requests over the limit get 503 `overloaded`.
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
     parse_config,
 };
-use crate::traffic::adaptive::{Adaptive, AdaptiveConfig, Permit};
+use weir_limits::adaptive::{Adaptive, AdaptiveConfig, Permit};
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {

@@ -714,6 +714,8 @@ mod tests {
             consumers: Arc::new(crate::consumer::Consumers::default()),
             settings: Arc::new(crate::config::Settings::default()),
             consumer_level: false,
+            stores: crate::stores::BuildStores::scratch(),
+            owner: crate::stores::Owner::Global,
         };
         let errs = build(&v, &env).err().unwrap();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
@@ -740,6 +742,8 @@ mod tests {
             consumers: Arc::new(crate::consumer::Consumers::default()),
             settings: Arc::new(crate::config::Settings::default()),
             consumer_level: false,
+            stores: crate::stores::BuildStores::scratch(),
+            owner: crate::stores::Owner::Global,
         };
         let _ = build(&v, &env).ok().unwrap();
         let c = Compression {

@@ -9,7 +9,7 @@ use super::ratelimit::{self, Common, Compiled};
 use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, parse_config,
 };
-use crate::traffic::conn::{Acquire, InFlight, Permit};
+use weir_limits::conn::{Acquire, InFlight, Permit};
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {
@@ -65,7 +65,7 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         overridable: !env.consumer_level(),
         max: raw.max,
         common,
-        table: Arc::new(InFlight::default()),
+        table: env.stores().in_flight(&env.limit_id(DEF.name, v)),
     }))
 }
 

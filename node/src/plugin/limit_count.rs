@@ -11,9 +11,7 @@ use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
     parse_config,
 };
-use crate::traffic::counter::{CounterStore, LocalCounters};
-use crate::traffic::limiter::WindowPolicy;
-use crate::traffic::now_us;
+use weir_limits::{CounterSpec, CounterStore, WindowPolicy, wall_clock_us};
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {
@@ -95,10 +93,13 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
             sliding: raw.policy == WindowKind::Sliding,
         },
         common,
-        store: Arc::new(LocalCounters::new(
-            raw.max_keys,
-            ratelimit::idle_for(raw.time_window),
-        )),
+        store: env.stores().counters(
+            &env.limit_id(DEF.name, v),
+            &CounterSpec {
+                max_keys: raw.max_keys,
+                idle: ratelimit::idle_for(raw.time_window),
+            },
+        ),
     }))
 }
 
@@ -111,7 +112,9 @@ impl Plugin for LimitCount {
             return own.access(req, ctx).await;
         }
         let key = self.common.key.key(req.headers, ctx);
-        let v = self.store.hit_window(&key, &self.policy, now_us(), 1);
+        let v = self
+            .store
+            .hit_window(&key, &self.policy, wall_clock_us(), 1);
         ratelimit::decide(&v, &self.common, ctx)
     }
 

@@ -13,9 +13,7 @@ use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
     parse_config,
 };
-use crate::traffic::counter::{CounterStore, LocalCounters};
-use crate::traffic::limiter::BucketPolicy;
-use crate::traffic::now_us;
+use weir_limits::{BucketPolicy, CounterSpec, CounterStore, wall_clock_us};
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {
@@ -94,7 +92,13 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
             delay: raw.delay,
         },
         common,
-        store: Arc::new(LocalCounters::new(raw.max_keys, ratelimit::idle_for(full))),
+        store: env.stores().counters(
+            &env.limit_id(DEF.name, v),
+            &CounterSpec {
+                max_keys: raw.max_keys,
+                idle: ratelimit::idle_for(full),
+            },
+        ),
     }))
 }
 
@@ -107,7 +111,7 @@ impl Plugin for LimitReq {
             return own.access(req, ctx).await;
         }
         let key = self.common.key.key(req.headers, ctx);
-        let v = self.store.hit_bucket(&key, &self.policy, now_us());
+        let v = self.store.hit_bucket(&key, &self.policy, wall_clock_us());
         ratelimit::decide(&v, &self.common, ctx)?;
         if v.delay_us > 0 {
             tokio::time::sleep(Duration::from_micros(v.delay_us)).await;

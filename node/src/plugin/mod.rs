@@ -39,6 +39,7 @@ use crate::config::{Config, PluginMap, Problems, RouteConfig};
 use crate::consumer::{Consumer, Consumers};
 
 pub use body::PluginBody;
+use crate::stores::{BuildStores, Owner};
 
 mod adaptive_concurrency;
 mod basic_auth;
@@ -53,6 +54,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
+mod limit_key;
 mod limit_req;
 mod overrides;
 mod proxy_cache;
@@ -169,6 +171,10 @@ pub struct BuildEnv {
     /// Building a consumer's own plugin (`consumers[].plugins`), not a
     /// route's.
     consumer_level: bool,
+    /// The node's limit and cache state (ADR 0030).
+    stores: BuildStores,
+    /// Where the `plugins:` map being built is configured.
+    owner: Owner,
 }
 
 impl BuildEnv {
@@ -186,6 +192,29 @@ impl BuildEnv {
     /// another consumer override).
     pub fn consumer_level(&self) -> bool {
         self.consumer_level
+    }
+
+    /// The node's stores: a plugin takes its counters, cache store and
+    /// collapser from here, never constructs them.
+    pub fn stores(&self) -> &BuildStores {
+        &self.stores
+    }
+
+    /// The id a limit of plugin type `plugin` with config `config`, built
+    /// at this level, keeps its state under across builds.
+    pub fn limit_id(&self, plugin: &str, config: &serde_yaml_ng::Value) -> weir_limits::LimitId {
+        crate::stores::limit_id(&self.owner, plugin, config)
+    }
+
+    /// The same environment for the `plugins:` map of `owner`.
+    fn owned_by(&self, owner: Owner) -> BuildEnv {
+        BuildEnv {
+            consumers: self.consumers.clone(),
+            settings: self.settings.clone(),
+            consumer_level: self.consumer_level,
+            stores: self.stores.clone(),
+            owner,
+        }
     }
 }
 
@@ -597,6 +626,7 @@ impl ChainLevels {
     pub(crate) fn build(
         config: &Config,
         consumers: &Arc<Consumers>,
+        stores: &BuildStores,
         p: &mut Problems,
     ) -> ChainLevels {
         governance::validate_subscriptions(config, p);
@@ -604,6 +634,8 @@ impl ChainLevels {
             consumers: consumers.clone(),
             settings: Arc::new(config.settings.clone()),
             consumer_level: false,
+            stores: stores.clone(),
+            owner: Owner::Global,
         };
         let global = build_level(&config.plugins, "plugins", &env, p);
         let services = config
@@ -612,6 +644,7 @@ impl ChainLevels {
             .enumerate()
             .map(|(i, s)| {
                 let at = format!("services[{i}].plugins");
+                let env = env.owned_by(Owner::Service(s.id.clone()));
                 let plugins = build_level(&s.plugins, &at, &env, p);
                 let off = disabled(&s.disable_plugins, &s.plugins, &format!("services[{i}]"), p)
                     .into_iter()
@@ -648,7 +681,12 @@ impl ChainLevels {
         p: &mut Problems,
     ) -> Option<Arc<Chain>> {
         let at = format!("routes[{i}].plugins");
-        let own = build_level(&r.plugins, &at, &self.env, p);
+        let own = build_level(
+            &r.plugins,
+            &at,
+            &self.env.owned_by(Owner::Route(r.id.clone())),
+            p,
+        );
         let route_off = disabled(&r.disable_plugins, &r.plugins, &format!("routes[{i}]"), p);
         let service = r.service.as_deref().and_then(|s| self.services.get(s));
         let mut merged: HashMap<&str, (&'static PluginDef, Arc<dyn Plugin>)> = HashMap::new();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{BuildEnv, Plugin, PluginMap, RequestCtx, lookup};
 use crate::config::{Problems, Settings};
 use crate::consumer::Consumers;
+use crate::stores::{BuildStores, Owner};
 
 /// The plugins a consumer may carry.
 pub const CONSUMER_PLUGINS: &[&str] = &["limit-count", "limit-req", "limit-conn"];
@@ -42,15 +43,19 @@ pub(super) fn consumer_limit(ctx: &RequestCtx, name: &str) -> Option<Arc<dyn Plu
 /// by its path. Without a `key`, a consumer's limit counts per consumer
 /// and route (`[consumer, route]`).
 pub(crate) fn consumer_limits(
+    name: &str,
     map: &PluginMap,
     at: &str,
     settings: &Settings,
+    stores: &BuildStores,
     p: &mut Problems,
 ) -> ConsumerLimits {
     let env = BuildEnv {
         consumers: Arc::new(Consumers::default()),
         settings: Arc::new(settings.clone()),
         consumer_level: true,
+        stores: stores.clone(),
+        owner: Owner::Consumer(name.to_string()),
     };
     let mut out = Vec::new();
     for (name, value) in map {

@@ -16,8 +16,8 @@ use super::{
     BuildEnv, ConfigErrorList, Early, Outcome, Plugin, PluginDef, RequestCtx, RequestHead,
     ResponseHead, UpstreamRequest, parse_config,
 };
-use crate::cache::policy::{self, Overrides, Use};
-use crate::cache::{self, CacheStore, Cached, CachedResponse, Flight, LocalStore, collapse};
+use weir_cache::policy::{self, Overrides, Use};
+use weir_cache::{self as cache, CacheStore, Cached, CachedResponse, Collapse, Flight, collapse};
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {
@@ -80,7 +80,8 @@ struct ProxyCache {
     rules: Overrides,
     max_object_bytes: u64,
     collapse_timeout: Duration,
-    store: Arc<LocalStore>,
+    store: Arc<dyn CacheStore>,
+    collapse: Arc<dyn Collapse>,
 }
 
 fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
@@ -147,7 +148,8 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         },
         max_object_bytes: raw.max_object_bytes,
         collapse_timeout: raw.collapse_timeout,
-        store: cache::node_store(cap),
+        store: env.stores().cache_store(cap),
+        collapse: env.stores().collapse(),
     }))
 }
 
@@ -385,7 +387,7 @@ impl Plugin for ProxyCache {
                 Use::StaleWhileRevalidate => {
                     // One background refresh per key; the others are
                     // answered stale while it runs.
-                    if let Some(l) = cache::collapser().try_lead(&key) {
+                    if let Some(l) = self.collapse.try_lead(&key) {
                         let mut ext = http::Extensions::new();
                         ext.insert(Fetch {
                             key: key.clone(),
@@ -412,10 +414,10 @@ impl Plugin for ProxyCache {
             }
         }
         if !head {
-            match cache::collapser().join(&key) {
+            match self.collapse.join(&key).await {
                 Flight::Lead(l) => leader = Some(Arc::new(l)),
                 Flight::Wait(rx) => {
-                    if cache::collapser().wait(rx, self.collapse_timeout).await {
+                    if self.collapse.wait(rx, self.collapse_timeout).await {
                         found = self.lookup(&key, req.headers).await;
                         let now = SystemTime::now();
                         if let Some(e) = &found
@@ -714,6 +716,8 @@ mod tests {
                 ..Default::default()
             }),
             consumer_level: false,
+            stores: crate::stores::BuildStores::scratch(),
+            owner: crate::stores::Owner::Global,
         };
         build(&serde_yaml_ng::from_str(yaml).unwrap(), &env)
     }

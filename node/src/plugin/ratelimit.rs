@@ -9,9 +9,9 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 use weir_observability::metrics::{RateLimitDecision, global};
 
+use super::limit_key::KeySpec;
 use super::{ConfigErrorList, Early, RequestCtx};
-use crate::traffic::key::KeySpec;
-use crate::traffic::limiter::Verdict;
+use weir_limits::Verdict;
 
 static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");

@@ -1,22 +1,30 @@
-//! The response cache's storage: the [`CacheStore`] trait with its
-//! node-local implementation on `moka` ([`LocalStore`]), the node's
-//! stores and purges ([`node_store`], [`purge`]), request collapsing
-//! ([`Collapser`]), and the RFC 9111 rules ([`policy`]).
+//! weir's response cache machinery, below the gateway and the cluster:
+//! the RFC 9111 rules ([`policy`]), what a store holds ([`Cached`]), the
+//! store seams ([`CacheStore`], [`CacheStoreProvider`]) with the
+//! node-local store on `moka` ([`LocalStore`]), request collapsing behind
+//! the [`Collapse`] seam ([`collapse`]), and a node's stores across config
+//! builds ([`CacheStores`]).
 //!
-//! The `proxy-cache` plugin (`crate::plugin`) decides what to look up and
-//! store; this module knows nothing of routes. See ADR 0020.
+//! It knows nothing of routes, plugins or how a request maps to a key:
+//! the `proxy-cache` plugin in `weir-node` decides what to look up and
+//! store (ADR 0020). It depends on no other weir crate, so `weir-cluster`
+//! (an owner node answering over the mesh) and `weir-storage` (a Redis
+//! tier) can implement its traits without depending on the gateway.
+//! ADR 0030.
 
 pub mod collapse;
 pub mod local;
 pub mod policy;
+pub mod stores;
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-pub use collapse::{Collapser, Flight};
-pub use local::LocalStore;
+pub use collapse::{Collapse, Collapser, Flight, Leader};
+pub use local::{LocalProvider, LocalStore};
+pub use stores::CacheStores;
 
 /// Separates a key from the `Vary` part of its variants' keys, so a purge
 /// of a key (or of a prefix) also removes its variants.
@@ -98,64 +106,44 @@ pub fn variant_key(key: &str, names: &[HeaderName], req: &HeaderMap) -> String {
     out
 }
 
-/// Where responses are kept. Lookups are async so a remote tier (a peer
-/// that owns the key, or Redis) can answer over the network without
-/// blocking a thread; writes and purges return at once (a remote tier
-/// sends them in the background). The local store answers from memory.
+/// Where responses are kept.
+///
+/// A lookup is async: a remote tier (the key's owner node over the mesh,
+/// or Redis) may answer it over the network, without blocking a thread;
+/// an implementation bounds that wait and answers `None` rather than fail.
+/// Writes and purges return at once: they act on what this node holds and
+/// a remote tier forwards them in the background. The local store answers
+/// everything from memory.
 #[async_trait::async_trait]
 pub trait CacheStore: Send + Sync + 'static {
-    /// The value under `key`, if any.
+    /// The value under `key`, if any (here, or from the tier that owns it).
     async fn get(&self, key: &str) -> Option<Cached>;
 
     /// Stores `value` under `key`, replacing what was there. The store
     /// may refuse it (too large, not admitted): a cache is best effort.
     fn insert(&self, key: &str, value: Cached);
 
-    /// Removes `key` and its variants; true when something was there.
-    fn purge(&self, key: &str) -> bool;
+    /// Removes `key` and its variants held here; returns how many entries.
+    fn purge(&self, key: &str) -> u64;
 
-    /// Removes every key starting with `prefix`; returns how many.
+    /// Removes every key starting with `prefix` held here; returns how
+    /// many.
     fn purge_prefix(&self, prefix: &str) -> u64;
 
-    /// Entries held (after pending evictions are applied).
+    /// Entries held here (after pending evictions are applied).
     fn entry_count(&self) -> u64;
 
-    /// Bytes held, as the store weighs them.
+    /// Bytes held here, as the store weighs them.
     fn weighted_bytes(&self) -> u64;
 }
 
-// === the node's stores ===
-
-/// The live stores of this process by capacity: every route of a
-/// snapshot shares one, and a reload with the same capacity keeps it.
-static STORES: Mutex<Vec<(u64, Weak<LocalStore>)>> = Mutex::new(Vec::new());
-
-/// The node's store of `max_bytes` capacity, shared by every route (and
-/// by the next snapshot when the capacity does not change).
-pub fn node_store(max_bytes: u64) -> Arc<LocalStore> {
-    let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
-    stores.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(s) = stores
-        .iter()
-        .find(|(cap, _)| *cap == max_bytes)
-        .and_then(|(_, w)| w.upgrade())
-    {
-        return s;
-    }
-    let s = Arc::new(LocalStore::new(max_bytes));
-    stores.push((max_bytes, Arc::downgrade(&s)));
-    s
-}
-
-fn live_stores() -> Vec<Arc<LocalStore>> {
-    let stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
-    stores.iter().filter_map(|(_, w)| w.upgrade()).collect()
-}
-
-/// The node's in-flight fetches, shared by every route and store.
-pub fn collapser() -> &'static Arc<Collapser> {
-    static C: std::sync::OnceLock<Arc<Collapser>> = std::sync::OnceLock::new();
-    C.get_or_init(Arc::default)
+/// Opens the store of a given capacity. [`CacheStores`] calls it while a
+/// snapshot is built (never on the request path) and keeps the store
+/// while the capacity does not change. It must return at once: a tier
+/// that connects to peers or Redis does so in the background.
+pub trait CacheStoreProvider: Send + Sync + 'static {
+    /// A store holding at most `max_bytes` on this node.
+    fn open(&self, max_bytes: u64) -> Arc<dyn CacheStore>;
 }
 
 /// What to purge.
@@ -165,22 +153,4 @@ pub enum Purge {
     Key(String),
     /// Every key starting with this.
     Prefix(String),
-}
-
-/// Purges this node's stores; returns how many entries were removed.
-pub fn purge(what: &Purge) -> u64 {
-    live_stores()
-        .iter()
-        .map(|s| match what {
-            Purge::Key(k) => s.purge_counted(k),
-            Purge::Prefix(p) => s.purge_prefix(p),
-        })
-        .sum()
-}
-
-/// Entries and bytes held by this node's stores.
-pub fn stats() -> (u64, u64) {
-    live_stores().iter().fold((0, 0), |(n, b), s| {
-        (n + s.entry_count(), b + s.weighted_bytes())
-    })
 }

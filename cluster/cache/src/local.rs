@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CacheStore, Cached, VARY_SEP};
+use std::sync::Arc;
+
+use crate::{CacheStore, CacheStoreProvider, Cached, VARY_SEP};
 
 /// How long past its freshness an entry with a validator is kept, so it
 /// can be revalidated with a cheap 304 instead of fetched again.
@@ -121,8 +123,8 @@ impl CacheStore for LocalStore {
         self.cache.insert(key.into(), value);
     }
 
-    fn purge(&self, key: &str) -> bool {
-        self.purge_counted(key) > 0
+    fn purge(&self, key: &str) -> u64 {
+        self.purge_counted(key)
     }
 
     fn purge_prefix(&self, prefix: &str) -> u64 {
@@ -153,34 +155,52 @@ impl CacheStore for LocalStore {
     }
 }
 
+/// Opens a [`LocalStore`]: the provider of a node whose cache is its own
+/// (`scope: node`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalProvider;
+
+impl CacheStoreProvider for LocalProvider {
+    fn open(&self, max_bytes: u64) -> Arc<dyn CacheStore> {
+        Arc::new(LocalStore::new(max_bytes))
+    }
+}
+
+/// A fresh 200 with a body of `len` bytes, for tests.
+#[cfg(test)]
+pub(crate) fn test_response(len: usize) -> Cached {
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    use crate::CachedResponse;
+    use crate::policy::Freshness;
+
+    Cached::Response(Arc::new(CachedResponse {
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
+        body: Bytes::from(vec![b'x'; len]),
+        freshness: Freshness {
+            lifetime: Duration::from_secs(600),
+            initial_age: Duration::ZERO,
+            response_time: std::time::SystemTime::now(),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            always_revalidate: false,
+            no_stale: false,
+        },
+        vary: Vec::new(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::SystemTime;
-
-    use bytes::Bytes;
-    use http::{HeaderMap, HeaderName, StatusCode};
+    use http::{HeaderMap, HeaderName};
 
     use super::*;
-    use crate::cache::policy::Freshness;
-    use crate::cache::{CachedResponse, variant_key};
+    use crate::variant_key;
 
     fn response(len: usize) -> Cached {
-        Cached::Response(Arc::new(CachedResponse {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from(vec![b'x'; len]),
-            freshness: Freshness {
-                lifetime: Duration::from_secs(600),
-                initial_age: Duration::ZERO,
-                response_time: SystemTime::now(),
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                always_revalidate: false,
-                no_stale: false,
-            },
-            vary: Vec::new(),
-        }))
+        test_response(len)
     }
 
     #[test]

@@ -1,36 +1,12 @@
-//! Where limiter state lives: the [`CounterStore`] trait and its in-memory
-//! implementation on `moka` (bounded, idle keys expire).
+//! The node-local [`CounterStore`]: per-key limiter slots in a bounded
+//! `moka` cache whose idle keys expire. It answers every request from
+//! memory and needs no background work.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::limiter::{BucketPolicy, BucketSlot, Verdict, WindowPolicy, WindowSlot};
-
-/// Longest key the stores keep, in bytes (longer keys are cut); with
-/// `max_keys` this bounds a store's memory.
-pub const MAX_KEY_BYTES: usize = 1024;
-
-/// Per-key limiter state. Both methods check and count in one step and
-/// answer at once from memory: they never wait on I/O. A cluster-wide tier
-/// implements them from its local view and reconciles with its peers in
-/// the background, so a request never waits for the network.
-pub trait CounterStore: Send + Sync + 'static {
-    /// Counts a request of `key` against a window limit (fixed or sliding)
-    /// at `now_us`, if the limit admits it.
-    fn hit_window(&self, key: &str, policy: &WindowPolicy, now_us: u64, cost: u64) -> Verdict;
-
-    /// Takes a token from `key`'s bucket at `now_us`, if there is one (or
-    /// a place in the queue, in delay mode).
-    fn hit_bucket(&self, key: &str, policy: &BucketPolicy, now_us: u64) -> Verdict;
-
-    /// How many keys the store holds (for tests and status pages).
-    fn len(&self) -> u64;
-
-    /// Whether the store holds no key.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::limiter::{BucketPolicy, BucketSlot, Verdict, WindowPolicy, WindowSlot};
+use crate::store::{CounterSpec, CounterStore, CounterStoreProvider, LimitId, MAX_KEY_BYTES};
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -99,6 +75,17 @@ impl CounterStore for LocalCounters {
 
     fn len(&self) -> u64 {
         self.slots.entry_count()
+    }
+}
+
+/// Opens a [`LocalCounters`] for every limit: the provider of a node
+/// whose limits count on their own (`scope: node`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalProvider;
+
+impl CounterStoreProvider for LocalProvider {
+    fn open(&self, _id: &LimitId, spec: &CounterSpec) -> Arc<dyn CounterStore> {
+        Arc::new(LocalCounters::new(spec.max_keys, spec.idle))
     }
 }
 

@@ -1,0 +1,247 @@
+//! The node's limit and cache state across snapshot builds (ADR 0030).
+//!
+//! [`Stores`] is owned by the running gateway (`snapshot::State`) and
+//! outlives every snapshot; each build gets a [`BuildStores`] handle
+//! through the plugins' build environment, and a plugin asks it for its
+//! counter store, in-flight table, cache store and collapser instead of
+//! constructing them. A limit is named by a
+//! [`LimitId`]: where it is configured ([`Owner`]), its plugin, and a
+//! fingerprint of its own config, so an unchanged limit keeps its counts
+//! across reloads and admin writes and a changed one starts fresh.
+//!
+//! Which stores are behind the handle (node-local today, mesh- or
+//! Redis-backed later) is decided when [`Stores`] is made; the limiter
+//! and cache machinery live in `weir-limits` and `weir-cache`.
+
+use std::sync::Arc;
+
+use weir_cache::{CacheStore, CacheStores, Collapse};
+use weir_limits::conn::InFlight;
+use weir_limits::{BuildMark, CounterSpec, CounterStore, LimitId, LimitStores, LocalProvider};
+
+/// The limit and cache state of one running gateway.
+pub struct Stores {
+    limits: LimitStores,
+    cache: CacheStores,
+}
+
+impl Default for Stores {
+    /// Node-local limits and cache.
+    fn default() -> Self {
+        Stores::new(
+            LimitStores::new(Arc::new(LocalProvider)),
+            CacheStores::default(),
+        )
+    }
+}
+
+impl Stores {
+    /// State kept by `limits` and `cache`.
+    pub fn new(limits: LimitStores, cache: CacheStores) -> Stores {
+        Stores { limits, cache }
+    }
+
+    /// Starts a snapshot build.
+    pub fn begin(self: &Arc<Self>) -> BuildStores {
+        BuildStores {
+            limits_mark: self.limits.begin(),
+            cache_mark: self.cache.begin(),
+            stores: self.clone(),
+        }
+    }
+
+    /// The snapshot built with `build` is published: drops what no build
+    /// since then asked for (removed or changed limits, an old cache
+    /// capacity).
+    pub fn published(&self, build: &BuildStores) {
+        self.limits.sweep(build.limits_mark);
+        self.cache.sweep(build.cache_mark);
+    }
+
+    /// The limit state.
+    pub fn limits(&self) -> &LimitStores {
+        &self.limits
+    }
+
+    /// The response-cache stores and collapser.
+    pub fn cache(&self) -> &CacheStores {
+        &self.cache
+    }
+}
+
+/// One build's handle on the node's [`Stores`].
+#[derive(Clone)]
+pub struct BuildStores {
+    stores: Arc<Stores>,
+    limits_mark: BuildMark,
+    cache_mark: u64,
+}
+
+impl BuildStores {
+    /// A handle on fresh node-local stores that nothing else sees, for
+    /// checking a config without touching a running gateway's state
+    /// (`weir validate`, the admin preview).
+    pub fn scratch() -> BuildStores {
+        Arc::new(Stores::default()).begin()
+    }
+
+    /// The counter store of the limit `id`.
+    pub fn counters(&self, id: &LimitId, spec: &CounterSpec) -> Arc<dyn CounterStore> {
+        self.stores.limits.counters(self.limits_mark, id, spec)
+    }
+
+    /// The in-flight table of the limit `id`.
+    pub fn in_flight(&self, id: &LimitId) -> Arc<InFlight> {
+        self.stores.limits.in_flight(self.limits_mark, id)
+    }
+
+    /// The node's response store of `max_bytes` capacity.
+    pub fn cache_store(&self, max_bytes: u64) -> Arc<dyn CacheStore> {
+        self.stores.cache.store(self.cache_mark, max_bytes)
+    }
+
+    /// The node's collapser.
+    pub fn collapse(&self) -> Arc<dyn Collapse> {
+        self.stores.cache.collapse().clone()
+    }
+}
+
+/// Where a `plugins:` map is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// The top-level `plugins:`.
+    Global,
+    /// A service's `plugins:`, by service id.
+    Service(String),
+    /// A route's `plugins:`, by route id.
+    Route(String),
+    /// A consumer's own `plugins:`, by consumer name.
+    Consumer(String),
+}
+
+impl Owner {
+    fn label(&self) -> String {
+        match self {
+            Owner::Global => "global".into(),
+            Owner::Service(id) => format!("service:{id}"),
+            Owner::Route(id) => format!("route:{id}"),
+            Owner::Consumer(name) => format!("consumer:{name}"),
+        }
+    }
+}
+
+/// The id of the limit that the plugin `plugin` configured at `owner`
+/// with `config` keeps its state under. Two configs that differ only in
+/// the order of mapping keys have the same id.
+pub fn limit_id(owner: &Owner, plugin: &str, config: &serde_yaml_ng::Value) -> LimitId {
+    let mut canon = String::new();
+    canonical(config, &mut canon);
+    LimitId {
+        owner: owner.label().into(),
+        plugin: plugin.into(),
+        config: weir_limits::store::fingerprint(canon.as_bytes()),
+    }
+}
+
+/// Writes `v` with mapping keys sorted, every scalar tagged by its kind,
+/// so equal configs write equal strings.
+fn canonical(v: &serde_yaml_ng::Value, out: &mut String) {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::Null => out.push('~'),
+        Value::Bool(b) => out.push_str(if *b { "T" } else { "F" }),
+        Value::Number(n) => {
+            out.push('#');
+            out.push_str(&n.to_string());
+        }
+        Value::String(s) => {
+            // Length-prefixed, so no content can fake a separator.
+            out.push_str(&format!("s{}:", s.len()));
+            out.push_str(s);
+        }
+        Value::Sequence(items) => {
+            out.push('[');
+            for i in items {
+                canonical(i, out);
+                out.push(',');
+            }
+            out.push(']');
+        }
+        Value::Mapping(m) => {
+            let mut entries: Vec<(String, &Value)> = m
+                .iter()
+                .map(|(k, v)| {
+                    let mut key = String::new();
+                    canonical(k, &mut key);
+                    (key, v)
+                })
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push('{');
+            for (k, v) in entries {
+                out.push_str(&k);
+                out.push('=');
+                canonical(v, out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+        Value::Tagged(t) => {
+            out.push('!');
+            out.push_str(&t.tag.to_string());
+            canonical(&t.value, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(s: &str) -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_limit_is_named_by_owner_plugin_and_its_own_config() {
+        let route = Owner::Route("r1".into());
+        let a = limit_id(&route, "limit-count", &yaml("{count: 2, time_window: 60s}"));
+        let reordered = limit_id(&route, "limit-count", &yaml("{time_window: 60s, count: 2}"));
+        assert_eq!(a, reordered, "key order is not a change");
+        assert_eq!(&*a.owner, "route:r1");
+        let changed = limit_id(&route, "limit-count", &yaml("{count: 3, time_window: 60s}"));
+        assert_ne!(a.config, changed.config);
+        let as_string = limit_id(
+            &route,
+            "limit-count",
+            &yaml("{count: '2', time_window: 60s}"),
+        );
+        assert_ne!(a.config, as_string.config, "a string is not a number");
+        let elsewhere = limit_id(
+            &Owner::Service("r1".into()),
+            "limit-count",
+            &yaml("{count: 2, time_window: 60s}"),
+        );
+        assert_ne!(a, elsewhere);
+    }
+
+    #[test]
+    fn a_build_handle_reaches_the_same_state_until_it_is_swept() {
+        let stores = Arc::new(Stores::default());
+        let id = limit_id(&Owner::Global, "limit-conn", &yaml("{max: 1}"));
+        let b1 = stores.begin();
+        let t = b1.in_flight(&id);
+        stores.published(&b1);
+        let b2 = stores.begin();
+        assert!(Arc::ptr_eq(&t, &b2.in_flight(&id)));
+        assert!(Arc::ptr_eq(&b1.cache_store(1000), &b2.cache_store(1000)));
+        stores.published(&b2);
+        let b3 = stores.begin();
+        stores.published(&b3);
+        assert!(stores.limits().is_empty(), "unused by the last build");
+        assert_eq!(stores.cache().stats(), (0, 0));
+        // Scratch handles never touch a running node's state.
+        BuildStores::scratch().in_flight(&id);
+        assert!(stores.limits().is_empty());
+    }
+}
