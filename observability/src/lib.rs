@@ -4,7 +4,8 @@
 //! filtered by `WEIR_LOG` or `RUST_LOG`; other crates only ever call
 //! [`init`]), the Prometheus metrics ([`metrics`], with process metrics
 //! from [`process`]), the JSON access log ([`access_log`]), OTLP trace
-//! export ([`trace`]) and OTLP metrics export ([`metrics_export`]). It does not
+//! export ([`trace`]) and OTLP metrics export ([`metrics_export`]), which
+//! share one reading of the `OTEL_*` settings ([`otlp`]). It does not
 //! own what is measured or logged: the gateway calls the recording API from
 //! its request path.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod access_log;
 pub mod config;
 pub mod metrics;
 pub mod metrics_export;
+pub mod otlp;
 pub mod process;
 pub mod trace;
 
