@@ -25,11 +25,11 @@ use tokio::time::{Instant, Sleep};
 use crate::balance::PickCtx;
 use crate::error::GatewayError;
 use crate::headers;
+use crate::metrics::{AttemptMetrics, AttemptOutcome, GatewayMetrics, RetryReason};
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
 use crate::telemetry::RequestLog;
 use crate::upstream::{PooledConn, SendError, Upstream, ms_at, now_ms};
-use weir_observability::metrics::{AttemptMetrics, AttemptOutcome, RetryReason};
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

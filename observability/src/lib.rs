@@ -2,12 +2,14 @@
 //!
 //! Owns how `tracing` events leave the process (a formatted log on stderr,
 //! filtered by `WEIR_LOG` or `RUST_LOG`; other crates only ever call
-//! [`init`]), the Prometheus metrics ([`metrics`], with process metrics
-//! from [`process`]), the JSON access log ([`access_log`]), OTLP trace
-//! export ([`trace`]) and OTLP metrics export ([`metrics_export`]), which
-//! share one reading of the `OTEL_*` settings ([`otlp`]). It does not
-//! own what is measured or logged: the gateway calls the recording API from
-//! its request path.
+//! [`init`]), the Prometheus metrics machinery ([`metrics`]: registry,
+//! capped label-set families, exposition; process metrics from
+//! [`process`]), the JSON access log ([`access_log`]), OTLP trace export
+//! ([`trace`]) and OTLP metrics export ([`metrics_export`]), which share
+//! one reading of the `OTEL_*` settings ([`otlp`]). It does not own what is
+//! measured or logged: the gateway's metric catalogue (its series, names
+//! and label vocabularies) is `weir_node::metrics`, installed into the
+//! registry and recorded from the gateway's request path.
 #![forbid(unsafe_code)]
 
 pub mod access_log;

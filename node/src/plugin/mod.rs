@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{Config, ConfigErrors, Problems};
 use crate::consumer::{Consumer, Consumers};
+use crate::metrics::GatewayMetrics;
 use crate::proxy::{BoxError, ProxyBody};
 
 mod adaptive_concurrency;
@@ -215,7 +216,7 @@ pub fn auth_failure(
     reason: &'static str,
     challenge: &HeaderValue,
 ) -> Early {
-    weir_observability::metrics::global().record_auth_failure(&ctx.route_id, reason);
+    crate::metrics::global().record_auth_failure(&ctx.route_id, reason);
     tracing::info!(
         route = %ctx.route_id,
         plugin,

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::metrics::{CacheStatus, GatewayMetrics};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde::Deserialize;
-use weir_observability::metrics::CacheStatus;
 
 use super::{
     BuildEnv, ConfigErrorList, Early, Outcome, Plugin, PluginDef, RequestCtx, RequestHead,
@@ -604,11 +604,7 @@ impl Plugin for ProxyCache {
 
     fn log(&self, ctx: &RequestCtx, outcome: &Outcome) {
         if let Some(Mark(s)) = ctx.ext.get::<Mark>() {
-            weir_observability::metrics::global().record_cache(
-                &ctx.route_id,
-                *s,
-                outcome.body_bytes,
-            );
+            crate::metrics::global().record_cache(&ctx.route_id, *s, outcome.body_bytes);
         }
     }
 }
