@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::metrics::{CacheStatus, GatewayMetrics};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -18,6 +17,7 @@ use super::{
 };
 use crate::cache::policy::{self, Overrides, Use};
 use crate::cache::{self, CacheStore, Cached, CachedResponse, Flight, LocalStore, collapse};
+use crate::metrics::{CacheStatus, GatewayMetrics};
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {
