@@ -28,6 +28,7 @@ pub mod echo;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod metrics;
 pub mod openapi;
 pub mod plugin;
 pub mod proxy;

@@ -24,16 +24,16 @@ use crate::balance::PickCtx;
 use crate::body::{
     BodyGuard, BodySlot, BodySource, ClientBody, Full, Guarded, ReadTimeout, ReqBody,
 };
+use crate::clock::{mono_ms, mono_ms_at};
 use crate::conn::ConnInfo;
 use crate::error::{GatewayError, error_chain};
 use crate::headers;
+use crate::metrics::{AttemptMetrics, AttemptOutcome, GatewayMetrics, RetryReason};
 use crate::plugin::PluginBody;
 use crate::router::RequestView;
 use crate::snapshot::{HostHeaderRt, Route, Snapshot, State};
 use crate::telemetry::{LoggedBody, RequestLog};
-use crate::clock::{mono_ms, mono_ms_at};
 use crate::upstream::{PooledConn, SendError, Upstream};
-use weir_observability::metrics::{AttemptMetrics, AttemptOutcome, RetryReason};
 
 // === the bodies a response gets ===
 

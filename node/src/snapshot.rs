@@ -530,7 +530,12 @@ impl State {
     ) -> Result<Arc<Snapshot>, ConfigErrors> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let build = self.stores.begin();
-        let snap = Arc::new(compile(config, &self.pools, &build, last.compiled.as_deref())?);
+        let snap = Arc::new(compile(
+            config,
+            &self.pools,
+            &build,
+            last.compiled.as_deref(),
+        )?);
         *last = Last {
             compiled: Some(snap.clone()),
             build: Some(build),
@@ -720,6 +725,26 @@ routes:
             assert!(a.is_some(), "edit {i} is refused");
             assert_eq!(a, b, "edit {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_reused_limit_keeps_its_state_in_the_node_stores() {
+        // Route `a` has a limit; writes to other routes reuse its chain
+        // without asking the stores for its counters again, and the sweep
+        // after each publish must not drop them: the next write that does
+        // rebuild the chain would start the limit over.
+        let state = State::new(&config(BASE)).expect("compiles");
+        assert_eq!(state.stores().limits().len(), 1);
+        let mut cfg = config(BASE);
+        cfg.routes[1].paths = vec!["/b3/:x".into()];
+        state.apply(&cfg).expect("applies");
+        state.apply(&config(BASE)).expect("applies");
+        assert_eq!(state.stores().limits().len(), 1, "the reused limit is kept");
+        let mut cfg = config(BASE);
+        cfg.routes.remove(0);
+        state.apply(&cfg).expect("applies");
+        state.apply(&cfg).expect("applies");
+        assert_eq!(state.stores().limits().len(), 0, "a removed limit goes");
     }
 
     #[tokio::test]

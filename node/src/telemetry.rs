@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::metrics::{self, ActiveRequest, GatewayMetrics, Metrics, RequestMetrics};
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
 use weir_observability::access_log::{AccessLog, AccessRecord};
 use weir_observability::config::{NodeInfo, ObservabilityConfig};
-use weir_observability::metrics::{self, ActiveRequest, Metrics, RequestMetrics};
 use weir_observability::metrics_export::{MetricsExport, MetricsExportSettings};
 use weir_observability::trace::{EnvVars, RequestInfo, RequestSpan, Tracing};
 

@@ -2,17 +2,21 @@
 //!
 //! Owns how `tracing` events leave the process (a formatted log on stderr,
 //! filtered by `WEIR_LOG` or `RUST_LOG`; other crates only ever call
-//! [`init`]), the Prometheus metrics ([`metrics`], with process metrics
-//! from [`process`]), the JSON access log ([`access_log`]), OTLP trace
-//! export ([`trace`]) and OTLP metrics export ([`metrics_export`]). It does not
-//! own what is measured or logged: the gateway calls the recording API from
-//! its request path.
+//! [`init`]), the Prometheus metrics machinery ([`metrics`]: registry,
+//! capped label-set families, exposition; process metrics from
+//! [`process`]), the JSON access log ([`access_log`]), OTLP trace export
+//! ([`trace`]) and OTLP metrics export ([`metrics_export`]), which share
+//! one reading of the `OTEL_*` settings ([`otlp`]). It does not own what is
+//! measured or logged: the gateway's metric catalogue (its series, names
+//! and label vocabularies) is `weir_node::metrics`, installed into the
+//! registry and recorded from the gateway's request path.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod config;
 pub mod metrics;
 pub mod metrics_export;
+pub mod otlp;
 pub mod process;
 pub mod trace;
 

@@ -1,5 +1,16 @@
-//! Prometheus metrics: one [`Metrics`] per process, recorded on the request
-//! path and encoded at scrape time.
+//! Prometheus metrics machinery: one [`Metrics`] registry per process,
+//! recorded into on the request path and encoded at scrape time.
+//!
+//! Owns the registry, the text expositions ([`Format`]), the capped
+//! label-set families ([`SeriesTable`], [`CounterVec`], [`GaugeVec`]), the
+//! shared label helpers ([`status_class`], [`method_label`]), the process
+//! metrics, the series of this crate's own sinks (access log, span export)
+//! and the reading the OTLP bridge exports. It does not own what the
+//! gateway measures: the request, upstream, auth, rate-limit and cache
+//! series and their label vocabularies are the gateway's catalogue
+//! (`weir_node::metrics`), installed into a registry with
+//! [`Metrics::catalogue`]. [`CacheStatus`] and [`RateLimitDecision`] stay
+//! here because the access log writes them too.
 //!
 //! Names follow the OpenTelemetry HTTP semantic conventions mapped to
 //! Prometheus (`http.server.request.duration` becomes
@@ -24,7 +35,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hashbrown::Equivalent;
@@ -32,11 +42,13 @@ use http::Method;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+// The metric types a catalogue records into.
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::MetricsConfig;
 use crate::process::{PROCESS_METRICS, ProcessCollector};
@@ -49,99 +61,12 @@ pub const OTHER: &str = "other";
 
 /// Config-derived label values longer than this are folded into `other`:
 /// config ids are short, so a long one is a bug, not a name.
-const MAX_LABEL_VALUE_LEN: usize = 128;
+pub const MAX_LABEL_VALUE_LEN: usize = 128;
 
 /// A static label pair, for series whose labels come from code.
 type StaticLabel = [(&'static str, &'static str); 1];
 
-// === public recording types ===
-
-/// One finished request, as the proxy's log phase sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestMetrics<'a> {
-    /// Matched route id; `""` when no route matched.
-    pub route: &'a str,
-    /// Service id; `""` when the route has none.
-    pub service: &'a str,
-    /// Upstream id; `""` when no upstream was chosen.
-    pub upstream: &'a str,
-    /// Request method (unknown methods count as `_OTHER`).
-    pub method: &'a Method,
-    /// Status sent to the client.
-    pub status: u16,
-    /// From the first request byte to the last response byte.
-    pub duration: Duration,
-    /// Time spent waiting for upstream response headers, over all attempts;
-    /// `None` when no upstream was contacted.
-    pub upstream_duration: Option<Duration>,
-    /// Request body bytes received from the client.
-    pub bytes_in: u64,
-    /// Response body bytes sent to the client.
-    pub bytes_out: u64,
-}
-
-/// One attempt to reach a target.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptMetrics<'a> {
-    /// Upstream id.
-    pub upstream: &'a str,
-    /// Target address as configured (`host:port`).
-    pub target: &'a str,
-    /// How the attempt ended.
-    pub outcome: AttemptOutcome,
-    /// From sending the request to response headers (or the failure).
-    pub duration: Duration,
-}
-
-/// How an attempt at a target ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// The target answered with this status.
-    Status(u16),
-    /// The connection could not be made.
-    ConnectError,
-    /// No response headers within the per-try timeout.
-    Timeout,
-    /// Anything else (reset, protocol error).
-    Error,
-}
-
-impl AttemptOutcome {
-    /// The `outcome` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Status(s) => status_class(s),
-            AttemptOutcome::ConnectError => "connect_error",
-            AttemptOutcome::Timeout => "timeout",
-            AttemptOutcome::Error => "error",
-        }
-    }
-}
-
-/// Why a request was sent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
-    /// The previous target refused or could not be reached.
-    ConnectError,
-    /// The previous target timed out.
-    Timeout,
-    /// The previous target answered 502, 503 or 504.
-    Status,
-    /// The previous attempt failed otherwise (reset, protocol error).
-    Error,
-}
-
-impl RetryReason {
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::ConnectError => "connect_error",
-            RetryReason::Timeout => "timeout",
-            RetryReason::Status => "status",
-            RetryReason::Error => "error",
-        }
-    }
-}
+// === label vocabularies ===
 
 /// A rate-limit decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,18 +225,51 @@ fn short_eq(a: &[u8], b: &[u8]) -> bool {
 
 type SeriesMap<const N: usize, V> = hashbrown::HashMap<Key<N>, Arc<V>>;
 
-/// One exposed metric of a family whose series carry several metrics.
-struct Column<V> {
+/// One exposed metric of a [`SeriesTable`] whose series carry several
+/// metrics: its name (without `_total`), help text, kind, and where it
+/// sits in the series' value.
+pub struct Column<V> {
     name: &'static str,
     help: &'static str,
     kind: MetricType,
-    get: fn(&V) -> &dyn EncodeMetric,
+    get: Getter<V>,
+}
+
+/// Picks one metric out of a series' value.
+pub type Getter<V> = fn(&V) -> &dyn EncodeMetric;
+
+impl<V> Column<V> {
+    /// A counter column: `get` picks it out of the series' value, e.g.
+    /// `|s: &Bundle| as_metric(&s.requests)`.
+    pub fn counter(name: &'static str, help: &'static str, get: Getter<V>) -> Column<V> {
+        Column::of(MetricType::Counter, name, help, get)
+    }
+
+    /// A histogram column.
+    pub fn histogram(name: &'static str, help: &'static str, get: Getter<V>) -> Column<V> {
+        Column::of(MetricType::Histogram, name, help, get)
+    }
+
+    /// A gauge column.
+    pub fn gauge(name: &'static str, help: &'static str, get: Getter<V>) -> Column<V> {
+        Column::of(MetricType::Gauge, name, help, get)
+    }
+
+    fn of(kind: MetricType, name: &'static str, help: &'static str, get: Getter<V>) -> Column<V> {
+        Column {
+            name,
+            help,
+            kind,
+            get,
+        }
+    }
 }
 
 /// Series keyed by `N` label values, each holding a `V` (one metric or a
-/// bundle recorded together). Reads are lock-free; inserts copy the map,
-/// which is fine because inserts stop once every label set has been seen.
-struct Table<const N: usize, V> {
+/// bundle recorded together), registered with [`Metrics::table`]. Reads
+/// are lock-free; inserts copy the map, which is fine because inserts stop
+/// once every label set has been seen.
+pub struct SeriesTable<const N: usize, V> {
     family: &'static str,
     labels: [&'static str; N],
     /// Which labels come from config and fold into `other` past the cap.
@@ -324,11 +282,11 @@ struct Table<const N: usize, V> {
     folded: Counter,
 }
 
-impl<const N: usize, V: Send + Sync + 'static> Table<N, V> {
+impl<const N: usize, V: Send + Sync + 'static> SeriesTable<N, V> {
     /// Calls `f` with the series for `values`, creating it (or folding it
     /// into `other`) on first sight.
     #[inline]
-    fn with<R>(&self, values: [&str; N], f: impl FnOnce(&V) -> R) -> R {
+    pub fn with<R>(&self, values: [&str; N], f: impl FnOnce(&V) -> R) -> R {
         let values = self.sanitize(values);
         let map = self.series.load();
         if let Some(v) = map.get(&Lookup(values)) {
@@ -393,7 +351,8 @@ impl<const N: usize, V: Send + Sync + 'static> Table<N, V> {
         v
     }
 
-    fn remove(&self, values: [&str; N]) {
+    /// Drops the series for `values`, if any.
+    pub fn remove(&self, values: [&str; N]) {
         let _guard = self
             .insert_lock
             .lock()
@@ -406,8 +365,14 @@ impl<const N: usize, V: Send + Sync + 'static> Table<N, V> {
         }
     }
 
-    fn len(&self) -> usize {
+    /// Distinct label sets held, the folded one included.
+    pub fn len(&self) -> usize {
         self.series.load().len()
+    }
+
+    /// Whether no series was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.series.load().is_empty()
     }
 
     /// The metric names this family exposes.
@@ -416,9 +381,9 @@ impl<const N: usize, V: Send + Sync + 'static> Table<N, V> {
     }
 }
 
-impl<const N: usize, V> fmt::Debug for Table<N, V> {
+impl<const N: usize, V> fmt::Debug for SeriesTable<N, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Table")
+        f.debug_struct("SeriesTable")
             .field("family", &self.family)
             .field("labels", &self.labels)
             .field("series", &self.series.load().len())
@@ -426,7 +391,7 @@ impl<const N: usize, V> fmt::Debug for Table<N, V> {
     }
 }
 
-impl<const N: usize, V: Send + Sync + 'static> Collector for Table<N, V> {
+impl<const N: usize, V: Send + Sync + 'static> Collector for SeriesTable<N, V> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let map = self.series.load_full();
         if map.is_empty() {
@@ -450,7 +415,7 @@ impl<const N: usize, V: Send + Sync + 'static> Collector for Table<N, V> {
 /// A counter with `N` labels, created by [`Metrics::counter_vec`]. Every
 /// label value is treated as config-derived: bounded by the family cap.
 #[derive(Clone, Debug)]
-pub struct CounterVec<const N: usize>(Arc<Table<N, Counter>>);
+pub struct CounterVec<const N: usize>(Arc<SeriesTable<N, Counter>>);
 
 impl<const N: usize> CounterVec<N> {
     /// Adds one to the series for `values` (in label order).
@@ -466,7 +431,7 @@ impl<const N: usize> CounterVec<N> {
 
 /// A gauge with `N` labels, created by [`Metrics::gauge_vec`].
 #[derive(Clone, Debug)]
-pub struct GaugeVec<const N: usize>(Arc<Table<N, Gauge>>);
+pub struct GaugeVec<const N: usize>(Arc<SeriesTable<N, Gauge>>);
 
 impl<const N: usize> GaugeVec<N> {
     /// Sets the series for `values` (in label order).
@@ -480,58 +445,15 @@ impl<const N: usize> GaugeVec<N> {
     }
 }
 
-// === series bundles ===
-
-/// Everything recorded once per request, under one label set.
-struct RequestSeries {
-    requests: Counter,
-    duration: Histogram,
-    upstream_duration: Histogram,
-    request_bytes: Counter,
-    response_bytes: Counter,
-}
-
-/// Cache lookups and the bytes they served.
-#[derive(Default)]
-struct CacheSeries {
-    requests: Counter,
-    bytes: Counter,
-}
-
-fn counter_column<V>(
-    name: &'static str,
-    help: &'static str,
-    get: fn(&V) -> &dyn EncodeMetric,
-) -> Column<V> {
-    Column {
-        name,
-        help,
-        kind: MetricType::Counter,
-        get,
-    }
-}
-
-fn histogram_column<V>(
-    name: &'static str,
-    help: &'static str,
-    get: fn(&V) -> &dyn EncodeMetric,
-) -> Column<V> {
-    Column {
-        name,
-        help,
-        kind: MetricType::Histogram,
-        get,
-    }
-}
-
-fn as_metric<M: EncodeMetric>(m: &M) -> &dyn EncodeMetric {
+/// A series' metric as the exposition sees it, for [`Column`] getters.
+pub fn as_metric<M: EncodeMetric>(m: &M) -> &dyn EncodeMetric {
     m
 }
 
 // === Metrics ===
 
-/// Every metric weir exposes. Share it as `Arc<Metrics>`; all recording
-/// methods take `&self`.
+/// The registry every weir metric lives in. Share it as `Arc<Metrics>`;
+/// all recording methods take `&self`.
 pub struct Metrics {
     enabled: bool,
     buckets: Arc<[f64]>,
@@ -540,16 +462,9 @@ pub struct Metrics {
     /// Names in use, so a late registration cannot shadow a series.
     names: Mutex<HashMap<&'static str, Box<dyn Any + Send + Sync>>>,
     folded: Family<StaticLabel, Counter>,
+    /// The embedding program's series, see [`Metrics::catalogue`].
+    catalogue: OnceLock<Box<dyn Any + Send + Sync>>,
 
-    requests: Arc<Table<5, RequestSeries>>,
-    active_requests: Gauge,
-    attempts: Arc<Table<3, Histogram>>,
-    target_up: Arc<Table<2, Gauge>>,
-    retries: Arc<Table<2, Counter>>,
-    retry_budget_exhausted: Arc<Table<1, Counter>>,
-    auth_failures: Arc<Table<2, Counter>>,
-    ratelimit: Arc<Table<2, Counter>>,
-    cache: Arc<Table<2, CacheSeries>>,
     access_log_lines: Counter,
     access_log_dropped: Family<StaticLabel, Counter>,
     spans_dropped: Counter,
@@ -606,174 +521,11 @@ impl Metrics {
         let folded = Family::<StaticLabel, Counter>::default();
         let mut names: HashMap<&'static str, Box<dyn Any + Send + Sync>> = HashMap::new();
 
-        let b = buckets.clone();
-        let requests = Arc::new(Table {
-            family: "http_server_request",
-            labels: [
-                "weir_route",
-                "weir_service",
-                "http_request_method",
-                "http_response_status_class",
-                "weir_upstream",
-            ],
-            fold: [true, true, false, false, true],
-            cap: max_series,
-            series: ArcSwap::from_pointee(SeriesMap::new()),
-            insert_lock: Mutex::new(()),
-            make: Box::new(move || RequestSeries {
-                requests: Counter::default(),
-                duration: Histogram::new(b.iter().copied()),
-                upstream_duration: Histogram::new(b.iter().copied()),
-                request_bytes: Counter::default(),
-                response_bytes: Counter::default(),
-            }),
-            columns: vec![
-                counter_column(
-                    "weir_http_server_requests",
-                    "Requests served, by route, method, status class and upstream.",
-                    |s: &RequestSeries| as_metric(&s.requests),
-                ),
-                histogram_column(
-                    "http_server_request_duration_seconds",
-                    "Client-facing request duration, first request byte to last response byte.",
-                    |s: &RequestSeries| as_metric(&s.duration),
-                ),
-                histogram_column(
-                    "weir_http_server_upstream_duration_seconds",
-                    "Part of the request spent waiting for upstream response headers, all attempts.",
-                    |s: &RequestSeries| as_metric(&s.upstream_duration),
-                ),
-                counter_column(
-                    "weir_http_server_request_body_bytes",
-                    "Request body bytes received from clients.",
-                    |s: &RequestSeries| as_metric(&s.request_bytes),
-                ),
-                counter_column(
-                    "weir_http_server_response_body_bytes",
-                    "Response body bytes sent to clients.",
-                    |s: &RequestSeries| as_metric(&s.response_bytes),
-                ),
-            ],
-            folded: folded
-                .get_or_create(&[("family", "http_server_request")])
-                .clone(),
-        });
-
-        let b = buckets.clone();
-        let attempts = Arc::new(Table {
-            family: "http_client_request",
-            labels: ["weir_upstream", "weir_target", "outcome"],
-            fold: [true, true, false],
-            cap: max_series,
-            series: ArcSwap::from_pointee(SeriesMap::new()),
-            insert_lock: Mutex::new(()),
-            make: Box::new(move || Histogram::new(b.iter().copied())),
-            columns: vec![histogram_column(
-                "http_client_request_duration_seconds",
-                "Duration of each attempt at an upstream target, until response headers or failure.",
-                as_metric::<Histogram>,
-            )],
-            folded: folded
-                .get_or_create(&[("family", "http_client_request")])
-                .clone(),
-        });
-
-        let target_up = Arc::new(Table {
-            family: "weir_upstream_target_up",
-            labels: ["weir_upstream", "weir_target"],
-            fold: [true, true],
-            cap: max_series,
-            series: ArcSwap::from_pointee(SeriesMap::new()),
-            insert_lock: Mutex::new(()),
-            make: Box::new(Gauge::default),
-            columns: vec![Column {
-                name: "weir_upstream_target_up",
-                help: "Whether this node sends traffic to the target (1) or has ejected it (0).",
-                kind: MetricType::Gauge,
-                get: as_metric::<Gauge>,
-            }],
-            folded: folded
-                .get_or_create(&[("family", "weir_upstream_target_up")])
-                .clone(),
-        });
-
-        let retries = Arc::new(new_counter_table(
-            &folded,
-            max_series,
-            "weir_upstream_retries",
-            "Requests sent again to another target, by upstream and reason.",
-            ["weir_upstream", "reason"],
-            [true, false],
-        ));
-        let retry_budget_exhausted = Arc::new(new_counter_table(
-            &folded,
-            max_series,
-            "weir_upstream_retry_budget_exhausted",
-            "Retries that were allowed by policy but refused by the retry budget.",
-            ["weir_upstream"],
-            [true],
-        ));
-        let auth_failures = Arc::new(new_counter_table(
-            &folded,
-            max_series,
-            "weir_auth_failures",
-            "Requests refused by an authentication plugin, by route and reason.",
-            ["weir_route", "reason"],
-            [true, false],
-        ));
-        let ratelimit = Arc::new(new_counter_table(
-            &folded,
-            max_series,
-            "weir_ratelimit_decisions",
-            "Rate-limit decisions, by route and decision (allowed, rejected).",
-            ["weir_route", "decision"],
-            [true, false],
-        ));
-        let cache = Arc::new(Table {
-            family: "weir_cache",
-            labels: ["weir_route", "cache_status"],
-            fold: [true, false],
-            cap: max_series,
-            series: ArcSwap::from_pointee(SeriesMap::new()),
-            insert_lock: Mutex::new(()),
-            make: Box::new(CacheSeries::default),
-            columns: vec![
-                counter_column(
-                    "weir_cache_requests",
-                    "Cache lookups, by route and cache status (hit, miss, expired, stale, revalidated, bypass).",
-                    |s: &CacheSeries| as_metric(&s.requests),
-                ),
-                counter_column(
-                    "weir_cache_response_body_bytes",
-                    "Response body bytes served, by route and cache status.",
-                    |s: &CacheSeries| as_metric(&s.bytes),
-                ),
-            ],
-            folded: folded.get_or_create(&[("family", "weir_cache")]).clone(),
-        });
-
-        let tables: [(Vec<&'static str>, Box<dyn Collector>); 9] = [
-            (requests.names(), Box::new(requests.clone())),
-            (attempts.names(), Box::new(attempts.clone())),
-            (target_up.names(), Box::new(target_up.clone())),
-            (retries.names(), Box::new(retries.clone())),
-            (
-                retry_budget_exhausted.names(),
-                Box::new(retry_budget_exhausted.clone()),
-            ),
-            (auth_failures.names(), Box::new(auth_failures.clone())),
-            (ratelimit.names(), Box::new(ratelimit.clone())),
-            (cache.names(), Box::new(cache.clone())),
-            (PROCESS_METRICS.to_vec(), Box::new(ProcessCollector)),
-        ];
-        for (metric_names, collector) in tables {
-            for name in metric_names {
-                names.insert(name, Box::new(()));
-            }
-            reg.register_collector(collector);
+        for name in PROCESS_METRICS.iter().copied() {
+            names.insert(name, Box::new(()));
         }
+        reg.register_collector(Box::new(ProcessCollector));
 
-        let active_requests = Gauge::default();
         let access_log_lines = Counter::default();
         let access_log_dropped = Family::<StaticLabel, Counter>::default();
         let spans_dropped = Counter::default();
@@ -788,11 +540,6 @@ impl Metrics {
             names.insert(name, Box::new(()));
             m.register(&mut reg, name, help);
         };
-        register(
-            "http_server_active_requests",
-            "Requests in flight on the proxy listener.",
-            Box::new(active_requests.clone()),
-        );
         register(
             "weir_access_log_lines",
             "Access-log lines written.",
@@ -836,15 +583,7 @@ impl Metrics {
             registry: Mutex::new(reg),
             names: Mutex::new(names),
             folded,
-            requests,
-            active_requests,
-            attempts,
-            target_up,
-            retries,
-            retry_budget_exhausted,
-            auth_failures,
-            ratelimit,
-            cache,
+            catalogue: OnceLock::new(),
             access_log_lines,
             access_log_dropped,
             spans_dropped,
@@ -861,91 +600,6 @@ impl Metrics {
     /// The latency histogram bucket bounds in use, in seconds.
     pub fn latency_buckets(&self) -> &[f64] {
         &self.buckets
-    }
-
-    // --- the request path ---
-
-    /// Records one finished request. Call once, in the log phase.
-    #[inline]
-    pub fn record_request(&self, r: &RequestMetrics<'_>) {
-        let labels = [
-            r.route,
-            r.service,
-            method_label(r.method),
-            status_class(r.status),
-            r.upstream,
-        ];
-        self.requests.with(labels, |s| {
-            s.requests.inc();
-            s.duration.observe(r.duration.as_secs_f64());
-            if let Some(u) = r.upstream_duration {
-                s.upstream_duration.observe(u.as_secs_f64());
-            }
-            if r.bytes_in > 0 {
-                s.request_bytes.inc_by(r.bytes_in);
-            }
-            if r.bytes_out > 0 {
-                s.response_bytes.inc_by(r.bytes_out);
-            }
-        });
-    }
-
-    /// Counts a request in flight until the returned guard is dropped.
-    pub fn active_request(&self) -> ActiveRequest {
-        self.active_requests.inc();
-        ActiveRequest(self.active_requests.clone())
-    }
-
-    /// Records one attempt at a target (every try, including failed ones).
-    #[inline]
-    pub fn record_attempt(&self, a: &AttemptMetrics<'_>) {
-        self.attempts
-            .with([a.upstream, a.target, a.outcome.as_str()], |h| {
-                h.observe(a.duration.as_secs_f64())
-            });
-    }
-
-    /// Records that a request is being sent again.
-    pub fn record_retry(&self, upstream: &str, reason: RetryReason) {
-        self.retries.with([upstream, reason.as_str()], |c| c.inc());
-    }
-
-    /// Records a retry refused by the retry budget.
-    pub fn record_retry_budget_exhausted(&self, upstream: &str) {
-        self.retry_budget_exhausted.with([upstream], |c| c.inc());
-    }
-
-    /// Publishes whether this node currently sends traffic to a target.
-    pub fn set_target_health(&self, upstream: &str, target: &str, up: bool) {
-        self.target_up
-            .with([upstream, target], |g| g.set(i64::from(up)));
-    }
-
-    /// Drops a target's health series (the target left the config).
-    pub fn remove_target_health(&self, upstream: &str, target: &str) {
-        self.target_up.remove([upstream, target]);
-    }
-
-    /// Records a request refused by authentication. `reason` is a fixed
-    /// word chosen by the plugin (`missing`, `invalid`, `expired`, ...),
-    /// never text from the request.
-    pub fn record_auth_failure(&self, route: &str, reason: &'static str) {
-        self.auth_failures.with([route, reason], |c| c.inc());
-    }
-
-    /// Records a rate-limit decision.
-    pub fn record_ratelimit(&self, route: &str, decision: RateLimitDecision) {
-        self.ratelimit.with([route, decision.as_str()], |c| c.inc());
-    }
-
-    /// Records a cache lookup and the response bytes it served.
-    pub fn record_cache(&self, route: &str, status: CacheStatus, bytes: u64) {
-        self.cache.with([route, status.as_str()], |s| {
-            s.requests.inc();
-            if bytes > 0 {
-                s.bytes.inc_by(bytes);
-            }
-        });
     }
 
     // --- background work ---
@@ -1083,7 +737,7 @@ impl Metrics {
         self.extra(
             name,
             move || {
-                let t = Arc::new(Table {
+                let t = Arc::new(SeriesTable {
                     family: name,
                     labels,
                     fold: [true; N],
@@ -1091,12 +745,7 @@ impl Metrics {
                     series: ArcSwap::from_pointee(SeriesMap::new()),
                     insert_lock: Mutex::new(()),
                     make: Box::new(Gauge::default),
-                    columns: vec![Column {
-                        name,
-                        help,
-                        kind: MetricType::Gauge,
-                        get: as_metric::<Gauge>,
-                    }],
+                    columns: vec![Column::gauge(name, help, as_metric::<Gauge>)],
                     folded,
                 });
                 (
@@ -1106,6 +755,93 @@ impl Metrics {
             },
             help,
         )
+    }
+
+    /// Registers a family whose series are keyed by `N` label values and
+    /// each hold a `V`: one metric, or a bundle recorded together under one
+    /// label set (a request counter and its duration histograms), exposed
+    /// as one metric per column. `fold` says which labels come from config
+    /// and fold into `other` past the series cap; labels from code never
+    /// fold. A `weir_metrics_series_folded_total{family}` series is created
+    /// at once.
+    ///
+    /// # Panics
+    /// If a column's name is not a valid metric name or is already
+    /// registered: both are programming errors caught at start-up.
+    pub fn table<const N: usize, V: Send + Sync + 'static>(
+        &self,
+        family: &'static str,
+        labels: [(&'static str, bool); N],
+        make: impl Fn() -> V + Send + Sync + 'static,
+        columns: Vec<Column<V>>,
+    ) -> Arc<SeriesTable<N, V>> {
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        for col in &columns {
+            assert!(
+                valid_metric_name(col.name),
+                "metric name `{}` must match [a-zA-Z_:][a-zA-Z0-9_:]*",
+                col.name
+            );
+            assert!(
+                !names.contains_key(col.name),
+                "metric `{}` is already registered, as a built-in or as another kind",
+                col.name
+            );
+        }
+        let table = Arc::new(SeriesTable {
+            family,
+            labels: labels.map(|(name, _)| name),
+            fold: labels.map(|(_, fold)| fold),
+            cap: self.max_series,
+            series: ArcSwap::from_pointee(SeriesMap::new()),
+            insert_lock: Mutex::new(()),
+            make: Box::new(make),
+            columns,
+            folded: self.folded.get_or_create(&[("family", family)]).clone(),
+        });
+        for name in table.names() {
+            names.insert(name, Box::new(()));
+        }
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register_collector(Box::new(table.clone()));
+        table
+    }
+
+    /// A table of plain counters named after its family (`name`, without
+    /// `_total`), as [`Metrics::table`].
+    ///
+    /// # Panics
+    /// As [`Metrics::table`].
+    pub fn counter_table<const N: usize>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: [(&'static str, bool); N],
+    ) -> Arc<SeriesTable<N, Counter>> {
+        self.table(
+            name,
+            labels,
+            Counter::default,
+            vec![Column::counter(name, help, as_metric::<Counter>)],
+        )
+    }
+
+    /// The series the embedding program defines on top of this machinery
+    /// (the gateway's catalogue lives in `weir_node::metrics`): built by
+    /// `build` on first use, the same value afterwards. Looking it up costs
+    /// an atomic load and a type check, so recording through it stays
+    /// lock-free.
+    ///
+    /// # Panics
+    /// If a catalogue of another type was built first: one registry holds
+    /// one catalogue, a programming error caught at start-up.
+    pub fn catalogue<C: Any + Send + Sync>(&self, build: impl FnOnce(&Metrics) -> C) -> &C {
+        self.catalogue
+            .get_or_init(|| Box::new(build(self)))
+            .downcast_ref()
+            .expect("one registry holds one catalogue type")
     }
 
     fn extra<H: Clone + Send + Sync + 'static>(
@@ -1176,34 +912,6 @@ impl Metrics {
             Format::OpenMetrics => self.encode_openmetrics(),
         }
     }
-
-    /// Distinct label sets of the per-request family (for tests and
-    /// self-checks).
-    pub fn request_series(&self) -> usize {
-        self.requests.len()
-    }
-}
-
-/// Keeps `http_server_active_requests` raised while alive.
-#[derive(Debug)]
-pub struct ActiveRequest(Gauge);
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn new_counter_table<const N: usize>(
-    folded: &Family<StaticLabel, Counter>,
-    cap: usize,
-    name: &'static str,
-    help: &'static str,
-    labels: [&'static str; N],
-    fold: [bool; N],
-) -> Table<N, Counter> {
-    let folded = folded.get_or_create(&[("family", name)]).clone();
-    new_counter_table_with(folded, cap, name, help, labels, fold)
 }
 
 fn new_counter_table_with<const N: usize>(
@@ -1213,8 +921,8 @@ fn new_counter_table_with<const N: usize>(
     help: &'static str,
     labels: [&'static str; N],
     fold: [bool; N],
-) -> Table<N, Counter> {
-    Table {
+) -> SeriesTable<N, Counter> {
+    SeriesTable {
         family: name,
         labels,
         fold,
@@ -1222,7 +930,7 @@ fn new_counter_table_with<const N: usize>(
         series: ArcSwap::from_pointee(SeriesMap::new()),
         insert_lock: Mutex::new(()),
         make: Box::new(Counter::default),
-        columns: vec![counter_column(name, help, as_metric::<Counter>)],
+        columns: vec![Column::counter(name, help, as_metric::<Counter>)],
         folded,
     }
 }
@@ -1310,20 +1018,6 @@ pub fn global() -> &'static Arc<Metrics> {
 mod tests {
     use super::*;
 
-    fn request<'a>(route: &'a str, method: &'a Method, status: u16) -> RequestMetrics<'a> {
-        RequestMetrics {
-            route,
-            service: "",
-            upstream: "up",
-            method,
-            status,
-            duration: Duration::from_millis(3),
-            upstream_duration: Some(Duration::from_millis(2)),
-            bytes_in: 10,
-            bytes_out: 20,
-        }
-    }
-
     #[test]
     fn short_eq_matches_str_eq() {
         let words = [
@@ -1362,83 +1056,6 @@ mod tests {
     }
 
     #[test]
-    fn label_sets_past_the_cap_fold_into_other() {
-        let m = Metrics::with_max_series(&MetricsConfig::default(), 3);
-        for i in 0..50 {
-            let route = format!("r{i}");
-            m.record_request(&request(&route, &Method::GET, 200));
-        }
-        // Three real label sets, plus the folded one.
-        assert_eq!(m.request_series(), 4);
-        let text = m.encode();
-        assert!(text.contains(r#"weir_http_server_requests_total{weir_route="other",weir_service="other",http_request_method="GET",http_response_status_class="2xx",weir_upstream="other"} 47"#), "{text}");
-        assert!(
-            text.contains(r#"weir_metrics_series_folded_total{family="http_server_request"} 47"#),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn folding_keeps_code_bounded_labels() {
-        let m = Metrics::with_max_series(&MetricsConfig::default(), 1);
-        m.record_request(&request("a", &Method::GET, 200));
-        m.record_request(&request("b", &Method::POST, 503));
-        m.record_request(&request("c", &Method::POST, 503));
-        let text = m.encode();
-        assert!(text.contains(r#"weir_http_server_requests_total{weir_route="other",weir_service="other",http_request_method="POST",http_response_status_class="5xx",weir_upstream="other"} 2"#), "{text}");
-    }
-
-    #[test]
-    fn over_long_values_fold_without_growing_the_family() {
-        let m = Metrics::default();
-        let long = "x".repeat(MAX_LABEL_VALUE_LEN + 1);
-        m.record_request(&request(&long, &Method::GET, 200));
-        let text = m.encode();
-        assert!(!text.contains(&long));
-        assert!(text.contains(r#"weir_route="other""#));
-    }
-
-    #[test]
-    fn histograms_use_the_configured_buckets() {
-        let cfg = MetricsConfig {
-            enabled: true,
-            latency_buckets: vec![0.01, 0.1, 1.0],
-            ..MetricsConfig::default()
-        };
-        let m = Metrics::new(&cfg);
-        m.record_request(&RequestMetrics {
-            duration: Duration::from_millis(50),
-            ..request("r", &Method::GET, 200)
-        });
-        let text = m.encode();
-        let les: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("http_server_request_duration_seconds_bucket"))
-            .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
-            .collect();
-        assert_eq!(les, ["0.01", "0.1", "1.0", "+Inf"]);
-        assert!(
-            text.contains(
-                r#"http_server_request_duration_seconds_bucket{le="0.01",weir_route="r""#
-            )
-        );
-        let count_at = |le: &str| -> u64 {
-            text.lines()
-                .find(|l| {
-                    l.starts_with("http_server_request_duration_seconds_bucket")
-                        && l.contains(&format!("le=\"{le}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        assert_eq!(count_at("0.01"), 0);
-        assert_eq!(count_at("0.1"), 1);
-        assert_eq!(count_at("+Inf"), 1);
-    }
-
-    #[test]
     fn unusable_buckets_fall_back_to_the_defaults() {
         let cfg = MetricsConfig {
             enabled: true,
@@ -1463,16 +1080,6 @@ mod tests {
         let om = m.encode_openmetrics();
         assert!(om.contains("# TYPE weir_access_log_dropped counter\n"));
         assert!(om.ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn help_texts_end_with_one_period() {
-        let m = Metrics::default();
-        m.record_request(&request("r", &Method::GET, 200));
-        let _ = m.counter("weir_test_things", "Things.");
-        for line in m.encode().lines().filter(|l| l.starts_with("# HELP")) {
-            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
-        }
     }
 
     #[test]
@@ -1502,48 +1109,9 @@ mod tests {
 
     #[test]
     #[should_panic(expected = "is already registered")]
-    fn a_built_in_name_cannot_be_registered_again() {
-        let m = Metrics::default();
-        let _ = m.counter("weir_http_server_requests_total", "again");
-    }
-
-    #[test]
-    #[should_panic(expected = "is already registered")]
     fn a_name_cannot_change_kind() {
         let m = Metrics::default();
         let _ = m.gauge("weir_x", "x");
         let _ = m.counter("weir_x", "x");
-    }
-
-    #[test]
-    fn active_requests_follow_the_guard() {
-        let m = Metrics::default();
-        let g = m.active_request();
-        assert!(m.encode().contains("http_server_active_requests 1\n"));
-        drop(g);
-        assert!(m.encode().contains("http_server_active_requests 0\n"));
-    }
-
-    #[test]
-    fn target_health_can_be_removed() {
-        let m = Metrics::default();
-        m.set_target_health("up", "10.0.0.1:80", true);
-        m.set_target_health("up", "10.0.0.2:80", false);
-        let text = m.encode();
-        assert!(text.contains(
-            r#"weir_upstream_target_up{weir_upstream="up",weir_target="10.0.0.1:80"} 1"#
-        ));
-        assert!(text.contains(
-            r#"weir_upstream_target_up{weir_upstream="up",weir_target="10.0.0.2:80"} 0"#
-        ));
-        m.remove_target_health("up", "10.0.0.2:80");
-        assert!(!m.encode().contains("10.0.0.2:80"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let m = Metrics::default();
-        m.set_target_health("a\"b\\c\nd", "t", true);
-        assert!(m.encode().contains(r#"weir_upstream="a\"b\\c\nd""#));
     }
 }

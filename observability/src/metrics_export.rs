@@ -50,10 +50,10 @@ pub use settings::{
 
 use crate::config::{NodeInfo, OtlpMetricsConfig, OtlpProtocol, TracingConfig};
 use crate::metrics::{CounterVec, Metrics};
+use crate::otlp::{EnvVars, Signal};
 use crate::process::ProcessStats;
+use crate::trace::Tracing;
 use crate::trace::export::{ErrorLog, ExportHttpClient, ExportRuntime};
-use crate::trace::settings::EnvVars;
-use crate::trace::{TraceError, Tracing};
 
 /// Extra time `shutdown` waits, past the export timeout, for the task to
 /// report back.
@@ -65,64 +65,10 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 // === MetricsExportError ===
 
-/// Why metrics export could not start. Each names the variable or config
-/// key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsExportError {
-    /// An `OTEL_*` environment variable has a value weir cannot use.
-    #[error("environment variable `{var}`: {reason}")]
-    Env {
-        /// The variable.
-        var: &'static str,
-        /// What is wrong, without echoing secrets.
-        reason: String,
-    },
-    /// A setting below `observability` cannot be used.
-    #[error("`observability.{key}`: {reason}")]
-    Config {
-        /// The key below `observability`, e.g. `metrics.otlp.endpoint`.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The export thread could not be started.
-    #[error("could not start the metrics export thread: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The collector URL cannot be used by the client.
-    #[error("could not set up otlp metrics export to `{endpoint}`: {reason}")]
-    Exporter {
-        /// The collector URL.
-        endpoint: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl MetricsExportError {
-    fn env(var: &'static str, reason: String) -> MetricsExportError {
-        MetricsExportError::Env { var, reason }
-    }
-
-    fn config(key: &str, reason: String) -> MetricsExportError {
-        MetricsExportError::Config {
-            key: key.to_string(),
-            reason,
-        }
-    }
-}
-
-impl From<TraceError> for MetricsExportError {
-    fn from(e: TraceError) -> Self {
-        match e {
-            TraceError::Env { var, reason } => MetricsExportError::Env { var, reason },
-            TraceError::Config { key, reason } => MetricsExportError::Config { key, reason },
-            TraceError::Thread(e) => MetricsExportError::Thread(e),
-            TraceError::Exporter { endpoint, reason } => {
-                MetricsExportError::Exporter { endpoint, reason }
-            }
-        }
-    }
-}
+/// Why metrics export could not start: the error type tracing shares
+/// ([`crate::otlp::ExportError`]). Each names the variable or config key at
+/// fault.
+pub type MetricsExportError = crate::otlp::ExportError;
 
 // === MetricsExport ===
 
@@ -243,10 +189,16 @@ impl MetricsExport {
         metrics: Arc<Metrics>,
         tracing: &Tracing,
     ) -> Result<MetricsExport, MetricsExportError> {
-        let runtime = match tracing.export_runtime() {
-            Some(r) => r,
-            None => Arc::new(ExportRuntime::start().map_err(MetricsExportError::Thread)?),
-        };
+        let runtime =
+            match tracing.export_runtime() {
+                Some(r) => r,
+                None => Arc::new(ExportRuntime::start().map_err(|source| {
+                    MetricsExportError::Thread {
+                        signal: Signal::Metrics,
+                        source,
+                    }
+                })?),
+            };
         let client = {
             // tonic's channel and hyper's pool spawn their background tasks
             // on the runtime current while they are built.
@@ -460,6 +412,7 @@ enum Client {
 impl Client {
     fn new(settings: &MetricsExportSettings) -> Result<Client, MetricsExportError> {
         let fail = |reason: String| MetricsExportError::Exporter {
+            signal: Signal::Metrics,
             endpoint: settings.endpoint.clone(),
             reason,
         };

@@ -81,6 +81,7 @@ pub use settings::{
 };
 
 use crate::config::{NodeInfo, OtlpProtocol, TracingConfig};
+use crate::otlp::Signal;
 use export::{ExportHttpClient, ExportRuntime, QueueGate, RuntimeExporter, Stats};
 
 /// Instrumentation scope of every weir span.
@@ -153,51 +154,10 @@ pub mod attr {
 
 // === TraceError ===
 
-/// Why tracing could not start. Each names the variable or config key at
+/// Why tracing could not start: the error type metrics export shares
+/// ([`crate::otlp::ExportError`]). Each names the variable or config key at
 /// fault.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    /// An `OTEL_*` environment variable has a value weir cannot use.
-    #[error("environment variable `{var}`: {reason}")]
-    Env {
-        /// The variable.
-        var: &'static str,
-        /// What is wrong, without echoing secrets.
-        reason: String,
-    },
-    /// A setting of `observability.tracing` cannot be used.
-    #[error("`observability.{key}`: {reason}")]
-    Config {
-        /// The key below `observability`, e.g. `tracing.endpoint`.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The export thread could not be started.
-    #[error("could not start the trace export thread: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The OTLP exporter refused its settings.
-    #[error("could not set up otlp export to `{endpoint}`: {reason}")]
-    Exporter {
-        /// The collector URL.
-        endpoint: String,
-        /// The exporter's reason.
-        reason: String,
-    },
-}
-
-impl TraceError {
-    fn env(var: &'static str, reason: String) -> TraceError {
-        TraceError::Env { var, reason }
-    }
-
-    fn config(key: &str, reason: String) -> TraceError {
-        TraceError::Config {
-            key: key.to_string(),
-            reason,
-        }
-    }
-}
+pub type TraceError = crate::otlp::ExportError;
 
 // === Tracing ===
 
@@ -354,7 +314,10 @@ impl Tracing {
 
     /// Starts export with settings already resolved.
     pub fn from_settings(settings: TraceSettings, node: &NodeInfo) -> Result<Tracing, TraceError> {
-        let runtime = Arc::new(ExportRuntime::start().map_err(TraceError::Thread)?);
+        let runtime = Arc::new(ExportRuntime::start().map_err(|source| TraceError::Thread {
+            signal: Signal::Traces,
+            source,
+        })?);
         let exporter = {
             // tonic's channel and hyper's pool spawn their background tasks
             // on the runtime current while they are built.
@@ -554,6 +517,7 @@ fn build_exporter(
     settings: &TraceSettings,
 ) -> Result<opentelemetry_otlp::SpanExporter, TraceError> {
     let fail = |reason: String| TraceError::Exporter {
+        signal: Signal::Traces,
         endpoint: settings.endpoint.clone(),
         reason,
     };

@@ -38,8 +38,9 @@ use crate::body::{BoxError, Full};
 use crate::config::{Config, PluginMap, Problems, RouteConfig};
 use crate::consumer::{Consumer, Consumers};
 
-pub use body::PluginBody;
+use crate::metrics::GatewayMetrics;
 use crate::stores::{BuildStores, Owner};
+pub use body::PluginBody;
 
 mod adaptive_concurrency;
 mod basic_auth;
@@ -246,7 +247,7 @@ pub fn auth_failure(
     reason: &'static str,
     challenge: &HeaderValue,
 ) -> Early {
-    weir_observability::metrics::global().record_auth_failure(&ctx.route_id, reason);
+    crate::metrics::global().record_auth_failure(&ctx.route_id, reason);
     tracing::info!(
         route = %ctx.route_id,
         plugin,

@@ -10,12 +10,12 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde::Deserialize;
-use weir_observability::metrics::CacheStatus;
 
 use super::{
     BuildEnv, ConfigErrorList, Early, Outcome, Plugin, PluginDef, RequestCtx, RequestHead,
     ResponseHead, UpstreamRequest, parse_config,
 };
+use crate::metrics::{CacheStatus, GatewayMetrics};
 use weir_cache::policy::{self, Overrides, Use};
 use weir_cache::{self as cache, CacheStore, Cached, CachedResponse, Collapse, Flight, collapse};
 
@@ -606,11 +606,7 @@ impl Plugin for ProxyCache {
 
     fn log(&self, ctx: &RequestCtx, outcome: &Outcome) {
         if let Some(Mark(s)) = ctx.ext.get::<Mark>() {
-            weir_observability::metrics::global().record_cache(
-                &ctx.route_id,
-                *s,
-                outcome.body_bytes,
-            );
+            crate::metrics::global().record_cache(&ctx.route_id, *s, outcome.body_bytes);
         }
     }
 }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::metrics::{GatewayMetrics, RateLimitDecision, global};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
-use weir_observability::metrics::{RateLimitDecision, global};
 
 use super::limit_key::KeySpec;
 use super::{ConfigErrorList, Early, RequestCtx};

@@ -233,52 +233,83 @@ fn histograms(metrics: Vec<pm::Metric>, times: Times) -> Vec<HistogramDataPoint>
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::sync::Arc;
     use std::time::Duration;
-
-    use http::Method;
 
     use super::*;
     use crate::config::MetricsConfig;
-    use crate::metrics::{
-        AttemptMetrics, AttemptOutcome, CacheStatus, Metrics, RateLimitDecision, RequestMetrics,
-        RetryReason,
-    };
+    use crate::metrics::{Column, Counter, Histogram, Metrics, as_metric};
 
     const TIMES: Times = Times {
         start_unix_nano: 1,
         now_unix_nano: 2,
     };
 
+    /// Per request: a counter, its duration and its body bytes.
+    type Request = (Counter, Histogram, Counter);
+
+    /// A registry with series of every kind the gateway's catalogue
+    /// (`weir_node::metrics`) records, under its names, plus this crate's
+    /// own and two registered the way the cluster registers its.
     fn populated() -> Metrics {
         let m = Metrics::new(&MetricsConfig {
             latency_buckets: vec![0.01, 0.1, 1.0],
             ..MetricsConfig::default()
         });
+        let b: Arc<[f64]> = m.latency_buckets().into();
+        let requests = m.table(
+            "http_server_request",
+            [
+                ("weir_route", true),
+                ("http_request_method", false),
+                ("http_response_status_class", false),
+                ("weir_upstream", true),
+            ],
+            move || {
+                let h = Histogram::new(b.iter().copied());
+                (Counter::default(), h, Counter::default())
+            },
+            vec![
+                Column::counter("weir_http_server_requests", "Requests.", |s: &Request| {
+                    as_metric(&s.0)
+                }),
+                Column::histogram(
+                    "http_server_request_duration_seconds",
+                    "Time.",
+                    |s: &Request| as_metric(&s.1),
+                ),
+                Column::counter(
+                    "weir_http_server_request_body_bytes",
+                    "In.",
+                    |s: &Request| as_metric(&s.2),
+                ),
+            ],
+        );
         for ms in [5, 50, 500, 5000] {
-            m.record_request(&RequestMetrics {
-                route: "users",
-                service: "",
-                upstream: "pool",
-                method: &Method::GET,
-                status: 200,
-                duration: Duration::from_millis(ms),
-                upstream_duration: Some(Duration::from_millis(1)),
-                bytes_in: 10,
-                bytes_out: 20,
+            requests.with(["users", "GET", "2xx", "pool"], |(n, d, bytes)| {
+                n.inc();
+                d.observe(Duration::from_millis(ms).as_secs_f64());
+                bytes.inc_by(10);
             });
         }
-        m.record_attempt(&AttemptMetrics {
-            upstream: "pool",
-            target: "127.0.0.1:1",
-            outcome: AttemptOutcome::ConnectError,
-            duration: Duration::from_millis(1),
-        });
-        m.record_retry("pool", RetryReason::ConnectError);
-        m.record_retry_budget_exhausted("pool");
-        m.set_target_health("pool", "127.0.0.1:1", false);
-        m.record_auth_failure("users", "missing");
-        m.record_ratelimit("users", RateLimitDecision::Rejected);
-        m.record_cache("users", CacheStatus::Hit, 7);
+        m.latency_histogram("http_client_request_duration_seconds", "Tries.")
+            .observe(0.001);
+        m.gauge_vec(
+            "weir_upstream_target_up",
+            "Up.",
+            ["weir_upstream", "weir_target"],
+        )
+        .set(["pool", "127.0.0.1:1"], 0);
+        for (name, labels) in [
+            ("weir_upstream_retries", ["pool", "connect_error"]),
+            ("weir_auth_failures", ["users", "missing"]),
+            ("weir_ratelimit_decisions", ["users", "rejected"]),
+            ("weir_cache_requests", ["users", "hit"]),
+            ("weir_cache_response_body_bytes", ["users", "hit"]),
+        ] {
+            m.counter_vec(name, "Counted.", ["weir_x", "reason"])
+                .inc(labels);
+        }
         m.inc_access_log_lines(1);
         m.inc_access_log_dropped();
         m.inc_spans_dropped(1);
@@ -287,7 +318,7 @@ mod tests {
         m.gauge("weir_cluster_members", "members").set(3);
         m.counter_vec("weir_gossip_messages", "gossip", ["direction"])
             .inc(["in"]);
-        let _active = m.active_request();
+        m.gauge("http_server_active_requests", "In flight.").set(1);
         m
     }
 

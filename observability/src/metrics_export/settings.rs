@@ -2,57 +2,30 @@
 //! falling back to `observability.tracing` for the transport, overridden by
 //! OpenTelemetry's standard environment variables.
 //!
-//! The precedence rules are the trace settings' (`trace/settings.rs`): a
-//! signal variable (`…_METRICS_…`) beats the generic one, any variable beats
-//! the file, an empty variable counts as unset, and a value that cannot be
-//! used is an error naming the variable.
+//! The transport and its precedence rules are the ones traces use
+//! ([`crate::otlp`]); this file adds what only metrics have: the exporter
+//! switch, the export interval and the metrics section's fallback to the
+//! tracing section.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::MetricsExportError;
 use crate::config::{NodeInfo, OtlpMetricsConfig, OtlpProtocol, TracingConfig};
-use crate::trace::settings::{
-    DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT, EnvVars, OTEL_EXPORTER_OTLP_ENDPOINT,
-    OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TIMEOUT,
-    OTEL_RESOURCE_ATTRIBUTES, OTEL_SDK_DISABLED, OTEL_SERVICE_NAME, check_endpoint, check_header,
-    parse_bool, parse_key_values, parse_millis, parse_protocol, resource, upsert,
+use crate::otlp::{EnvVars, FileTransport, Signal, positive_millis, resolve_transport};
+pub use crate::otlp::{
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, OTEL_EXPORTER_OTLP_METRICS_HEADERS,
+    OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, OTEL_METRICS_EXPORTER,
 };
 
-/// Collector URL for metrics, used exactly as given.
-pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
-/// `grpc` or `http/protobuf`, for metrics.
-pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
-/// `key=value,key2=value2` for metrics.
-pub const OTEL_EXPORTER_OTLP_METRICS_HEADERS: &str = "OTEL_EXPORTER_OTLP_METRICS_HEADERS";
-/// Export timeout for metrics in milliseconds.
-pub const OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT";
-/// `otlp` or `none`.
-pub const OTEL_METRICS_EXPORTER: &str = "OTEL_METRICS_EXPORTER";
 /// Time between two exports, in milliseconds.
 pub const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 /// Longest an export may take, in milliseconds.
 pub const OTEL_METRIC_EXPORT_TIMEOUT: &str = "OTEL_METRIC_EXPORT_TIMEOUT";
 
-const METRICS_PATH: &str = "/v1/metrics";
-
-/// Every variable `resolve` reads once export is on.
-const ALL_VARS: &[&str] = &[
-    OTEL_SDK_DISABLED,
-    OTEL_METRICS_EXPORTER,
-    OTEL_EXPORTER_OTLP_ENDPOINT,
-    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-    OTEL_EXPORTER_OTLP_PROTOCOL,
-    OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
-    OTEL_EXPORTER_OTLP_HEADERS,
-    OTEL_EXPORTER_OTLP_METRICS_HEADERS,
-    OTEL_EXPORTER_OTLP_TIMEOUT,
-    OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
-    OTEL_METRIC_EXPORT_INTERVAL,
-    OTEL_METRIC_EXPORT_TIMEOUT,
-    OTEL_SERVICE_NAME,
-    OTEL_RESOURCE_ATTRIBUTES,
-];
+/// The metrics-only variables `resolve` reads once export is on, besides
+/// the transport's.
+const METRICS_VARS: &[&str] = &[OTEL_METRIC_EXPORT_INTERVAL, OTEL_METRIC_EXPORT_TIMEOUT];
 
 /// Metrics export settings after config and environment were merged and
 /// checked.
@@ -63,15 +36,15 @@ pub struct MetricsExportSettings {
     pub endpoint: String,
     /// gRPC or HTTP/protobuf.
     pub protocol: OtlpProtocol,
-    /// Headers sent with every export request, in order, names lowercase.
-    pub headers: Vec<(String, String)>,
-    /// Resource attributes: the same as the traces'.
-    pub resource: BTreeMap<String, String>,
     /// Time between two exports.
     pub interval: Duration,
     /// Give up on one export (refresh, collection and request) after this
     /// long.
     pub timeout: Duration,
+    /// Headers sent with every export request, in order, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// Resource attributes: the same as the traces'.
+    pub resource: BTreeMap<String, String>,
 }
 
 impl MetricsExportSettings {
@@ -86,136 +59,45 @@ impl MetricsExportSettings {
         node: &NodeInfo,
         env: &EnvVars,
     ) -> Result<Option<MetricsExportSettings>, MetricsExportError> {
-        env.check_unicode(&[OTEL_SDK_DISABLED, OTEL_METRICS_EXPORTER])?;
-        if parse_bool(env, OTEL_SDK_DISABLED)?.unwrap_or(false) {
-            return Ok(None);
-        }
-        let asked = match env.get(OTEL_METRICS_EXPORTER) {
-            None => false,
-            Some("none") => return Ok(None),
-            Some("otlp") => true,
-            Some(other) => {
-                return Err(MetricsExportError::env(
-                    OTEL_METRICS_EXPORTER,
-                    format!(
-                        "`{}` is not supported; use `otlp` or `none` (Prometheus is served at \
-                         /metrics on the admin listener)",
-                        other.escape_debug()
-                    ),
-                ));
-            }
-        };
-        let endpoint_vars = [
-            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-            OTEL_EXPORTER_OTLP_ENDPOINT,
-        ];
-        env.check_unicode(&endpoint_vars)?;
-        if !cfg.enabled && !asked && env.first(&endpoint_vars).is_none() {
-            return Ok(None);
-        }
-        env.check_unicode(ALL_VARS)?;
-
-        let protocol = match env.first(&[
-            OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
-            OTEL_EXPORTER_OTLP_PROTOCOL,
-        ]) {
-            Some((var, v)) => {
-                parse_protocol(v).map_err(|reason| MetricsExportError::env(var, reason))?
-            }
-            None => cfg.protocol.unwrap_or(tracing.protocol),
-        };
-        let path = match protocol {
-            OtlpProtocol::Grpc => None,
-            OtlpProtocol::HttpProtobuf => Some(METRICS_PATH),
-        };
-
-        let file_endpoint = [
-            ("metrics.otlp.endpoint", cfg.endpoint.as_deref()),
-            ("tracing.endpoint", tracing.endpoint.as_deref()),
-        ]
-        .into_iter()
-        .find_map(|(key, e)| e.map(str::trim).filter(|e| !e.is_empty()).map(|e| (key, e)));
-        let endpoint = match (
-            env.get(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT),
-            env.get(OTEL_EXPORTER_OTLP_ENDPOINT),
-        ) {
-            (Some(url), _) => check_endpoint(url, None)
-                .map_err(|r| MetricsExportError::env(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, r))?,
-            (None, Some(url)) => check_endpoint(url, path)
-                .map_err(|r| MetricsExportError::env(OTEL_EXPORTER_OTLP_ENDPOINT, r))?,
-            (None, None) => match file_endpoint {
-                Some((key, url)) => {
-                    check_endpoint(url, path).map_err(|r| MetricsExportError::config(key, r))?
-                }
-                None => {
-                    let base = match protocol {
-                        OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT,
-                        OtlpProtocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
-                    };
-                    check_endpoint(base, path)
-                        .map_err(|r| MetricsExportError::config("metrics.otlp.endpoint", r))?
-                }
-            },
-        };
-
-        // File headers first (the metrics section's, else the tracing
-        // section's); the chosen variable replaces them key by key.
-        let (key, file_headers) = if cfg.headers.is_empty() {
-            ("tracing.headers", &tracing.headers)
+        // The metrics section's transport, else the tracing section's.
+        let file_headers = if cfg.headers.is_empty() {
+            ("tracing.headers", tracing.headers.as_slice())
         } else {
-            ("metrics.otlp.headers", &cfg.headers)
+            ("metrics.otlp.headers", cfg.headers.as_slice())
         };
-        let mut headers: Vec<(String, String)> = Vec::new();
-        for (i, (k, v)) in file_headers.iter().enumerate() {
-            let (k, v) = check_header(k, v)
-                .map_err(|r| MetricsExportError::config(&format!("{key}[{i}]"), r))?;
-            upsert(&mut headers, k, v);
-        }
-        if let Some((var, raw)) = env.first(&[
-            OTEL_EXPORTER_OTLP_METRICS_HEADERS,
-            OTEL_EXPORTER_OTLP_HEADERS,
-        ]) {
-            for (k, v) in
-                parse_key_values(raw, "header").map_err(|r| MetricsExportError::env(var, r))?
-            {
-                let (k, v) = check_header(&k, &v).map_err(|r| MetricsExportError::env(var, r))?;
-                upsert(&mut headers, k, v);
-            }
-        }
-
-        let resource = resource(tracing, node, env)?;
-
-        let interval =
-            parse_millis(env, &[OTEL_METRIC_EXPORT_INTERVAL])?.unwrap_or(cfg.export_interval);
-        if interval.is_zero() {
-            return Err(MetricsExportError::config(
-                "metrics.otlp.export_interval",
-                "must be positive".into(),
-            ));
-        }
-        let timeout = parse_millis(
-            env,
-            &[
-                OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
-                OTEL_EXPORTER_OTLP_TIMEOUT,
-                OTEL_METRIC_EXPORT_TIMEOUT,
+        let file = FileTransport {
+            enabled: cfg.enabled,
+            protocol: cfg.protocol.unwrap_or(tracing.protocol),
+            endpoints: &[
+                ("metrics.otlp.endpoint", cfg.endpoint.as_deref()),
+                ("tracing.endpoint", tracing.endpoint.as_deref()),
             ],
-        )?
-        .unwrap_or(cfg.export_timeout);
-        if timeout.is_zero() {
-            return Err(MetricsExportError::config(
-                "metrics.otlp.export_timeout",
-                "must be positive".into(),
-            ));
-        }
+            headers: file_headers,
+        };
+        let Some(transport) =
+            resolve_transport(Signal::Metrics, &file, tracing, node, env, METRICS_VARS)?
+        else {
+            return Ok(None);
+        };
+
+        let timeout = Signal::Metrics.export_timeout(
+            env,
+            OTEL_METRIC_EXPORT_TIMEOUT,
+            ("metrics.otlp.export_timeout", cfg.export_timeout),
+        )?;
+        let interval = positive_millis(
+            env,
+            &[OTEL_METRIC_EXPORT_INTERVAL],
+            ("metrics.otlp.export_interval", cfg.export_interval),
+        )?;
 
         Ok(Some(MetricsExportSettings {
-            endpoint,
-            protocol,
-            headers,
-            resource,
+            endpoint: transport.endpoint,
+            protocol: transport.protocol,
             interval,
             timeout,
+            headers: transport.headers,
+            resource: transport.resource,
         }))
     }
 }
@@ -223,6 +105,10 @@ impl MetricsExportSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::{
+        OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_PROTOCOL,
+        OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_RESOURCE_ATTRIBUTES, OTEL_SDK_DISABLED, OTEL_SERVICE_NAME,
+    };
 
     fn node() -> NodeInfo {
         NodeInfo {

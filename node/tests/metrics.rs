@@ -24,6 +24,7 @@ use metrics_support::{
     populated_metrics, promtool, repo_root, request, require_tool, sample_names,
 };
 use tokio::time::Instant;
+use weir_node::metrics::GatewayMetrics;
 use weir_observability::metrics::{Format, Metrics};
 
 /// Metric names the dashboard may use before weir exposes them.

@@ -1,4 +1,4 @@
-//! Helpers the observability tests share.
+//! Helpers the gateway metrics tests share.
 
 #![allow(dead_code)]
 
@@ -7,11 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::Method;
-use weir_observability::config::MetricsConfig;
-use weir_observability::metrics::{
-    AttemptMetrics, AttemptOutcome, CacheStatus, Metrics, RateLimitDecision, RequestMetrics,
-    RetryReason,
+use weir_node::metrics::{
+    AttemptMetrics, AttemptOutcome, CacheStatus, GatewayMetrics, Metrics, RateLimitDecision,
+    RequestMetrics, RetryReason,
 };
+use weir_observability::config::MetricsConfig;
 
 /// The Debian package that provides `promtool` and `prometheus`.
 pub const PROMETHEUS_HINT: &str = "install Debian's `prometheus` package \

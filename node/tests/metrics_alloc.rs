@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use http::Method;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use weir_observability::config::MetricsConfig;
-use weir_observability::metrics::{
-    AttemptMetrics, AttemptOutcome, CacheStatus, Metrics, RateLimitDecision, RequestMetrics,
+use weir_node::metrics::{
+    AttemptMetrics, AttemptOutcome, CacheStatus, GatewayMetrics, Metrics, RateLimitDecision,
+    RequestMetrics,
 };
+use weir_observability::config::MetricsConfig;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
