@@ -238,6 +238,9 @@ mod tests {
         stores.published(&b2);
         let b3 = stores.begin();
         stores.published(&b3);
+        assert!(!stores.limits().is_empty(), "still held");
+        drop(t);
+        stores.published(&b3);
         assert!(stores.limits().is_empty(), "unused by the last build");
         assert_eq!(stores.cache().stats(), (0, 0));
         // Scratch handles never touch a running node's state.

@@ -134,10 +134,12 @@ mod tests {
         assert_eq!(stores.stats().0, 1);
 
         // Another capacity is another store; the old one goes once the
-        // build that dropped it is published.
+        // build that dropped it is published and nothing holds it.
         let b3 = stores.begin();
         let bigger = stores.store(b3, 2_000_000);
         assert!(bigger.get("GET a").await.is_none());
+        assert_eq!(stores.sweep(b3), 0, "still held");
+        drop(again);
         assert_eq!(stores.sweep(b3), 1);
         assert_eq!(stores.stats(), (0, 0));
     }
