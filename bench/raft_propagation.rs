@@ -6,6 +6,7 @@
 //!
 //! ```sh
 //! cargo bench --profile dev --bench raft_propagation
+//! WEIR_BENCH_BIN=/path/to/other/weir cargo bench --profile dev --bench raft_propagation
 //! ```
 
 use std::time::{Duration, Instant};
@@ -62,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    // `WEIR_BENCH_BIN` runs the same measurements against another build,
+    // e.g. an older commit's, for before/after figures in one run.
+    let bin = std::env::var_os("WEIR_BENCH_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_weir").into(), std::path::PathBuf::from);
+    let bin = bin.as_path();
     let root = tempfile::tempdir()?;
     let up = Upstream::start("bench").await;
     let nodes = cluster(bin, root.path()).await?;
