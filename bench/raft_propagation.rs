@@ -65,8 +65,10 @@ async fn main() -> anyhow::Result<()> {
     }
     // `WEIR_BENCH_BIN` runs the same measurements against another build,
     // e.g. an older commit's, for before/after figures in one run.
-    let bin = std::env::var_os("WEIR_BENCH_BIN")
-        .map_or_else(|| env!("CARGO_BIN_EXE_weir").into(), std::path::PathBuf::from);
+    let bin = std::env::var_os("WEIR_BENCH_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_weir").into(),
+        std::path::PathBuf::from,
+    );
     let bin = bin.as_path();
     let root = tempfile::tempdir()?;
     let up = Upstream::start("bench").await;
