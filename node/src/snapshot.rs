@@ -140,6 +140,8 @@ impl PluginSource {
 
 struct RouteSource {
     config: RouteConfig,
+    /// The Host rule in effect, the route's own or its service's.
+    host_header: Option<HostHeader>,
     matcher: Matcher,
     route: Arc<Route>,
 }
@@ -282,11 +284,14 @@ pub fn compile(
         let (Some(matcher), Some(upstream)) = (matcher, upstream) else {
             continue;
         };
+        // `old` has this route's config, but a route without plugins has
+        // no chain to show that its service changed: the Host rule it may
+        // inherit is compared on its own.
         let route = match old {
             Some(old)
                 if Arc::ptr_eq(&old.route.upstream, upstream)
                     && same_chain(&old.route.plugins, &chain)
-                    && host_header_of(r, &services) == host_header_of(&old.config, &services) =>
+                    && old.host_header.as_ref() == host_header_of(r, &services) =>
             {
                 old.route.clone()
             }
@@ -302,6 +307,7 @@ pub fn compile(
             Some(old) if Arc::ptr_eq(&old.route, &route) => old.clone(),
             _ => Arc::new(RouteSource {
                 config: r.clone(),
+                host_header: host_header_of(r, &services).cloned(),
                 matcher: matcher.clone(),
                 route: route.clone(),
             }),
@@ -725,6 +731,24 @@ routes:
             assert!(a.is_some(), "edit {i} is refused");
             assert_eq!(a, b, "edit {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_route_follows_a_change_of_its_service() {
+        let src = |host: &str| {
+            format!(
+                "upstreams: [{{id: u, targets: [{{addr: '127.0.0.1:9'}}]}}]\n\
+                 services: [{{id: s, upstream: u, host_header: {host}}}]\n\
+                 routes: [{{id: r, paths: [/r], service: s}}]\n"
+            )
+        };
+        let first = compiled(&config(&src("pass")), None);
+        let next = compiled(&config(&src("target")), Some(&first));
+        assert!(matches!(route(&first, "r").host_header, HostHeaderRt::Pass));
+        assert!(matches!(
+            route(&next, "r").host_header,
+            HostHeaderRt::Target
+        ));
     }
 
     #[tokio::test]
