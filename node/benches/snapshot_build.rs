@@ -36,12 +36,12 @@ fn config() -> Config {
             1 => format!("/api/r{i}/users/:id"),
             _ => format!("/static/r{i}/*"),
         };
-        cfg.routes.push(RouteConfig {
+        cfg.routes.push(Arc::new(RouteConfig {
             id: format!("r{i}"),
             paths: vec![path],
             upstream: Some("u".into()),
             ..RouteConfig::default()
-        });
+        }));
     }
     cfg
 }
@@ -68,7 +68,10 @@ fn stored(cfg: &Config) -> Docs {
 fn two_versions(cfg: &Config, docs: &Docs) -> [(Config, Docs); 2] {
     [1, 2].map(|n| {
         let mut cfg = cfg.clone();
-        cfg.routes[0].paths = vec![format!("/api/r0/items-v{n}")];
+        // A reloaded file is parsed anew: no route is shared with the
+        // config before it.
+        cfg.routes = cfg.routes.iter().map(|r| Arc::new((**r).clone())).collect();
+        Arc::make_mut(&mut cfg.routes[0]).paths = vec![format!("/api/r0/items-v{n}")];
         let mut docs = docs.clone();
         let value = serde_json::to_value(&cfg.routes[0]).expect("a route document");
         let key = ("routes".to_string(), cfg.routes[0].id.clone());

@@ -241,7 +241,9 @@ struct Read {
 
 /// A document's value as the config object it stands for.
 enum Typed {
-    Route(RouteConfig),
+    /// Shared with every `Config` built from the document, so a compile
+    /// tells an unchanged route by its address.
+    Route(Arc<RouteConfig>),
     Service(ServiceConfig),
     Upstream(UpstreamConfig),
     Consumer(ConsumerConfig),
@@ -272,7 +274,7 @@ fn read(kind: &str, id: &str, v: &Value) -> Read {
         _ => problems.push(("/id".into(), "missing or not a string".into())),
     }
     let typed = match kind {
-        "routes" => typed(v).map(Typed::Route),
+        "routes" => typed(v).map(|r| Typed::Route(Arc::new(r))),
         "services" => typed(v).map(Typed::Service),
         "upstreams" => typed(v).map(Typed::Upstream),
         "consumers" => typed::<ConsumerDoc>(v).map(|c| {

@@ -18,7 +18,7 @@
 //! requests in flight keep the `Arc` of the snapshot they started on and
 //! finish on it. Nothing here is parsed or validated per request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -108,7 +108,7 @@ struct Sources {
     locality: (String, String),
     upstreams: HashMap<String, Arc<UpstreamSource>>,
     plugins: Option<Arc<PluginSource>>,
-    routes: HashMap<Arc<str>, Arc<RouteSource>>,
+    routes: foldhash::HashSet<ById>,
 }
 
 struct UpstreamSource {
@@ -138,8 +138,31 @@ impl PluginSource {
     }
 }
 
+/// A route's source, found by the route's id (the id is not stored twice).
+struct ById(Arc<RouteSource>);
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.route.id
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &ById) -> bool {
+        self.0.route.id == other.0.route.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.route.id.hash(h)
+    }
+}
+
 struct RouteSource {
-    config: RouteConfig,
+    config: Arc<RouteConfig>,
     /// The Host rule in effect, the route's own or its service's.
     host_header: Option<HostHeader>,
     matcher: Matcher,
@@ -167,6 +190,7 @@ pub fn compile(
         .cluster
         .as_ref()
         .map_or(("", ""), |c| (c.region.as_str(), c.zone.as_str()));
+    let prev_snapshot = prev;
     let prev = prev.map(|s| &s.sources);
     let same_locality = prev.is_some_and(|s| s.locality.0 == region && s.locality.1 == zone);
 
@@ -201,16 +225,19 @@ pub fn compile(
 
     // Routes: matchers first (they are the routes' validation), reused
     // while the route's config is unchanged.
-    let services: HashMap<&str, &ServiceConfig> =
+    let services: foldhash::HashMap<&str, &ServiceConfig> =
         config.services.iter().map(|s| (s.id.as_str(), s)).collect();
-    let upstream_ids: HashSet<&str> = config.upstreams.iter().map(|u| u.id.as_str()).collect();
+    let upstream_ids: foldhash::HashSet<&str> =
+        config.upstreams.iter().map(|u| u.id.as_str()).collect();
     let mut regexes = RegexCache::default();
     let mut matchers = Vec::with_capacity(config.routes.len());
-    let mut route_ids = HashSet::with_capacity(config.routes.len());
+    let mut route_ids =
+        foldhash::HashSet::with_capacity_and_hasher(config.routes.len(), Default::default());
     for (i, r) in config.routes.iter().enumerate() {
         let old = prev
             .and_then(|s| s.routes.get(r.id.as_str()))
-            .filter(|s| s.config == *r);
+            .map(|s| &s.0)
+            .filter(|s| Arc::ptr_eq(&s.config, r) || *s.config == **r);
         if old.is_none() {
             crate::config::check_id(&mut p, &format!("routes[{i}]"), &r.id);
         }
@@ -267,8 +294,11 @@ pub fn compile(
 
     // Route entries: reused whole while the route, its upstream and its
     // chain are unchanged.
+    let upstream_by_id: foldhash::HashMap<&str, &Arc<Upstream>> =
+        upstreams.iter().map(|(id, u)| (id.as_str(), u)).collect();
     let mut table = Vec::with_capacity(config.routes.len());
-    let mut route_sources = HashMap::with_capacity(config.routes.len());
+    let mut route_sources =
+        foldhash::HashSet::with_capacity_and_hasher(config.routes.len(), Default::default());
     for (i, (r, (old, matcher))) in config.routes.iter().zip(matchers).enumerate() {
         let upstream_id = r.upstream.as_deref().or_else(|| {
             r.service
@@ -276,7 +306,21 @@ pub fn compile(
                 .and_then(|s| services.get(s))
                 .map(|s| s.upstream.as_str())
         });
-        let upstream = upstream_id.and_then(|u| upstreams.get(u));
+        let upstream = upstream_id.and_then(|u| upstream_by_id.get(u).copied());
+        // An unchanged route whose upstream, chain and Host rule are the
+        // ones it was built with is reused whole. (A route without plugins
+        // has no chain to show that its service changed: the Host rule it
+        // may inherit is compared on its own.)
+        let whole = old.filter(|old| {
+            plugins_reused
+                && upstream.is_some_and(|u| Arc::ptr_eq(&old.route.upstream, u))
+                && old.host_header.as_ref() == host_header_of(r, &services)
+        });
+        if let (Some(old), Some(matcher)) = (whole, matcher.clone()) {
+            table.push((matcher, old.route.clone()));
+            route_sources.insert(ById(old.clone()));
+            continue;
+        }
         let chain = match old {
             Some(old) if plugins_reused => old.route.plugins.clone(),
             _ => plugins.levels.route(config, i, r, &mut p),
@@ -284,9 +328,6 @@ pub fn compile(
         let (Some(matcher), Some(upstream)) = (matcher, upstream) else {
             continue;
         };
-        // `old` has this route's config, but a route without plugins has
-        // no chain to show that its service changed: the Host rule it may
-        // inherit is compared on its own.
         let route = match old {
             Some(old)
                 if Arc::ptr_eq(&old.route.upstream, upstream)
@@ -312,13 +353,16 @@ pub fn compile(
                 route: route.clone(),
             }),
         };
-        route_sources.insert(route.id.clone(), source);
+        route_sources.insert(ById(source));
         table.push((matcher, route));
     }
     if !p.0.is_empty() {
         return Err(ConfigErrors(p.0));
     }
-    let router = Router::from_compiled(table)?;
+    let router = match prev_snapshot {
+        Some(prev) => Router::update(&prev.router, table)?,
+        None => Router::from_compiled(table)?,
+    };
     let via = if config.settings.via.is_empty() {
         None
     } else {
@@ -360,8 +404,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
 /// That the service and upstream a route names exist (the objects may
 /// change while the route does not, so this runs for every route).
 fn check_route_refs(
-    services: &HashMap<&str, &ServiceConfig>,
-    upstreams: &HashSet<&str>,
+    services: &foldhash::HashMap<&str, &ServiceConfig>,
+    upstreams: &foldhash::HashSet<&str>,
     i: usize,
     r: &RouteConfig,
     p: &mut Problems,
@@ -389,7 +433,7 @@ fn check_route_refs(
 
 fn host_header_of<'c>(
     r: &'c RouteConfig,
-    services: &HashMap<&str, &'c ServiceConfig>,
+    services: &foldhash::HashMap<&str, &'c ServiceConfig>,
 ) -> Option<&'c HostHeader> {
     r.host_header.as_ref().or_else(|| {
         r.service
@@ -409,7 +453,7 @@ fn same_chain(a: &Option<Arc<Chain>>, b: &Option<Arc<Chain>>) -> bool {
 
 fn route_entry(
     r: &RouteConfig,
-    services: &HashMap<&str, &ServiceConfig>,
+    services: &foldhash::HashMap<&str, &ServiceConfig>,
     upstream: &Arc<Upstream>,
     plugins: Option<Arc<Chain>>,
     i: usize,
@@ -630,7 +674,12 @@ routes:
 "#;
 
     fn route<'s>(s: &'s Snapshot, id: &str) -> &'s Arc<Route> {
-        &s.sources.routes[id].route
+        &s.sources
+            .routes
+            .get(id)
+            .expect("the route is in the snapshot")
+            .0
+            .route
     }
 
     fn compiled(cfg: &Config, prev: Option<&Snapshot>) -> Snapshot {
@@ -645,13 +694,13 @@ routes:
     async fn a_one_route_change_keeps_every_other_route_and_its_plugins() {
         let first = compiled(&config(BASE), None);
         let mut cfg = config(BASE);
-        cfg.routes[1].paths = vec!["/b2/:x".into()];
-        cfg.routes.push(RouteConfig {
+        Arc::make_mut(&mut cfg.routes[1]).paths = vec!["/b2/:x".into()];
+        cfg.routes.push(Arc::new(RouteConfig {
             id: "d".into(),
             paths: vec!["/d".into()],
             upstream: Some("v".into()),
             ..RouteConfig::default()
-        });
+        }));
         let next = compiled(&cfg, Some(&first));
         for id in ["a", "c"] {
             assert!(
@@ -712,11 +761,11 @@ routes:
         // a fresh compile of it gives.
         let first = compiled(&config(BASE), None);
         let edits: [fn(&mut Config); 5] = [
-            |c| c.routes[0].paths = vec!["no-slash".into()],
-            |c| c.routes[2].id = "a".into(),
-            |c| c.routes[1].upstream = Some("nosuch".into()),
+            |c| Arc::make_mut(&mut c.routes[0]).paths = vec!["no-slash".into()],
+            |c| Arc::make_mut(&mut c.routes[2]).id = "a".into(),
+            |c| Arc::make_mut(&mut c.routes[1]).upstream = Some("nosuch".into()),
             |c| {
-                c.routes[0].plugins.insert(
+                Arc::make_mut(&mut c.routes[0]).plugins.insert(
                     "limit-count".into(),
                     serde_yaml_ng::from_str("{count: 0, time_window: 1s}").expect("yaml"),
                 );
@@ -760,7 +809,7 @@ routes:
         let state = State::new(&config(BASE)).expect("compiles");
         assert_eq!(state.stores().limits().len(), 1);
         let mut cfg = config(BASE);
-        cfg.routes[1].paths = vec!["/b3/:x".into()];
+        Arc::make_mut(&mut cfg.routes[1]).paths = vec!["/b3/:x".into()];
         state.apply(&cfg).expect("applies");
         state.apply(&config(BASE)).expect("applies");
         assert_eq!(state.stores().limits().len(), 1, "the reused limit is kept");

@@ -18,6 +18,7 @@
 //! - `errors.rs`: problems and their paths.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +67,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Routes: what requests match and where they go.
     #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Arc<RouteConfig>>,
     /// Traces, metrics and the access log.
     #[serde(default)]
     pub observability: weir_observability::config::ObservabilityConfig,

@@ -50,6 +50,8 @@ pub(super) enum Seg {
 #[derive(Clone)]
 pub(super) struct PathVersion {
     pub(super) value: Box<str>,
+    /// `value` as the path segment put in front of the route's paths.
+    pub(super) segment: Seg,
     pub(super) strip: bool,
     pub(super) default: bool,
 }
@@ -326,6 +328,7 @@ pub(super) fn compile(
                 Ok(()) => {
                     path_version = Some(PathVersion {
                         value: v.value.as_str().into(),
+                        segment: Seg::Lit(v.value.as_str().into()),
                         strip: v.strip,
                         default: v.default,
                     })

@@ -79,7 +79,7 @@ use crate::config::{ConfigErrors, Problems, RouteConfig};
 
 pub use compile::RegexCache;
 use compile::{CompiledRoute, HostPattern, PathPattern, Seg};
-use tree::{Entry, FastMap, FastSet, Node, SortKey, next_segment, path_specificity};
+use tree::{Entry, FastMap, Node, SortKey, next_segment, path_specificity};
 
 /// The parts of a request the router looks at.
 pub struct RequestView<'a> {
@@ -183,6 +183,12 @@ impl Matcher {
     ) -> Option<Matcher> {
         compile::compile(r, at, p, regexes).map(|c| Matcher(Arc::new(c)))
     }
+
+    /// The identity of this compiled route: two matchers are the same
+    /// route compiled once exactly when their addresses are equal.
+    fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
 }
 
 /// An immutable table of routes.
@@ -190,16 +196,43 @@ impl Matcher {
 pub struct Router<T> {
     /// Payloads by route index (config order).
     values: Vec<T>,
-    routes: Vec<Matcher>,
-    exact_hosts: FastMap<Box<str>, Node>,
+    /// The routes by slot: a route keeps its slot, and the trie entries
+    /// that point at it, while it is unchanged, however the routes around
+    /// it move.
+    slots: Vec<Option<Slot>>,
+    exact_hosts: FastMap<Box<str>, Arc<Node>>,
     /// Keyed by the suffix after `*.`.
-    suffix_hosts: FastMap<Box<str>, Node>,
+    suffix_hosts: FastMap<Box<str>, Arc<Node>>,
     /// Longest key of `suffix_hosts`: longer host suffixes need no lookup.
     max_suffix_len: usize,
-    any_host: Node,
+    any_host: Arc<Node>,
     /// Values of every `from: path` version, to tell whether a request
-    /// states a version (for `default: true`).
-    path_versions: FastSet<Box<str>>,
+    /// states a version (for `default: true`), with how many routes use
+    /// each.
+    path_versions: FastMap<Box<str>, u32>,
+}
+
+/// One route of a table.
+#[derive(Clone)]
+struct Slot {
+    matcher: Matcher,
+    /// Position in config order.
+    index: usize,
+    /// Grows with `index`; the config-order part of the route's sort keys.
+    rank: u64,
+}
+
+/// Ranks of a table built from scratch are this far apart, so routes
+/// inserted between two others later find free ranks (32 halvings at one
+/// spot before the table is rebuilt).
+const RANK_STEP: u64 = 1 << 32;
+
+/// Where a candidate goes: which host bucket.
+#[derive(Clone, Copy)]
+enum Bucket<'a> {
+    Any,
+    Exact(&'a Box<str>),
+    Suffix(&'a Box<str>),
 }
 
 // === impl Router ===
@@ -237,82 +270,202 @@ impl<T> Router<T> {
             values,
             ..Router::default()
         };
-        for (i, route) in compiled.iter().enumerate() {
-            router.insert(i, &route.0);
+        router.slots = compiled
+            .into_iter()
+            .enumerate()
+            .map(|(i, matcher)| {
+                Some(Slot {
+                    matcher,
+                    index: i,
+                    rank: (i as u64 + 1).saturating_mul(RANK_STEP),
+                })
+            })
+            .collect();
+        for slot in 0..router.slots.len() {
+            router.add(slot, false);
         }
-        router.routes = compiled;
-        router.any_host.finish();
-        for node in router
-            .exact_hosts
-            .values_mut()
+        for node in std::iter::once(&mut router.any_host)
+            .chain(router.exact_hosts.values_mut())
             .chain(router.suffix_hosts.values_mut())
         {
-            node.finish();
+            Arc::make_mut(node).finish();
         }
         router.exact_hosts.shrink_to_fit();
         router.suffix_hosts.shrink_to_fit();
         Ok(router)
     }
 
-    fn insert(&mut self, index: usize, route: &CompiledRoute) {
-        let order = Reverse(u32::try_from(index).unwrap_or(u32::MAX));
-        let conditions = route.condition_count();
-        if let Some(v) = &route.path_version {
-            self.path_versions.insert(v.value.clone());
+    /// The table for `routes` (in config order), made by patching `prev`:
+    /// a route whose [`Matcher`] is the one `prev` has keeps its place in
+    /// the trie, and only the routes that were added, changed or removed
+    /// are taken out of or put into it. The nodes on their paths are
+    /// copied; every other node is shared with `prev`. Lookups in the
+    /// result answer as in the table [`Router::from_compiled`] would build,
+    /// which it falls back to when many routes changed, when routes were
+    /// reordered, or when no rank is left between two neighbours.
+    pub fn update(prev: &Router<T>, routes: Vec<(Matcher, T)>) -> Result<Self, ConfigErrors> {
+        let n = routes.len();
+        if u32::try_from(n).is_err() {
+            return Err(ConfigErrors::one("routes", "too many routes"));
         }
-        let hosts: Vec<Option<&HostPattern>> = if route.hosts.is_empty() {
-            vec![None]
-        } else {
-            route.hosts.iter().map(Some).collect()
+        let mut prev_slots: FastMap<usize, usize> = prev
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s.matcher.addr(), i)))
+            .collect();
+        let kept: Vec<Option<usize>> = routes
+            .iter()
+            .map(|(m, _)| prev_slots.remove(&m.addr()))
+            .collect();
+        let removed: Vec<usize> = prev_slots.into_values().collect();
+        let added = kept.iter().filter(|k| k.is_none()).count();
+        if added + removed.len() > (n / 4).max(16) {
+            return Router::from_compiled(routes);
+        }
+        let rank_of = |slot: usize| prev.slots[slot].as_ref().map_or(0, |s| s.rank);
+        let Some(ranks) = patch_ranks(&kept, rank_of) else {
+            return Router::from_compiled(routes);
         };
-        for host in hosts {
-            let (tree, host_rank) = match host {
-                None => (&mut self.any_host, 0),
-                Some(HostPattern::Exact(h)) => {
-                    (self.exact_hosts.entry(h.clone()).or_default(), u32::MAX)
-                }
-                Some(HostPattern::Suffix(s)) => {
-                    self.max_suffix_len = self.max_suffix_len.max(s.len());
-                    let rank = u32::try_from(s.len())
-                        .map_or(u32::MAX - 1, |l| l.saturating_add(1).min(u32::MAX - 1));
-                    (self.suffix_hosts.entry(s.clone()).or_default(), rank)
-                }
-            };
-            for (path_index, path) in route.paths.iter().enumerate() {
-                for (pattern, strip_len, unversioned_only) in effective_patterns(route, path) {
-                    let (kind, literal_segments) =
-                        path_specificity(&pattern.segs, pattern.wildcard);
-                    let key = SortKey {
-                        priority: route.priority,
-                        kind,
-                        literal_segments,
-                        host: host_rank,
-                        conditions,
-                        order,
-                    };
-                    let params = pattern
-                        .segs
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, s)| match s {
-                            Seg::Param(n) => Some((n.clone(), j)),
-                            Seg::Lit(_) => None,
-                        })
-                        .collect();
-                    tree.insert(
-                        &pattern,
-                        Entry {
-                            key,
-                            route: index,
-                            path: path_index,
-                            strip_len,
-                            unversioned_only,
-                            params,
-                        },
-                    );
-                }
+
+        let (matchers, values): (Vec<Matcher>, Vec<T>) = routes.into_iter().unzip();
+        let mut router = Router {
+            values,
+            slots: vec![None; prev.slots.len()],
+            exact_hosts: prev.exact_hosts.clone(),
+            suffix_hosts: prev.suffix_hosts.clone(),
+            max_suffix_len: prev.max_suffix_len,
+            any_host: prev.any_host.clone(),
+            path_versions: prev.path_versions.clone(),
+        };
+        for &slot in &removed {
+            if let Some(s) = &prev.slots[slot] {
+                router.remove(slot, &s.matcher.0);
             }
         }
+        let mut free = removed;
+        let mut new_slots = Vec::with_capacity(added);
+        for (index, ((matcher, slot), rank)) in
+            matchers.into_iter().zip(kept).zip(ranks).enumerate()
+        {
+            let slot = match slot {
+                Some(slot) => slot,
+                None => {
+                    let slot = free.pop().unwrap_or_else(|| {
+                        router.slots.push(None);
+                        router.slots.len() - 1
+                    });
+                    new_slots.push(slot);
+                    slot
+                }
+            };
+            router.slots[slot] = Some(Slot {
+                matcher,
+                index,
+                rank,
+            });
+        }
+        while router.slots.last().is_some_and(Option::is_none) {
+            router.slots.pop();
+        }
+        for slot in new_slots {
+            router.add(slot, true);
+        }
+        router.exact_hosts.retain(|_, node| !node.is_empty());
+        router.suffix_hosts.retain(|_, node| !node.is_empty());
+        router.max_suffix_len = router
+            .suffix_hosts
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(0);
+        Ok(router)
+    }
+
+    /// Puts the candidates of the route in `slot` into the trie: appended
+    /// for a build from scratch, at their places when patching (`sorted`).
+    fn add(&mut self, slot: usize, sorted: bool) {
+        let Some(Slot { matcher, rank, .. }) = &self.slots[slot] else {
+            return;
+        };
+        let route = matcher.0.clone();
+        let order = Reverse(*rank);
+        if let Some(v) = &route.path_version {
+            *self.path_versions.entry(v.value.clone()).or_default() += 1;
+        }
+        let conditions = route.condition_count();
+        for_each_candidate(&route, |bucket, host_rank, prefix, path, path_index| {
+            let tree = match bucket {
+                Bucket::Any => &mut self.any_host,
+                Bucket::Exact(h) => self.exact_hosts.entry(h.clone()).or_default(),
+                Bucket::Suffix(s) => {
+                    self.max_suffix_len = self.max_suffix_len.max(s.len());
+                    self.suffix_hosts.entry(s.clone()).or_default()
+                }
+            };
+            let (kind, mut literal_segments) = path_specificity(&path.segs, path.wildcard);
+            if prefix.is_some() {
+                literal_segments = literal_segments.saturating_add(1);
+            }
+            let key = SortKey {
+                priority: route.priority,
+                kind,
+                literal_segments,
+                host: host_rank,
+                conditions,
+                order,
+            };
+            let params = prefix
+                .into_iter()
+                .chain(&path.segs)
+                .enumerate()
+                .filter_map(|(j, s)| match s {
+                    Seg::Param(n) => Some((n.clone(), j)),
+                    Seg::Lit(_) => None,
+                })
+                .collect();
+            let (strip_len, unversioned_only) = match (&route.path_version, prefix) {
+                (Some(v), Some(_)) if v.strip => (1 + v.value.len(), false),
+                (Some(_), None) => (0, true),
+                _ => (0, false),
+            };
+            Arc::make_mut(tree).insert(
+                prefix.into_iter().chain(&path.segs),
+                path.wildcard,
+                Entry {
+                    key,
+                    route: slot,
+                    path: path_index,
+                    strip_len,
+                    unversioned_only,
+                    params,
+                },
+                sorted,
+            );
+        });
+    }
+
+    /// Takes the candidates of `route`, in `slot`, out of the trie.
+    fn remove(&mut self, slot: usize, route: &CompiledRoute) {
+        if let Some(v) = &route.path_version
+            && let Some(count) = self.path_versions.get_mut(&v.value)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.path_versions.remove(&v.value);
+            }
+        }
+        for_each_candidate(route, |bucket, _, prefix, path, _| {
+            let tree = match bucket {
+                Bucket::Any => Some(&mut self.any_host),
+                Bucket::Exact(h) => self.exact_hosts.get_mut(h),
+                Bucket::Suffix(s) => self.suffix_hosts.get_mut(s),
+            };
+            if let Some(tree) = tree {
+                let segs: Vec<&Seg> = prefix.into_iter().chain(&path.segs).collect();
+                Arc::make_mut(tree).remove(&segs, path.wildcard, slot);
+            }
+        });
     }
 
     /// Finds the best route for a request (see the module docs for the
@@ -359,10 +512,11 @@ impl<T> Router<T> {
         }
         search.walk(&self.any_host, req.path);
         let e = search.best?;
+        let index = self.slots.get(e.route)?.as_ref()?.index;
         Some(RouteMatch {
-            value: &self.values[e.route],
+            value: self.values.get(index)?,
             strip_len: e.strip_len,
-            index: e.route,
+            index,
             path_index: e.path,
             params: &e.params,
         })
@@ -389,12 +543,12 @@ impl<T> Default for Router<T> {
     fn default() -> Self {
         Router {
             values: Vec::new(),
-            routes: Vec::new(),
+            slots: Vec::new(),
             exact_hosts: FastMap::default(),
             suffix_hosts: FastMap::default(),
             max_suffix_len: 0,
-            any_host: Node::default(),
-            path_versions: FastSet::default(),
+            any_host: Arc::default(),
+            path_versions: FastMap::default(),
         }
     }
 }
@@ -409,31 +563,84 @@ impl<T> fmt::Debug for Router<T> {
     }
 }
 
-/// The patterns one configured path is indexed under, with the strip
-/// length and whether it only serves unversioned requests.
-fn effective_patterns(
-    route: &CompiledRoute,
-    path: &PathPattern,
-) -> Vec<(PathPattern, usize, bool)> {
-    let Some(v) = &route.path_version else {
-        return vec![(path.clone(), 0, false)];
+/// Calls `f` for every (host bucket, path pattern) a route is indexed
+/// under, with the host part of the sort key, the version segment put in
+/// front of the path (`from: path`; `None` for the unversioned pattern of
+/// `default: true` and for routes without a path version) and the path's
+/// position in the route's `paths`.
+fn for_each_candidate<'r>(
+    route: &'r CompiledRoute,
+    mut f: impl FnMut(Bucket<'r>, u32, Option<&'r Seg>, &'r PathPattern, usize),
+) {
+    let hosts: Vec<Option<&'r HostPattern>> = if route.hosts.is_empty() {
+        vec![None]
+    } else {
+        route.hosts.iter().map(Some).collect()
     };
-    let mut segs = Vec::with_capacity(path.segs.len() + 1);
-    segs.push(Seg::Lit(v.value.clone()));
-    segs.extend(path.segs.iter().cloned());
-    let strip_len = if v.strip { 1 + v.value.len() } else { 0 };
-    let mut out = vec![(
-        PathPattern {
-            segs,
-            wildcard: path.wildcard,
-        },
-        strip_len,
-        false,
-    )];
-    if v.default {
-        out.push((path.clone(), 0, true));
+    for host in hosts {
+        let (bucket, host_rank) = match host {
+            None => (Bucket::Any, 0),
+            Some(HostPattern::Exact(h)) => (Bucket::Exact(h), u32::MAX),
+            Some(HostPattern::Suffix(s)) => {
+                let rank = u32::try_from(s.len())
+                    .map_or(u32::MAX - 1, |l| l.saturating_add(1).min(u32::MAX - 1));
+                (Bucket::Suffix(s), rank)
+            }
+        };
+        for (path_index, path) in route.paths.iter().enumerate() {
+            match &route.path_version {
+                None => f(bucket, host_rank, None, path, path_index),
+                Some(v) => {
+                    f(bucket, host_rank, Some(&v.segment), path, path_index);
+                    if v.default {
+                        f(bucket, host_rank, None, path, path_index);
+                    }
+                }
+            }
+        }
     }
-    out
+}
+
+/// The ranks of the routes of a patched table, in config order: a kept
+/// route (`kept[i]` is its slot in the old table) keeps its rank, and the
+/// routes between two kept ones share the ranks between theirs. `None`
+/// when kept ranks are out of order (routes were reordered) or there is no
+/// room between two of them.
+fn patch_ranks(kept: &[Option<usize>], rank_of: impl Fn(usize) -> u64) -> Option<Vec<u64>> {
+    let mut ranks = Vec::with_capacity(kept.len());
+    let mut lo = 0u64;
+    let mut i = 0;
+    while i < kept.len() {
+        if let Some(slot) = kept[i] {
+            let rank = rank_of(slot);
+            if rank <= lo {
+                return None;
+            }
+            ranks.push(rank);
+            lo = rank;
+            i += 1;
+            continue;
+        }
+        let j = kept[i..]
+            .iter()
+            .position(Option::is_some)
+            .map_or(kept.len(), |p| i + p);
+        let new = (j - i) as u64;
+        let hi = match kept.get(j).copied().flatten() {
+            Some(slot) => rank_of(slot),
+            None => lo.saturating_add(new.saturating_add(1).saturating_mul(RANK_STEP)),
+        };
+        let step = hi.checked_sub(lo)? / (new + 1);
+        if step == 0 {
+            return None;
+        }
+        for t in 1..=new {
+            ranks.push(lo + step * t);
+        }
+        lo += step * new;
+        i = j;
+    }
+    Some(ranks)
 }
 
 /// One lookup's state: the best candidate so far, shared across host
@@ -490,17 +697,21 @@ impl<'r, T> Search<'r, '_, T> {
             return false;
         }
         let req = self.req;
-        self.router.routes[e.route]
-            .0
-            .conditions
-            .matches(req.method, req.headers, req.query)
+        self.router.slots.get(e.route).is_some_and(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.matcher
+                    .0
+                    .conditions
+                    .matches(req.method, req.headers, req.query)
+            })
+        })
     }
 
     fn path_version_stated(&mut self) -> bool {
         let versions = &self.router.path_versions;
         let path = self.req.path;
         *self.path_version_stated.get_or_insert_with(|| {
-            next_segment(path).is_some_and(|(first, _)| versions.contains(first))
+            next_segment(path).is_some_and(|(first, _)| versions.contains_key(first))
         })
     }
 }

@@ -1374,3 +1374,148 @@ fn non_ascii_hosts_and_paths_do_not_panic() {
         );
     }
 }
+
+// === patching a table ===
+
+/// Compiles each route once, as the snapshot does, so a route kept from
+/// one table to the next keeps its `Matcher`.
+fn matchers(routes: &[RouteConfig]) -> Vec<Matcher> {
+    let mut regexes = RegexCache::default();
+    let mut p = Problems::default();
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Matcher::compile(r, &format!("routes[{i}]"), &mut p, &mut regexes)
+                .expect("generated routes compile")
+        })
+        .collect()
+}
+
+/// One edit of a route list: which old routes stay (in order) and where
+/// new ones go.
+#[derive(Debug, Clone)]
+struct Edit {
+    keep: Vec<bool>,
+    /// (position among the kept routes, route) to insert.
+    insert: Vec<(usize, RouteConfig)>,
+}
+
+fn arb_edit() -> impl Strategy<Value = Edit> {
+    (
+        prop::collection::vec(prop::bool::weighted(0.8), 12),
+        prop::collection::vec((0usize..12, arb_route()), 0..4),
+    )
+        .prop_map(|(keep, insert)| Edit { keep, insert })
+}
+
+/// Applies `edit` to `(matcher, route)` pairs; new routes get fresh
+/// matchers, kept ones keep theirs.
+fn apply_edit(old: &[(Matcher, RouteConfig)], edit: &Edit) -> Vec<(Matcher, RouteConfig)> {
+    let mut out: Vec<(Matcher, RouteConfig)> = old
+        .iter()
+        .zip(edit.keep.iter().chain(std::iter::repeat(&true)))
+        .filter(|(_, keep)| **keep)
+        .map(|(pair, _)| pair.clone())
+        .collect();
+    for (at, r) in &edit.insert {
+        let m = matchers(std::slice::from_ref(r)).remove(0);
+        out.insert((*at).min(out.len()), (m, r.clone()));
+    }
+    out
+}
+
+fn answers(r: &Router<usize>, requests: &[Req]) -> Vec<Option<(usize, usize, usize, Vec<String>)>> {
+    requests
+        .iter()
+        .map(|req| {
+            r.lookup(&req.view()).map(|m| {
+                assert_eq!(*m.value, m.index(), "a value sits at its route's index");
+                let params = m
+                    .params(&req.path)
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect();
+                (m.index(), m.path_index(), m.strip_len, params)
+            })
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A table patched through several edits answers every request as a
+    /// table built from scratch for the same routes does.
+    #[test]
+    fn a_patched_table_answers_as_a_fresh_one(
+        routes in prop::collection::vec(arb_route(), 0..12),
+        edits in prop::collection::vec(arb_edit(), 1..4),
+        requests in prop::collection::vec(arb_request(), 1..16),
+    ) {
+        let mut current: Vec<(Matcher, RouteConfig)> =
+            matchers(&routes).into_iter().zip(routes).collect();
+        let table = |pairs: &[(Matcher, RouteConfig)]| -> Vec<(Matcher, usize)> {
+            pairs.iter().enumerate().map(|(i, (m, _))| (m.clone(), i)).collect()
+        };
+        let mut patched = Router::from_compiled(table(&current)).expect("builds");
+        for edit in &edits {
+            current = apply_edit(&current, edit);
+            patched = Router::update(&patched, table(&current)).expect("patches");
+            let configs: Vec<RouteConfig> = current.iter().map(|(_, r)| r.clone()).collect();
+            let fresh = Router::from_compiled(
+                matchers(&configs).into_iter().enumerate().map(|(i, m)| (m, i)).collect(),
+            )
+            .expect("builds");
+            prop_assert_eq!(patched.len(), current.len());
+            prop_assert_eq!(answers(&patched, &requests), answers(&fresh, &requests));
+        }
+    }
+}
+
+#[test]
+fn ranks_fill_gaps_and_refuse_reorders() {
+    let rank = |slot: usize| (slot as u64 + 1) * RANK_STEP;
+    // Kept 0 and 1 with two new routes between them, one before, one after.
+    let r = patch_ranks(&[None, Some(0), None, None, Some(1), None], rank).expect("room");
+    assert!(r.windows(2).all(|w| w[0] < w[1]), "{r:?}");
+    assert_eq!((r[1], r[4]), (RANK_STEP, 2 * RANK_STEP));
+    // Reordered kept routes: no patch.
+    assert!(patch_ranks(&[Some(1), Some(0)], rank).is_none());
+    // No room left between neighbours: no patch.
+    assert!(patch_ranks(&[Some(0), None], |_| u64::MAX).is_none());
+    assert!(patch_ranks(&[None, Some(0)], |_| 1).is_none());
+}
+
+#[test]
+fn many_inserts_at_one_spot_keep_config_order() {
+    // Each round puts a new route right after the first: the gap there
+    // halves every time until no rank is left and the table is rebuilt;
+    // before and after, the later of two equal routes loses.
+    let mut configs = vec![route(&["/a"]), route(&["/b"])];
+    let mut pairs: Vec<(Matcher, RouteConfig)> = matchers(&configs)
+        .into_iter()
+        .zip(configs.clone())
+        .collect();
+    let table = |pairs: &[(Matcher, RouteConfig)]| -> Vec<(Matcher, usize)> {
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| (m.clone(), i))
+            .collect()
+    };
+    let mut r = Router::from_compiled(table(&pairs)).expect("builds");
+    for n in 0..80 {
+        let new = route(&[&format!("/n{n}"), "/x"]);
+        let m = matchers(std::slice::from_ref(&new)).remove(0);
+        pairs.insert(1, (m, new.clone()));
+        configs.insert(1, new);
+        r = Router::update(&r, table(&pairs)).expect("patches");
+        let req = Req::get("/b");
+        let got = r.lookup(&req.view()).map(|m| m.index());
+        assert_eq!(got, Some(pairs.len() - 1));
+        // Every inserted route also matches `/x`: the earliest wins.
+        let first = r.lookup(&Req::get("/x").view()).map(|m| m.index());
+        assert_eq!(first, Some(1), "round {n}");
+    }
+    assert_eq!(r.len(), 82);
+}

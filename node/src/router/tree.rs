@@ -2,10 +2,11 @@
 //! that ranks candidates.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
-use super::compile::{PathPattern, Seg};
+use super::compile::Seg;
 
 /// Ranks one (route, path, host bucket) candidate; larger wins. Field order
 /// is the tie-break order documented in the module docs, so the derived
@@ -22,8 +23,10 @@ pub(super) struct SortKey {
     /// 0 any host, 1 + suffix length for a wildcard, `u32::MAX` exact.
     pub(super) host: u32,
     pub(super) conditions: u32,
-    /// Config order: earlier wins.
-    pub(super) order: Reverse<u32>,
+    /// Config order: earlier wins. A rank that grows with the route's
+    /// position rather than the position itself, so a table can be patched
+    /// without renumbering the routes after an inserted one.
+    pub(super) order: Reverse<u64>,
 }
 
 impl SortKey {
@@ -34,7 +37,7 @@ impl SortKey {
         literal_segments: 0,
         host: 0,
         conditions: 0,
-        order: Reverse(u32::MAX),
+        order: Reverse(u64::MAX),
     };
 }
 
@@ -54,6 +57,7 @@ pub(super) fn path_specificity(segs: &[Seg], wildcard: bool) -> (u8, u32) {
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) key: SortKey,
+    /// The route's slot in the table (stable while the route is unchanged).
     pub(super) route: usize,
     /// Which of the route's `paths` this entry was built from.
     pub(super) path: usize,
@@ -66,19 +70,27 @@ pub(super) struct Entry {
     pub(super) params: Box<[(Box<str>, usize)]>,
 }
 
-/// Nodes with more literal children than this get a hash index; below it
-/// a binary search over a few short strings is faster than hashing.
+/// Nodes with more literal children than this keep them in a hash map;
+/// below it a binary search over a few short strings is faster than
+/// hashing.
 const INDEX_ABOVE: usize = 8;
+
+/// A node's literal children. Children are shared (`Arc`) between the
+/// tables of successive snapshots: patching a table copies only the nodes
+/// on the paths it changes.
+#[derive(Debug, Clone)]
+enum Children {
+    /// Sorted by segment, for binary search.
+    Few(Vec<(Arc<str>, Arc<Node>)>),
+    /// A wide node (a root with thousands of first segments).
+    Many(FastMap<Arc<str>, Arc<Node>>),
+}
 
 /// A trie node: one path segment deep.
 #[derive(Debug, Clone)]
 pub(super) struct Node {
-    /// Literal children, sorted by segment for binary search.
-    pub(super) statics: Vec<(Box<str>, Node)>,
-    /// Position in `statics` by segment, for wide nodes (a root with
-    /// thousands of first segments).
-    index: Option<FastMap<Box<str>, usize>>,
-    pub(super) param: Option<Box<Node>>,
+    statics: Children,
+    pub(super) param: Option<Arc<Node>>,
     /// Candidates whose pattern ends at this node; best first.
     pub(super) exact: Vec<Entry>,
     /// Candidates whose pattern is this node followed by `/*`; best first.
@@ -91,8 +103,7 @@ pub(super) struct Node {
 impl Default for Node {
     fn default() -> Self {
         Node {
-            statics: Vec::new(),
-            index: None,
+            statics: Children::Few(Vec::new()),
             param: None,
             exact: Vec::new(),
             wild: Vec::new(),
@@ -102,93 +113,196 @@ impl Default for Node {
 }
 
 impl Node {
-    /// Adds `entry` under the segments of `path`.
-    pub(super) fn insert(&mut self, path: &PathPattern, entry: Entry) {
+    /// Adds `entry` under `segs` (followed by `/*` when `wildcard`).
+    ///
+    /// Building a table from scratch appends (`sorted: false`) and calls
+    /// [`Node::finish`] once at the end; patching a finished table inserts
+    /// each entry at its place and raises the maxima on the way down
+    /// (`sorted: true`), touching only the nodes on the path.
+    pub(super) fn insert<'s>(
+        &mut self,
+        segs: impl Iterator<Item = &'s Seg>,
+        wildcard: bool,
+        entry: Entry,
+        sorted: bool,
+    ) {
         let mut node = self;
-        for seg in &path.segs {
+        for seg in segs {
+            if sorted {
+                node.max = node.max.max(entry.key);
+            }
             node = match seg {
-                Seg::Lit(l) => node.static_child(l),
-                Seg::Param(_) => node.param.get_or_insert_with(Box::default),
+                Seg::Lit(l) => Arc::make_mut(node.static_child(l)),
+                Seg::Param(_) => Arc::make_mut(node.param.get_or_insert_with(Arc::default)),
             };
         }
-        if path.wildcard {
-            node.wild.push(entry)
+        let list = if wildcard {
+            &mut node.wild
         } else {
-            node.exact.push(entry)
+            &mut node.exact
+        };
+        if sorted {
+            node.max = node.max.max(entry.key);
+            let at = list.partition_point(|e| e.key >= entry.key);
+            list.insert(at, entry);
+        } else {
+            list.push(entry);
         }
     }
 
-    /// The literal child for `seg`, added when missing. While a table is
-    /// built children are appended unsorted (a wide node is found through
-    /// `index`), and [`Node::finish`] sorts them once: inserting in order
-    /// would move half the children on every insert, quadratic in the
-    /// width of a node such as a root with thousands of first segments.
-    fn static_child(&mut self, seg: &str) -> &mut Node {
-        let found = match &self.index {
-            Some(index) => index.get(seg).copied(),
-            None => self.statics.iter().position(|(k, _)| &**k == seg),
-        };
-        let i = match found {
-            Some(i) => i,
+    /// Removes the entries of route slot `route` under `segs` (as inserted
+    /// with the same arguments), dropping nodes left empty. Returns the
+    /// best key removed. A node's maximum is recomputed only when that key
+    /// was it: otherwise it is still exact, and a wide node is not walked.
+    pub(super) fn remove(
+        &mut self,
+        segs: &[&Seg],
+        wildcard: bool,
+        route: usize,
+    ) -> Option<SortKey> {
+        let removed = match segs.split_first() {
             None => {
-                let i = self.statics.len();
-                self.statics.push((seg.into(), Node::default()));
-                if let Some(index) = &mut self.index {
-                    index.insert(seg.into(), i);
-                } else if self.statics.len() > INDEX_ABOVE {
-                    self.index = Some(
-                        self.statics
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (seg, _))| (seg.clone(), i))
-                            .collect(),
-                    );
+                let list = if wildcard {
+                    &mut self.wild
+                } else {
+                    &mut self.exact
+                };
+                let best = list
+                    .iter()
+                    .filter(|e| e.route == route)
+                    .map(|e| e.key)
+                    .max();
+                list.retain(|e| e.route != route);
+                best
+            }
+            Some((Seg::Lit(l), rest)) => {
+                let child = self.static_child_mut(l)?;
+                let removed = Arc::make_mut(child).remove(rest, wildcard, route);
+                if child.is_empty() {
+                    self.remove_static(l);
                 }
-                i
+                removed
+            }
+            Some((Seg::Param(_), rest)) => {
+                let child = self.param.as_mut()?;
+                let removed = Arc::make_mut(child).remove(rest, wildcard, route);
+                if child.is_empty() {
+                    self.param = None;
+                }
+                removed
             }
         };
-        &mut self.statics[i].1
+        if removed.is_some_and(|k| k >= self.max) {
+            self.max = self.own_max();
+        }
+        removed
     }
 
-    /// Sorts candidates best first and computes subtree maxima; called once
-    /// after all inserts.
-    pub(super) fn finish(&mut self) -> SortKey {
+    /// Whether nothing is stored here or below.
+    pub(super) fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+            && self.wild.is_empty()
+            && self.param.is_none()
+            && match &self.statics {
+                Children::Few(v) => v.is_empty(),
+                Children::Many(m) => m.is_empty(),
+            }
+    }
+
+    /// The best key here and in the children, from their maxima.
+    fn own_max(&self) -> SortKey {
         let mut max = SortKey::MIN;
-        for list in [&mut self.exact, &mut self.wild] {
-            list.sort_by_key(|e| Reverse(e.key));
-            list.shrink_to_fit();
+        for list in [&self.exact, &self.wild] {
             if let Some(e) = list.first() {
                 max = max.max(e.key);
             }
         }
-        self.statics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (_, child) in &mut self.statics {
-            max = max.max(child.finish());
+        match &self.statics {
+            Children::Few(v) => v.iter().for_each(|(_, c)| max = max.max(c.max)),
+            Children::Many(m) => m.values().for_each(|c| max = max.max(c.max)),
         }
-        self.statics.shrink_to_fit();
-        self.index = (self.statics.len() > INDEX_ABOVE).then(|| {
-            self.statics
-                .iter()
-                .enumerate()
-                .map(|(i, (seg, _))| (seg.clone(), i))
-                .collect()
-        });
-        if let Some(child) = &mut self.param {
-            max = max.max(child.finish());
+        if let Some(c) = &self.param {
+            max = max.max(c.max);
         }
-        self.max = max;
         max
     }
 
+    /// The literal child for `seg`, added when missing (in order, so a
+    /// node is always ready for lookups).
+    fn static_child(&mut self, seg: &str) -> &mut Arc<Node> {
+        if let Children::Few(v) = &mut self.statics
+            && v.len() >= INDEX_ABOVE
+            && v.binary_search_by(|(k, _)| (**k).cmp(seg)).is_err()
+        {
+            self.statics = Children::Many(std::mem::take(v).into_iter().collect());
+        }
+        match &mut self.statics {
+            Children::Few(v) => {
+                let i = match v.binary_search_by(|(k, _)| (**k).cmp(seg)) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        v.insert(i, (seg.into(), Arc::default()));
+                        i
+                    }
+                };
+                &mut v[i].1
+            }
+            Children::Many(m) => m.entry(seg.into()).or_default(),
+        }
+    }
+
+    fn static_child_mut(&mut self, seg: &str) -> Option<&mut Arc<Node>> {
+        match &mut self.statics {
+            Children::Few(v) => {
+                let i = v.binary_search_by(|(k, _)| (**k).cmp(seg)).ok()?;
+                Some(&mut v[i].1)
+            }
+            Children::Many(m) => m.get_mut(seg),
+        }
+    }
+
+    fn remove_static(&mut self, seg: &str) {
+        match &mut self.statics {
+            Children::Few(v) => v.retain(|(k, _)| &**k != seg),
+            Children::Many(m) => {
+                m.remove(seg);
+            }
+        }
+    }
+
+    /// Sorts candidates best first and computes subtree maxima; called once
+    /// after the appends of a build from scratch.
+    pub(super) fn finish(&mut self) -> SortKey {
+        for list in [&mut self.exact, &mut self.wild] {
+            list.sort_by_key(|e| Reverse(e.key));
+            list.shrink_to_fit();
+        }
+        match &mut self.statics {
+            Children::Few(v) => v.iter_mut().for_each(|(_, c)| {
+                Arc::make_mut(c).finish();
+            }),
+            Children::Many(m) => {
+                m.shrink_to_fit();
+                m.values_mut().for_each(|c| {
+                    Arc::make_mut(c).finish();
+                })
+            }
+        }
+        if let Some(c) = &mut self.param {
+            Arc::make_mut(c).finish();
+        }
+        self.max = self.own_max();
+        self.max
+    }
+
     pub(super) fn static_child_of(&self, seg: &str) -> Option<&Node> {
-        let i = match &self.index {
-            Some(index) => *index.get(seg)?,
-            None => self
-                .statics
-                .binary_search_by(|(k, _)| (**k).cmp(seg))
-                .ok()?,
-        };
-        self.statics.get(i).map(|(_, node)| node)
+        match &self.statics {
+            Children::Few(v) => {
+                let i = v.binary_search_by(|(k, _)| (**k).cmp(seg)).ok()?;
+                v.get(i).map(|(_, c)| &**c)
+            }
+            Children::Many(m) => m.get(seg).map(|c| &**c),
+        }
     }
 }
 
@@ -205,9 +319,6 @@ pub(super) fn next_segment(rest: &str) -> Option<(&str, &str)> {
 /// A hash map keyed by config strings (hosts, path segments) and probed
 /// with request strings.
 pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-
-/// The set flavour of [`FastMap`].
-pub(super) type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// A multiply-rotate hasher in the style of rustc's `FxHasher`: a few
 /// cycles per 8 bytes, against tens of nanoseconds for SipHash on every
