@@ -959,55 +959,86 @@ mod tests {
         }
     }
 
+    /// A sealed receiver, and a raw socket that sends it hand-made
+    /// datagrams.
+    struct Target {
+        sock: Sock,
+        stats: Arc<GossipStats>,
+        key: GossipKey,
+        raw: tokio::net::UdpSocket,
+    }
+
+    impl Target {
+        async fn new() -> Target {
+            let key = key("a secret shared by all");
+            let (sock, stats) = socket(Some(key.clone())).await;
+            let raw = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            Target {
+                sock,
+                stats,
+                key,
+                raw,
+            }
+        }
+
+        async fn send(&self, datagram: &[u8]) {
+            self.raw
+                .send_to(datagram, self.sock.addr)
+                .await
+                .expect("send");
+        }
+
+        /// Sends `body` as a part sealed with the cluster's key.
+        async fn send_part(&self, body: &[u8]) {
+            self.send(&sealed_part(&self.key, body)).await;
+        }
+
+        /// Receives the next message, which must be [`envelope`].
+        async fn expect_envelope(&mut self, what: &str) {
+            let got = recv_within(&mut self.sock, Duration::from_secs(5))
+                .await
+                .expect(what);
+            assert_eq!(got.1, envelope());
+        }
+    }
+
+    /// [`envelope`] on the wire, cut in two.
+    fn envelope_halves() -> (Vec<u8>, Vec<u8>) {
+        let mut good = Vec::new();
+        envelope().serialize(&mut good);
+        let second = good.split_off(2);
+        (good, second)
+    }
+
     #[tokio::test]
     async fn malformed_and_foreign_parts_are_refused_and_counted() {
-        let k = key("a secret shared by all");
-        let (mut b, b_stats) = socket(Some(k.clone())).await;
-        let b_addr = b.local_addr().expect("addr");
-        let raw = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let malformed = [
+        let mut t = Target::new().await;
+        for body in [
             vec![1, 2, 3, 4, 5], // shorter than the header
             part(1, 0, 1, b"x"), // one part is not parts
             part(2, 0, 5, b"x"), // more parts than allowed
             part(3, 2, 2, b"x"), // index beyond the count
             part(4, 0, 2, b""),  // nothing in it
-        ];
-        for body in &malformed {
-            raw.send_to(&sealed_part(&k, body), b_addr)
-                .await
-                .expect("send");
+        ] {
+            t.send_part(&body).await;
         }
         let other = key("the other secret value");
-        raw.send_to(&sealed_part(&other, &part(5, 0, 2, b"x")), b_addr)
-            .await
-            .expect("send");
+        t.send(&sealed_part(&other, &part(5, 0, 2, b"x"))).await;
         let mut open = vec![FORMAT_OPEN_PART];
         open.extend_from_slice(&part(6, 0, 2, b"x"));
-        raw.send_to(&open, b_addr).await.expect("send");
+        t.send(&open).await;
         // Two authentic parts that make a message chitchat cannot decode.
-        raw.send_to(&sealed_part(&k, &part(7, 0, 2, b"\xffnot")), b_addr)
-            .await
-            .expect("send");
-        raw.send_to(&sealed_part(&k, &part(7, 1, 2, b" chitchat")), b_addr)
-            .await
-            .expect("send");
+        t.send_part(&part(7, 0, 2, b"\xffnot")).await;
+        t.send_part(&part(7, 1, 2, b" chitchat")).await;
 
-        let mut good = Vec::new();
-        envelope().serialize(&mut good);
-        let (first, second) = good.split_at(2);
-        raw.send_to(&sealed_part(&k, &part(8, 1, 2, second)), b_addr)
-            .await
-            .expect("send");
-        raw.send_to(&sealed_part(&k, &part(8, 0, 2, first)), b_addr)
-            .await
-            .expect("send");
-        let got = recv_within(&mut b, Duration::from_secs(5))
-            .await
-            .expect("the good parts make a message, in either order");
-        assert_eq!(got.1, envelope());
-        let stats = b_stats.snapshot();
+        let (first, second) = envelope_halves();
+        t.send_part(&part(8, 1, 2, &second)).await;
+        t.send_part(&part(8, 0, 2, &first)).await;
+        t.expect_envelope("the good parts make a message, in either order")
+            .await;
+        let stats = t.stats.snapshot();
         assert_eq!(stats.malformed_datagrams, 5 + 2);
         assert_eq!(stats.rejected_datagrams, 2);
         assert_eq!(stats.received_datagrams, 2);
@@ -1015,38 +1046,20 @@ mod tests {
 
     #[tokio::test]
     async fn parts_of_one_message_must_agree_and_a_full_table_drops_the_oldest() {
-        let k = key("a secret shared by all");
-        let (mut b, b_stats) = socket(Some(k.clone())).await;
-        let b_addr = b.local_addr().expect("addr");
-        let raw = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut good = Vec::new();
-        envelope().serialize(&mut good);
-        let (first, second) = good.split_at(2);
+        let mut t = Target::new().await;
+        let (first, second) = envelope_halves();
         // First parts of more messages than may wait: the oldest goes.
         for id in 0..=MAX_PENDING as u64 {
-            raw.send_to(&sealed_part(&k, &part(id, 0, 2, first)), b_addr)
-                .await
-                .expect("send");
+            t.send_part(&part(id, 0, 2, &first)).await;
         }
         // A part that disagrees with its message on the count ends it.
-        raw.send_to(&sealed_part(&k, &part(1, 1, 3, second)), b_addr)
-            .await
-            .expect("send");
+        t.send_part(&part(1, 1, 3, &second)).await;
         // Message 0 was pushed out: its second part completes nothing.
-        raw.send_to(&sealed_part(&k, &part(0, 1, 2, second)), b_addr)
-            .await
-            .expect("send");
+        t.send_part(&part(0, 1, 2, &second)).await;
         // Message 2 is still waiting and completes.
-        raw.send_to(&sealed_part(&k, &part(2, 1, 2, second)), b_addr)
-            .await
-            .expect("send");
-        let got = recv_within(&mut b, Duration::from_secs(5))
-            .await
-            .expect("message 2 completes");
-        assert_eq!(got.1, envelope());
-        let stats = b_stats.snapshot();
+        t.send_part(&part(2, 1, 2, &second)).await;
+        t.expect_envelope("message 2 completes").await;
+        let stats = t.stats.snapshot();
         assert_eq!(stats.incomplete_messages, 1);
         assert_eq!(stats.malformed_datagrams, 1);
         assert_eq!(stats.received_datagrams, 2);
