@@ -18,6 +18,21 @@
 //! instead, so a sealed node and an open one never understand each other by
 //! accident: each counts the other's datagrams as rejected.
 //!
+//! chitchat fills its replies up to the largest UDP payload without knowing
+//! about the seal, so a reply can come out up to [`SEAL_OVERHEAD`] bytes too
+//! large (ADR 0033). Such a message goes in [parts](MAX_PARTS), each its own
+//! datagram, sealed on its own (`0x03`, or `0x02` open) over
+//!
+//! ```text
+//! message id (8 bytes) | part index (1 byte) | part count (1 byte) | bytes of the message
+//! ```
+//!
+//! and the receiver puts the message back together once every part has
+//! opened. Parts wait a bounded time, in a bounded number of messages per
+//! socket; a message whose parts do not all arrive is lost like any lost
+//! datagram, and counted. A node from before this format counts parts as
+//! rejected, as it would have dropped the whole message anyway.
+//!
 //! A datagram that fails to open (wrong key, tampered, truncated, unknown
 //! format) or that opens to something chitchat cannot decode is dropped and
 //! counted in [`GossipStats`]; nothing from the wire is trusted before the
@@ -30,6 +45,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -48,8 +64,25 @@ pub const SEAL_OVERHEAD: usize = 1 + 24 + 16;
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// Bytes in front of each part of a message sent in parts: message id,
+/// part index, part count.
+pub const PART_HEADER: usize = 8 + 1 + 1;
+/// Most parts a message may be sent in. chitchat's messages exceed one
+/// datagram by at most a few dozen bytes, so two is all they take; a
+/// message needing more than this is dropped and counted as oversized.
+pub const MAX_PARTS: usize = 4;
+/// Messages waiting for their remaining parts, per socket; past this the
+/// oldest is dropped. Parts of one message are sent back to back, so few
+/// wait at any time.
+const MAX_PENDING: usize = 16;
+/// How long a message waits for its remaining parts. chitchat asks again
+/// every round, so a message older than this is not worth finishing.
+const PART_TIMEOUT: Duration = Duration::from_secs(5);
+
 const FORMAT_OPEN: u8 = 0x00;
 const FORMAT_SEALED: u8 = 0x01;
+const FORMAT_OPEN_PART: u8 = 0x02;
+const FORMAT_SEALED_PART: u8 = 0x03;
 const NONCE_LEN: usize = 24;
 /// HKDF salt: fixes the key to this protocol and its version.
 const KDF_SALT: &[u8] = b"weir gossip v1";
@@ -175,8 +208,15 @@ impl GossipKey {
         Ok(GossipKey(cipher))
     }
 
-    /// Seals `plain` into `out` (cleared first).
+    /// Seals `plain` into `out` (cleared first) as a whole message.
+    #[cfg(test)]
     fn seal(&self, plain: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
+        self.seal_as(FORMAT_SEALED, plain, out)
+    }
+
+    /// Seals `plain` into `out` (cleared first) under the format byte
+    /// `format`, which the tag covers.
+    fn seal_as(&self, format: u8, plain: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
         let nonce = XNonce::try_generate().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let sealed = self
             .0
@@ -184,34 +224,47 @@ impl GossipKey {
                 &nonce,
                 Payload {
                     msg: plain,
-                    aad: &[FORMAT_SEALED],
+                    aad: &[format],
                 },
             )
             .map_err(|_| anyhow::anyhow!("sealing a gossip datagram failed"))?;
         out.clear();
-        out.push(FORMAT_SEALED);
+        out.push(format);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(())
     }
 
-    /// Opens a sealed datagram; `None` if it is not authentic.
+    /// Opens a datagram sealed as a whole message; `None` if it is not
+    /// authentic or not a whole message.
+    #[cfg(test)]
     fn open(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        match self.open_any(datagram)? {
+            (FORMAT_SEALED, plain) => Some(plain),
+            _ => None,
+        }
+    }
+
+    /// Opens a sealed datagram, whole message or part; returns its format
+    /// byte and contents, or `None` if it is not authentic.
+    fn open_any(&self, datagram: &[u8]) -> Option<(u8, Vec<u8>)> {
         let (&format, rest) = datagram.split_first()?;
-        if format != FORMAT_SEALED || rest.len() < NONCE_LEN + 16 {
+        if !matches!(format, FORMAT_SEALED | FORMAT_SEALED_PART) || rest.len() < NONCE_LEN + 16 {
             return None;
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(nonce).ok()?;
-        self.0
+        let plain = self
+            .0
             .decrypt(
                 &nonce,
                 Payload {
                     msg: sealed,
-                    aad: &[FORMAT_SEALED],
+                    aad: &[format],
                 },
             )
-            .ok()
+            .ok()?;
+        Some((format, plain))
     }
 }
 
@@ -225,6 +278,8 @@ pub struct GossipStats {
     rejected_datagrams: AtomicU64,
     malformed_datagrams: AtomicU64,
     oversized_datagrams: AtomicU64,
+    split_messages: AtomicU64,
+    incomplete_messages: AtomicU64,
 }
 
 /// A copy of [`GossipStats`] at one moment.
@@ -234,17 +289,26 @@ pub struct GossipStatsSnapshot {
     pub sent_datagrams: u64,
     /// Bytes sent (sealed size).
     pub sent_bytes: u64,
-    /// Datagrams received that opened and decoded.
+    /// Datagrams received that opened and decoded (the parts of a message
+    /// count once the whole message has).
     pub received_datagrams: u64,
     /// Bytes received in those datagrams.
     pub received_bytes: u64,
     /// Datagrams dropped because they failed to open: wrong key, tampered,
     /// truncated, or sealed/open mismatch.
     pub rejected_datagrams: u64,
-    /// Datagrams that opened but did not decode as chitchat messages.
+    /// Datagrams that opened but did not decode as chitchat messages, or
+    /// as a well-formed part of one.
     pub malformed_datagrams: u64,
-    /// Outgoing messages dropped because sealed they exceed one datagram.
+    /// Outgoing messages dropped because sealed they exceed
+    /// [`MAX_PARTS`] datagrams.
     pub oversized_datagrams: u64,
+    /// Outgoing messages sent in parts because sealed they exceed one
+    /// datagram.
+    pub split_messages: u64,
+    /// Incoming messages dropped because not all their parts arrived in
+    /// time (or too many other messages were waiting for theirs).
+    pub incomplete_messages: u64,
 }
 
 impl GossipStats {
@@ -259,6 +323,8 @@ impl GossipStats {
             rejected_datagrams: get(&self.rejected_datagrams),
             malformed_datagrams: get(&self.malformed_datagrams),
             oversized_datagrams: get(&self.oversized_datagrams),
+            split_messages: get(&self.split_messages),
+            incomplete_messages: get(&self.incomplete_messages),
         }
     }
 }
@@ -339,8 +405,11 @@ impl Transport for SealedTransport {
             stats: self.stats.clone(),
             socket,
             plain: Vec::with_capacity(MAX_DATAGRAM),
+            part: Vec::with_capacity(MAX_DATAGRAM),
             wire: Vec::with_capacity(MAX_DATAGRAM),
             recv_buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            next_message_id: fastrand::u64(..),
+            pending: Reassembly::default(),
         }))
     }
 }
@@ -350,40 +419,199 @@ struct SealedSocket {
     stats: Arc<GossipStats>,
     socket: Box<dyn DatagramSocket>,
     plain: Vec<u8>,
+    part: Vec<u8>,
     wire: Vec<u8>,
     recv_buf: Box<[u8]>,
+    /// Id of the next message sent in parts; starts at random so a restart
+    /// does not reuse the ids a peer may still hold parts of.
+    next_message_id: u64,
+    pending: Reassembly,
 }
 
-impl SealedSocket {
-    /// Opens one datagram into a message, counting what is dropped.
-    fn unwrap_datagram(&self, datagram: &[u8], from: SocketAddr) -> Option<ChitchatMessage> {
-        let opened;
-        let mut plain: &[u8] = match (&self.key, datagram.split_first()) {
-            (Some(key), _) => match key.open(datagram) {
-                Some(p) => {
-                    opened = p;
-                    &opened
-                }
-                None => {
-                    bump(&self.stats.rejected_datagrams, 1);
-                    tracing::debug!(%from, len = datagram.len(), "gossip datagram failed to open; dropped");
-                    return None;
-                }
-            },
-            (None, Some((&FORMAT_OPEN, rest))) => rest,
-            (None, _) => {
-                bump(&self.stats.rejected_datagrams, 1);
-                tracing::debug!(%from, len = datagram.len(), "sealed or unknown gossip datagram on an open node; dropped");
-                return None;
+/// Puts `body` in `out` as one datagram of `format` (the sealed format
+/// when there is a key, else `open_format`).
+fn wrap(
+    key: Option<&GossipKey>,
+    format: u8,
+    open_format: u8,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    match key {
+        Some(key) => key.seal_as(format, body, out),
+        None => {
+            out.clear();
+            out.push(open_format);
+            out.extend_from_slice(body);
+            Ok(())
+        }
+    }
+}
+
+/// Sends one datagram, counting it.
+async fn transmit(socket: &dyn DatagramSocket, stats: &GossipStats, wire: &[u8], to: SocketAddr) {
+    match socket.send_to(wire, to).await {
+        Ok(n) => {
+            bump(&stats.sent_datagrams, 1);
+            bump(&stats.sent_bytes, n as u64);
+        }
+        // A peer that went away, or a route that is down, is not a broken
+        // transport: the failure detector deals with the peer.
+        Err(e) => tracing::debug!(%to, error = %e, "gossip send failed"),
+    }
+}
+
+/// What one incoming datagram holds once opened.
+enum Opened<'a> {
+    Whole(std::borrow::Cow<'a, [u8]>),
+    Part(std::borrow::Cow<'a, [u8]>),
+}
+
+/// Opens one datagram, counting it as rejected if it does not open.
+fn open_datagram<'a>(
+    key: Option<&GossipKey>,
+    stats: &GossipStats,
+    datagram: &'a [u8],
+    from: SocketAddr,
+) -> Option<Opened<'a>> {
+    use std::borrow::Cow;
+    let opened = match (key, datagram.split_first()) {
+        (Some(key), _) => match key.open_any(datagram) {
+            Some((FORMAT_SEALED_PART, p)) => Some(Opened::Part(Cow::Owned(p))),
+            Some((_, p)) => Some(Opened::Whole(Cow::Owned(p))),
+            None => None,
+        },
+        (None, Some((&FORMAT_OPEN, rest))) => Some(Opened::Whole(Cow::Borrowed(rest))),
+        (None, Some((&FORMAT_OPEN_PART, rest))) => Some(Opened::Part(Cow::Borrowed(rest))),
+        (None, _) => None,
+    };
+    if opened.is_none() {
+        bump(&stats.rejected_datagrams, 1);
+        if key.is_some() {
+            tracing::debug!(%from, len = datagram.len(), "gossip datagram failed to open; dropped");
+        } else {
+            tracing::debug!(%from, len = datagram.len(), "sealed or unknown gossip datagram on an open node; dropped");
+        }
+    }
+    opened
+}
+
+/// Messages arriving in parts, until each is whole, expires or is pushed
+/// out by newer ones. A few entries at most, in arrival order.
+#[derive(Default)]
+struct Reassembly {
+    waiting: Vec<Partial>,
+}
+
+struct Partial {
+    from: SocketAddr,
+    id: u64,
+    parts: Vec<Option<Vec<u8>>>,
+    missing: usize,
+    wire_bytes: u64,
+    since: tokio::time::Instant,
+}
+
+/// A message put back together, with the datagrams and bytes it came in.
+struct Assembled {
+    message: Vec<u8>,
+    datagrams: u64,
+    wire_bytes: u64,
+}
+
+impl Reassembly {
+    /// Adds one opened part of `wire_len` bytes on the wire. Returns the
+    /// whole message once its last part is in; an error names what is
+    /// wrong with a malformed part.
+    fn add(
+        &mut self,
+        from: SocketAddr,
+        body: &[u8],
+        wire_len: usize,
+        stats: &GossipStats,
+    ) -> Result<Option<Assembled>, &'static str> {
+        let (header, bytes) = body
+            .split_at_checked(PART_HEADER)
+            .ok_or("part shorter than its header")?;
+        let (id, index, count) = match header {
+            [i0, i1, i2, i3, i4, i5, i6, i7, index, count] => (
+                u64::from_le_bytes([*i0, *i1, *i2, *i3, *i4, *i5, *i6, *i7]),
+                usize::from(*index),
+                usize::from(*count),
+            ),
+            _ => return Err("part shorter than its header"),
+        };
+        if !(2..=MAX_PARTS).contains(&count) {
+            return Err("part count out of range");
+        }
+        if index >= count {
+            return Err("part index beyond the part count");
+        }
+        if bytes.is_empty() {
+            return Err("empty part");
+        }
+        let now = tokio::time::Instant::now();
+        let at = match self
+            .waiting
+            .iter()
+            .position(|p| p.from == from && p.id == id)
+        {
+            Some(at) => at,
+            None => {
+                self.make_room(now, stats);
+                self.waiting.push(Partial {
+                    from,
+                    id,
+                    parts: vec![None; count],
+                    missing: count,
+                    wire_bytes: 0,
+                    since: now,
+                });
+                self.waiting.len() - 1
             }
         };
-        match ChitchatMessage::deserialize(&mut plain) {
-            Ok(msg) => Some(msg),
-            Err(e) => {
-                bump(&self.stats.malformed_datagrams, 1);
-                tracing::debug!(%from, error = %e, "gossip datagram is not a chitchat message; dropped");
-                None
-            }
+        let Some(partial) = self.waiting.get_mut(at) else {
+            return Ok(None);
+        };
+        if partial.parts.len() != count {
+            self.waiting.remove(at);
+            return Err("part count differs between parts of one message");
+        }
+        let Some(slot) = partial.parts.get_mut(index) else {
+            return Ok(None);
+        };
+        if slot.is_some() {
+            // A duplicate (or replayed) part: the first one stands.
+            return Ok(None);
+        }
+        *slot = Some(bytes.to_vec());
+        partial.missing -= 1;
+        partial.wire_bytes += wire_len as u64;
+        if partial.missing > 0 {
+            return Ok(None);
+        }
+        let done = self.waiting.remove(at);
+        let message: Vec<u8> = done.parts.into_iter().flatten().flatten().collect();
+        Ok(Some(Assembled {
+            message,
+            datagrams: count as u64,
+            wire_bytes: done.wire_bytes,
+        }))
+    }
+
+    /// Drops expired messages, then the oldest while the table is full.
+    fn make_room(&mut self, now: tokio::time::Instant, stats: &GossipStats) {
+        let before = self.waiting.len();
+        self.waiting
+            .retain(|p| now.duration_since(p.since) < PART_TIMEOUT);
+        // Oldest first: entries are kept in the order they arrived.
+        while self.waiting.len() >= MAX_PENDING {
+            self.waiting.remove(0);
+        }
+        let dropped = before - self.waiting.len();
+        if dropped > 0 {
+            bump(&stats.incomplete_messages, dropped as u64);
+            tracing::debug!(dropped, "gossip messages missing parts; dropped");
         }
     }
 }
@@ -393,32 +621,42 @@ impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
         self.plain.clear();
         msg.serialize(&mut self.plain);
-        match &self.key {
-            Some(key) => key.seal(&self.plain, &mut self.wire)?,
-            None => {
-                self.wire.clear();
-                self.wire.push(FORMAT_OPEN);
-                self.wire.extend_from_slice(&self.plain);
-            }
-        }
-        if self.wire.len() > MAX_DATAGRAM {
-            bump(&self.stats.oversized_datagrams, 1);
-            tracing::warn!(len = self.wire.len(), %to, "gossip message too large for one datagram; dropped");
+        let key = self.key.as_ref();
+        let overhead = if key.is_some() { SEAL_OVERHEAD } else { 1 };
+        if self.plain.len() + overhead <= MAX_DATAGRAM {
+            wrap(key, FORMAT_SEALED, FORMAT_OPEN, &self.plain, &mut self.wire)?;
+            transmit(&*self.socket, &self.stats, &self.wire, to).await;
             return Ok(());
         }
-        match self.socket.send_to(&self.wire, to).await {
-            Ok(n) => {
-                bump(&self.stats.sent_datagrams, 1);
-                bump(&self.stats.sent_bytes, n as u64);
-                Ok(())
-            }
-            // A peer that went away, or a route that is down, is not a
-            // broken transport: the failure detector deals with the peer.
-            Err(e) => {
-                tracing::debug!(%to, error = %e, "gossip send failed");
-                Ok(())
-            }
+        // Too large for one datagram once sealed: send it in parts of even
+        // size, as few as fit.
+        let room = MAX_DATAGRAM - overhead - PART_HEADER;
+        let chunk = self.plain.len().div_ceil(self.plain.len().div_ceil(room));
+        let count = self.plain.len().div_ceil(chunk);
+        let Some(count_byte) = u8::try_from(count).ok().filter(|_| count <= MAX_PARTS) else {
+            bump(&self.stats.oversized_datagrams, 1);
+            tracing::warn!(len = self.plain.len(), %to, "gossip message too large for {MAX_PARTS} datagrams; dropped");
+            return Ok(());
+        };
+        let id = self.next_message_id;
+        self.next_message_id = id.wrapping_add(1);
+        bump(&self.stats.split_messages, 1);
+        for (index, bytes) in (0u8..).zip(self.plain.chunks(chunk)) {
+            self.part.clear();
+            self.part.extend_from_slice(&id.to_le_bytes());
+            self.part.push(index);
+            self.part.push(count_byte);
+            self.part.extend_from_slice(bytes);
+            wrap(
+                key,
+                FORMAT_SEALED_PART,
+                FORMAT_OPEN_PART,
+                &self.part,
+                &mut self.wire,
+            )?;
+            transmit(&*self.socket, &self.stats, &self.wire, to).await;
         }
+        Ok(())
     }
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
@@ -440,10 +678,37 @@ impl Socket for SealedSocket {
             let Some(datagram) = self.recv_buf.get(..len) else {
                 continue;
             };
-            if let Some(msg) = self.unwrap_datagram(datagram, from_addr) {
-                bump(&self.stats.received_datagrams, 1);
-                bump(&self.stats.received_bytes, len as u64);
-                return Ok((from_addr, msg));
+            let Some(opened) = open_datagram(self.key.as_ref(), &self.stats, datagram, from_addr)
+            else {
+                continue;
+            };
+            let (plain, datagrams, wire_bytes) = match opened {
+                Opened::Whole(plain) => (plain, 1, len as u64),
+                Opened::Part(part) => match self.pending.add(from_addr, &part, len, &self.stats) {
+                    Ok(None) => continue,
+                    Ok(Some(whole)) => (
+                        std::borrow::Cow::Owned(whole.message),
+                        whole.datagrams,
+                        whole.wire_bytes,
+                    ),
+                    Err(reason) => {
+                        bump(&self.stats.malformed_datagrams, 1);
+                        tracing::debug!(from = %from_addr, reason, "malformed gossip message part; dropped");
+                        continue;
+                    }
+                },
+            };
+            let mut bytes: &[u8] = &plain;
+            match ChitchatMessage::deserialize(&mut bytes) {
+                Ok(msg) => {
+                    bump(&self.stats.received_datagrams, datagrams);
+                    bump(&self.stats.received_bytes, wire_bytes);
+                    return Ok((from_addr, msg));
+                }
+                Err(e) => {
+                    bump(&self.stats.malformed_datagrams, datagrams);
+                    tracing::debug!(from = %from_addr, error = %e, "gossip datagram is not a chitchat message; dropped");
+                }
             }
         }
     }
@@ -635,5 +900,188 @@ mod tests {
             .expect("the open one arrives");
         assert_eq!(got.0, c.local_addr().expect("addr"));
         assert_eq!(b_stats.snapshot().rejected_datagrams, 1);
+    }
+
+    /// A SYN of `cluster_len` bytes of cluster name, built from its wire
+    /// form (chitchat's digest type cannot be built outside chitchat).
+    fn big_syn(cluster_len: usize) -> ChitchatMessage {
+        let mut head = Vec::new();
+        ChitchatMessage::BadCluster.serialize(&mut head);
+        let mut wire = head.get(..3).expect("magic and version").to_vec();
+        wire.push(0); // SYN
+        chitchat::Serializable::serialize(&0u16, &mut wire); // no nodes in the digest
+        chitchat::Serializable::serialize(&"c".repeat(cluster_len), &mut wire);
+        ChitchatMessage::deserialize(&mut wire.as_slice()).expect("a SYN")
+    }
+
+    /// One part of message `id`, as a peer's socket would send it.
+    fn part(id: u64, index: u8, count: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut body = id.to_le_bytes().to_vec();
+        body.push(index);
+        body.push(count);
+        body.extend_from_slice(bytes);
+        body
+    }
+
+    fn sealed_part(k: &GossipKey, body: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        k.seal_as(FORMAT_SEALED_PART, body, &mut wire)
+            .expect("seal");
+        wire
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_once_sealed_goes_in_parts_and_arrives_whole() {
+        let big = big_syn(65_510);
+        let mut len = Vec::new();
+        big.serialize(&mut len);
+        assert!(len.len() + SEAL_OVERHEAD > MAX_DATAGRAM);
+        for k in [Some(key("a secret shared by all")), None] {
+            let (mut a, a_stats) = socket(k.clone()).await;
+            let (mut b, b_stats) = socket(k).await;
+            let b_addr = b.local_addr().expect("addr");
+            a.send(b_addr, big_syn(65_510)).await.expect("send");
+            let got = recv_within(&mut b, Duration::from_secs(5))
+                .await
+                .expect("delivered whole");
+            assert_eq!(got.1, big);
+            let (sent, received) = (a_stats.snapshot(), b_stats.snapshot());
+            assert_eq!(sent.split_messages, 1);
+            assert_eq!(sent.sent_datagrams, 2);
+            assert_eq!(sent.oversized_datagrams, 0);
+            assert_eq!(received.received_datagrams, 2);
+            assert_eq!(received.received_bytes, sent.sent_bytes);
+            // A message that fits still goes whole.
+            a.send(b_addr, envelope()).await.expect("send");
+            assert!(recv_within(&mut b, Duration::from_secs(5)).await.is_some());
+            assert_eq!(a_stats.snapshot().split_messages, 1);
+            assert_eq!(a_stats.snapshot().sent_datagrams, 3);
+        }
+    }
+
+    /// A sealed receiver, and a raw socket that sends it hand-made
+    /// datagrams.
+    struct Target {
+        sock: Sock,
+        stats: Arc<GossipStats>,
+        key: GossipKey,
+        raw: tokio::net::UdpSocket,
+    }
+
+    impl Target {
+        async fn new() -> Target {
+            let key = key("a secret shared by all");
+            let (sock, stats) = socket(Some(key.clone())).await;
+            let raw = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            Target {
+                sock,
+                stats,
+                key,
+                raw,
+            }
+        }
+
+        async fn send(&self, datagram: &[u8]) {
+            self.raw
+                .send_to(datagram, self.sock.addr)
+                .await
+                .expect("send");
+        }
+
+        /// Sends `body` as a part sealed with the cluster's key.
+        async fn send_part(&self, body: &[u8]) {
+            self.send(&sealed_part(&self.key, body)).await;
+        }
+
+        /// Receives the next message, which must be [`envelope`].
+        async fn expect_envelope(&mut self, what: &str) {
+            let got = recv_within(&mut self.sock, Duration::from_secs(5))
+                .await
+                .expect(what);
+            assert_eq!(got.1, envelope());
+        }
+    }
+
+    /// [`envelope`] on the wire, cut in two.
+    fn envelope_halves() -> (Vec<u8>, Vec<u8>) {
+        let mut good = Vec::new();
+        envelope().serialize(&mut good);
+        let second = good.split_off(2);
+        (good, second)
+    }
+
+    #[tokio::test]
+    async fn malformed_and_foreign_parts_are_refused_and_counted() {
+        let mut t = Target::new().await;
+        for body in [
+            vec![1, 2, 3, 4, 5], // shorter than the header
+            part(1, 0, 1, b"x"), // one part is not parts
+            part(2, 0, 5, b"x"), // more parts than allowed
+            part(3, 2, 2, b"x"), // index beyond the count
+            part(4, 0, 2, b""),  // nothing in it
+        ] {
+            t.send_part(&body).await;
+        }
+        let other = key("the other secret value");
+        t.send(&sealed_part(&other, &part(5, 0, 2, b"x"))).await;
+        let mut open = vec![FORMAT_OPEN_PART];
+        open.extend_from_slice(&part(6, 0, 2, b"x"));
+        t.send(&open).await;
+        // Two authentic parts that make a message chitchat cannot decode.
+        t.send_part(&part(7, 0, 2, b"\xffnot")).await;
+        t.send_part(&part(7, 1, 2, b" chitchat")).await;
+
+        let (first, second) = envelope_halves();
+        t.send_part(&part(8, 1, 2, &second)).await;
+        t.send_part(&part(8, 0, 2, &first)).await;
+        t.expect_envelope("the good parts make a message, in either order")
+            .await;
+        let stats = t.stats.snapshot();
+        assert_eq!(stats.malformed_datagrams, 5 + 2);
+        assert_eq!(stats.rejected_datagrams, 2);
+        assert_eq!(stats.received_datagrams, 2);
+    }
+
+    #[tokio::test]
+    async fn parts_of_one_message_must_agree_and_a_full_table_drops_the_oldest() {
+        let mut t = Target::new().await;
+        let (first, second) = envelope_halves();
+        // First parts of more messages than may wait: the oldest goes.
+        for id in 0..=MAX_PENDING as u64 {
+            t.send_part(&part(id, 0, 2, &first)).await;
+        }
+        // A part that disagrees with its message on the count ends it.
+        t.send_part(&part(1, 1, 3, &second)).await;
+        // Message 0 was pushed out: its second part completes nothing.
+        t.send_part(&part(0, 1, 2, &second)).await;
+        // Message 2 is still waiting and completes.
+        t.send_part(&part(2, 1, 2, &second)).await;
+        t.expect_envelope("message 2 completes").await;
+        let stats = t.stats.snapshot();
+        assert_eq!(stats.incomplete_messages, 1);
+        assert_eq!(stats.malformed_datagrams, 1);
+        assert_eq!(stats.received_datagrams, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parts_that_wait_too_long_expire() {
+        let stats = GossipStats::default();
+        let mut table = Reassembly::default();
+        let from: SocketAddr = "127.0.0.1:7946".parse().expect("addr");
+        let add = |t: &mut Reassembly, id, index| {
+            t.add(from, &part(id, index, 2, b"x"), 50, &stats)
+                .expect("well formed")
+        };
+        assert!(add(&mut table, 1, 0).is_none());
+        tokio::time::advance(PART_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(add(&mut table, 2, 0).is_none());
+        assert_eq!(stats.snapshot().incomplete_messages, 1);
+        // The late second part of message 1 starts over instead.
+        assert!(add(&mut table, 1, 1).is_none());
+        let whole = add(&mut table, 2, 1).expect("message 2 completes");
+        assert_eq!(whole.message, b"xx");
+        assert_eq!((whole.datagrams, whole.wire_bytes), (2, 100));
     }
 }
