@@ -97,6 +97,21 @@ async fn a_three_node_cluster_shows_members_gossip_and_probe_duties() {
         Some(0.0),
         "{first}"
     );
+    // Small states fit one datagram: nothing is split, nothing left waiting.
+    assert_eq!(
+        sample(&first, "weir_gossip_split_messages_total", &[]),
+        Some(0.0),
+        "{first}"
+    );
+    assert_eq!(
+        sample(
+            &first,
+            "weir_gossip_datagrams_dropped_total",
+            &[("reason", "incomplete")]
+        ),
+        Some(0.0),
+        "{first}"
+    );
 
     // Two targets, two probers each: four duties over the three nodes, and
     // no node holds more than one duty per target.

@@ -66,7 +66,7 @@ struct SizeStats {
     max_sealed: AtomicU64,
     over_path_mtu: AtomicU64,
     /// Messages that sealed exceed one UDP datagram: weir's transport
-    /// drops them (`oversized_datagrams`), and so does this one.
+    /// sends them in parts (`split_messages`); this simulation drops them.
     oversized: AtomicU64,
 }
 

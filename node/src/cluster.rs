@@ -243,7 +243,7 @@ impl Cluster {
         );
         let dropped = m.counter_vec(
             "weir_gossip_datagrams_dropped",
-            "Gossip datagrams dropped, by reason: rejected (failed to open: another secret or cluster, tampered, truncated), malformed (opened but not a gossip message), oversized (outgoing, larger than one datagram once sealed).",
+            "Gossip datagrams dropped, by reason: rejected (failed to open: another secret or cluster, tampered, truncated), malformed (opened but not a gossip message), oversized (outgoing, more than four datagrams once sealed), incomplete (incoming message whose parts did not all arrive in time).",
             ["reason"],
         );
         let mut seen = self
@@ -272,6 +272,15 @@ impl Cluster {
             ["oversized"],
             d(now.oversized_datagrams, before.oversized_datagrams),
         );
+        dropped.inc_by(
+            ["incomplete"],
+            d(now.incomplete_messages, before.incomplete_messages),
+        );
+        m.counter(
+            "weir_gossip_split_messages",
+            "Outgoing gossip messages sent in several datagrams because, sealed, they exceed one.",
+        )
+        .inc_by(d(now.split_messages, before.split_messages));
     }
 
     /// The body of `GET /v1/cluster/members`.
