@@ -297,7 +297,10 @@ mod tests {
         );
         let mut v = wire.clone();
         v[1] = 0x80;
-        assert_eq!(Frame::decode(Bytes::from(v)).map_err(|e| e.reason()), Err("malformed"));
+        assert_eq!(
+            Frame::decode(Bytes::from(v)).map_err(|e| e.reason()),
+            Err("malformed")
+        );
         // A length field claiming 4 GiB is refused before anything is
         // allocated for it.
         let mut v = wire.clone();
@@ -309,7 +312,10 @@ mod tests {
         ));
         let mut v = wire.clone();
         v.push(0);
-        assert_eq!(Frame::decode(Bytes::from(v)).map_err(|e| e.reason()), Err("malformed"));
+        assert_eq!(
+            Frame::decode(Bytes::from(v)).map_err(|e| e.reason()),
+            Err("malformed")
+        );
         let big = vec![VERSION; MAX_FRAME + 1];
         assert!(matches!(
             Frame::decode(Bytes::from(big)),

@@ -124,7 +124,8 @@ impl Identity {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, node_id);
-        let uri = rcgen::string::Ia5String::try_from(format!("{URI_PREFIX}{node_id}")).map_err(gen_err)?;
+        let uri = rcgen::string::Ia5String::try_from(format!("{URI_PREFIX}{node_id}"))
+            .map_err(gen_err)?;
         params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let cert = cert.der().clone();

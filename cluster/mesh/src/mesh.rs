@@ -37,9 +37,7 @@ use tokio::task::AbortHandle;
 use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, Frame, FrameError, MAX_FRAME};
 use crate::identity::{Fingerprint, Identity, read_certificate};
 use crate::replay::ReplayWindow;
-use crate::stats::{
-    DropReason, LinkState, MeshCounters, MeshSnapshot, PeerCounters, PeerSnapshot,
-};
+use crate::stats::{DropReason, LinkState, MeshCounters, MeshSnapshot, PeerCounters, PeerSnapshot};
 use crate::tls::{self, Pins};
 
 /// Connection close codes.
@@ -569,8 +567,11 @@ impl Mesh {
                 SendError::TooLarge(e.to_string())
             })?;
         let exchange = async {
-            let (mut send, mut recv) = link.conn.open_bi().await.map_err(|e| Some(e.to_string()))?;
-            send.write_all(&wire).await.map_err(|e| Some(e.to_string()))?;
+            let (mut send, mut recv) =
+                link.conn.open_bi().await.map_err(|e| Some(e.to_string()))?;
+            send.write_all(&wire)
+                .await
+                .map_err(|e| Some(e.to_string()))?;
             send.finish().map_err(|e| Some(e.to_string()))?;
             p.counters.sent(wire.len());
             recv.read_to_end(MAX_FRAME).await.map_err(|e| match e {
@@ -914,7 +915,8 @@ async fn run_datagrams(inner: Arc<Inner>, peer: Arc<Peer>, mut rx: mpsc::Receive
             continue;
         };
         let len = wire.len();
-        match tokio::time::timeout(inner.cfg.serve_timeout, link.conn.send_datagram_wait(wire)).await
+        match tokio::time::timeout(inner.cfg.serve_timeout, link.conn.send_datagram_wait(wire))
+            .await
         {
             Ok(Ok(())) => peer.counters.sent(len),
             Ok(Err(quinn::SendDatagramError::TooLarge)) => peer.counters.drop(DropReason::TooLarge),

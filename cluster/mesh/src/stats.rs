@@ -30,7 +30,13 @@ pub enum DropReason {
 }
 
 /// Every drop reason label, in a fixed order.
-pub const DROP_REASONS: [&str; 5] = ["queue_full", "no_link", "too_large", "timeout", "send_failed"];
+pub const DROP_REASONS: [&str; 5] = [
+    "queue_full",
+    "no_link",
+    "too_large",
+    "timeout",
+    "send_failed",
+];
 
 impl DropReason {
     /// The label: one of [`DROP_REASONS`].
@@ -103,7 +109,18 @@ impl MeshCounters {
     /// Counts a refused handshake and logs it (rate-limited).
     pub fn refuse_handshake(&self, why: HandshakeRefusal, detail: &str) {
         self.handshakes[why as usize].fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.gate(why.reason()) {
+        let Some(suppressed) = self.gate(why.reason()) else {
+            return;
+        };
+        if why == HandshakeRefusal::UnknownNode {
+            // Also what a member sees for a few seconds while gossip has
+            // told the dialler about it but not yet it about the dialler.
+            tracing::info!(
+                reason = why.reason(),
+                suppressed,
+                "mesh: refused a connection: {detail} (normal for a few seconds while gossip converges)"
+            );
+        } else {
             tracing::warn!(
                 reason = why.reason(),
                 suppressed,
@@ -116,7 +133,12 @@ impl MeshCounters {
     pub(crate) fn refuse_frame(&self, peer: &str, e: &FrameError) {
         self.frames[e.index()].fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.gate(e.reason()) {
-            tracing::warn!(peer, reason = e.reason(), suppressed, "mesh: refused a frame: {e}");
+            tracing::warn!(
+                peer,
+                reason = e.reason(),
+                suppressed,
+                "mesh: refused a frame: {e}"
+            );
         }
     }
 

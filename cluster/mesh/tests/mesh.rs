@@ -91,7 +91,10 @@ async fn pair() -> (Mesh, Mesh) {
     let b = node("b");
     a.set_peers(vec![spec(&b), spec(&a)]);
     b.set_peers(vec![spec(&a), spec(&b)]);
-    wait_for("a and b linked", || connected(&a, "b") && connected(&b, "a")).await;
+    wait_for("a and b linked", || {
+        connected(&a, "b") && connected(&b, "a")
+    })
+    .await;
     (a, b)
 }
 
@@ -177,8 +180,7 @@ async fn a_peer_that_comes_back_is_redialled_with_backoff() {
     // b does not know a yet, so it refuses a's dials: a backs off.
     a.set_peers(vec![spec(&b)]);
     wait_for("a refused and backing off", || {
-        handshakes(&b.snapshot(), "unknown_node") >= 2
-            && state(&a, "b") == Some(LinkState::Backoff)
+        handshakes(&b.snapshot(), "unknown_node") >= 2 && state(&a, "b") == Some(LinkState::Backoff)
     })
     .await;
     b.set_peers(vec![spec(&a)]);
@@ -192,7 +194,12 @@ async fn a_peer_that_comes_back_is_redialled_with_backoff() {
     a.set_peers(vec![spec(&b2)]);
     wait_for("relinked", || connected(&a, "b") && connected(&b2, "a")).await;
     let answer = a
-        .request("b", ECHO, Bytes::from_static(b"again"), Duration::from_secs(5))
+        .request(
+            "b",
+            ECHO,
+            Bytes::from_static(b"again"),
+            Duration::from_secs(5),
+        )
         .await
         .expect("answer");
     assert_eq!(answer.as_ref(), b"b got again from a");
@@ -248,7 +255,8 @@ async fn queues_are_bounded_and_drops_counted() {
     })
     .await;
     assert_eq!(
-        a.request("b", 3, Bytes::new(), Duration::from_secs(1)).await,
+        a.request("b", 3, Bytes::new(), Duration::from_secs(1))
+            .await,
         Err(SendError::QueueFull("b".into()))
     );
     gate.notify_one();
@@ -405,7 +413,9 @@ async fn forged_replayed_and_malformed_frames_are_refused_and_counted() {
     let (_ep, conn, _r) = raw_client(&a).await;
 
     // A well-formed request is answered.
-    let answer = raw_request(&conn, &frame("r", 1, b"one")).await.expect("answer");
+    let answer = raw_request(&conn, &frame("r", 1, b"one"))
+        .await
+        .expect("answer");
     let answer = Frame::decode(Bytes::from(answer)).expect("answer decodes");
     assert_eq!(answer.flags, FLAG_RESPONSE);
     assert_eq!(answer.sender, "a");
@@ -441,9 +451,14 @@ async fn forged_replayed_and_malformed_frames_are_refused_and_counted() {
     assert_eq!(a.snapshot().peer("r").expect("r").refused_frames, 7);
 
     // The node keeps serving, on this connection and others.
-    let answer = raw_request(&conn, &frame("r", 4, b"still")).await.expect("answer");
+    let answer = raw_request(&conn, &frame("r", 4, b"still"))
+        .await
+        .expect("answer");
     assert_eq!(
-        Frame::decode(Bytes::from(answer)).expect("decodes").body.as_ref(),
+        Frame::decode(Bytes::from(answer))
+            .expect("decodes")
+            .body
+            .as_ref(),
         b"a got still from r"
     );
     let b = node("b");
@@ -456,7 +471,12 @@ async fn forged_replayed_and_malformed_frames_are_refused_and_counted() {
     b.set_peers(vec![spec(&a)]);
     wait_for("b linked", || connected(&b, "a")).await;
     let answer = b
-        .request("a", ECHO, Bytes::from_static(b"ok?"), Duration::from_secs(5))
+        .request(
+            "a",
+            ECHO,
+            Bytes::from_static(b"ok?"),
+            Duration::from_secs(5),
+        )
         .await
         .expect("answer");
     assert_eq!(answer.as_ref(), b"a got ok? from b");
