@@ -126,7 +126,7 @@ async fn three_nodes_link_and_report_their_links() {
         let line = format!("weir_mesh_link_up{{peer=\"{id}\"}} 1");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
         assert!(
-            metrics.contains(&format!("weir_mesh_rtt_microseconds{{peer=\"{id}\"}}")),
+            metrics.contains(&format!("weir_mesh_rtt_seconds{{peer=\"{id}\"}}")),
             "{metrics}"
         );
         assert!(

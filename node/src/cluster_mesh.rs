@@ -17,7 +17,11 @@ use std::time::Duration;
 use weir_cluster::membership::{KEY_MESH_IDENTITY, Member, MemberState, Membership};
 use weir_mesh::stats::DROP_REASONS;
 use weir_mesh::{Fingerprint, Identity, LinkState, Mesh, MeshConfig, MeshSnapshot, PeerSpec};
-use weir_observability::metrics::Metrics;
+use weir_observability::metrics::{Column, Gauge, Metrics, SeriesTable, as_metric};
+
+/// A gauge holding seconds (the registry's plain gauges hold integers).
+type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
+type RttTable = Arc<SeriesTable<1, Seconds>>;
 
 /// Why the mesh is off when there is no secret.
 const OFF_NO_SECRET: &str = "the cluster has no secret (--cluster-secret-file or WEIR_CLUSTER_SECRET); the mesh authenticates peers through sealed gossip and runs only with one";
@@ -35,6 +39,9 @@ pub struct NodeMesh {
     /// Per-peer counters already added to the Prometheus series.
     seen: Mutex<HashMap<String, Seen>>,
     seen_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The RTT table, per registry it was registered in (a table is
+    /// registered once; in practice there is one registry, the global one).
+    rtt: Mutex<Vec<(usize, RttTable)>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -105,6 +112,7 @@ impl NodeMesh {
             feed: Mutex::new(None),
             seen: Mutex::default(),
             seen_refusals: Mutex::default(),
+            rtt: Mutex::default(),
         }
     }
 
@@ -189,6 +197,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn rtt_table(nm: &NodeMesh, m: &Metrics) -> RttTable {
+    let key = std::ptr::from_ref(m) as usize;
+    let mut tables = lock(&nm.rtt);
+    if let Some((_, t)) = tables.iter().find(|(k, _)| *k == key) {
+        return t.clone();
+    }
+    let t = m.table(
+        "weir_mesh_rtt_seconds",
+        [("peer", false)],
+        Seconds::default,
+        vec![Column::gauge(
+            "weir_mesh_rtt_seconds",
+            "Smoothed round-trip time of the mesh link to the peer (QUIC path RTT), in seconds.",
+            as_metric::<Seconds>,
+        )],
+    );
+    tables.push((key, t.clone()));
+    t
+}
+
 /// Counter growth since the last scrape; a counter that went down belongs
 /// to a peer that was removed and re-added, so it counts from zero.
 fn growth(now: u64, before: u64) -> u64 {
@@ -214,11 +242,7 @@ fn publish_snapshot(nm: &NodeMesh, m: &Metrics, snap: &MeshSnapshot) {
         "1 while the mesh link to the peer is connected.",
         ["peer"],
     );
-    let rtt = m.gauge_vec(
-        "weir_mesh_rtt_microseconds",
-        "Smoothed round-trip time of the mesh link to the peer (QUIC path RTT).",
-        ["peer"],
-    );
+    let rtt = rtt_table(nm, m);
     let bytes = m.counter_vec(
         "weir_mesh_bytes",
         "Mesh frame bytes exchanged with the peer, by direction (in, out).",
@@ -258,14 +282,16 @@ fn publish_snapshot(nm: &NodeMesh, m: &Metrics, snap: &MeshSnapshot) {
         .collect();
     for id in gone {
         up.remove([&id]);
-        rtt.remove([&id]);
+        rtt.remove([id.as_str()]);
         seen.remove(&id);
     }
     for p in &snap.peers {
         let id = p.node_id.as_str();
         up.set([id], i64::from(p.state == LinkState::Connected));
         match p.rtt_ms {
-            Some(ms) => rtt.set([id], (ms * 1000.0) as i64),
+            Some(ms) => {
+                rtt.with([id], |g| g.set(ms / 1000.0));
+            }
             None => rtt.remove([id]),
         }
         let before = seen.get(id).copied().unwrap_or_default();
