@@ -43,115 +43,42 @@ fn refuse(counters: &MeshCounters, why: HandshakeRefusal, detail: String) -> Err
     ))))
 }
 
-fn verify_sig(
-    algs: &WebPkiSupportedAlgorithms,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    verify_tls13_signature(message, cert, dss, algs)
-}
-
-/// The dialler's check of the server it reached.
+/// The pin check both verifiers share, and the TLS 1.3 signature check.
 #[derive(Debug)]
-struct PinnedServer {
-    expect_id: String,
-    expect: Fingerprint,
-    algs: WebPkiSupportedAlgorithms,
-    counters: Arc<MeshCounters>,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let (id, fp) = read_certificate(end_entity).map_err(|e| {
-            refuse(
-                &self.counters,
-                HandshakeRefusal::BadCertificate,
-                format!("server certificate: {e}"),
-            )
-        })?;
-        if id != self.expect_id {
-            return Err(refuse(
-                &self.counters,
-                HandshakeRefusal::IdentityMismatch,
-                format!(
-                    "dialled `{}` but the certificate names `{id}`",
-                    self.expect_id
-                ),
-            ));
-        }
-        if fp != self.expect {
-            return Err(refuse(
-                &self.counters,
-                HandshakeRefusal::IdentityMismatch,
-                format!("`{id}` presents a key other than the one gossip pins"),
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("the mesh speaks TLS 1.3 only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig(&self.algs, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// The server's check of a client.
-#[derive(Debug)]
-struct PinnedClients {
+struct Pinned {
+    /// The dialled node and its pin (client side); `None` on the server
+    /// side, which looks the presented node up in `pins`.
+    dialled: Option<(String, Fingerprint)>,
     pins: Pins,
     algs: WebPkiSupportedAlgorithms,
     counters: Arc<MeshCounters>,
 }
 
-impl ClientCertVerifier for PinnedClients {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        let (id, fp) = read_certificate(end_entity).map_err(|e| {
+impl Pinned {
+    fn check(&self, cert: &CertificateDer<'_>, role: &str) -> Result<(), Error> {
+        let (id, fp) = read_certificate(cert).map_err(|e| {
             refuse(
                 &self.counters,
                 HandshakeRefusal::BadCertificate,
-                format!("client certificate: {e}"),
+                format!("{role} certificate: {e}"),
             )
         })?;
-        let pinned = self
-            .pins
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .copied();
+        let pinned = match &self.dialled {
+            Some((expect_id, _)) if *expect_id != id => {
+                return Err(refuse(
+                    &self.counters,
+                    HandshakeRefusal::IdentityMismatch,
+                    format!("dialled `{expect_id}` but the certificate names `{id}`"),
+                ));
+            }
+            Some((_, expect)) => Some(*expect),
+            None => self
+                .pins
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+                .copied(),
+        };
         match pinned {
             None => Err(refuse(
                 &self.counters,
@@ -163,31 +90,71 @@ impl ClientCertVerifier for PinnedClients {
                 HandshakeRefusal::IdentityMismatch,
                 format!("`{id}` presents a key other than the one gossip pins"),
             )),
-            Some(_) => Ok(ClientCertVerified::assertion()),
+            Some(_) => Ok(()),
         }
     }
+}
 
-    fn verify_tls12_signature(
+/// The signature methods, the same for both verifiers: TLS 1.3 only, with
+/// the provider's algorithms.
+macro_rules! tls13_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            Err(Error::General("the mesh speaks TLS 1.3 only".into()))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(message, cert, dss, &self.algs)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algs.supported_schemes()
+        }
+    };
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("the mesh speaks TLS 1.3 only".into()))
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        self.check(end_entity, "server")
+            .map(|()| ServerCertVerified::assertion())
     }
 
-    fn verify_tls13_signature(
+    tls13_signatures!();
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig(&self.algs, message, cert, dss)
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.check(end_entity, "client")
+            .map(|()| ClientCertVerified::assertion())
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    tls13_signatures!();
 }
 
 /// Errors building a TLS configuration.
@@ -207,9 +174,9 @@ pub fn client_config(
     counters: Arc<MeshCounters>,
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer {
-        expect_id: expect_id.to_string(),
-        expect,
+    let verifier = Arc::new(Pinned {
+        dialled: Some((expect_id.to_string(), expect)),
+        pins: Pins::default(),
         algs: provider.signature_verification_algorithms,
         counters,
     });
@@ -235,7 +202,8 @@ pub fn server_config(
     counters: Arc<MeshCounters>,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedClients {
+    let verifier = Arc::new(Pinned {
+        dialled: None,
         pins,
         algs: provider.signature_verification_algorithms,
         counters,
