@@ -1,7 +1,9 @@
 //! The QUIC mesh with real `weir` processes on loopback: three nodes with
 //! the cluster secret link to each other (`GET /v1/cluster/mesh`,
 //! `/metrics`, `weir cluster status`), a node with another secret gets no
-//! link, and a node without a secret keeps the mesh off and says so.
+//! link, a node without a secret keeps the mesh off and says so, and a raw
+//! QUIC client holding valid credentials has its malformed frames refused
+//! and counted while the node keeps serving.
 
 mod common;
 
@@ -248,4 +250,159 @@ async fn without_a_secret_the_mesh_stays_off_and_says_so() {
     let (status, body) = get(&alone.admin_url("/v1/cluster/mesh")).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("cluster_disabled"), "{body}");
+}
+
+/// Sends `bytes` on a new stream of `conn`; the answer, or `None` when the
+/// node reset the stream (refused the frame) or the connection failed.
+async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Option<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        recv.read_to_end(weir_mesh::MAX_FRAME),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+fn raw_frame(sender: &str, seq: u64) -> Vec<u8> {
+    weir_mesh::Frame {
+        flags: 0,
+        kind: weir_mesh::KIND_HELLO,
+        seq,
+        sender: sender.into(),
+        body: bytes::Bytes::new(),
+    }
+    .encode()
+    .expect("encodes")
+    .to_vec()
+}
+
+/// A raw QUIC client that holds valid credentials: it has the cluster
+/// secret, so it joins gossip and publishes its own key's pin; then it
+/// writes malformed frames at a real node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_from_a_raw_client_with_valid_credentials_are_refused_and_counted() {
+    use weir_cluster::membership::{
+        GossipTiming, KEY_MESH_IDENTITY, Membership, MembershipConfig, NodeInfo,
+    };
+
+    let c = Cluster::start(weir_bin(), ClusterSpec::new(2))
+        .await
+        .expect("cluster starts");
+    c.wait_converged(CONVERGE).await.expect("converges");
+    wait_linked(&c, &[0, 1]).await;
+    let node = c.node(0).gateway();
+    let node_fp: weir_mesh::Fingerprint = mesh_doc(node).await["fingerprint"]
+        .as_str()
+        .and_then(|f| f.parse().ok())
+        .expect("the node's fingerprint");
+    let node_mesh: std::net::SocketAddr = mesh_doc(node).await["listen"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the node's mesh address");
+
+    let identity = weir_mesh::Identity::generate("raw").expect("identity");
+    let endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("raw endpoint");
+    let membership = Membership::start(MembershipConfig {
+        cluster_name: "chaos".into(),
+        node_id: "raw".into(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise_ip: None,
+        seeds: vec![c.node(0).gossip_addr().to_string()],
+        secret: Some(b"chaos-harness-test-secret".to_vec()),
+        info: NodeInfo {
+            mesh_addr: Some(endpoint.local_addr().expect("addr")),
+            ..NodeInfo::default()
+        },
+        timing: GossipTiming::default(),
+        transport: weir_cluster::gossip::GossipTransport::default(),
+    })
+    .await
+    .expect("raw joins gossip");
+    membership
+        .set_key(KEY_MESH_IDENTITY, &identity.fingerprint().to_string())
+        .await;
+
+    // Connect once the node pins `raw`: until then its TLS verifier
+    // refuses, which a client only learns when its first request fails.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let mut seq = 0;
+    let conn = loop {
+        let crypto =
+            weir_mesh::tls::client_config(&identity, "node-0", node_fp, Default::default())
+                .expect("tls");
+        let cfg = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        if let Ok(Ok(conn)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            endpoint
+                .connect_with(cfg, node_mesh, weir_mesh::tls::SERVER_NAME)
+                .expect("connect"),
+        )
+        .await
+        {
+            seq += 1;
+            if raw_exchange(&conn, &raw_frame("raw", seq)).await.is_some() {
+                break conn;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never accepted the raw client"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Malformed, unknown version, forged sender: each refused (stream
+    // reset), the connection stays up.
+    assert_eq!(raw_exchange(&conn, b"\x01\x00 not a frame").await, None);
+    let mut v7 = raw_frame("raw", seq + 1);
+    v7[0] = 7;
+    assert_eq!(raw_exchange(&conn, &v7).await, None);
+    assert_eq!(
+        raw_exchange(&conn, &raw_frame("node-1", seq + 2)).await,
+        None
+    );
+    conn.send_datagram(bytes::Bytes::from_static(b"\x01junk"))
+        .expect("datagram");
+
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let doc = loop {
+        let doc = mesh_doc(node).await;
+        let r = &doc["refused_frames"];
+        if r["malformed"] == 2 && r["unknown_version"] == 1 && r["forged_sender"] == 1 {
+            break doc;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(peer(&doc, "raw").expect("raw listed")["refused_frames"], 4);
+    let (_, metrics) = get(&node.admin_url("/metrics")).await;
+    for line in [
+        "weir_mesh_frames_refused_total{reason=\"malformed\"} 2",
+        "weir_mesh_frames_refused_total{reason=\"unknown_version\"} 1",
+        "weir_mesh_frames_refused_total{reason=\"forged_sender\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        node.log().contains("mesh: refused a frame"),
+        "{}",
+        node.log()
+    );
+
+    // The node keeps serving: the raw client's next valid frame, its link
+    // to the other node, and its admin API.
+    assert!(
+        raw_exchange(&conn, &raw_frame("raw", seq + 3))
+            .await
+            .is_some()
+    );
+    assert!(connected(&mesh_doc(node).await, "node-1"));
+    let (status, _) = get(&node.admin_url("/v1/health")).await;
+    assert_eq!(status, 200);
+    membership.leave().await;
 }
