@@ -367,5 +367,16 @@ mod tests {
         assert_eq!(c.region, "eu");
         assert_eq!(c.seeds, ["a:1"]);
         assert_eq!(c.name, "weir");
+
+        let mut cfg = None;
+        ClusterArgs {
+            mesh_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            ..ClusterArgs::default()
+        }
+        .apply(&mut cfg);
+        assert_eq!(
+            cfg.expect("on").mesh_listen,
+            "127.0.0.1:0".parse::<SocketAddr>().expect("addr")
+        );
     }
 }

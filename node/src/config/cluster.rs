@@ -154,4 +154,22 @@ mod tests {
         );
         assert!(ClusterConfig::default().validate().is_empty());
     }
+
+    #[test]
+    fn mesh_listen_defaults_to_7947_and_must_differ_from_gossip() {
+        let c = ClusterConfig::default();
+        assert_eq!(c.mesh_listen, SocketAddr::from(([0, 0, 0, 0], 7947)));
+        let same = ClusterConfig {
+            mesh_listen: c.gossip_listen,
+            ..ClusterConfig::default()
+        };
+        let keys: Vec<String> = same.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["mesh_listen"]);
+        let both_any_port = ClusterConfig {
+            gossip_listen: "127.0.0.1:0".parse().expect("addr"),
+            mesh_listen: "127.0.0.1:0".parse().expect("addr"),
+            ..ClusterConfig::default()
+        };
+        assert!(both_any_port.validate().is_empty());
+    }
 }
