@@ -267,6 +267,8 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
+// === impl Link ===
+
 impl Link {
     fn new(conn: quinn::Connection, dialed_by_me: bool) -> Link {
         Link {
@@ -299,6 +301,8 @@ impl Link {
         lock(w).accept(seq)
     }
 }
+
+// === impl Peer ===
 
 impl Peer {
     fn state(&self) -> LinkState {
@@ -351,6 +355,8 @@ impl Peer {
         }
     }
 }
+
+// === impl Mesh ===
 
 impl Mesh {
     /// Binds the endpoint and starts accepting. Peers come with
@@ -666,6 +672,18 @@ impl Mesh {
         .encoded_len()
     }
 
+    /// The peers with a live link now, sorted by id: where a request or
+    /// datagram can go without failing at once.
+    pub fn connected_peers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.inner.peers)
+            .values()
+            .filter(|p| p.live_link().is_some())
+            .map(|p| p.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Counters and link states, peers sorted by id.
     pub fn snapshot(&self) -> MeshSnapshot {
         let inner = &self.inner;
@@ -720,6 +738,8 @@ impl Mesh {
         tracing::info!("mesh: closed");
     }
 }
+
+// === impl Inner ===
 
 impl Inner {
     fn peer(&self, id: &str) -> Option<Arc<Peer>> {
@@ -856,6 +876,8 @@ impl Inner {
         tokio::spawn(serve_datagrams(self.clone(), peer.clone(), link));
     }
 }
+
+// === tasks ===
 
 /// Dials the peer whenever it has no live link, with backoff.
 async fn run_peer(inner: Arc<Inner>, peer: Arc<Peer>) {

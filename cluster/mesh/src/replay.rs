@@ -96,23 +96,28 @@ mod tests {
         assert!(!w.accept(1001));
     }
 
-    #[test]
-    fn matches_a_set_model() {
-        let mut rng = fastrand::Rng::with_seed(11);
-        let mut w = ReplayWindow::default();
-        let mut seen = std::collections::HashSet::new();
-        let mut top = 0u64;
-        for _ in 0..50_000 {
-            let seq = if rng.u8(..10) == 0 {
-                top + rng.u64(1..3 * WINDOW)
-            } else {
-                top.saturating_sub(rng.u64(0..WINDOW + 10)) + rng.u64(0..4)
-            };
-            let expect = seq != 0 && !seen.contains(&seq) && seq + WINDOW > top;
-            assert_eq!(w.accept(seq), expect, "seq {seq} top {top}");
-            if expect {
-                seen.insert(seq);
-                top = top.max(seq);
+    proptest::proptest! {
+        /// The window agrees with a set of every number accepted so far,
+        /// restricted to the last WINDOW below the highest.
+        #[test]
+        fn matches_a_set_model(
+            steps in proptest::collection::vec((0u8..10, 0u64..3 * WINDOW, 0u64..4), 1..2000),
+        ) {
+            let mut w = ReplayWindow::default();
+            let mut seen = std::collections::HashSet::new();
+            let mut top = 0u64;
+            for (jump, d, nudge) in steps {
+                let seq = if jump == 0 {
+                    top + d + 1
+                } else {
+                    top.saturating_sub(d % (WINDOW + 10)) + nudge
+                };
+                let expect = seq != 0 && !seen.contains(&seq) && seq + WINDOW > top;
+                proptest::prop_assert_eq!(w.accept(seq), expect, "seq {} top {}", seq, top);
+                if expect {
+                    seen.insert(seq);
+                    top = top.max(seq);
+                }
             }
         }
     }

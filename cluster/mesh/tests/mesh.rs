@@ -106,6 +106,7 @@ async fn two_nodes_link_once_and_exchange_requests_and_datagrams() {
         a.open_connections() == 1 && b.open_connections() == 1
     })
     .await;
+    assert_eq!(a.connected_peers(), ["b"]);
     // Hellos of the dials so far are frames too; count from here.
     let a0 = a.snapshot().peer("b").expect("b").clone();
     let b0 = b.snapshot().peer("a").expect("a").clone();
