@@ -198,6 +198,25 @@ pub enum SendError {
     },
 }
 
+impl SendError {
+    /// Whether the same message may succeed if sent again later (the link
+    /// or the queue may recover); `false` when it would fail the same way.
+    /// A timed-out or failed request may have run on the peer, so only
+    /// retry what is safe to run twice.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SendError::NotConnected(_)
+            | SendError::QueueFull(_)
+            | SendError::Timeout { .. }
+            | SendError::Connection { .. } => true,
+            SendError::UnknownPeer(_)
+            | SendError::TooLarge(_)
+            | SendError::Remote { .. }
+            | SendError::BadAnswer { .. } => false,
+        }
+    }
+}
+
 /// A running mesh. Cheap to clone; [`Mesh::close`] stops it.
 #[derive(Clone)]
 pub struct Mesh {

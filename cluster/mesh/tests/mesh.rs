@@ -134,10 +134,10 @@ async fn two_nodes_link_once_and_exchange_requests_and_datagrams() {
         Err(SendError::Remote { .. })
     ));
     assert_eq!(refused(&b.snapshot(), "unknown_kind"), 1);
-    assert_eq!(
-        a.request("nobody", ECHO, Bytes::new(), t).await,
-        Err(SendError::UnknownPeer("nobody".into()))
-    );
+    let unknown = a.request("nobody", ECHO, Bytes::new(), t).await;
+    assert_eq!(unknown, Err(SendError::UnknownPeer("nobody".into())));
+    assert!(!unknown.expect_err("unknown").is_retryable());
+    assert!(SendError::NotConnected("b".into()).is_retryable());
 
     let ticks = Arc::new(AtomicUsize::new(0));
     let seen = ticks.clone();
