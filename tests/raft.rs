@@ -508,6 +508,7 @@ async fn the_openapi_document_validates_and_covers_every_route() -> anyhow::Resu
         ("get", "/v1/status".into()),
         ("get", "/metrics".into()),
         ("get", "/v1/cluster/members".into()),
+        ("get", "/v1/cluster/mesh".into()),
         ("get", "/v1/cluster/health".into()),
         ("get", "/v1/openapi.json".into()),
         ("get", "/v1/config".into()),

@@ -519,6 +519,9 @@ fn node_args(
         ns.zone.clone().into(),
         "--gossip-listen".into(),
         gossip_listen.to_string().into(),
+        // Every node on this host gets its own mesh port.
+        "--mesh-listen".into(),
+        "127.0.0.1:0".into(),
     ];
     if !seeds.is_empty() {
         a.push("--seeds".into());

@@ -52,6 +52,10 @@ pub const KEY_PROXY_ADDR: &str = "proxy_addr";
 pub const KEY_ADMIN_ADDR: &str = "admin_addr";
 /// Key: the node's mesh address, when it has one.
 pub const KEY_MESH_ADDR: &str = "mesh_addr";
+/// Key: the fingerprint (hex SHA-256 of the key) of the node's mesh
+/// certificate, which peers pin (ADR 0032). Published only with a secret,
+/// so only holders of the secret can publish one.
+pub const KEY_MESH_IDENTITY: &str = "mesh_identity";
 /// Key: the software version.
 pub const KEY_VERSION: &str = "version";
 /// Key: start time, milliseconds since the Unix epoch.

@@ -1,6 +1,7 @@
 //! The node's side of clustering: the `weir serve` cluster flags, starting
-//! gossip membership (`weir-cluster`) with this node's addresses, and the
-//! document behind the admin endpoint `GET /v1/cluster/members`. The
+//! gossip membership (`weir-cluster`) with this node's addresses and the
+//! QUIC mesh (`cluster_mesh`), and the document behind the admin endpoint
+//! `GET /v1/cluster/members`. The
 //! `cluster` config section is `config::ClusterConfig`; `weir cluster
 //! status` renders the document in `cli`.
 //!
@@ -49,6 +50,10 @@ pub struct ClusterArgs {
     /// default 0.0.0.0:7946).
     #[arg(long)]
     pub gossip_listen: Option<SocketAddr>,
+    /// Node mesh listen address, UDP/QUIC (overrides `cluster.mesh_listen`;
+    /// default 0.0.0.0:7947). The mesh runs only with a cluster secret.
+    #[arg(long)]
+    pub mesh_listen: Option<SocketAddr>,
     /// This node's id (overrides `cluster.node_id`).
     #[arg(long)]
     pub node_id: Option<String>,
@@ -63,6 +68,7 @@ impl ClusterArgs {
             || self.advertise_addr.is_some()
             || self.cluster_secret_file.is_some()
             || self.gossip_listen.is_some()
+            || self.mesh_listen.is_some()
             || self.node_id.is_some()
     }
 
@@ -92,6 +98,9 @@ impl ClusterArgs {
         }
         if let Some(v) = self.gossip_listen {
             c.gossip_listen = v;
+        }
+        if let Some(v) = self.mesh_listen {
+            c.mesh_listen = v;
         }
         if let Some(v) = &self.node_id {
             c.node_id.clone_from(v);
@@ -151,7 +160,8 @@ fn reachable(addr: SocketAddr, advertise: Option<IpAddr>) -> Option<SocketAddr> 
 /// The running cluster side of a node.
 #[derive(Debug)]
 pub struct Cluster {
-    membership: Membership,
+    membership: Arc<Membership>,
+    mesh: crate::cluster_mesh::NodeMesh,
     /// Gossip counters already added to the Prometheus series.
     metrics_seen: std::sync::Mutex<GossipStatsSnapshot>,
 }
@@ -169,6 +179,14 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let secret = read_secret(c)?;
         let node_id = resolve_node_id(c);
+        let mesh = crate::cluster_mesh::NodeMesh::start(
+            &node_id,
+            c.mesh_listen,
+            c.advertise_addr,
+            c.gossip_listen,
+            secret.is_some(),
+        )
+        .map_err(|e| anyhow::anyhow!("cluster: {e:#}"))?;
         let membership = Membership::start(MembershipConfig {
             cluster_name: c.name.clone(),
             node_id,
@@ -181,7 +199,7 @@ impl Cluster {
                 zone: c.zone.clone(),
                 proxy_addr: reachable(proxy, c.advertise_addr),
                 admin_addr: reachable(admin, c.advertise_addr),
-                mesh_addr: None,
+                mesh_addr: mesh.advertise(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
             timing: GossipTiming {
@@ -193,9 +211,15 @@ impl Cluster {
             transport: weir_cluster::gossip::GossipTransport::default(),
         })
         .await
-        .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+        .map_err(|e| {
+            mesh.close();
+            anyhow::anyhow!("cluster: {e}")
+        })?;
+        let membership = Arc::new(membership);
+        mesh.attach(membership.clone()).await;
         Ok(Cluster {
             membership,
+            mesh,
             metrics_seen: std::sync::Mutex::new(GossipStatsSnapshot::default()),
         })
     }
@@ -205,9 +229,16 @@ impl Cluster {
         &self.membership
     }
 
-    /// Announces that this node leaves, then stops gossiping.
+    /// The node mesh (off without a cluster secret).
+    pub fn mesh(&self) -> &crate::cluster_mesh::NodeMesh {
+        &self.mesh
+    }
+
+    /// Announces that this node leaves, then stops gossiping and closes
+    /// the mesh.
     pub async fn leave(&self) {
         self.membership.leave().await;
+        self.mesh.close();
     }
 
     /// Brings the membership and gossip series up to date; called before
@@ -281,6 +312,8 @@ impl Cluster {
             "Outgoing gossip messages sent in several datagrams because, sealed, they exceed one.",
         )
         .inc_by(d(now.split_messages, before.split_messages));
+        drop(seen);
+        self.mesh.publish_metrics(m);
     }
 
     /// The body of `GET /v1/cluster/members`.
@@ -343,5 +376,16 @@ mod tests {
         assert_eq!(c.region, "eu");
         assert_eq!(c.seeds, ["a:1"]);
         assert_eq!(c.name, "weir");
+
+        let mut cfg = None;
+        ClusterArgs {
+            mesh_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            ..ClusterArgs::default()
+        }
+        .apply(&mut cfg);
+        assert_eq!(
+            cfg.expect("on").mesh_listen,
+            "127.0.0.1:0".parse::<SocketAddr>().expect("addr")
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! The cluster series of `/metrics`: gossip membership and transport
-//! counters, the probe duties this node holds, and the Raft store's state.
+//! counters, the mesh links (published by `cluster_mesh`), the probe
+//! duties this node holds, and the Raft store's state.
 //!
 //! All of them are read, not counted on a hot path: before each scrape
 //! [`refresh`] copies what membership, the health checker and openraft's
 //! metrics watch already know into the registry, the way
 //! [`crate::telemetry::Telemetry::refresh`] does for target health. The
 //! label values are fixed words (states, directions, reasons, roles), so
-//! the series stay bounded however large the cluster grows.
+//! the series stay bounded however large the cluster grows; the mesh
+//! series add a `peer` label, bounded by the number of members.
 
 use weir_cluster::raft::RaftKv;
 use weir_observability::metrics::Metrics;

@@ -10,7 +10,7 @@
 //! it applies it, so concurrent writes cannot combine into a bad config.
 //!
 //! - `keys.rs`: admin keys, roles and the auth middleware;
-//! - `status.rs`: status, cluster members and health, metrics;
+//! - `status.rs`: status, cluster members, mesh and health, metrics;
 //! - `purge.rs`: the response cache's stats and purge;
 //! - `documents.rs`: document CRUD, export, history, rollback, and the
 //!   write path the others share;
@@ -184,6 +184,7 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         ("get", "/v1/status", get(status::status)),
         ("get", "/metrics", get(status::metrics)),
         ("get", "/v1/cluster/members", get(status::cluster_members)),
+        ("get", "/v1/cluster/mesh", get(status::cluster_mesh)),
         ("get", "/v1/cluster/health", get(status::cluster_health)),
         (
             "get",

@@ -1,6 +1,6 @@
 //! What a node reports about itself: `GET /v1/status` (mode, snapshot,
-//! targets, store), `GET /v1/cluster/members`, `GET /v1/cluster/health`
-//! and `GET /metrics`, with the refresh of the read-on-demand metric
+//! targets, store), `GET /v1/cluster/members`, `GET /v1/cluster/mesh`,
+//! `GET /v1/cluster/health` and `GET /metrics`, with the refresh of the read-on-demand metric
 //! series that a scrape and an OTLP push share.
 
 use std::sync::Arc;
@@ -52,6 +52,19 @@ pub(super) async fn status(State(ctx): State<Arc<AdminCtx>>) -> Response {
 pub(super) async fn cluster_members(State(ctx): State<Arc<AdminCtx>>) -> Response {
     match &ctx.cluster {
         Some(c) => axum::Json(c.members_json().await).into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "cluster_disabled",
+            "this node runs alone: no `cluster` config section and no cluster flags",
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /v1/cluster/mesh`: this node's mesh links and counters.
+pub(super) async fn cluster_mesh(State(ctx): State<Arc<AdminCtx>>) -> Response {
+    match &ctx.cluster {
+        Some(c) => axum::Json(c.mesh().json()).into_response(),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             "cluster_disabled",

@@ -161,7 +161,8 @@ fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-/// `weir cluster status [--json]`: gossip members and the health matrix.
+/// `weir cluster status [--json]`: gossip members, mesh links and the
+/// health matrix.
 pub fn cluster_status(conn: &ConnArgs, json: bool) -> ExitCode {
     run(async move {
         let client = Client::new(conn)?;
@@ -171,7 +172,12 @@ pub fn cluster_status(conn: &ConnArgs, json: bool) -> ExitCode {
         let health = client
             .call(reqwest::Method::GET, "/v1/cluster/health", None)
             .await?;
-        let out = super::table::render_status(members, &health, json)?;
+        // A node from before the mesh has no such endpoint: no mesh section.
+        let mesh = client
+            .call(reqwest::Method::GET, "/v1/cluster/mesh", None)
+            .await
+            .unwrap_or(Value::Null);
+        let out = super::table::render_status(members, &health, mesh, json)?;
         println!("{}", out.trim_end());
         Ok(())
     })

@@ -1,5 +1,5 @@
-//! How the admin client prints what it fetched: the member and health
-//! tables of `weir cluster status`, the document list of `weir get` and the
+//! How the admin client prints what it fetched: the member, mesh and
+//! health tables of `weir cluster status`, the document list of `weir get` and the
 //! history of `weir revisions`. Each function returns the text; printing
 //! it is `client`'s job.
 
@@ -8,19 +8,23 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// `weir cluster status`: the member list and the health matrix (fetched
-/// by the admin client, which sends the admin key) printed as tables, or as
-/// JSON (the members document with the health view's `targets` under
-/// `health`).
+/// `weir cluster status`: the member list, the mesh links and the health
+/// matrix (fetched by the admin client, which sends the admin key) printed
+/// as tables, or as JSON (the members document with the health view's
+/// `targets` under `health` and the mesh document under `mesh`).
 ///
 /// # Errors
 /// If the JSON cannot be printed.
 pub(super) fn render_status(
     mut members: serde_json::Value,
     health: &serde_json::Value,
+    mesh: serde_json::Value,
     json: bool,
 ) -> anyhow::Result<String> {
     members["health"] = health["targets"].clone();
+    if !mesh.is_null() {
+        members["mesh"] = mesh;
+    }
     if json {
         return Ok(serde_json::to_string_pretty(&members)?);
     }
@@ -92,6 +96,7 @@ fn render_table(doc: &serde_json::Value) -> String {
         s(&g["rejected_datagrams"]),
         s(&g["malformed_datagrams"]),
     ));
+    out.push_str(&render_mesh(&doc["mesh"]));
     let targets = doc["health"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if !targets.is_empty() {
         let list = |v: &serde_json::Value| {
@@ -130,6 +135,73 @@ fn render_table(doc: &serde_json::Value) -> String {
         out.push_str("\nhealth checks (DOWN FOR: members reporting the target down)\n\n");
         out.push_str(&columns(&rows));
     }
+    out
+}
+
+/// The mesh links of `weir cluster status`; empty when the node reported
+/// no mesh document.
+fn render_mesh(mesh: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Null | Value::String(_) => "-".to_string(),
+        other => other.to_string(),
+    };
+    match mesh["enabled"] {
+        Value::Bool(true) => {}
+        Value::Bool(false) => return format!("\nmesh: off ({})\n", s(&mesh["reason"])),
+        _ => return String::new(),
+    }
+    let mut out = format!(
+        "\nmesh on {} (listening on {})\n\n",
+        s(&mesh["advertise"]),
+        s(&mesh["listen"])
+    );
+    let mut rows = vec![
+        [
+            "PEER",
+            "STATE",
+            "RTT",
+            "BYTES IN",
+            "BYTES OUT",
+            "FRAMES IN",
+            "FRAMES OUT",
+            "DROPS",
+            "RECONNECTS",
+        ]
+        .map(String::from),
+    ];
+    for p in mesh["peers"].as_array().into_iter().flatten() {
+        rows.push([
+            s(&p["node_id"]),
+            s(&p["state"]),
+            p["rtt_ms"]
+                .as_f64()
+                .map(|ms| format!("{ms:.2}ms"))
+                .unwrap_or_else(|| "-".to_string()),
+            s(&p["bytes_in"]),
+            s(&p["bytes_out"]),
+            s(&p["frames_in"]),
+            s(&p["frames_out"]),
+            s(&p["drops"]),
+            s(&p["reconnects"]),
+        ]);
+    }
+    if rows.len() == 1 {
+        out.push_str("no peers yet\n");
+    } else {
+        out.push_str(&columns(&rows));
+    }
+    let refused = |m: &Value| -> u64 {
+        m.as_object()
+            .map(|o| o.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    };
+    let _ = writeln!(
+        out,
+        "refused: {} connections, {} frames",
+        refused(&mesh["refused_handshakes"]),
+        refused(&mesh["refused_frames"])
+    );
     out
 }
 

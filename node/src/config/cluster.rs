@@ -1,6 +1,6 @@
 //! The `cluster` config section: gossip name, node id, locality labels,
-//! addresses, seeds, secret file and timing, with their defaults and
-//! checks. Starting membership from it is `cluster`.
+//! addresses (gossip and mesh), seeds, secret file and timing, with their
+//! defaults and checks. Starting membership from it is `cluster`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -11,6 +11,8 @@ use weir_cluster::membership::GossipTiming;
 
 /// Default gossip port (UDP).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// Default mesh port (UDP, QUIC).
+pub const DEFAULT_MESH_PORT: u16 = 7947;
 
 /// The `cluster` config section.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -27,6 +29,9 @@ pub struct ClusterConfig {
     pub zone: String,
     /// Where gossip listens (UDP).
     pub gossip_listen: SocketAddr,
+    /// Where the node mesh listens (UDP, QUIC). The mesh runs only when
+    /// the cluster has a secret.
+    pub mesh_listen: SocketAddr,
     /// The IP other nodes reach this one on. Needed when `gossip_listen`
     /// is 0.0.0.0 or ::.
     pub advertise_addr: Option<IpAddr>,
@@ -55,6 +60,7 @@ impl Default for ClusterConfig {
             region: String::new(),
             zone: String::new(),
             gossip_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_GOSSIP_PORT)),
+            mesh_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_MESH_PORT)),
             advertise_addr: None,
             seeds: Vec::new(),
             secret_file: None,
@@ -103,6 +109,12 @@ impl ClusterConfig {
         if !(self.phi_threshold.is_finite() && self.phi_threshold >= 2.0) {
             push("phi_threshold", "must be a number of at least 2");
         }
+        if self.mesh_listen.port() != 0 && self.mesh_listen == self.gossip_listen {
+            push(
+                "mesh_listen",
+                "must differ from gossip_listen (both are UDP)",
+            );
+        }
         for (i, s) in self.seeds.iter().enumerate() {
             if s.rsplit_once(':')
                 .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
@@ -141,5 +153,23 @@ mod tests {
             ]
         );
         assert!(ClusterConfig::default().validate().is_empty());
+    }
+
+    #[test]
+    fn mesh_listen_defaults_to_7947_and_must_differ_from_gossip() {
+        let c = ClusterConfig::default();
+        assert_eq!(c.mesh_listen, SocketAddr::from(([0, 0, 0, 0], 7947)));
+        let same = ClusterConfig {
+            mesh_listen: c.gossip_listen,
+            ..ClusterConfig::default()
+        };
+        let keys: Vec<String> = same.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["mesh_listen"]);
+        let both_any_port = ClusterConfig {
+            gossip_listen: "127.0.0.1:0".parse().expect("addr"),
+            mesh_listen: "127.0.0.1:0".parse().expect("addr"),
+            ..ClusterConfig::default()
+        };
+        assert!(both_any_port.validate().is_empty());
     }
 }

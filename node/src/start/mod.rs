@@ -264,6 +264,9 @@ pub(crate) fn write_ready_file(
     if let Some(c) = cluster {
         doc["gossip"] = serde_json::json!(c.membership().gossip_addr().to_string());
         doc["node_id"] = serde_json::json!(c.membership().node_id());
+        if let Some(m) = c.mesh().mesh() {
+            doc["mesh"] = serde_json::json!(m.local_addr().to_string());
+        }
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, doc.to_string())?;
