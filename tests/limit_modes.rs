@@ -65,7 +65,11 @@ fn decisions(text: &str, limit: &str, mode: &str, decision: &str) -> f64 {
     sample(
         text,
         "weir_ratelimit_limit_decisions_total",
-        &[("weir_limit", limit), ("mode", mode), ("decision", decision)],
+        &[
+            ("weir_limit", limit),
+            ("mode", mode),
+            ("decision", decision),
+        ],
     )
     .unwrap_or(0.0)
 }
@@ -73,16 +77,25 @@ fn decisions(text: &str, limit: &str, mode: &str, decision: &str) -> f64 {
 /// `ratelimit_decision` of the access-log lines of `route`, in order,
 /// once there are `n` of them (a line still being written is skipped).
 async fn logged(path: &Path, route: &str, n: usize) -> Vec<String> {
-    wait_for(&format!("{n} access-log lines of {route}"), WAIT, || async {
-        let lines: Vec<String> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| l["route"] == route)
-            .map(|l| l["ratelimit_decision"].as_str().unwrap_or("null").to_string())
-            .collect();
-        (lines.len() >= n).then_some(lines)
-    })
+    wait_for(
+        &format!("{n} access-log lines of {route}"),
+        WAIT,
+        || async {
+            let lines: Vec<String> = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|l| l["route"] == route)
+                .map(|l| {
+                    l["ratelimit_decision"]
+                        .as_str()
+                        .unwrap_or("null")
+                        .to_string()
+                })
+                .collect();
+            (lines.len() >= n).then_some(lines)
+        },
+    )
     .await
 }
 
@@ -162,7 +175,11 @@ routes:
     let text = metrics_text(&gw).await;
     let count = "route:counted/limit-count";
     let req = "route:paced/limit-req";
-    assert_eq!(decisions(&text, count, "enforce", "admitted"), 2.0, "{text}");
+    assert_eq!(
+        decisions(&text, count, "enforce", "admitted"),
+        2.0,
+        "{text}"
+    );
     assert_eq!(decisions(&text, count, "enforce", "over_soft"), 3.0);
     assert_eq!(decisions(&text, count, "enforce", "rejected"), 1.0);
     assert_eq!(decisions(&text, req, "enforce", "admitted"), 2.0);
@@ -171,7 +188,14 @@ routes:
 
     assert_eq!(
         logged(&log, "counted", 6).await,
-        ["allowed", "allowed", "over_soft", "over_soft", "over_soft", "rejected"]
+        [
+            "allowed",
+            "allowed",
+            "over_soft",
+            "over_soft",
+            "over_soft",
+            "rejected"
+        ]
     );
     assert_eq!(
         logged(&log, "paced", 5).await,
@@ -260,7 +284,11 @@ async fn a_shadow_limit_counts_like_enforcement_and_rejects_nothing() {
     assert!(a.retry_after.is_some());
     assert_eq!(up.hits_for("/shadowed"), 5);
     let text = metrics_text(&gw).await;
-    assert_eq!(decisions(&text, limit, "enforce", "rejected"), 1.0, "{text}");
+    assert_eq!(
+        decisions(&text, limit, "enforce", "rejected"),
+        1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,4 +364,24 @@ routes:
         got.push(get(gw.url("/dyn"), Some("main")).await.status);
     }
     assert_eq!(got, [200, 200, 200, 200, 200, 429]);
+}
+
+#[test]
+fn validate_names_soft_mode_and_dynamic_fields() {
+    common::rejected(
+        "upstreams: [{id: u, targets: [{addr: '127.0.0.1:1'}]}]
+routes:
+  - id: a
+    paths: [/a]
+    upstream: u
+    plugins:
+      limit-count: {count: 5, time_window: 60s, soft: 5, dynamic: {by: healthy_targets, floor: 2}}
+      limit-req: {rate: 1, soft: 3, mode: loud}
+",
+        &[
+            "routes[0].plugins.limit-count.soft: must be at least 1 and below `count` (5); got 5",
+            "routes[0].plugins.limit-count.dynamic.floor: must be a share between 0 and 1; got 2",
+            "routes[0].plugins.limit-req.mode: unknown variant `loud`",
+        ],
+    );
 }

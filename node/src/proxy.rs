@@ -296,10 +296,7 @@ async fn proxy(
     if let (Some(l), Some(c)) = (log.as_deref_mut(), &ctx.consumer) {
         l.set_consumer(&c.name);
     }
-    if let (Some(l), Some(d)) = (
-        log.as_deref_mut(),
-        crate::plugin::ratelimit_decision(&ctx),
-    ) {
+    if let (Some(l), Some(d)) = (log.as_deref_mut(), crate::plugin::ratelimit_decision(&ctx)) {
         l.set_ratelimit_decision(d);
     }
     let resp = match access {

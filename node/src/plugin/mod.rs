@@ -65,8 +65,8 @@ mod request_size_limit;
 mod response_rewrite;
 
 pub(crate) use overrides::consumer_limits;
-pub use ratelimit::ratelimit_decision;
 pub use overrides::{CONSUMER_PLUGINS, ConsumerLimits};
+pub use ratelimit::ratelimit_decision;
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.

@@ -451,7 +451,10 @@ mod tests {
             "missing field `by`",
         );
         assert_eq!(
-            errors(req, "{rate: 2, soft: 1.5, mode: shadow, dynamic: {by: healthy_targets}}"),
+            errors(
+                req,
+                "{rate: 2, soft: 1.5, mode: shadow, dynamic: {by: healthy_targets}}"
+            ),
             Vec::new()
         );
         one_error(
@@ -553,8 +556,9 @@ mod tests {
         assert_eq!(h["ratelimit-remaining"], "1");
         assert_eq!(h["ratelimit-limit"], "5");
         assert_eq!(ratelimit_decision(&x), Some(RateLimitDecision::OverSoft));
-        let Err(Early::Error { status, headers, .. }) =
-            decide(&verdict(false, 0), false, &c, &m, &mut x)
+        let Err(Early::Error {
+            status, headers, ..
+        }) = decide(&verdict(false, 0), false, &c, &m, &mut x)
         else {
             panic!("an enforced limit rejects");
         };
