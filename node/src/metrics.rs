@@ -139,6 +139,7 @@ pub struct Gateway {
     retry_budget_exhausted: Arc<SeriesTable<1, Counter>>,
     auth_failures: Arc<SeriesTable<2, Counter>>,
     ratelimit: Arc<SeriesTable<2, Counter>>,
+    limit_decisions: Arc<SeriesTable<4, Counter>>,
     cache: Arc<SeriesTable<2, CacheSeries>>,
 }
 
@@ -241,6 +242,16 @@ impl Gateway {
             "Rate-limit decisions, by route and decision (allowed, rejected).",
             [("weir_route", true), ("decision", false)],
         );
+        let limit_decisions = m.counter_table(
+            "weir_ratelimit_limit_decisions",
+            "Decisions of each limit-count and limit-req limit, by route, limit, mode (enforce, shadow) and decision (admitted, over_soft, rejected); in shadow mode, rejected counts the requests that would have been rejected.",
+            [
+                ("weir_route", true),
+                ("weir_limit", true),
+                ("mode", false),
+                ("decision", false),
+            ],
+        );
         let cache = m.table(
             "weir_cache",
             [("weir_route", true), ("cache_status", false)],
@@ -273,6 +284,7 @@ impl Gateway {
             retry_budget_exhausted,
             auth_failures,
             ratelimit,
+            limit_decisions,
             cache,
         }
     }
@@ -315,6 +327,17 @@ pub trait GatewayMetrics {
 
     /// Records a rate-limit decision.
     fn record_ratelimit(&self, route: &str, decision: RateLimitDecision);
+
+    /// Records what one limit made of a request: `limit` names it
+    /// (`<owner>/<plugin>`, e.g. `route:api/limit-count`, bounded by the
+    /// config).
+    fn record_limit_decision(
+        &self,
+        route: &str,
+        limit: &str,
+        mode: weir_limits::Mode,
+        outcome: weir_limits::Outcome,
+    );
 
     /// Records a cache lookup and the response bytes it served.
     fn record_cache(&self, route: &str, status: CacheStatus, bytes: u64);
@@ -401,6 +424,18 @@ impl GatewayMetrics for Metrics {
         self.gateway()
             .ratelimit
             .with([route, decision.as_str()], |c| c.inc());
+    }
+
+    fn record_limit_decision(
+        &self,
+        route: &str,
+        limit: &str,
+        mode: weir_limits::Mode,
+        outcome: weir_limits::Outcome,
+    ) {
+        self.gateway()
+            .limit_decisions
+            .with([route, limit, mode.as_str(), outcome.as_str()], |c| c.inc());
     }
 
     fn record_cache(&self, route: &str, status: CacheStatus, bytes: u64) {

@@ -279,6 +279,7 @@ async fn proxy(
         conn.client,
         rid.clone(),
     );
+    ctx.upstream = Some(route.upstream.clone());
     let (mut parts, body) = req.into_parts();
     let mut body = ClientBody::Streamed(body);
     let access = {
@@ -294,6 +295,9 @@ async fn proxy(
     };
     if let (Some(l), Some(c)) = (log.as_deref_mut(), &ctx.consumer) {
         l.set_consumer(&c.name);
+    }
+    if let (Some(l), Some(d)) = (log.as_deref_mut(), crate::plugin::ratelimit_decision(&ctx)) {
+        l.set_ratelimit_decision(d);
     }
     let resp = match access {
         Err(early) => {
@@ -380,6 +384,7 @@ fn background(
             rid.clone(),
         );
         ctx.consumer = consumer;
+        ctx.upstream = Some(route.upstream.clone());
         ctx.ext = ext;
         let sent = forward(
             &snap,

@@ -247,6 +247,15 @@ impl RequestLog {
         }
     }
 
+    /// Notes what the rate limits made of the request (`ratelimit_decision`
+    /// in the access log and on the span).
+    pub fn set_ratelimit_decision(&mut self, d: crate::metrics::RateLimitDecision) {
+        self.span.set_ratelimit_decision(d.as_str());
+        if let Some(r) = &mut self.record {
+            r.ratelimit_decision = Some(d);
+        }
+    }
+
     /// Notes the upstream the request goes to.
     pub fn set_upstream(&mut self, up: &Arc<crate::upstream::Upstream>) {
         self.upstream = Some(up.clone());

@@ -48,6 +48,12 @@ impl TargetHealth {
             && !self.cluster_down.load(Ordering::Relaxed)
     }
 
+    /// Whether the cluster's merged active checks hold the target down
+    /// (the same answer on every node, unlike [`TargetHealth::is_up`]).
+    pub fn is_cluster_down(&self) -> bool {
+        self.cluster_down.load(Ordering::Relaxed)
+    }
+
     /// Sets the cluster verdict; true when it changed.
     pub fn set_cluster_down(&self, down: bool) -> bool {
         self.cluster_down.swap(down, Ordering::Relaxed) != down
@@ -220,6 +226,19 @@ impl Upstream {
             .filter(|(i, t)| self.tier(*i) <= within && t.health.is_up(now_ms))
             .map(|(_, t)| t.weight)
             .sum()
+    }
+
+    /// The weight of the targets the cluster's merged health view holds
+    /// up, and the weight of all targets (drained, weight-0 targets count
+    /// in neither). One relaxed atomic load per target, no lock: dynamic
+    /// limits read it on the request path. A node's own passive failures
+    /// are left out, so every node of a cluster computes the same value.
+    pub fn cluster_healthy_weight(&self) -> (u64, u64) {
+        self.targets.iter().fold((0, 0), |(up, all), t| {
+            let w = u64::from(t.weight);
+            let healthy = if t.health.is_cluster_down() { 0 } else { w };
+            (up + healthy, all + w)
+        })
     }
 
     /// Records a failed attempt on target `i`, logging when it goes down.

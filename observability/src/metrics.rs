@@ -75,6 +75,12 @@ pub enum RateLimitDecision {
     Allowed,
     /// Over the limit: answered 429.
     Rejected,
+    /// Under the limit but past its soft threshold: admitted and flagged
+    /// (access log only; the metric counts it as allowed).
+    OverSoft,
+    /// Over a limit in shadow mode: admitted, would have been rejected
+    /// (access log only; the metric counts it as allowed).
+    ShadowRejected,
 }
 
 impl RateLimitDecision {
@@ -83,6 +89,8 @@ impl RateLimitDecision {
         match self {
             RateLimitDecision::Allowed => "allowed",
             RateLimitDecision::Rejected => "rejected",
+            RateLimitDecision::OverSoft => "over_soft",
+            RateLimitDecision::ShadowRejected => "shadow_rejected",
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use limiter::{BucketPolicy, Verdict, WindowPolicy};
+pub use limiter::{BucketPolicy, Mode, Outcome, Scale, Verdict, WindowPolicy};
 pub use local::{LocalCounters, LocalProvider};
 pub use registry::{BuildMark, LimitStores};
 pub use store::{CounterSpec, CounterStore, CounterStoreProvider, CreditAuthority, LimitId};

@@ -1,6 +1,13 @@
 //! Limiter arithmetic: fixed and sliding window counters and the token
 //! bucket (as GCRA, one timestamp per key), over an explicit clock in
-//! microseconds so it can be tested without waiting.
+//! microseconds so it can be tested without waiting; and what a limit makes
+//! of a verdict before it reaches the client: the effective value of a
+//! dynamic limit ([`Scale`]), the soft threshold and the mode ([`Mode`],
+//! [`Outcome`]).
+//!
+//! The soft threshold, the mode and the scale act on the policy handed to a
+//! store and on the verdict it returns, never inside a store: whatever
+//! store a limit counts in (node-local, mesh, Redis), they behave the same.
 
 /// A window limit: `limit` requests per `window_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +50,195 @@ pub struct Verdict {
     pub retry_after_us: u64,
     /// For an admission in delay mode: how long the request must wait.
     pub delay_us: u64,
+}
+
+// === soft, shadow and dynamic limits ===
+
+/// Whether a limit's verdicts are applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Requests over the limit are rejected.
+    #[default]
+    Enforce,
+    /// Counted and reported exactly as [`Mode::Enforce`] would, but
+    /// nothing is rejected (nor delayed).
+    Shadow,
+}
+
+impl Mode {
+    /// The `mode` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+/// What a limit made of one request, once the soft threshold and the mode
+/// are applied to the store's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Within the limit, and within its soft threshold if it has one.
+    Admitted,
+    /// Within the limit but past its soft threshold: admitted and flagged.
+    OverSoft,
+    /// Over the limit. In [`Mode::Shadow`] the request still goes on: the
+    /// outcome says it would have been rejected.
+    Rejected,
+}
+
+impl Outcome {
+    /// Applies the soft threshold to a verdict: `over_soft` says whether
+    /// the admitted request went past it (see [`WindowPolicy::past_soft`]
+    /// and the soft bucket of [`BucketPolicy`]).
+    pub fn of(v: &Verdict, over_soft: bool) -> Outcome {
+        match (v.admitted, over_soft) {
+            (false, _) => Outcome::Rejected,
+            (true, true) => Outcome::OverSoft,
+            (true, false) => Outcome::Admitted,
+        }
+    }
+
+    /// Whether the request is turned away: only a rejection of an enforced
+    /// limit is.
+    pub fn rejects(self, mode: Mode) -> bool {
+        self == Outcome::Rejected && mode == Mode::Enforce
+    }
+
+    /// The `decision` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::OverSoft => "over_soft",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// The share of its configured value a dynamic limit is at now, in
+/// millionths (integer arithmetic, so every node computes the same value
+/// from the same inputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Scale(u32);
+
+/// Millionths in a whole.
+const PPM: u64 = 1_000_000;
+
+impl Scale {
+    /// The configured value itself.
+    pub const FULL: Scale = Scale(PPM as u32);
+    /// Nothing: every request over the limit.
+    pub const ZERO: Scale = Scale(0);
+
+    /// A share in millionths, capped at a whole.
+    pub fn from_ppm(ppm: u64) -> Scale {
+        Scale(ppm.min(PPM) as u32)
+    }
+
+    /// A share from a fraction in 0..=1 (config values); out-of-range
+    /// values are clamped, NaN reads as 0.
+    pub fn from_fraction(f: f64) -> Scale {
+        if f.is_nan() || f <= 0.0 {
+            return Scale::ZERO;
+        }
+        Scale::from_ppm((f.min(1.0) * PPM as f64).round() as u64)
+    }
+
+    /// `part / whole`, never below `floor`; a whole of 0 (nothing to
+    /// measure) is [`Scale::FULL`].
+    pub fn share(part: u64, whole: u64, floor: Scale) -> Scale {
+        if whole == 0 {
+            return Scale::FULL;
+        }
+        let ppm = u128::from(part.min(whole)) * u128::from(PPM) / u128::from(whole);
+        Scale::from_ppm(ppm as u64).max(floor)
+    }
+
+    /// The smaller of two scales (several sources scale one limit).
+    pub fn min(self, other: Scale) -> Scale {
+        Ord::min(self, other)
+    }
+
+    /// In millionths.
+    pub fn ppm(self) -> u64 {
+        u64::from(self.0)
+    }
+
+    /// `value` scaled, rounded down but never below 1 unless the scale is
+    /// zero: a limit only reaches 0 when its floor allows it.
+    pub fn apply(self, value: u64) -> u64 {
+        match self.0 as u64 {
+            PPM => value,
+            0 => 0,
+            ppm => {
+                let v = u128::from(value) * u128::from(ppm) / u128::from(PPM);
+                (v as u64).max(1).min(value)
+            }
+        }
+    }
+}
+
+impl WindowPolicy {
+    /// The policy at `scale` of its limit (the window is unchanged).
+    pub fn scaled(&self, scale: Scale) -> WindowPolicy {
+        WindowPolicy {
+            limit: scale.apply(self.limit),
+            ..*self
+        }
+    }
+
+    /// Whether an admitted request took the window's count past `soft`
+    /// (the count after it is `limit - remaining`).
+    pub fn past_soft(v: &Verdict, soft: u64) -> bool {
+        v.admitted && v.limit.saturating_sub(v.remaining) > soft
+    }
+}
+
+impl BucketPolicy {
+    /// The policy at `scale`: the rate and the burst both scaled (a burst
+    /// of at least 1); `None` at scale zero, where nothing is admitted (see
+    /// [`Verdict::closed`]).
+    pub fn scaled(&self, scale: Scale) -> Option<BucketPolicy> {
+        match scale.ppm() {
+            0 => None,
+            PPM => Some(*self),
+            ppm => Some(BucketPolicy {
+                interval_us: u64::try_from(
+                    (u128::from(self.interval_us) * u128::from(PPM)).div_ceil(u128::from(ppm)),
+                )
+                .unwrap_or(u64::MAX / 4),
+                burst: scale.apply(self.burst),
+                delay: self.delay,
+            }),
+        }
+    }
+
+    /// The bucket of a soft rate: a token every `interval_us`, with this
+    /// bucket's burst, never queueing. A request the soft bucket turns
+    /// away went past the soft rate.
+    pub fn soft(&self, interval_us: u64) -> BucketPolicy {
+        BucketPolicy {
+            interval_us,
+            burst: self.burst,
+            delay: false,
+        }
+    }
+}
+
+impl Verdict {
+    /// The rejection of a limit scaled to zero: nothing is counted, the
+    /// quota shows 0 and a retry is worth it after `retry_after_us`.
+    pub fn closed(retry_after_us: u64) -> Verdict {
+        Verdict {
+            admitted: false,
+            limit: 0,
+            remaining: 0,
+            reset_us: retry_after_us,
+            retry_after_us,
+            delay_us: 0,
+        }
+    }
 }
 
 /// One key's window counts. Windows are aligned on the key's first request,
@@ -286,6 +482,118 @@ mod tests {
             v.iter().map(|v| v.delay_us).collect::<Vec<_>>(),
             [0, S, 2 * S, 0, 0]
         );
+    }
+
+    #[test]
+    fn scale_shares_round_down_keep_a_floor_and_reach_zero_only_when_allowed() {
+        let none = Scale::ZERO;
+        assert_eq!(Scale::share(1, 2, none).apply(10), 5);
+        assert_eq!(Scale::share(1, 3, none).apply(10), 3);
+        assert_eq!(Scale::share(2, 2, none), Scale::FULL);
+        // Nothing to measure: the configured value.
+        assert_eq!(Scale::share(0, 0, none), Scale::FULL);
+        // A tiny share still admits one request...
+        assert_eq!(Scale::share(1, 1000, none).apply(10), 1);
+        // ...and only a zero share with a zero floor admits none.
+        assert_eq!(Scale::share(0, 4, none).apply(10), 0);
+        let floor = Scale::from_fraction(0.25);
+        assert_eq!(Scale::share(0, 4, floor).apply(100), 25);
+        assert_eq!(Scale::share(3, 4, floor).apply(100), 75);
+        assert_eq!(Scale::from_fraction(f64::NAN), Scale::ZERO);
+        assert_eq!(Scale::from_fraction(7.0), Scale::FULL);
+        assert_eq!(Scale::FULL.apply(u64::MAX), u64::MAX);
+        assert_eq!(Scale::from_fraction(0.5).apply(u64::MAX), u64::MAX / 2);
+        assert_eq!(Scale::share(1, 2, none).min(floor), floor);
+    }
+
+    #[test]
+    fn a_scaled_window_admits_its_share_and_a_lowered_limit_rejects_at_once() {
+        let p = WindowPolicy {
+            limit: 10,
+            window_us: 10 * S,
+            sliding: false,
+        };
+        let half = p.scaled(Scale::share(1, 2, Scale::ZERO));
+        let mut s = WindowSlot::default();
+        assert_eq!(admitted(&mut s, &half, (0..20).map(|i| i * 10)), 5);
+        // Back to whole within the window: the other 5 are admitted.
+        assert_eq!(admitted(&mut s, &p, (0..20).map(|i| 1000 + i)), 5);
+        // Lowered below what the window holds: rejected, no underflow.
+        let v = s.hit(&p.scaled(Scale::share(1, 10, Scale::ZERO)), 2000, 1);
+        assert!(!v.admitted);
+        assert_eq!((v.limit, v.remaining), (1, 0));
+        // Scaled to nothing: every request rejected.
+        let mut fresh = WindowSlot::default();
+        assert!(!fresh.hit(&p.scaled(Scale::ZERO), 0, 1).admitted);
+    }
+
+    #[test]
+    fn a_scaled_bucket_refills_slower_and_holds_less() {
+        let p = BucketPolicy {
+            interval_us: S / 10,
+            burst: 4,
+            delay: false,
+        };
+        let half = p.scaled(Scale::from_fraction(0.5)).unwrap();
+        assert_eq!((half.interval_us, half.burst), (S / 5, 2));
+        let tiny = p.scaled(Scale::from_ppm(1)).unwrap();
+        assert_eq!(tiny.burst, 1);
+        assert_eq!(tiny.interval_us, S / 10 * 1_000_000);
+        assert_eq!(p.scaled(Scale::FULL), Some(p));
+        assert_eq!(p.scaled(Scale::ZERO), None);
+        let mut b = BucketSlot::default();
+        let got: Vec<bool> = (0..3).map(|_| b.hit(&half, 9 * S).admitted).collect();
+        assert_eq!(got, [true, true, false]);
+        assert!(b.hit(&half, 9 * S + S / 5).admitted);
+        let closed = Verdict::closed(S);
+        assert!(!closed.admitted);
+        assert_eq!((closed.limit, closed.retry_after_us), (0, S));
+    }
+
+    #[test]
+    fn soft_thresholds_flag_admitted_requests_past_them() {
+        let p = WindowPolicy {
+            limit: 5,
+            window_us: 10 * S,
+            sliding: false,
+        };
+        let mut s = WindowSlot::default();
+        let outcomes: Vec<Outcome> = (0..7)
+            .map(|i| {
+                let v = s.hit(&p, i, 1);
+                Outcome::of(&v, WindowPolicy::past_soft(&v, 3))
+            })
+            .collect();
+        use Outcome::*;
+        assert_eq!(
+            outcomes,
+            [
+                Admitted, Admitted, Admitted, OverSoft, OverSoft, Rejected, Rejected
+            ]
+        );
+        // Only an enforced rejection turns a request away.
+        assert!(Rejected.rejects(Mode::Enforce));
+        assert!(!Rejected.rejects(Mode::Shadow));
+        assert!(!OverSoft.rejects(Mode::Enforce));
+        // A soft bucket: half the rate, same burst, never queueing.
+        let hard = BucketPolicy {
+            interval_us: S / 10,
+            burst: 2,
+            delay: true,
+        };
+        let soft = hard.soft(S / 5);
+        assert_eq!((soft.burst, soft.delay), (2, false));
+        let (mut h, mut sb) = (BucketSlot::default(), BucketSlot::default());
+        // Requests every 0.1 s: at the hard rate, twice the soft one; after
+        // the burst, every other one is past the soft rate.
+        let flags: Vec<bool> = (0..6)
+            .map(|i| {
+                let t = 100 * S + i * (S / 10);
+                assert!(h.hit(&hard, t).admitted);
+                !sb.hit(&soft, t).admitted
+            })
+            .collect();
+        assert_eq!(flags, [false, false, false, true, false, true]);
     }
 
     proptest! {

@@ -1,12 +1,14 @@
 //! `limit-count`: at most `count` requests per `time_window` and key, with
-//! fixed windows or the sliding window counter.
+//! fixed windows or the sliding window counter; optionally a `soft`
+//! threshold below it, `mode: shadow`, and a `dynamic` count that follows
+//! the upstream's health (`ratelimit::Modes`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ratelimit::{self, Common, Compiled};
+use super::ratelimit::{self, Common, Compiled, DynamicConfig, ModeConfig, Modes};
 use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
     parse_config,
@@ -45,6 +47,16 @@ struct RawConfig {
     /// Whether admitted responses carry the `RateLimit-*` headers.
     #[serde(default = "ratelimit::yes")]
     headers: bool,
+    /// A count below `count` past which requests are still admitted but
+    /// flagged (`Weir-RateLimit-Soft`) and counted as over-soft.
+    #[serde(default)]
+    soft: Option<u64>,
+    /// `enforce` (default) or `shadow`: count and report, reject nothing.
+    #[serde(default)]
+    mode: ModeConfig,
+    /// Scale `count` (and `soft`) by the upstream's state.
+    #[serde(default)]
+    dynamic: Option<DynamicConfig>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +75,10 @@ struct LimitCount {
     /// A route-level instance, which defers to the consumer\'s own one.
     overridable: bool,
     policy: WindowPolicy,
+    /// Count past which admitted requests are over-soft.
+    soft: Option<u64>,
     common: Compiled,
+    modes: Modes,
     store: Arc<dyn CounterStore>,
 }
 
@@ -76,6 +91,19 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
     if raw.time_window < Duration::from_millis(1) {
         errs.push(("time_window".into(), "must be at least 1ms".into()));
     }
+    if let Some(soft) = raw.soft
+        && (soft == 0 || soft >= raw.count)
+    {
+        errs.push((
+            "soft".into(),
+            format!(
+                "must be at least 1 and below `count` ({}); got {soft}",
+                raw.count
+            ),
+        ));
+    }
+    let id = ratelimit::limit_id(env, DEF.name, v);
+    let modes = Modes::compile(DEF.name, &id, raw.mode, raw.dynamic.as_ref(), &mut errs);
     let common = Common {
         key: &raw.key,
         rejected_code: raw.rejected_code,
@@ -92,9 +120,11 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
             window_us,
             sliding: raw.policy == WindowKind::Sliding,
         },
+        soft: raw.soft,
         common,
+        modes,
         store: env.stores().counters(
-            &env.limit_id(DEF.name, v),
+            &id,
             &CounterSpec {
                 max_keys: raw.max_keys,
                 idle: ratelimit::idle_for(raw.time_window),
@@ -112,10 +142,14 @@ impl Plugin for LimitCount {
             return own.access(req, ctx).await;
         }
         let key = self.common.key.key(req.headers, ctx);
+        let scale = self.modes.scale(ctx);
         let v = self
             .store
-            .hit_window(&key, &self.policy, wall_clock_us(), 1);
-        ratelimit::decide(&v, &self.common, ctx)
+            .hit_window(&key, &self.policy.scaled(scale), wall_clock_us(), 1);
+        let over_soft = self
+            .soft
+            .is_some_and(|soft| WindowPolicy::past_soft(&v, scale.apply(soft)));
+        ratelimit::decide(&v, over_soft, &self.common, &self.modes, ctx)
     }
 
     fn response_headers(&self, resp: &mut ResponseHead<'_>, ctx: &mut RequestCtx) {

@@ -1,6 +1,8 @@
 //! `limit-req`: a token bucket per key, `rate` requests per second with a
 //! `burst`; in delay mode requests over the rate wait their turn (up to
-//! `burst` of them) instead of being rejected.
+//! `burst` of them) instead of being rejected. Optionally a `soft` rate
+//! below `rate`, `mode: shadow`, and a `dynamic` rate that follows the
+//! upstream's health (`ratelimit::Modes`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +10,19 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::limit_count::default_max_keys;
-use super::ratelimit::{self, Common, Compiled};
+use super::ratelimit::{self, Common, Compiled, DynamicConfig, ModeConfig, Modes};
 use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
     parse_config,
 };
-use weir_limits::{BucketPolicy, CounterSpec, CounterStore, wall_clock_us};
+use weir_limits::{BucketPolicy, CounterSpec, CounterStore, Mode, wall_clock_us};
+
+fn soft_key(key: &str) -> String {
+    let mut k = String::with_capacity(SOFT_KEY.len() + key.len());
+    k.push_str(SOFT_KEY);
+    k.push_str(key);
+    k
+}
 
 /// Registration.
 pub(super) const DEF: PluginDef = PluginDef {
@@ -48,6 +57,18 @@ struct RawConfig {
     /// Whether admitted responses carry the `RateLimit-*` headers.
     #[serde(default = "ratelimit::yes")]
     headers: bool,
+    /// A rate below `rate` (requests per second, same `burst`) past which
+    /// requests are still admitted but flagged (`Weir-RateLimit-Soft`)
+    /// and counted as over-soft.
+    #[serde(default)]
+    soft: Option<f64>,
+    /// `enforce` (default) or `shadow`: count and report, reject nothing
+    /// (and delay nothing).
+    #[serde(default)]
+    mode: ModeConfig,
+    /// Scale `rate`, `burst` (and `soft`) by the upstream's state.
+    #[serde(default)]
+    dynamic: Option<DynamicConfig>,
 }
 
 fn one() -> u64 {
@@ -58,8 +79,21 @@ struct LimitReq {
     /// A route-level instance, which defers to the consumer\'s own one.
     overridable: bool,
     policy: BucketPolicy,
+    /// The bucket of the soft rate, counted under its own keys in the same
+    /// store.
+    soft: Option<BucketPolicy>,
     common: Compiled,
+    modes: Modes,
     store: Arc<dyn CounterStore>,
+}
+
+/// Prefix of the soft bucket's key: two more `\n`-separated parts than
+/// any of the limit's own keys has (no part holds a `\n`), so a soft key
+/// never meets a hard one.
+const SOFT_KEY: &str = "\nsoft\n";
+
+fn interval_of(rate: f64) -> u64 {
+    (1_000_000.0 / rate).round().max(1.0) as u64
 }
 
 fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
@@ -73,6 +107,19 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
     }
     ratelimit::at_least_one(raw.burst, "burst", &mut errs);
     ratelimit::at_least_one(raw.max_keys, "max_keys", &mut errs);
+    if let Some(soft) = raw.soft
+        && !(soft.is_finite() && soft >= 0.001 && soft < raw.rate)
+    {
+        errs.push((
+            "soft".into(),
+            format!(
+                "must be at least 0.001 and below `rate` ({}) requests per second; got {soft}",
+                raw.rate
+            ),
+        ));
+    }
+    let id = ratelimit::limit_id(env, DEF.name, v);
+    let modes = Modes::compile(DEF.name, &id, raw.mode, raw.dynamic.as_ref(), &mut errs);
     let common = Common {
         key: &raw.key,
         rejected_code: raw.rejected_code,
@@ -82,18 +129,23 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
     let Some(common) = common.filter(|_| errs.is_empty()) else {
         return Err(errs);
     };
-    let interval_us = (1_000_000.0 / raw.rate).round().max(1.0) as u64;
-    let full = Duration::from_micros(interval_us.saturating_mul(raw.burst));
+    let interval_us = interval_of(raw.rate);
+    let policy = BucketPolicy {
+        interval_us,
+        burst: raw.burst,
+        delay: raw.delay,
+    };
+    // The soft bucket refills slowest: it sets how long keys must live.
+    let slowest = raw.soft.map_or(interval_us, interval_of);
+    let full = Duration::from_micros(slowest.saturating_mul(raw.burst));
     Ok(Arc::new(LimitReq {
         overridable: !env.consumer_level(),
-        policy: BucketPolicy {
-            interval_us,
-            burst: raw.burst,
-            delay: raw.delay,
-        },
+        policy,
+        soft: raw.soft.map(|s| policy.soft(interval_of(s))),
         common,
+        modes,
         store: env.stores().counters(
-            &env.limit_id(DEF.name, v),
+            &id,
             &CounterSpec {
                 max_keys: raw.max_keys,
                 idle: ratelimit::idle_for(full),
@@ -111,9 +163,20 @@ impl Plugin for LimitReq {
             return own.access(req, ctx).await;
         }
         let key = self.common.key.key(req.headers, ctx);
-        let v = self.store.hit_bucket(&key, &self.policy, wall_clock_us());
-        ratelimit::decide(&v, &self.common, ctx)?;
-        if v.delay_us > 0 {
+        let scale = self.modes.scale(ctx);
+        let now = wall_clock_us();
+        let v = match self.policy.scaled(scale) {
+            Some(p) => self.store.hit_bucket(&key, &p, now),
+            None => ratelimit::closed(),
+        };
+        // The soft bucket counts only what the hard one admitted.
+        let over_soft = v.admitted
+            && self
+                .soft
+                .and_then(|s| s.scaled(scale))
+                .is_some_and(|s| !self.store.hit_bucket(&soft_key(&key), &s, now).admitted);
+        ratelimit::decide(&v, over_soft, &self.common, &self.modes, ctx)?;
+        if v.delay_us > 0 && self.modes.mode == Mode::Enforce {
             tokio::time::sleep(Duration::from_micros(v.delay_us)).await;
         }
         Ok(())

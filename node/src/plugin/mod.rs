@@ -66,6 +66,7 @@ mod response_rewrite;
 
 pub(crate) use overrides::consumer_limits;
 pub use overrides::{CONSUMER_PLUGINS, ConsumerLimits};
+pub use ratelimit::ratelimit_decision;
 
 /// The plugin types weir knows. The position in this list means nothing:
 /// the run order comes from each type's `priority`.
@@ -355,6 +356,9 @@ pub struct RequestCtx {
     /// by `request-size-limit`); the smaller of it and
     /// `settings.max_body_bytes` is enforced while the body streams.
     pub body_limit: Option<u64>,
+    /// The route's upstream (its health scales dynamic limits); set by
+    /// the proxy, `None` where there is none.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// A typed slot for plugins to hand data to their own later phases
     /// or to each other (one value per type).
     pub ext: http::Extensions,
@@ -375,6 +379,7 @@ impl RequestCtx {
             request_id,
             consumer: None,
             body_limit: None,
+            upstream: None,
             ext: http::Extensions::new(),
         }
     }
