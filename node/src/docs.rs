@@ -244,8 +244,8 @@ enum Typed {
     /// Shared with every `Config` built from the document, so a compile
     /// tells an unchanged route by its address.
     Route(Arc<RouteConfig>),
-    Service(ServiceConfig),
-    Upstream(UpstreamConfig),
+    Service(Box<ServiceConfig>),
+    Upstream(Box<UpstreamConfig>),
     Consumer(ConsumerConfig),
     Credential(CredentialDoc),
     Subscription(SubscriptionConfig),
@@ -275,8 +275,8 @@ fn read(kind: &str, id: &str, v: &Value) -> Read {
     }
     let typed = match kind {
         "routes" => typed(v).map(|r| Typed::Route(Arc::new(r))),
-        "services" => typed(v).map(Typed::Service),
-        "upstreams" => typed(v).map(Typed::Upstream),
+        "services" => typed(v).map(|x| Typed::Service(Box::new(x))),
+        "upstreams" => typed(v).map(|x| Typed::Upstream(Box::new(x))),
         "consumers" => typed::<ConsumerDoc>(v).map(|c| {
             Typed::Consumer(ConsumerConfig {
                 name: c.id,
@@ -384,8 +384,8 @@ fn build(base: &Config, docs: &Docs) -> (Config, Vec<Problem>, CredentialOrigins
         }
         read_stored(d, |r| match &r.typed {
             Some(Typed::Route(x)) => cfg.routes.push(x.clone()),
-            Some(Typed::Service(x)) => cfg.services.push(x.clone()),
-            Some(Typed::Upstream(x)) => cfg.upstreams.push(x.clone()),
+            Some(Typed::Service(x)) => cfg.services.push((**x).clone()),
+            Some(Typed::Upstream(x)) => cfg.upstreams.push((**x).clone()),
             Some(Typed::Consumer(x)) => cfg.consumers.push(x.clone()),
             Some(Typed::Credential(x)) => credentials.push(x.clone()),
             Some(Typed::Subscription(x)) => cfg.subscriptions.push(x.clone()),

@@ -297,6 +297,9 @@ pub fn compile(
     let upstream_by_id: foldhash::HashMap<&str, &Arc<Upstream>> =
         upstreams.iter().map(|(id, u)| (id.as_str(), u)).collect();
     let mut table = Vec::with_capacity(config.routes.len());
+    // The key's hash and equality read only the route id, which never
+    // changes; the interior mutability clippy sees is in compiled regexes.
+    #[allow(clippy::mutable_key_type)]
     let mut route_sources =
         foldhash::HashSet::with_capacity_and_hasher(config.routes.len(), Default::default());
     for (i, (r, (old, matcher))) in config.routes.iter().zip(matchers).enumerate() {

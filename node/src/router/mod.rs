@@ -231,8 +231,8 @@ const RANK_STEP: u64 = 1 << 32;
 #[derive(Clone, Copy)]
 enum Bucket<'a> {
     Any,
-    Exact(&'a Box<str>),
-    Suffix(&'a Box<str>),
+    Exact(&'a str),
+    Suffix(&'a str),
 }
 
 // === impl Router ===
@@ -397,10 +397,10 @@ impl<T> Router<T> {
         for_each_candidate(&route, |bucket, host_rank, prefix, path, path_index| {
             let tree = match bucket {
                 Bucket::Any => &mut self.any_host,
-                Bucket::Exact(h) => self.exact_hosts.entry(h.clone()).or_default(),
+                Bucket::Exact(h) => self.exact_hosts.entry(h.into()).or_default(),
                 Bucket::Suffix(s) => {
                     self.max_suffix_len = self.max_suffix_len.max(s.len());
-                    self.suffix_hosts.entry(s.clone()).or_default()
+                    self.suffix_hosts.entry(s.into()).or_default()
                 }
             };
             let (kind, mut literal_segments) = path_specificity(&path.segs, path.wildcard);

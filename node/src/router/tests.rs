@@ -1425,7 +1425,10 @@ fn apply_edit(old: &[(Matcher, RouteConfig)], edit: &Edit) -> Vec<(Matcher, Rout
     out
 }
 
-fn answers(r: &Router<usize>, requests: &[Req]) -> Vec<Option<(usize, usize, usize, Vec<String>)>> {
+/// What a lookup answered: route index, path index, strip length, params.
+type Answer = Option<(usize, usize, usize, Vec<String>)>;
+
+fn answers(r: &Router<usize>, requests: &[Req]) -> Vec<Answer> {
     requests
         .iter()
         .map(|req| {
