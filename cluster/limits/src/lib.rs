@@ -14,6 +14,8 @@
 
 pub mod adaptive;
 pub mod conn;
+
+pub mod ledger;
 pub mod limiter;
 pub mod local;
 pub mod registry;
