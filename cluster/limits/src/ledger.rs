@@ -13,9 +13,9 @@
 //! a ledger that refuses every grant until the expected peers have
 //! reported what they hold ([`CreditLedger::adopt`]) or a timeout passed.
 //! After a timeout, the windows that were already running when it started
-//! learning keep back [`LedgerConfig::hold`] of the limit for every peer
-//! that never reported (no grant can take a node past that hold), so what
-//! a silent peer may still spend is not granted twice. What a silent peer
+//! learning keep back two [`LedgerConfig::hold`]s of the limit for every
+//! peer that never reported (what such a peer can still hold), so what a
+//! silent peer may still spend is not granted twice. What a silent peer
 //! had already *consumed* is known only as far as a reporter saw it (the
 //! scope total of its last grant, [`HeldReport::scope_seen`]); ADR 0035
 //! states the resulting bound.
@@ -34,9 +34,11 @@ pub struct LedgerConfig {
     /// How long a learning ledger waits for reports before it grants
     /// anyway.
     pub learn_timeout_us: u64,
-    /// Most credit one node may hold at once for one key, as a share of
-    /// the limit (at least 1 unit). It bounds what a peer that never
-    /// reports to a new owner can still spend.
+    /// Most credit one grant hands a node, as a share of the limit (at
+    /// least 1 unit). A node that asks only when it holds less than half
+    /// of what it asks for ([`crate::credit`] does) thus holds less than
+    /// two of these: a new owner keeps back two per peer that never
+    /// reported.
     pub hold: Scale,
 }
 
@@ -265,9 +267,8 @@ impl CreditLedger {
     /// limit passes its current value).
     ///
     /// The chunk is `min(want, remaining / (2 × nodes active in the
-    /// window))`, at least 1 while anything remains, and never takes the
-    /// node past its hold ([`LedgerConfig::hold`]) nor the window past its
-    /// limit. The grant's `consumed` is what the scope has taken of the
+    /// window))`, at least 1 while anything remains, never more than
+    /// [`LedgerConfig::hold`], and never takes the window past its limit. The grant's `consumed` is what the scope has taken of the
     /// window (units granted and not given back, plus the carried share of
     /// the previous window for a sliding limit), this grant included.
     #[allow(clippy::too_many_arguments)]
@@ -297,7 +298,7 @@ impl CreditLedger {
         };
         let reserve = match self.unreported {
             Some((started_us, silent)) if window_start_us < started_us => {
-                silent.saturating_mul(self.cfg.hold.apply(policy.limit).max(1))
+                silent.saturating_mul(2 * self.cfg.hold.apply(policy.limit).max(1))
             }
             _ => 0,
         };
@@ -309,7 +310,6 @@ impl CreditLedger {
         };
         let e = self.entry(now_us, k, window_us);
         e.reserve = e.reserve.max(reserve);
-        let mine = e.nodes.get(node).copied().unwrap_or_default();
         let active = e.nodes.len() as u64 + u64::from(!e.nodes.contains_key(node));
         let budget = policy
             .limit
@@ -320,10 +320,7 @@ impl CreditLedger {
         let units = if remaining == 0 {
             0
         } else {
-            (remaining / (2 * active))
-                .max(1)
-                .min(want)
-                .min(hold.saturating_sub(mine.outstanding))
+            (remaining / (2 * active)).max(1).min(want).min(hold)
         };
         let slot = e.nodes.entry(node.into()).or_default();
         slot.outstanding += units;
@@ -529,9 +526,8 @@ mod tests {
             187
         );
         assert_eq!(l.grant(S, "c", &id(), "k", &p, 0, 1_000).unwrap().units, 93);
-        // The hold caps a node: a holds 250 = 1/4 of the limit already.
-        assert_eq!(l.grant(S, "a", &id(), "k", &p, 0, 1_000).unwrap().units, 0);
-        l.record_consumed("a", &id(), "k", 0, 200);
+        // A grant never passes the hold (a got 250 = 1/4 of the limit,
+        // not 500); asking again gets a share of what is left.
         assert_eq!(l.grant(S, "a", &id(), "k", &p, 0, 1_000).unwrap().units, 78);
         // A release makes room again; another window is whole.
         l.release("b", &id(), "k", 0, 187);
@@ -615,7 +611,7 @@ mod tests {
         assert_eq!(l.grant(S, "c", &id(), "k", &p, 0, 100).unwrap().units, 5);
 
         // A peer never reports: after the timeout, windows that were
-        // running keep back its hold (20); new windows do not.
+        // running keep back two holds (40) for it; new windows do not.
         let mut l = CreditLedger::learning(cfg, S, ["a", "b"]);
         l.adopt(S, "a", &[report(10, 30, 40)]);
         assert!(matches!(
@@ -631,7 +627,7 @@ mod tests {
             l.record_consumed("a", &id(), "k", 0, g.units);
             total += g.units;
         }
-        assert_eq!(total, 100 - 40 - 20);
+        assert_eq!(total, 100 - 40 - 2 * 20);
         assert_eq!(
             l.grant(11 * S, "a", &id(), "k", &p, 10 * S, 100)
                 .unwrap()
