@@ -39,9 +39,10 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::ledger::CreditLedger;
 use crate::limiter::{BucketPolicy, BucketSlot, Scale, Verdict, WindowPolicy};
+use crate::local::cut;
 use crate::store::{
-    CounterSpec, CounterStore, CounterStoreProvider, CreditAuthority, Grant, LimitId,
-    MAX_KEY_BYTES, SettleError, Usage,
+    CounterSpec, CounterStore, CounterStoreProvider, CreditAuthority, Grant, LimitId, SettleError,
+    Usage,
 };
 
 /// A clock in microseconds since the Unix epoch.
@@ -290,17 +291,6 @@ struct Inner {
 /// [`CreditAuthority`]; see the module documentation.
 pub struct CreditCounters {
     inner: Arc<Inner>,
-}
-
-fn cut(key: &str) -> &str {
-    if key.len() <= MAX_KEY_BYTES {
-        return key;
-    }
-    let mut end = MAX_KEY_BYTES;
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    &key[..end]
 }
 
 fn lock(slot: &Mutex<KeyCredit>) -> std::sync::MutexGuard<'_, KeyCredit> {

@@ -345,12 +345,7 @@ impl CreditLedger {
         window_start_us: u64,
         unused: u64,
     ) {
-        let k = EntryKey {
-            id: id.clone(),
-            key: key.into(),
-            window_start_us,
-        };
-        if let Some(n) = self.entries.get_mut(&k).and_then(|e| e.nodes.get_mut(node)) {
+        if let Some(n) = self.node_mut(node, id, key, window_start_us) {
             let back = unused.min(n.outstanding);
             n.outstanding -= back;
             self.stats.released_units += back;
@@ -367,12 +362,7 @@ impl CreditLedger {
         window_start_us: u64,
         used: u64,
     ) {
-        let k = EntryKey {
-            id: id.clone(),
-            key: key.into(),
-            window_start_us,
-        };
-        if let Some(n) = self.entries.get_mut(&k).and_then(|e| e.nodes.get_mut(node)) {
+        if let Some(n) = self.node_mut(node, id, key, window_start_us) {
             let spent = used.min(n.outstanding);
             n.outstanding -= spent;
             n.consumed += spent;
@@ -388,6 +378,21 @@ impl CreditLedger {
             window_start_us,
         };
         self.entries.get(&k).map_or(0, Entry::taken)
+    }
+
+    fn node_mut(
+        &mut self,
+        node: &str,
+        id: &LimitId,
+        key: &str,
+        window_start_us: u64,
+    ) -> Option<&mut NodeTake> {
+        let k = EntryKey {
+            id: id.clone(),
+            key: key.into(),
+            window_start_us,
+        };
+        self.entries.get_mut(&k)?.nodes.get_mut(node)
     }
 
     fn check_phase(&mut self, now_us: u64) -> Result<(), Refusal> {
