@@ -130,9 +130,12 @@ struct NodeTake {
 
 #[derive(Debug, Default)]
 struct Entry {
-    /// What one reporter saw of the scope total (see
+    /// While learning: the largest scope total a reporter saw (see
     /// [`HeldReport::scope_seen`]).
     floor: u64,
+    /// Once learnt: what the floor showed beyond the reports (taken by
+    /// peers that did not report it), counted on top of every grant since.
+    unknown: u64,
     /// Held back for peers that never reported to this owner.
     reserve: u64,
     nodes: BTreeMap<Box<str>, NodeTake>,
@@ -143,7 +146,17 @@ impl Entry {
         let sum = self.nodes.values().fold(0u64, |a, n| {
             a.saturating_add(n.outstanding.saturating_add(n.consumed))
         });
-        sum.max(self.floor)
+        sum.saturating_add(self.unknown).max(self.floor)
+    }
+
+    /// Ends learning for this entry: the part of the floor the reports do
+    /// not explain becomes a fixed amount, so later grants add to it
+    /// instead of disappearing under it.
+    fn settle_floor(&mut self) {
+        let taken = self.taken();
+        self.floor = 0;
+        let sum = self.taken();
+        self.unknown += taken - sum;
     }
 }
 
@@ -259,6 +272,9 @@ impl CreditLedger {
             if waiting.is_empty() {
                 self.phase = Phase::Ready;
             }
+        }
+        if matches!(self.phase, Phase::Ready) {
+            self.entries.values_mut().for_each(Entry::settle_floor);
         }
     }
 
@@ -409,6 +425,7 @@ impl CreditLedger {
             }
             self.unreported = Some((*started_us, waiting.len() as u64));
             self.phase = Phase::Ready;
+            self.entries.values_mut().for_each(Entry::settle_floor);
         }
         Ok(())
     }
@@ -614,6 +631,8 @@ mod tests {
         // saw (70); 30 remain, 3 nodes known.
         assert_eq!(l.taken(&id(), "k", 0), 70);
         assert_eq!(l.grant(S, "c", &id(), "k", &p, 0, 100).unwrap().units, 5);
+        // Grants after learning add to what was learnt.
+        assert_eq!(l.taken(&id(), "k", 0), 75);
 
         // A peer never reports: after the timeout, windows that were
         // running keep back two holds (40) for it; new windows do not.
