@@ -404,6 +404,19 @@ impl CounterStore for CreditCounters {
         let len = policy.window_us.max(1);
         let window_start_us = now_us - now_us % len;
         let to_end = window_start_us + len - now_us;
+        if cost > policy.limit {
+            // Never fits (a limit scaled to zero, or a request heavier
+            // than the limit): rejected without asking or counting.
+            add(&inner.counters.rejected, 1);
+            return Verdict {
+                admitted: false,
+                limit: policy.limit,
+                remaining: 0,
+                reset_us: to_end,
+                retry_after_us: to_end,
+                delay_us: 0,
+            };
+        }
         let fair = inner.share.get().apply(policy.limit);
         let chunk = inner.cfg.chunk.apply(fair).max(1);
         let slot = self.slot(key);
@@ -412,7 +425,11 @@ impl CounterStore for CreditCounters {
             let release = st.roll(window_start_us, len, policy.sliding);
             st.limit = policy.limit;
             let first = *st.first_us.get_or_insert(now_us);
-            let admit = if st.credit >= cost {
+            let admit = if st.spent.saturating_add(cost) > policy.limit {
+                // One node never admits more than the limit in a window,
+                // whatever credit it holds (a lowered dynamic limit).
+                Admit::No
+            } else if st.credit >= cost {
                 st.credit -= cost;
                 Admit::Credit
             } else if st.fallback {
@@ -1340,5 +1357,92 @@ mod tests {
         store.inner.share.set(Scale::ZERO);
         assert!(!store.hit_bucket("k", &p, 9 * S).admitted);
         assert_eq!(store.stats().grants, 0);
+    }
+
+    /// A lowered dynamic limit: the credit already held is the most the
+    /// node can overshoot it by, and no node passes it on its own.
+    #[tokio::test]
+    async fn a_lowered_limit_overshoots_by_at_most_the_credit_held() {
+        let clock = TestClock::new(0);
+        let ledger = Arc::new(Mutex::new(CreditLedger::new(LedgerConfig::default())));
+        let stores: Vec<CreditCounters> = ["a", "b"]
+            .into_iter()
+            .map(|n| {
+                let auth = LedgerAuthority::new(ledger.clone(), n, clock.clock());
+                CreditCounters::new(
+                    id(),
+                    &spec(),
+                    Arc::new(auth),
+                    FairShare::new(Scale::from_fraction(0.5)),
+                    config(&clock, Duration::from_secs(5)),
+                    &tokio::runtime::Handle::current(),
+                )
+            })
+            .collect();
+        let p = WindowPolicy {
+            limit: 400,
+            window_us: WINDOW,
+            sliding: false,
+        };
+        for s in &stores {
+            assert!(s.hit_window("k", &p, 1, 1).admitted);
+        }
+        settle(&stores).await;
+        let held: u64 = stores.iter().map(CreditCounters::held).sum();
+        assert_eq!(held, 2 * 50);
+        // Lowered to 30: each node still spends what it holds, up to 30.
+        let low = p.scaled(Scale::from_fraction(0.075));
+        assert_eq!(low.limit, 30);
+        let mut admitted = 2;
+        for t in 2..200 {
+            for s in &stores {
+                let v = s.hit_window("k", &low, t, 1);
+                assert!(v.remaining <= low.limit);
+                admitted += u64::from(v.admitted);
+            }
+            settle(&stores).await;
+        }
+        assert_eq!(admitted, 2 * 30);
+        assert!(admitted - low.limit <= held);
+        // The owner granted nothing past the lowered limit.
+        assert_eq!(ledger.lock().unwrap().taken(&id(), "k", 0), 2 * 51);
+    }
+
+    #[tokio::test]
+    async fn a_limit_scaled_to_zero_admits_nothing_and_a_dropped_store_ends_its_task() {
+        let clock = TestClock::new(0);
+        let auth = Arc::new(Failing(AtomicU64::new(0)));
+        let store = CreditCounters::new(
+            id(),
+            &spec(),
+            auth.clone(),
+            third(),
+            config(&clock, Duration::from_secs(5)),
+            &tokio::runtime::Handle::current(),
+        );
+        let p = WindowPolicy {
+            limit: 300,
+            window_us: WINDOW,
+            sliding: false,
+        };
+        let v = store.hit_window("k", &p.scaled(Scale::ZERO), 5, 1);
+        assert!(!v.admitted);
+        assert_eq!((v.limit, v.retry_after_us), (0, WINDOW - 5));
+        // Heavier than the whole limit: never admitted, never asked for.
+        assert!(!store.hit_window("k", &p, 5, 301).admitted);
+        settle(std::slice::from_ref(&store)).await;
+        assert_eq!(auth.0.load(Ordering::Relaxed), 0);
+        assert_eq!(store.stats().rejected, 2);
+        // Nothing but the store keeps its state alive: once dropped, the
+        // background task lets go of the authority.
+        drop(store);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Arc::strong_count(&auth) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the background task outlived its store"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
