@@ -1239,7 +1239,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn credit_left_at_the_window_end_goes_back_and_a_full_queue_is_counted() {
+    async fn credit_left_at_the_window_end_goes_back() {
         let clock = TestClock::new(0);
         let ledger = Arc::new(Mutex::new(CreditLedger::new(LedgerConfig::default())));
         let auth: Arc<dyn CreditAuthority> =
@@ -1290,44 +1290,48 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-
-        // A queue of one that nobody drains: the refill is dropped and
-        // counted, the request still has its verdict.
-        let (tx, _rx) = mpsc::channel(1);
-        let inner = &store.inner;
-        assert!(
-            tx.try_send(Job::Release {
-                key: "x".into(),
-                window_start_us: 0,
-                unused: 0
-            })
-            .is_ok()
-        );
-        let full = Inner {
-            tx,
-            ..clone_inner(inner)
-        };
-        assert!(!full.queue(Job::Release {
-            key: "x".into(),
-            window_start_us: 0,
-            unused: 1
-        }));
-        assert_eq!(full.counters.snapshot().queue_full, 1);
-        assert_eq!(full.pending.load(Ordering::Relaxed), 0);
     }
 
-    fn clone_inner(i: &Inner) -> Inner {
-        let (tx, _) = mpsc::channel(1);
-        Inner {
-            id: i.id.clone(),
-            authority: i.authority.clone(),
-            share: i.share.clone(),
-            cfg: i.cfg.clone(),
-            slots: moka::sync::Cache::new(10),
-            counters: Counters::default(),
-            pending: AtomicU64::new(0),
-            tx,
+    /// A queue of one and an authority that never answers: refills past
+    /// the queue are dropped and counted, every request still has its
+    /// verdict at once, and a dropped refill is asked for again later.
+    #[tokio::test]
+    async fn a_full_queue_is_counted_and_never_blocks() {
+        let clock = TestClock::new(0);
+        let auth = Arc::new(Silent(AtomicBool::new(false)));
+        let store = CreditCounters::new(
+            id(),
+            &spec(),
+            auth.clone(),
+            third(),
+            CreditConfig {
+                queue: 1,
+                in_flight: 1,
+                ..config(&clock, Duration::from_secs(600))
+            },
+            &tokio::runtime::Handle::current(),
+        );
+        let p = WindowPolicy {
+            limit: 300,
+            window_us: WINDOW,
+            sliding: false,
+        };
+        // No await in between: the background task has not run yet.
+        for k in ["k1", "k2", "k3"] {
+            assert!(store.hit_window(k, &p, 1, 1).admitted);
         }
+        assert_eq!(store.stats().queue_full, 2);
+        assert_eq!(store.pending(), 1);
+        // The first refill is taken up (and never answered); k2 asks
+        // again on its next request, which finds room in the queue.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !auth.0.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "the refill never ran");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(store.hit_window("k2", &p, 2, 1).admitted);
+        assert_eq!(store.stats().queue_full, 2);
+        assert_eq!(store.pending(), 2);
     }
 
     #[tokio::test]
