@@ -403,7 +403,7 @@ impl CounterStore for CreditCounters {
         let inner = &self.inner;
         let len = policy.window_us.max(1);
         let window_start_us = now_us - now_us % len;
-        let to_end = window_start_us + len - now_us;
+        let to_end = len - now_us % len;
         if cost > policy.limit {
             // Never fits (a limit scaled to zero, or a request heavier
             // than the limit): rejected without asking or counting.
@@ -486,10 +486,10 @@ impl CounterStore for CreditCounters {
                         }
                     });
             let remaining = if st.fallback {
-                st.credit + fair.saturating_sub(st.spent)
+                st.credit.saturating_add(fair.saturating_sub(st.spent))
             } else {
                 match st.free {
-                    Some(free) => st.credit + free.saturating_sub(st.debt),
+                    Some(free) => st.credit.saturating_add(free.saturating_sub(st.debt)),
                     None => policy.limit.saturating_sub(st.spent),
                 }
             }
@@ -851,6 +851,22 @@ mod tests {
         }
     }
 
+    /// A store for `id()` on this test's runtime.
+    fn open(
+        authority: Arc<dyn CreditAuthority>,
+        share: FairShare,
+        cfg: CreditConfig,
+    ) -> CreditCounters {
+        CreditCounters::new(
+            id(),
+            &spec(),
+            authority,
+            share,
+            cfg,
+            &tokio::runtime::Handle::current(),
+        )
+    }
+
     fn third() -> FairShare {
         FairShare::new(Scale::share(1, 3, Scale::ZERO))
     }
@@ -898,13 +914,10 @@ mod tests {
             .into_iter()
             .map(|n| {
                 let auth = LedgerAuthority::new(ledger.clone(), n, clock.clock());
-                CreditCounters::new(
-                    id(),
-                    &spec(),
+                open(
                     Arc::new(auth),
                     third(),
                     config(&clock, Duration::from_secs(5)),
-                    &tokio::runtime::Handle::current(),
                 )
             })
             .collect();
@@ -1044,16 +1057,7 @@ mod tests {
                 .collect();
             let stores: Vec<CreditCounters> = switches
                 .iter()
-                .map(|sw| {
-                    CreditCounters::new(
-                        id(),
-                        &spec(),
-                        sw.clone(),
-                        third(),
-                        config(&clock, Duration::from_secs(5)),
-                        &tokio::runtime::Handle::current(),
-                    )
-                })
+                .map(|sw| open(sw.clone(), third(), config(&clock, Duration::from_secs(5))))
                 .collect();
             let p = WindowPolicy {
                 limit: 1_000,
@@ -1207,13 +1211,10 @@ mod tests {
     async fn an_authority_that_fails_leaves_the_fair_share() {
         let clock = TestClock::new(0);
         let auth = Arc::new(Failing(AtomicU64::new(0)));
-        let store = CreditCounters::new(
-            id(),
-            &spec(),
+        let store = open(
             auth.clone(),
             third(),
             config(&clock, Duration::from_secs(5)),
-            &tokio::runtime::Handle::current(),
         );
         falls_back_to_the_fair_share(&store, &clock).await;
         // One attempt per window: a failed authority is not hammered.
@@ -1225,13 +1226,10 @@ mod tests {
     async fn an_authority_that_never_answers_times_out_to_the_fair_share() {
         let clock = TestClock::new(0);
         let auth = Arc::new(Silent(AtomicBool::new(false)));
-        let store = CreditCounters::new(
-            id(),
-            &spec(),
+        let store = open(
             auth.clone(),
             third(),
             config(&clock, Duration::from_millis(20)),
-            &tokio::runtime::Handle::current(),
         );
         falls_back_to_the_fair_share(&store, &clock).await;
         assert!(auth.0.load(Ordering::Relaxed));
@@ -1255,13 +1253,10 @@ mod tests {
             window_us: WINDOW,
             sliding: false,
         };
-        let store = CreditCounters::new(
-            id(),
-            &spec(),
+        let store = open(
             auth,
             provider.share().clone(),
             config(&clock, Duration::from_secs(5)),
-            &tokio::runtime::Handle::current(),
         );
         assert!(store.hit_window("k", &p, 0, 1).admitted);
         settle(std::slice::from_ref(&store)).await;
@@ -1299,9 +1294,7 @@ mod tests {
     async fn a_full_queue_is_counted_and_never_blocks() {
         let clock = TestClock::new(0);
         let auth = Arc::new(Silent(AtomicBool::new(false)));
-        let store = CreditCounters::new(
-            id(),
-            &spec(),
+        let store = open(
             auth.clone(),
             third(),
             CreditConfig {
@@ -1309,7 +1302,6 @@ mod tests {
                 in_flight: 1,
                 ..config(&clock, Duration::from_secs(600))
             },
-            &tokio::runtime::Handle::current(),
         );
         let p = WindowPolicy {
             limit: 300,
@@ -1337,13 +1329,10 @@ mod tests {
     #[tokio::test]
     async fn buckets_run_locally_at_the_fair_share() {
         let clock = TestClock::new(0);
-        let store = CreditCounters::new(
-            id(),
-            &spec(),
+        let store = open(
             Arc::new(Failing(AtomicU64::new(0))),
             FairShare::new(Scale::from_fraction(0.25)),
             config(&clock, Duration::from_secs(5)),
-            &tokio::runtime::Handle::current(),
         );
         let p = BucketPolicy {
             interval_us: S / 40,
@@ -1373,13 +1362,10 @@ mod tests {
             .into_iter()
             .map(|n| {
                 let auth = LedgerAuthority::new(ledger.clone(), n, clock.clock());
-                CreditCounters::new(
-                    id(),
-                    &spec(),
+                open(
                     Arc::new(auth),
                     FairShare::new(Scale::from_fraction(0.5)),
                     config(&clock, Duration::from_secs(5)),
-                    &tokio::runtime::Handle::current(),
                 )
             })
             .collect();
@@ -1416,13 +1402,10 @@ mod tests {
     async fn a_limit_scaled_to_zero_admits_nothing_and_a_dropped_store_ends_its_task() {
         let clock = TestClock::new(0);
         let auth = Arc::new(Failing(AtomicU64::new(0)));
-        let store = CreditCounters::new(
-            id(),
-            &spec(),
+        let store = open(
             auth.clone(),
             third(),
             config(&clock, Duration::from_secs(5)),
-            &tokio::runtime::Handle::current(),
         );
         let p = WindowPolicy {
             limit: 300,
