@@ -372,6 +372,11 @@ impl CreditCounters {
             .collect()
     }
 
+    /// Applies pending evictions (tests call it before counting keys).
+    pub fn sync(&self) {
+        self.inner.slots.run_pending_tasks();
+    }
+
     /// Gives back the credit of every window that ended by `now_us` (the
     /// background task does it every [`CreditConfig::sweep`]).
     pub fn sweep(&self, now_us: u64) {
@@ -1324,6 +1329,33 @@ mod tests {
         assert!(store.hit_window("k2", &p, 2, 1).admitted);
         assert_eq!(store.stats().queue_full, 2);
         assert_eq!(store.pending(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_keys_stays_bounded() {
+        let clock = TestClock::new(0);
+        let store = CreditCounters::new(
+            id(),
+            &CounterSpec {
+                max_keys: 100,
+                idle: Duration::from_secs(600),
+            },
+            Arc::new(Failing(AtomicU64::new(0))),
+            third(),
+            config(&clock, Duration::from_secs(5)),
+            &tokio::runtime::Handle::current(),
+        );
+        let p = WindowPolicy {
+            limit: 30,
+            window_us: WINDOW,
+            sliding: false,
+        };
+        for i in 0..10_000 {
+            store.hit_window(&format!("spoofed-{i}"), &p, 1, 1);
+        }
+        store.sync();
+        assert!(store.len() <= 100, "{} keys kept", store.len());
+        settle(std::slice::from_ref(&store)).await;
     }
 
     #[tokio::test]
