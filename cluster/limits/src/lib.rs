@@ -3,8 +3,10 @@
 //! ([`limiter`]), the counter-store seams that a node-local, mesh-backed
 //! or Redis-backed store implements ([`store`]), the node-local store on
 //! `moka` ([`local`]), in-flight counts ([`conn`]), the adaptive
-//! concurrency limit ([`adaptive`]) and the registry that keeps a limit's
-//! state across config builds ([`registry`]).
+//! concurrency limit ([`adaptive`]), the registry that keeps a limit's
+//! state across config builds ([`registry`]), and the two halves of a
+//! cluster-wide window limit: the owner's credit book ([`ledger`]) and the
+//! store that spends its credit on the request path ([`credit`]).
 //!
 //! It knows nothing of HTTP, requests, routes or plugins: how a request
 //! maps to a limit key, and the `RateLimit-*` headers, are the gateway's
@@ -14,6 +16,8 @@
 
 pub mod adaptive;
 pub mod conn;
+pub mod credit;
+pub mod ledger;
 pub mod limiter;
 pub mod local;
 pub mod registry;
@@ -21,6 +25,10 @@ pub mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use credit::{
+    CreditConfig, CreditCounters, CreditProvider, CreditStats, FairShare, LedgerAuthority,
+};
+pub use ledger::{CreditLedger, HeldReport, LedgerConfig};
 pub use limiter::{BucketPolicy, Mode, Outcome, Scale, Verdict, WindowPolicy};
 pub use local::{LocalCounters, LocalProvider};
 pub use registry::{BuildMark, LimitStores};

@@ -53,7 +53,8 @@ impl LocalCounters {
     }
 }
 
-fn cut(key: &str) -> &str {
+/// `key` cut to [`MAX_KEY_BYTES`] on a character boundary.
+pub(crate) fn cut(key: &str) -> &str {
     if key.len() <= MAX_KEY_BYTES {
         return key;
     }
