@@ -192,6 +192,20 @@ async fn a_window_rolls_over_and_its_key_expires() {
         (1..=1100).contains(&ttl),
         "window 100 ms + 1 s slack, got {ttl}"
     );
+    // A sliding window's key lives one window more: the next window
+    // reads it.
+    let ps = WindowPolicy {
+        sliding: true,
+        ..fixed(5, 2 * S)
+    };
+    auth.acquire(&lim, "short-s", &ps, w0, 5).await.unwrap();
+    let skey = format!("weir:{{{lim}|short-s}}:w:{w0}");
+    let ttl = server.command(&["PTTL", &skey]).unwrap();
+    let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
+    assert!(
+        (3001..=5000).contains(&ttl),
+        "two windows of 2 s + 1 s slack, got {ttl}"
+    );
     weir_testsupport::wait_until("the window key expires", Duration::from_secs(5), || async {
         server.command(&["EXISTS", &key]).unwrap() == ":0"
     })

@@ -141,13 +141,17 @@ impl RedisAuthority {
         let len = policy.window_us.max(1);
         let prefix = self.client.prefix();
         let cur = window_key(prefix, id, key, window_start_us);
+        // A sliding window's key must outlive its window by one more: it
+        // is the previous window of the next one.
+        let ttl = ttl_ms(if policy.sliding {
+            len.saturating_mul(2)
+        } else {
+            len
+        });
         let reply = if policy.sliding && window_start_us >= len {
             let prev = window_key(prefix, id, key, window_start_us - len);
             let end = window_start_us.saturating_add(len);
             let to_end = end.saturating_sub(now_us.max(window_start_us)).min(len);
-            // The current key must outlive its window by one more: it is
-            // the previous window of the next one.
-            let ttl = ttl_ms(len.saturating_mul(2));
             self.client
                 .eval(
                     &self.acquire,
@@ -157,7 +161,7 @@ impl RedisAuthority {
                 .await?
         } else {
             self.client
-                .eval(&self.acquire, &[&cur], &[policy.limit, want, ttl_ms(len)])
+                .eval(&self.acquire, &[&cur], &[policy.limit, want, ttl])
                 .await?
         };
         let [units, consumed] = integers::<2>(&reply, "a credit request")?;
