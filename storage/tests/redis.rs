@@ -532,3 +532,67 @@ fn malformed_settings_name_the_field() {
     let e = rt.block_on(async { RedisClient::open(&s).unwrap_err() });
     assert_eq!(e.field, "password_file");
 }
+
+#[tokio::test]
+async fn a_redis_stalled_before_the_first_call_times_out_on_time() {
+    let server = RedisServer::start().unwrap();
+    server.stall().unwrap();
+    // The kernel still accepts the connection; the login never answers.
+    let counter = RedisCounter::new(RedisClient::open(&settings(&server)).unwrap());
+    for i in 0..3 {
+        let t = Instant::now();
+        let r = counter
+            .hit_window(&id("fresh"), "k", &fixed(5, S), S, 1)
+            .await;
+        assert!(matches!(r, Err(SettleError::Timeout(_))), "call {i}: {r:?}");
+        assert!(t.elapsed() < FAIL_BOUND, "call {i} took {:?}", t.elapsed());
+    }
+    server.resume().unwrap();
+    let back = Instant::now();
+    while let Err(e) = counter
+        .hit_window(&id("fresh"), "k", &fixed(5, S), S, 1)
+        .await
+    {
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "not served after resume: {e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_per_request_hits_admit_exactly_the_limit() {
+    let server = RedisServer::start().unwrap();
+    let counter = Arc::new(RedisCounter::new(
+        RedisClient::open(&settings(&server)).unwrap(),
+    ));
+    let p = WindowPolicy {
+        limit: 200,
+        window_us: 3600 * S,
+        sliding: true,
+    };
+    let now = 1_700_000_000 * S;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0u64;
+            for j in 0..40 {
+                if counter
+                    .hit_window(&id("hits"), "hot", &p, now + j, 1)
+                    .await
+                    .unwrap()
+                    .admitted
+                {
+                    admitted += 1;
+                }
+            }
+            admitted
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 200, "320 racing hits, a limit of 200");
+}
