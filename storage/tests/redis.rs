@@ -596,3 +596,36 @@ async fn racing_per_request_hits_admit_exactly_the_limit() {
     }
     assert_eq!(total, 200, "320 racing hits, a limit of 200");
 }
+
+#[tokio::test]
+async fn a_refused_login_is_tried_again_once_redis_accepts_it() {
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("old-one".into()),
+        ..RedisOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "new-one").unwrap();
+    let s = RedisSettings {
+        password_file: Some(file),
+        ..settings(&server)
+    };
+    let auth = RedisAuthority::new(RedisClient::open(&s).unwrap());
+    let r = auth.acquire(&id("rotate"), "k", &fixed(5, S), 0, 1).await;
+    assert!(matches!(r, Err(SettleError::Refused(_))), "{r:?}");
+    // The operator rotates the password on the Redis side.
+    assert_eq!(
+        server
+            .command(&["CONFIG", "SET", "requirepass", "new-one"])
+            .unwrap(),
+        "+OK"
+    );
+    let back = Instant::now();
+    while let Err(e) = auth.acquire(&id("rotate"), "k", &fixed(5, S), 0, 1).await {
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "still refused: {e}"
+        );
+    }
+}
