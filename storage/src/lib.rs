@@ -5,18 +5,24 @@
 //! write batch: an ordered, versioned map of JSON documents keyed by
 //! `(kind, id)`, a cluster-wide revision and the revision history. It does
 //! not know what a route is (the validator that does is handed in by the
-//! caller) and it runs no network: that is `weir-cluster`.
+//! caller) and it runs no Raft network: that is `weir-cluster`.
 //!
 //! Durability: the vote, log appends, truncates, purges and snapshots
 //! commit with redb's `Durability::Immediate` (an fsync before `commit`
 //! returns), so they are on disk before Raft is told they are done. Applied
 //! batches and the committed index are rebuilt from the log after a crash
 //! and commit with `Durability::None`. See `docs/raft.md` and ADR 0014.
+//!
+//! It also holds the Redis backend of the limits ([`redis_store`], ADR
+//! 0034): settings, a connection with both timeouts set, the credit
+//! authority and the per-request counter. Their request-path half (the
+//! credit store and its fallback) is `weir-limits`'.
 #![forbid(unsafe_code)]
 
 mod db;
 mod error;
 mod log_store;
+pub mod redis_store;
 mod state_machine;
 mod types;
 

@@ -15,6 +15,7 @@
 //! - `route.rs`: `services:` and `routes:`;
 //! - `consumer.rs`: `consumers:` and `subscriptions:`;
 //! - `cluster.rs`: `cluster:`;
+//! - `redis:` is `weir_storage::redis_store::RedisSettings`, validated here;
 //! - `errors.rs`: problems and their paths.
 
 use std::collections::{BTreeMap, HashSet};
@@ -84,6 +85,10 @@ pub struct Config {
     /// Subscriptions of consumers to routes and services.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Where Redis is, for limits with `store: redis` (ADR 0034); absent
+    /// means no Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<weir_storage::redis_store::RedisSettings>,
 }
 
 /// A `plugins:` map in config: plugin name → that plugin's config.
@@ -107,6 +112,7 @@ impl Default for Config {
             consumers: Vec::new(),
             cluster: None,
             subscriptions: Vec::new(),
+            redis: None,
         }
     }
 }
@@ -197,6 +203,9 @@ impl Config {
         for (path, reason) in self.observability.validate() {
             p.push(format!("observability.{path}"), reason);
         }
+        if let Some(Err(e)) = self.redis.as_ref().map(|r| r.validate()) {
+            p.push(format!("redis.{}", e.field), e.reason);
+        }
 
         let mut upstream_ids = HashSet::new();
         let mut upstream_ok = Vec::with_capacity(self.upstreams.len());
@@ -256,5 +265,33 @@ pub(crate) fn check_host_header(p: &mut Problems, at: &str, h: &HostHeader) {
         && http::HeaderValue::from_str(v).is_err()
     {
         p.push(at, format!("`{v}` is not a valid Host header value"));
+    }
+}
+
+#[cfg(test)]
+mod redis_section_tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_section_is_read_and_its_bad_fields_are_named() {
+        let c =
+            parse_str("redis:\n  urls: [\"rediss://r.example:6380\"]\n  response_timeout: 100ms\n")
+                .unwrap();
+        c.validate_local().unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.response_timeout, std::time::Duration::from_millis(100));
+        assert!(parse_str("version: 1\n").unwrap().redis.is_none());
+
+        let c =
+            parse_str("redis:\n  urls: [\"redis://:pw@r:1\"]\n  response_timeout: 0s\n").unwrap();
+        let e = c.validate_local().unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["redis.urls[0]"],
+            "the first problem of the section: {e}"
+        );
+        let e = parse_str("redis:\n  password: hunter2\n").unwrap_err();
+        assert!(e.to_string().contains("password"), "{e}");
     }
 }

@@ -19,6 +19,8 @@
 //!   `rcgen` and a real rustls HTTPS server of one swappable document.
 //! - [`ScriptedUpstream`]: answers the test writes per path (status,
 //!   headers, body parts), with [`Gate`]s that hold a body half way.
+//! - [`RedisServer`]: a real `redis-server` on a free loopback port that
+//!   can be stalled (SIGSTOP), killed and restarted on the same port.
 //! - [`wait_until`] / [`wait_for`]: deadlines instead of sleeps.
 //! - [`GatewayConfig`]: builds the config YAML of a test (upstreams,
 //!   [`Route`]s, [`Service`]s, [`Consumer`]s, plugins) instead of each
@@ -43,6 +45,7 @@ mod otlp;
 mod pattern;
 pub mod raftnode;
 mod raw;
+mod redis;
 mod requests;
 mod scripted;
 mod tls;
@@ -61,6 +64,7 @@ pub use otlp::{
 };
 pub use pattern::{CHUNK_SIZE, PatternBody, PatternCheck, pattern_byte};
 pub use raw::{RawHttp, RawResponse};
+pub use redis::{RedisOptions, RedisServer};
 pub use requests::{assert_rejected, concurrently, count, statuses, statuses_during, until_status};
 pub use scripted::{Gate, Script, ScriptedUpstream};
 pub use tls::{HttpsDocServer, TestCa, TestCert};
