@@ -2,7 +2,9 @@
 //! processes on loopback: three nodes with a cluster secret hold a
 //! cluster-scope `limit-count` of L per window within [0.99 L, L] with
 //! 2 L offered evenly and with 90% on one node, with no 5xx; a
-//! region-scope limit holds per region in a two-region cluster; a node
+//! region-scope limit holds per region in a two-region cluster; an owner
+//! killed mid-window leaves the window within the ADR's bound and the
+//! next ones within L; a node
 //! without the mesh admits its fair share (here, alone, the whole limit),
 //! never more, and counts the fallback; a bad `scope` is refused by name.
 
@@ -186,6 +188,151 @@ async fn a_cluster_limit_holds_across_three_nodes_evenly_and_skewed() {
                 && l.contains("admitted_credit")),
         "{m}"
     );
+}
+
+/// Offers `per_node[i]` requests to node `i`, paced over the first
+/// `spread_pct[i]`% of the window starting at `start` (µs); each sender
+/// returns the statuses of the requests answered before the window
+/// ended (one admitted late may belong to the next window: not counted,
+/// so this count never overstates a window).
+fn offer(
+    start: u64,
+    urls: &[String],
+    per_node: &[usize],
+    spread_pct: &[u64],
+) -> Vec<tokio::task::JoinHandle<(usize, u64)>> {
+    let w = WINDOW_S * 1_000_000;
+    let mut tasks = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let n = per_node[i];
+        if n == 0 {
+            continue;
+        }
+        let url = url.clone();
+        let spread = Duration::from_micros(w * spread_pct[i] / 100);
+        tasks.push(tokio::spawn(async move {
+            let client = http_client();
+            let mut tick = tokio::time::interval(spread / n as u32);
+            let mut admitted = 0u64;
+            for _ in 0..n {
+                tick.tick().await;
+                let status = client
+                    .get(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                assert!(
+                    status == 200 || status == 429,
+                    "node {i} answered {status}: never a failed request"
+                );
+                if now_us() < start + w {
+                    admitted += u64::from(status == 200);
+                }
+            }
+            (i, admitted)
+        }));
+    }
+    tasks
+}
+
+/// Sleeps until the next window starts; returns its start (µs).
+async fn next_window() -> u64 {
+    let w = WINDOW_S * 1_000_000;
+    let start = (now_us() / w + 1) * w;
+    tokio::time::sleep(Duration::from_micros(start - now_us() + 20_000)).await;
+    start
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_killed_mid_window_keeps_the_limit_within_its_bound() {
+    let up = Upstream::start("a").await;
+    let mut c = Cluster::start(
+        weir_bin(),
+        ClusterSpec::new(3).config(config(&up.target(), "cluster")),
+    )
+    .await
+    .expect("cluster starts");
+    c.wait_converged(CONVERGE).await.expect("converges");
+    wait_reachable(&c, "cluster", &[3, 3, 3]).await;
+    let urls: Vec<String> = (0..3)
+        .map(|i| c.node(i).gateway().url("/limited"))
+        .collect();
+
+    // A healthy window shows which node owns the route's key.
+    let healthy = measure(&urls, &[200, 200, 200]).await;
+    assert_within(
+        &format!("before the kill {healthy:?}"),
+        healthy.iter().sum(),
+    );
+    let mut owner = None;
+    for i in 0..3 {
+        let m = metrics(c.node(i).gateway()).await;
+        if series(&m, "weir_limit_scope_ledger_entries{scope=\"cluster\"}").unwrap_or(0.0) > 0.0 {
+            assert!(owner.is_none(), "one owner for one key");
+            owner = Some(i);
+        }
+    }
+    let owner = owner.expect("some node owns the key");
+
+    // The owner gets traffic in the first 20% of a window, then dies at
+    // 30%; the others get 2 L between them over 60% of it.
+    let start = next_window().await;
+    let mut per = [267usize; 3];
+    let mut spread = [60u64; 3];
+    per[owner] = 66;
+    spread[owner] = 20;
+    let tasks = offer(start, &urls, &per, &spread);
+    let w = WINDOW_S * 1_000_000;
+    tokio::time::sleep(Duration::from_micros(
+        (start + w * 3 / 10).saturating_sub(now_us()),
+    ))
+    .await;
+    c.kill(owner).await.expect("kill the owner");
+    let mut admitted = [0u64; 3];
+    for t in tasks {
+        let (i, a) = t.await.expect("sender");
+        admitted[i] += a;
+    }
+    let total: u64 = admitted.iter().sum();
+    eprintln!("owner {owner} killed mid-window: admitted {admitted:?} = {total} of L = {L}");
+    // ADR 0035: nodes that cannot settle admit at most their fair share
+    // each; the window stays within L plus those shares.
+    assert!(
+        total <= L + 2 * L / 3,
+        "owner killed: admitted {total}, bound {}",
+        L + 2 * L / 3
+    );
+
+    // Once the survivors see two candidates, a new owner grants: never
+    // more than L per window, and the survivors are served.
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+    for &i in &survivors {
+        let g = c.node(i).gateway();
+        wait_until(
+            "the survivors drop the dead owner",
+            CONVERGE,
+            || async move {
+                series(
+                    &metrics(g).await,
+                    "weir_limit_scope_reachable{scope=\"cluster\"}",
+                ) == Some(2.0)
+            },
+        )
+        .await;
+    }
+    let start = next_window().await;
+    let mut per = [300usize; 3];
+    per[owner] = 0;
+    let tasks = offer(start, &urls, &per, &[60; 3]);
+    let mut after = 0;
+    for t in tasks {
+        after += t.await.expect("sender").1;
+    }
+    eprintln!("after the hand-over: admitted {after} of L = {L}");
+    assert!(after <= L, "after the hand-over: admitted {after} > {L}");
+    assert!(after > 0, "the survivors keep admitting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

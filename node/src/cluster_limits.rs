@@ -712,6 +712,11 @@ impl ClusterLimits {
             "Background credit settlements answered or failed.",
             ["weir_limit", "scope"],
         );
+        let owned = m.gauge_vec(
+            "weir_limit_scope_ledger_entries",
+            "(limit, key, window) entries in this node's credit ledger: the shared-limit keys it owns.",
+            ["scope"],
+        );
         let owner_changes = m.counter_vec(
             "weir_limit_scope_owner_changes",
             "Changes of the scope's owner candidates (each moves key owners and starts a hand-over).",
@@ -734,6 +739,10 @@ impl ClusterLimits {
             let scope = st.scope.as_str();
             let n = st.candidates().len().max(1);
             reachable.set([scope], i64::try_from(n).unwrap_or(i64::MAX));
+            owned.set(
+                [scope],
+                i64::try_from(st.ledger().len()).unwrap_or(i64::MAX),
+            );
             members.set(
                 [scope],
                 i64::try_from(st.members.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
