@@ -82,50 +82,15 @@ async fn wait_reachable(c: &Cluster, scope: &str, want: &[u64]) {
 /// count per node; `None` when the traffic did not fit in the window.
 /// Panics on any answer other than 200 or 429.
 async fn one_window(urls: &[String], per_node: &[usize]) -> Option<Vec<u64>> {
-    const SENDERS: usize = 4;
     let w = WINDOW_S * 1_000_000;
-    let start = (now_us() / w + 1) * w;
-    // Wait for the window boundary (a clock instant, not a guess).
-    tokio::time::sleep(Duration::from_micros(start - now_us() + 20_000)).await;
-    let spread = Duration::from_micros(w * 6 / 10);
-    let mut tasks = Vec::new();
-    for (i, (url, &n)) in urls.iter().zip(per_node).enumerate() {
-        for s in 0..SENDERS {
-            let count = n / SENDERS + usize::from(s < n % SENDERS);
-            if count == 0 {
-                continue;
-            }
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let client = http_client();
-                let mut tick = tokio::time::interval(spread / count as u32);
-                let mut admitted = 0u64;
-                for _ in 0..count {
-                    tick.tick().await;
-                    let status = client
-                        .get(&url)
-                        .timeout(Duration::from_secs(5))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
-                    assert!(
-                        status == 200 || status == 429,
-                        "node {i} answered {status}: never a failed request"
-                    );
-                    admitted += u64::from(status == 200);
-                }
-                (i, admitted)
-            }));
-        }
-    }
+    let start = next_window().await;
+    let tasks = offer(start, urls, per_node, &vec![60; urls.len()], 4);
     let mut per = vec![0u64; urls.len()];
     for t in tasks {
         let (i, a) = t.await.expect("sender");
         per[i] += a;
     }
-    let end = now_us();
-    (end + 50_000 < start + w).then_some(per)
+    (now_us() + 50_000 < start + w).then_some(per)
 }
 
 /// Runs [`one_window`] until a window fits (at most [`ATTEMPTS`]).
@@ -200,39 +165,42 @@ fn offer(
     urls: &[String],
     per_node: &[usize],
     spread_pct: &[u64],
+    senders: usize,
 ) -> Vec<tokio::task::JoinHandle<(usize, u64)>> {
     let w = WINDOW_S * 1_000_000;
     let mut tasks = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        let n = per_node[i];
-        if n == 0 {
-            continue;
-        }
-        let url = url.clone();
-        let spread = Duration::from_micros(w * spread_pct[i] / 100);
-        tasks.push(tokio::spawn(async move {
-            let client = http_client();
-            let mut tick = tokio::time::interval(spread / n as u32);
-            let mut admitted = 0u64;
-            for _ in 0..n {
-                tick.tick().await;
-                let status = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0);
-                assert!(
-                    status == 200 || status == 429,
-                    "node {i} answered {status}: never a failed request"
-                );
-                if now_us() < start + w {
-                    admitted += u64::from(status == 200);
-                }
+        for s in 0..senders {
+            let n = per_node[i] / senders + usize::from(s < per_node[i] % senders);
+            if n == 0 {
+                continue;
             }
-            (i, admitted)
-        }));
+            let url = url.clone();
+            let spread = Duration::from_micros(w * spread_pct[i] / 100);
+            tasks.push(tokio::spawn(async move {
+                let client = http_client();
+                let mut tick = tokio::time::interval(spread / n as u32);
+                let mut admitted = 0u64;
+                for _ in 0..n {
+                    tick.tick().await;
+                    let status = client
+                        .get(&url)
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    assert!(
+                        status == 200 || status == 429,
+                        "node {i} answered {status}: never a failed request"
+                    );
+                    if now_us() < start + w {
+                        admitted += u64::from(status == 200);
+                    }
+                }
+                (i, admitted)
+            }));
+        }
     }
     tasks
 }
@@ -283,7 +251,7 @@ async fn an_owner_killed_mid_window_keeps_the_limit_within_its_bound() {
     let mut spread = [60u64; 3];
     per[owner] = 66;
     spread[owner] = 20;
-    let tasks = offer(start, &urls, &per, &spread);
+    let tasks = offer(start, &urls, &per, &spread, 2);
     let w = WINDOW_S * 1_000_000;
     tokio::time::sleep(Duration::from_micros(
         (start + w * 3 / 10).saturating_sub(now_us()),
@@ -325,7 +293,7 @@ async fn an_owner_killed_mid_window_keeps_the_limit_within_its_bound() {
     let start = next_window().await;
     let mut per = [300usize; 3];
     per[owner] = 0;
-    let tasks = offer(start, &urls, &per, &[60; 3]);
+    let tasks = offer(start, &urls, &per, &[60; 3], 2);
     let mut after = 0;
     for t in tasks {
         after += t.await.expect("sender").1;
