@@ -112,8 +112,9 @@ fn assert_within(what: &str, admitted: u64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_limit_holds_across_three_nodes_evenly_and_skewed() {
+/// An upstream and three nodes with a cluster-scope limit, linked; the
+/// limited URL of each.
+async fn three_nodes() -> (Upstream, Cluster, Vec<String>) {
     let up = Upstream::start("a").await;
     let c = Cluster::start(
         weir_bin(),
@@ -123,9 +124,15 @@ async fn a_cluster_limit_holds_across_three_nodes_evenly_and_skewed() {
     .expect("cluster starts");
     c.wait_converged(CONVERGE).await.expect("converges");
     wait_reachable(&c, "cluster", &[3, 3, 3]).await;
-    let urls: Vec<String> = (0..3)
+    let urls = (0..3)
         .map(|i| c.node(i).gateway().url("/limited"))
         .collect();
+    (up, c, urls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_limit_holds_across_three_nodes_evenly_and_skewed() {
+    let (_up, c, urls) = three_nodes().await;
 
     let even = measure(&urls, &[200, 200, 200]).await;
     assert_within(&format!("2 L spread evenly {even:?}"), even.iter().sum());
@@ -215,18 +222,7 @@ async fn next_window() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_owner_killed_mid_window_keeps_the_limit_within_its_bound() {
-    let up = Upstream::start("a").await;
-    let mut c = Cluster::start(
-        weir_bin(),
-        ClusterSpec::new(3).config(config(&up.target(), "cluster")),
-    )
-    .await
-    .expect("cluster starts");
-    c.wait_converged(CONVERGE).await.expect("converges");
-    wait_reachable(&c, "cluster", &[3, 3, 3]).await;
-    let urls: Vec<String> = (0..3)
-        .map(|i| c.node(i).gateway().url("/limited"))
-        .collect();
+    let (_up, mut c, urls) = three_nodes().await;
 
     // A healthy window shows which node owns the route's key.
     let healthy = measure(&urls, &[200, 200, 200]).await;
