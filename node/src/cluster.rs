@@ -229,6 +229,11 @@ impl Cluster {
         &self.membership
     }
 
+    /// The membership, shared.
+    pub fn membership_handle(&self) -> Arc<Membership> {
+        self.membership.clone()
+    }
+
     /// The node mesh (off without a cluster secret).
     pub fn mesh(&self) -> &crate::cluster_mesh::NodeMesh {
         &self.mesh

@@ -18,6 +18,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod cluster_limits;
 pub mod cluster_mesh;
 pub mod cluster_metrics;
 pub mod compile;

@@ -9,12 +9,14 @@
 //! fingerprint of its own config, so an unchanged limit keeps its counts
 //! across reloads and admin writes and a changed one starts fresh.
 //!
-//! Which stores are behind the handle (node-local today, mesh- or
-//! Redis-backed later) is decided when [`Stores`] is made; the limiter
+//! Which stores are behind the handle is decided when [`Stores`] is made:
+//! node-local for `scope: node`, credit stores settling over the mesh for
+//! `scope: region | cluster` (`cluster_limits`); the limiter
 //! and cache machinery live in `weir-limits` and `weir-cache`.
 
 use std::sync::Arc;
 
+use crate::cluster_limits::{ClusterLimits, Scope, ScopeProvider};
 use weir_cache::{CacheStore, CacheStores, Collapse};
 use weir_limits::conn::InFlight;
 use weir_limits::{BuildMark, CounterSpec, CounterStore, LimitId, LimitStores, LocalProvider};
@@ -22,6 +24,9 @@ use weir_limits::{BuildMark, CounterSpec, CounterStore, LimitId, LimitStores, Lo
 /// The limit and cache state of one running gateway.
 pub struct Stores {
     limits: LimitStores,
+    /// Limits with `scope: region` and `scope: cluster`, in that order.
+    shared: [LimitStores; 2],
+    cluster: Arc<ClusterLimits>,
     cache: CacheStores,
 }
 
@@ -38,13 +43,27 @@ impl Default for Stores {
 impl Stores {
     /// State kept by `limits` and `cache`.
     pub fn new(limits: LimitStores, cache: CacheStores) -> Stores {
-        Stores { limits, cache }
+        let cluster = Arc::new(ClusterLimits::default());
+        let shared = [Scope::Region, Scope::Cluster]
+            .map(|s| LimitStores::new(Arc::new(ScopeProvider::new(cluster.clone(), s))));
+        Stores {
+            limits,
+            shared,
+            cluster,
+            cache,
+        }
+    }
+
+    /// The cluster-wide limits (attached to the cluster once it runs).
+    pub fn cluster_limits(&self) -> &Arc<ClusterLimits> {
+        &self.cluster
     }
 
     /// Starts a snapshot build.
     pub fn begin(self: &Arc<Self>) -> BuildStores {
         BuildStores {
             limits_mark: self.limits.begin(),
+            shared_marks: [self.shared[0].begin(), self.shared[1].begin()],
             cache_mark: self.cache.begin(),
             stores: self.clone(),
         }
@@ -55,6 +74,9 @@ impl Stores {
     /// capacity).
     pub fn published(&self, build: &BuildStores) {
         self.limits.sweep(build.limits_mark);
+        for (s, mark) in self.shared.iter().zip(build.shared_marks) {
+            s.sweep(mark);
+        }
         self.cache.sweep(build.cache_mark);
     }
 
@@ -74,6 +96,7 @@ impl Stores {
 pub struct BuildStores {
     stores: Arc<Stores>,
     limits_mark: BuildMark,
+    shared_marks: [BuildMark; 2],
     cache_mark: u64,
 }
 
@@ -88,6 +111,20 @@ impl BuildStores {
     /// The counter store of the limit `id`.
     pub fn counters(&self, id: &LimitId, spec: &CounterSpec) -> Arc<dyn CounterStore> {
         self.stores.limits.counters(self.limits_mark, id, spec)
+    }
+
+    /// The counter store of the limit `id` shared over `scope`.
+    pub fn counters_in(
+        &self,
+        id: &LimitId,
+        spec: &CounterSpec,
+        scope: Scope,
+    ) -> Arc<dyn CounterStore> {
+        match scope {
+            Scope::Node => self.counters(id, spec),
+            Scope::Region => self.stores.shared[0].counters(self.shared_marks[0], id, spec),
+            Scope::Cluster => self.stores.shared[1].counters(self.shared_marks[1], id, spec),
+        }
     }
 
     /// The in-flight table of the limit `id`.

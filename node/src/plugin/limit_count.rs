@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cluster_limits::Scope;
+
 use super::ratelimit::{self, Common, Compiled, DynamicConfig, ModeConfig, Modes};
 use super::{
     BuildEnv, ConfigErrorList, Early, Plugin, PluginDef, RequestCtx, RequestHead, ResponseHead,
@@ -57,6 +59,10 @@ struct RawConfig {
     /// Scale `count` (and `soft`) by the upstream's state.
     #[serde(default)]
     dynamic: Option<DynamicConfig>,
+    /// Where the count is shared: `node` (default), `region` or
+    /// `cluster` (over the node mesh, ADR 0035).
+    #[serde(default)]
+    scope: Scope,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +129,13 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         soft: raw.soft,
         common,
         modes,
-        store: env.stores().counters(
+        store: env.stores().counters_in(
             &id,
             &CounterSpec {
                 max_keys: raw.max_keys,
                 idle: ratelimit::idle_for(raw.time_window),
             },
+            raw.scope,
         ),
     }))
 }

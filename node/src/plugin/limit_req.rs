@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cluster_limits::Scope;
+
 use super::limit_count::default_max_keys;
 use super::ratelimit::{self, Common, Compiled, DynamicConfig, ModeConfig, Modes};
 use super::{
@@ -69,6 +71,10 @@ struct RawConfig {
     /// Scale `rate`, `burst` (and `soft`) by the upstream's state.
     #[serde(default)]
     dynamic: Option<DynamicConfig>,
+    /// Where the count is shared: `node` (default), `region` or
+    /// `cluster` (over the node mesh, ADR 0035).
+    #[serde(default)]
+    scope: Scope,
 }
 
 fn one() -> u64 {
@@ -144,12 +150,13 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         soft: raw.soft.map(|s| policy.soft(interval_of(s))),
         common,
         modes,
-        store: env.stores().counters(
+        store: env.stores().counters_in(
             &id,
             &CounterSpec {
                 max_keys: raw.max_keys,
                 idle: ratelimit::idle_for(full),
             },
+            raw.scope,
         ),
     }))
 }

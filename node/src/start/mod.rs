@@ -219,6 +219,12 @@ pub(crate) async fn start_cluster(
         )),
         None => None,
     };
+    if let Some(c) = &cluster {
+        state
+            .stores()
+            .cluster_limits()
+            .attach(c.membership_handle(), c.mesh().mesh().cloned());
+    }
     server.cluster = cluster.clone();
     let health = Arc::new(crate::health::HealthChecker::default());
     server.health = health.clone();
