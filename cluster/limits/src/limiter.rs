@@ -286,27 +286,43 @@ impl WindowSlot {
                 delay_us: 0,
             }
         } else {
-            let retry_after_us = if !p.sliding || self.cur.saturating_add(cost) > p.limit {
-                // Nothing frees up before this window ends (and with a
-                // sliding window, this window's own count then starts
-                // sliding out).
-                to_end
-            } else {
-                // Wait until enough of the previous window has slid out:
-                // prev × (len - into - t) / len ≤ limit - cur - cost.
-                let room = p.limit - self.cur - cost;
-                let keep = u128::from(room) * u128::from(len) / u128::from(self.prev.max(1));
-                let keep = u64::try_from(keep).unwrap_or(u64::MAX);
-                to_end.saturating_sub(keep).max(1)
-            };
-            Verdict {
-                admitted: false,
-                limit: p.limit,
-                remaining: 0,
-                reset_us: to_end,
-                retry_after_us,
-                delay_us: 0,
-            }
+            Verdict::window_rejection(p, self.cur, self.prev, cost, to_end)
+        }
+    }
+}
+
+impl Verdict {
+    /// The rejection of a window hit of `cost` when this window holds
+    /// `cur`, the previous one `prev`, and `to_end` µs of the window are
+    /// left: shared by every store that keeps window counts (the node's own
+    /// and Redis), so `Retry-After` means the same wherever the count is.
+    pub fn window_rejection(
+        p: &WindowPolicy,
+        cur: u64,
+        prev: u64,
+        cost: u64,
+        to_end: u64,
+    ) -> Verdict {
+        let len = p.window_us.max(1);
+        let retry_after_us = if !p.sliding || cur.saturating_add(cost) > p.limit {
+            // Nothing frees up before this window ends (and with a sliding
+            // window, this window's own count then starts sliding out).
+            to_end
+        } else {
+            // Wait until enough of the previous window has slid out:
+            // prev × (len - into - t) / len ≤ limit - cur - cost.
+            let room = p.limit - cur - cost;
+            let keep = u128::from(room) * u128::from(len) / u128::from(prev.max(1));
+            let keep = u64::try_from(keep).unwrap_or(u64::MAX);
+            to_end.saturating_sub(keep).max(1)
+        };
+        Verdict {
+            admitted: false,
+            limit: p.limit,
+            remaining: 0,
+            reset_us: to_end,
+            retry_after_us,
+            delay_us: 0,
         }
     }
 }

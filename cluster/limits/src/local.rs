@@ -54,7 +54,7 @@ impl LocalCounters {
 }
 
 /// `key` cut to [`MAX_KEY_BYTES`] on a character boundary.
-pub(crate) fn cut(key: &str) -> &str {
+pub fn cut(key: &str) -> &str {
     if key.len() <= MAX_KEY_BYTES {
         return key;
     }

@@ -158,22 +158,7 @@ fn verdict(
             delay_us: 0,
         });
     }
-    let retry_after_us = if !p.sliding || cur.saturating_add(cost) > p.limit {
-        to_end
-    } else {
-        let room = p.limit - cur - cost;
-        let keep = u128::from(room) * u128::from(len) / u128::from(prev.max(1));
-        let keep = u64::try_from(keep).unwrap_or(u64::MAX);
-        to_end.saturating_sub(keep).max(1)
-    };
-    Ok(Verdict {
-        admitted: false,
-        limit: p.limit,
-        remaining: 0,
-        reset_us: to_end,
-        retry_after_us,
-        delay_us: 0,
-    })
+    Ok(Verdict::window_rejection(p, cur, prev, cost, to_end))
 }
 
 #[cfg(test)]

@@ -23,20 +23,8 @@ pub use client::RedisClient;
 pub use counter::RedisCounter;
 pub use settings::{MAX_PREFIX_BYTES, MAX_TIMEOUT, RedisSettings, SettingsError};
 
-use weir_limits::store::{LimitId, MAX_KEY_BYTES};
-
-/// The limit key cut to [`MAX_KEY_BYTES`] at a character boundary, as the
-/// node-local store cuts it.
-fn cut(key: &str) -> &str {
-    if key.len() <= MAX_KEY_BYTES {
-        return key;
-    }
-    let mut end = MAX_KEY_BYTES;
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    &key[..end]
-}
+use weir_limits::local::cut;
+use weir_limits::store::LimitId;
 
 /// The part of a Redis key shared by every window of one limit key:
 /// `<prefix>{<limit id>|<key>}`. The braces are Redis Cluster's hash tag,
@@ -57,6 +45,7 @@ fn base_key(prefix: &str, id: &LimitId, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_limits::store::MAX_KEY_BYTES;
 
     #[test]
     fn keys_carry_the_prefix_the_id_and_a_cut_key() {
