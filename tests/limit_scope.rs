@@ -10,11 +10,31 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::weir_bin;
+use common::windows::{self, metrics, now_us, series};
 use weir_chaos::{Cluster, ClusterSpec, NodeSpec};
-use weir_testsupport::{Gateway, Upstream, assert_rejected, http_client, wait_until};
+use weir_testsupport::{Upstream, assert_rejected, http_client, wait_until};
+
+/// The window helpers at this file's window length.
+async fn measure(urls: &[String], per_node: &[usize]) -> Vec<u64> {
+    windows::measure(WINDOW_S, urls, per_node).await
+}
+
+async fn next_window() -> u64 {
+    windows::next_window(WINDOW_S).await
+}
+
+fn offer(
+    start: u64,
+    urls: &[String],
+    per_node: &[usize],
+    spread_pct: &[u64],
+    senders: usize,
+) -> Vec<tokio::task::JoinHandle<(usize, u64)>> {
+    windows::offer(WINDOW_S, start, urls, per_node, spread_pct, senders)
+}
 
 /// Generous for starting processes on a busy two-core machine.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -22,9 +42,6 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const L: u64 = 300;
 /// The window, in seconds.
 const WINDOW_S: u64 = 4;
-/// Windows tried before a measurement gives up (a window whose traffic
-/// did not fit inside it is not counted).
-const ATTEMPTS: usize = 5;
 
 fn config(target: &str, scope: &str) -> String {
     format!(
@@ -37,26 +54,6 @@ routes:
       limit-count: {{count: {L}, time_window: {WINDOW_S}s, key: [route], scope: {scope}}}
 "
     )
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-async fn metrics(g: &Gateway) -> String {
-    match http_client().get(g.admin_url("/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// The value of the series `name{labels}` (labels as written), if shown.
-fn series(text: &str, name_labels: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_labels)?.trim().parse().ok())
 }
 
 /// Waits until every node reaches `want[i]` members of `scope` over the
@@ -75,32 +72,6 @@ async fn wait_reachable(c: &Cluster, scope: &str, want: &[u64]) {
         )
         .await;
     }
-}
-
-/// Offers `per_node[i]` requests to node `i` within one window (paced
-/// over its first 60%, four senders per node) and returns the admitted
-/// count per node; `None` when the traffic did not fit in the window.
-/// Panics on any answer other than 200 or 429.
-async fn one_window(urls: &[String], per_node: &[usize]) -> Option<Vec<u64>> {
-    let w = WINDOW_S * 1_000_000;
-    let start = next_window().await;
-    let tasks = offer(start, urls, per_node, &vec![60; urls.len()], 4);
-    let mut per = vec![0u64; urls.len()];
-    for t in tasks {
-        let (i, a) = t.await.expect("sender");
-        per[i] += a;
-    }
-    (now_us() + 50_000 < start + w).then_some(per)
-}
-
-/// Runs [`one_window`] until a window fits (at most [`ATTEMPTS`]).
-async fn measure(urls: &[String], per_node: &[usize]) -> Vec<u64> {
-    for _ in 0..ATTEMPTS {
-        if let Some(per) = one_window(urls, per_node).await {
-            return per;
-        }
-    }
-    panic!("no window of {WINDOW_S}s fitted the offered traffic in {ATTEMPTS} attempts");
 }
 
 fn assert_within(what: &str, admitted: u64) {
@@ -160,64 +131,6 @@ async fn a_cluster_limit_holds_across_three_nodes_evenly_and_skewed() {
                 && l.contains("admitted_credit")),
         "{m}"
     );
-}
-
-/// Offers `per_node[i]` requests to node `i`, paced over the first
-/// `spread_pct[i]`% of the window starting at `start` (µs); each sender
-/// returns the statuses of the requests answered before the window
-/// ended (one admitted late may belong to the next window: not counted,
-/// so this count never overstates a window).
-fn offer(
-    start: u64,
-    urls: &[String],
-    per_node: &[usize],
-    spread_pct: &[u64],
-    senders: usize,
-) -> Vec<tokio::task::JoinHandle<(usize, u64)>> {
-    let w = WINDOW_S * 1_000_000;
-    let mut tasks = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        for s in 0..senders {
-            let n = per_node[i] / senders + usize::from(s < per_node[i] % senders);
-            if n == 0 {
-                continue;
-            }
-            let url = url.clone();
-            let spread = Duration::from_micros(w * spread_pct[i] / 100);
-            tasks.push(tokio::spawn(async move {
-                let client = http_client();
-                let mut tick = tokio::time::interval(spread / n as u32);
-                let mut admitted = 0u64;
-                for _ in 0..n {
-                    tick.tick().await;
-                    let status = client
-                        .get(&url)
-                        .timeout(Duration::from_secs(5))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
-                    assert!(
-                        status == 200 || status == 429,
-                        "node {i} answered {status}: never a failed request"
-                    );
-                    if now_us() < start + w {
-                        admitted += u64::from(status == 200);
-                    }
-                }
-                (i, admitted)
-            }));
-        }
-    }
-    tasks
-}
-
-/// Sleeps until the next window starts; returns its start (µs).
-async fn next_window() -> u64 {
-    let w = WINDOW_S * 1_000_000;
-    let start = (now_us() / w + 1) * w;
-    tokio::time::sleep(Duration::from_micros(start - now_us() + 20_000)).await;
-    start
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
