@@ -72,7 +72,9 @@ fn main() {
         config: 1,
     };
     let hot = vec!["203.0.113.7".to_string()];
-    let many: Vec<String> = (0..10_000).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+    let many: Vec<String> = (0..10_000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
 
     println!("| store | keys | p50 ns | p99 ns | p99.9 ns | admitted |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
