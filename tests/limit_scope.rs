@@ -417,9 +417,32 @@ async fn a_node_partitioned_from_the_mesh_and_the_rest_each_stay_within_their_bo
         "node 2's mesh is reached through its proxy: {p2:?}"
     );
 
-    // Node 2 is cut off from the others' meshes both ways; gossip still
-    // lists all three, so each side knows its share of the scope.
+    // Node 2 is cut off from the others' meshes both ways, 30% into a
+    // window with 2 L offered; gossip still lists all three, so each side
+    // knows its share of the scope. The side without the key's owner
+    // spends what it holds, then its fair share: the window stays within
+    // what the scope was granted plus the fair shares of at most two
+    // nodes (ADR 0035), and no request fails.
+    let start = next_window().await;
+    let tasks = offer(start, &urls, &[200, 200, 200], &[60; 3], 4);
+    let w = WINDOW_S * 1_000_000;
+    tokio::time::sleep(Duration::from_micros(
+        (start + w * 3 / 10).saturating_sub(now_us()),
+    ))
+    .await;
     c.partition_mesh(2).expect("partition");
+    let mut cut = [0u64; 3];
+    for t in tasks {
+        let (i, a) = t.await.expect("sender");
+        cut[i] += a;
+    }
+    let total: u64 = cut.iter().sum();
+    eprintln!("cut mid-window: admitted {cut:?} = {total} of L = {L}");
+    assert!(
+        total <= L + 2 * L / 3,
+        "cut mid-window: admitted {total}, bound {}",
+        L + 2 * L / 3
+    );
     wait_reachable(&c, "cluster", &[2, 2, 1]).await;
     // ADR 0035: a side of m of the N = 3 nodes admits at most m/N × L
     // (its owner grants from the limit scaled by reachable / all, and a
