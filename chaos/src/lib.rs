@@ -13,7 +13,7 @@
 //! (`weir-faultproxy`, [`ClusterSpec::mesh_behind_proxies`]): the node
 //! advertises the proxy's address (`--mesh-advertise`), so every peer
 //! dials it through the proxy, and a test can degrade a node's links
-//! ([`Cluster::mesh_proxy`]) or cut it off from the others both ways and
+//! ([`Node::mesh_proxy`]) or cut it off from the others both ways and
 //! heal it ([`Cluster::partition_mesh`], [`Cluster::heal_mesh`]). Gossip,
 //! Raft and the admin API stay direct.
 //!
