@@ -454,7 +454,9 @@ async fn a_node_partitioned_from_the_mesh_and_the_rest_each_stay_within_their_bo
     for round in 0..2 {
         let per = measure(&urls, &[200, 200, 200]).await;
         let (major, minor) = (per[0] + per[1], per[2]);
-        eprintln!("partitioned, window {round}: admitted {per:?}: nodes 0+1 {major}, node 2 {minor}");
+        eprintln!(
+            "partitioned, window {round}: admitted {per:?}: nodes 0+1 {major}, node 2 {minor}"
+        );
         assert!(
             major <= major_bound,
             "the two connected nodes admitted {major}, bound {major_bound}"

@@ -466,9 +466,9 @@ impl Cluster {
             .collect();
         let rule = isolation_rule(&self.nodes[i].spec.id);
         for (j, n) in self.nodes.iter().enumerate() {
-            let p = n
-                .mesh_proxy()
-                .context("the cluster's meshes are not behind proxies (ClusterSpec::mesh_behind_proxies)")?;
+            let p = n.mesh_proxy().context(
+                "the cluster's meshes are not behind proxies (ClusterSpec::mesh_behind_proxies)",
+            )?;
             let cut = if j == i {
                 Partition::sources(others.iter().copied())
             } else {
@@ -486,9 +486,9 @@ impl Cluster {
     pub fn heal_mesh(&self, i: usize) -> anyhow::Result<()> {
         let rule = isolation_rule(&self.nodes[i].spec.id);
         for n in &self.nodes {
-            let p = n
-                .mesh_proxy()
-                .context("the cluster's meshes are not behind proxies (ClusterSpec::mesh_behind_proxies)")?;
+            let p = n.mesh_proxy().context(
+                "the cluster's meshes are not behind proxies (ClusterSpec::mesh_behind_proxies)",
+            )?;
             // A proxy without the rule is healed already.
             let _ = p.heal(&rule);
         }

@@ -430,7 +430,8 @@ mod tests {
             "10.0.0.5:7947".parse::<SocketAddr>().expect("addr")
         );
         assert_eq!(
-            advertise_of(any, None, Some("10.0.0.9".parse().expect("ip")), gossip).expect("advertised"),
+            advertise_of(any, None, Some("10.0.0.9".parse().expect("ip")), gossip)
+                .expect("advertised"),
             "10.0.0.9:7947".parse::<SocketAddr>().expect("addr")
         );
         let any_gossip: SocketAddr = "0.0.0.0:7946".parse().expect("addr");

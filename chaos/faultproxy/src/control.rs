@@ -203,7 +203,9 @@ async fn show(State(reg): State<Registry>, Path(p): Path<String>) -> ApiResult {
 
 async fn list_toxics(State(reg): State<Registry>, Path(p): Path<String>) -> ApiResult {
     let h = proxy(&reg, &p)?;
-    ok(Value::Array(h.toxics().iter().map(Toxic::to_json).collect()))
+    ok(Value::Array(
+        h.toxics().iter().map(Toxic::to_json).collect(),
+    ))
 }
 
 async fn add_toxic(State(reg): State<Registry>, Path(p): Path<String>, b: Bytes) -> ApiResult {

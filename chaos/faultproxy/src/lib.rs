@@ -31,7 +31,5 @@ pub mod udp;
 pub use control::{ControlServer, Registry, router};
 pub use proxy::{Drops, Flow, ProxyConfig, ProxyError, ProxyHandle, Stats};
 pub use tcp::TcpProxy;
-pub use toxic::{
-    Direction, FieldError, Partition, Protocol, Source, Stream, Toxic, ToxicKind,
-};
+pub use toxic::{Direction, FieldError, Partition, Protocol, Source, Stream, Toxic, ToxicKind};
 pub use udp::UdpProxy;

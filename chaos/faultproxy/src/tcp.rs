@@ -132,7 +132,10 @@ async fn connection(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let upstream = match TcpStream::connect(up_addr).await {
         Ok(s) => s,
         Err(e) => {
-            shared.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .connect_failed
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(proxy = %shared.cfg.name, upstream = %up_addr, error = %e, "faultproxy: upstream connect failed");
             return;
         }

@@ -602,7 +602,10 @@ impl Partition {
             .sources
             .iter()
             .enumerate()
-            .map(|(i, s)| s.parse().map_err(|r| FieldError::new(format!("sources[{i}]"), r)))
+            .map(|(i, s)| {
+                s.parse()
+                    .map_err(|r| FieldError::new(format!("sources[{i}]"), r))
+            })
             .collect::<Result<Vec<Source>, FieldError>>()?;
         Ok(Partition {
             sources,
@@ -646,7 +649,11 @@ mod tests {
                 },
             ),
             Toxic::new("hole", Stream::Upstream, ToxicKind::Blackhole),
-            Toxic::new("rst", Stream::Downstream, ToxicKind::Reset { after_bytes: 5 }),
+            Toxic::new(
+                "rst",
+                Stream::Downstream,
+                ToxicKind::Reset { after_bytes: 5 },
+            ),
             Toxic::new(
                 "cut",
                 Stream::Downstream,
@@ -661,7 +668,11 @@ mod tests {
             let back = Toxic::from_json(&t.to_json(), Protocol::Tcp, None).expect("parses");
             assert_eq!(back, t);
         }
-        let loss = Toxic::new("drop", Stream::Upstream, ToxicKind::Loss { probability: 0.25 });
+        let loss = Toxic::new(
+            "drop",
+            Stream::Upstream,
+            ToxicKind::Loss { probability: 0.25 },
+        );
         assert_eq!(
             Toxic::from_json(&loss.to_json(), Protocol::Udp, None).expect("parses"),
             loss
@@ -674,46 +685,73 @@ mod tests {
         let tcp = Protocol::Tcp;
         let udp = Protocol::Udp;
         assert_eq!(field(json!({"type": "latency"}), tcp), "name");
-        assert_eq!(field(json!({"name": "a b", "type": "blackhole"}), tcp), "name");
+        assert_eq!(
+            field(json!({"name": "a b", "type": "blackhole"}), tcp),
+            "name"
+        );
         assert_eq!(field(json!({"name": "a", "type": "teleport"}), tcp), "type");
         assert_eq!(
-            field(json!({"name": "a", "type": "blackhole", "stream": "sideways"}), tcp),
+            field(
+                json!({"name": "a", "type": "blackhole", "stream": "sideways"}),
+                tcp
+            ),
             "stream"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "latency", "attributes": {"latency_ms": "slow"}}), tcp),
+            field(
+                json!({"name": "a", "type": "latency", "attributes": {"latency_ms": "slow"}}),
+                tcp
+            ),
             "attributes.latency_ms"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "latency", "attributes": {"latency_ms": 5, "jitter_ms": 6}}), tcp),
+            field(
+                json!({"name": "a", "type": "latency", "attributes": {"latency_ms": 5, "jitter_ms": 6}}),
+                tcp
+            ),
             "attributes.jitter_ms"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "latency", "attributes": {"latency": 5}}), tcp),
+            field(
+                json!({"name": "a", "type": "latency", "attributes": {"latency": 5}}),
+                tcp
+            ),
             "attributes.latency"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "latency", "attributes": {}}), tcp),
+            field(
+                json!({"name": "a", "type": "latency", "attributes": {}}),
+                tcp
+            ),
             "attributes"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "bandwidth", "attributes": {"bytes_per_sec": 0}}), tcp),
+            field(
+                json!({"name": "a", "type": "bandwidth", "attributes": {"bytes_per_sec": 0}}),
+                tcp
+            ),
             "attributes.bytes_per_sec"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "loss", "attributes": {"probability": 0.5}}), tcp),
+            field(
+                json!({"name": "a", "type": "loss", "attributes": {"probability": 0.5}}),
+                tcp
+            ),
             "type"
         );
         assert_eq!(
-            field(json!({"name": "a", "type": "loss", "attributes": {"probability": 1.5}}), udp),
+            field(
+                json!({"name": "a", "type": "loss", "attributes": {"probability": 1.5}}),
+                udp
+            ),
             "attributes.probability"
         );
+        assert_eq!(field(json!({"name": "a", "type": "reset"}), udp), "type");
         assert_eq!(
-            field(json!({"name": "a", "type": "reset"}), udp),
-            "type"
-        );
-        assert_eq!(
-            field(json!({"name": "a", "type": "slicer", "attributes": {"average_size": 4, "size_variation": 4}}), tcp),
+            field(
+                json!({"name": "a", "type": "slicer", "attributes": {"average_size": 4, "size_variation": 4}}),
+                tcp
+            ),
             "attributes.size_variation"
         );
         assert_eq!(
@@ -751,17 +789,20 @@ mod tests {
         let p = Partition::sources([Source::Addr(a)]);
         assert!(p.drops(a, Stream::Upstream) && p.drops(a, Stream::Downstream));
         assert!(!p.drops(b, Stream::Upstream));
-        let ip = Partition::sources(["127.0.0.2".parse().expect("src")])
-            .one_way(Direction::Downstream);
+        let ip =
+            Partition::sources(["127.0.0.2".parse().expect("src")]).one_way(Direction::Downstream);
         assert!(ip.drops(b, Stream::Downstream) && !ip.drops(b, Stream::Upstream));
         assert!(Partition::whole().drops(b, Stream::Upstream));
-        let v = serde_json::json!({"sources": ["127.0.0.1:1000", "10.0.0.1"], "direction": "upstream"});
+        let v =
+            serde_json::json!({"sources": ["127.0.0.1:1000", "10.0.0.1"], "direction": "upstream"});
         let parsed = Partition::from_json(&v).expect("parses");
-        assert_eq!(Partition::from_json(&parsed.to_json()).expect("again"), parsed);
+        assert_eq!(
+            Partition::from_json(&parsed.to_json()).expect("again"),
+            parsed
+        );
         let e = Partition::from_json(&serde_json::json!({"sources": ["x"]})).expect_err("bad");
         assert_eq!(e.field, "sources[0]");
-        let e = Partition::from_json(&serde_json::json!({"direction": "around"}))
-            .expect_err("bad");
+        let e = Partition::from_json(&serde_json::json!({"direction": "around"})).expect_err("bad");
         assert_eq!(e.field, "direction");
     }
 }

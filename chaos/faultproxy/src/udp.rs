@@ -245,7 +245,10 @@ async fn from_client(
         return;
     };
     s.last.store(ms_since(epoch), Ordering::Relaxed);
-    let mut rng = s.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut rng = s
+        .rng
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     enqueue(shared, &rules, Stream::Upstream, &s.up, &mut rng, d);
 }
 
@@ -307,7 +310,8 @@ async fn open_session(
     }
     // From the upstream.
     {
-        let (shared, socket, down, last) = (shared.clone(), socket.clone(), down.clone(), last.clone());
+        let (shared, socket, down, last) =
+            (shared.clone(), socket.clone(), down.clone(), last.clone());
         tasks.spawn(async move {
             let mut rng = rng_down;
             let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -343,8 +347,13 @@ async fn open_session(
 }
 
 /// Sends each datagram of `q` once due, paced to the bandwidth cap.
-async fn send_loop<F, Fut>(shared: &Shared, client: SocketAddr, stream: Stream, q: &DelayQueue, send: F)
-where
+async fn send_loop<F, Fut>(
+    shared: &Shared,
+    client: SocketAddr,
+    stream: Stream,
+    q: &DelayQueue,
+    send: F,
+) where
     F: Fn(Bytes) -> Fut,
     Fut: Future<Output = std::io::Result<()>>,
 {

@@ -56,7 +56,10 @@ impl Api {
 async fn echoes(c: &mut TcpStream, d: Duration) -> bool {
     c.write_all(b"x").await.expect("write");
     let mut b = [0u8; 1];
-    matches!(tokio::time::timeout(d, c.read_exact(&mut b)).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(d, c.read_exact(&mut b)).await,
+        Ok(Ok(_))
+    )
 }
 
 #[tokio::test]
@@ -97,7 +100,9 @@ async fn the_control_api_changes_running_proxies() {
     assert_eq!(list[1]["listen"], tcp.listen_addr().to_string());
 
     // A blackhole added over the API silences the proxy.
-    let mut c = TcpStream::connect(tcp.listen_addr()).await.expect("connect");
+    let mut c = TcpStream::connect(tcp.listen_addr())
+        .await
+        .expect("connect");
     assert!(echoes(&mut c, Duration::from_secs(10)).await);
     let (s, doc) = api
         .call(
@@ -130,13 +135,19 @@ async fn the_control_api_changes_running_proxies() {
         .await;
     assert_eq!(s, 200, "{doc}");
     assert_eq!(doc["attributes"]["jitter_ms"], 5);
-    let (s, one) = api.call(Method::GET, "/proxies/redis/toxics/hole", None).await;
+    let (s, one) = api
+        .call(Method::GET, "/proxies/redis/toxics/hole", None)
+        .await;
     assert_eq!((s, one["type"].as_str()), (200, Some("latency")));
-    let (s, _) = api.call(Method::DELETE, "/proxies/redis/toxics/hole", None).await;
+    let (s, _) = api
+        .call(Method::DELETE, "/proxies/redis/toxics/hole", None)
+        .await;
     assert_eq!(s, 204);
     let (_, toxics) = api.call(Method::GET, "/proxies/redis/toxics", None).await;
     assert_eq!(toxics, json!([]));
-    let mut fresh = TcpStream::connect(tcp.listen_addr()).await.expect("connect");
+    let mut fresh = TcpStream::connect(tcp.listen_addr())
+        .await
+        .expect("connect");
     assert!(echoes(&mut fresh, Duration::from_secs(10)).await);
 
     // Partitions on and off.
@@ -149,12 +160,18 @@ async fn the_control_api_changes_running_proxies() {
         .await;
     assert_eq!(s, 200, "{doc}");
     assert!(!echoes(&mut fresh, Duration::from_millis(300)).await);
-    let (_, parts) = api.call(Method::GET, "/proxies/redis/partitions", None).await;
+    let (_, parts) = api
+        .call(Method::GET, "/proxies/redis/partitions", None)
+        .await;
     assert_eq!(parts["cut"]["direction"], "downstream");
-    let (s, _) = api.call(Method::DELETE, "/proxies/redis/partitions/cut", None).await;
+    let (s, _) = api
+        .call(Method::DELETE, "/proxies/redis/partitions/cut", None)
+        .await;
     assert_eq!(s, 204);
     assert!(echoes(&mut fresh, Duration::from_secs(10)).await);
-    let (s, _) = api.call(Method::DELETE, "/proxies/redis/partitions/cut", None).await;
+    let (s, _) = api
+        .call(Method::DELETE, "/proxies/redis/partitions/cut", None)
+        .await;
     assert_eq!(s, 404);
 
     // UDP toxics through the same API, then a reset clears everything.
@@ -210,14 +227,35 @@ async fn bad_input_is_refused_naming_the_field() {
         http: reqwest::Client::new(),
     };
     let cases = [
-        (json!({"name": "a", "type": "latency", "attributes": {"latency_ms": -1}}), "attributes.latency_ms"),
-        (json!({"name": "a", "type": "latency", "attributes": {"latency_ms": 10, "jitter_ms": 11}}), "attributes.jitter_ms"),
-        (json!({"name": "a", "type": "loss", "attributes": {"probability": 0.5}}), "type"),
-        (json!({"name": "a", "type": "bandwidth", "attributes": {"bytes_per_sec": 0}}), "attributes.bytes_per_sec"),
-        (json!({"name": "a", "type": "blackhole", "stream": "up"}), "stream"),
+        (
+            json!({"name": "a", "type": "latency", "attributes": {"latency_ms": -1}}),
+            "attributes.latency_ms",
+        ),
+        (
+            json!({"name": "a", "type": "latency", "attributes": {"latency_ms": 10, "jitter_ms": 11}}),
+            "attributes.jitter_ms",
+        ),
+        (
+            json!({"name": "a", "type": "loss", "attributes": {"probability": 0.5}}),
+            "type",
+        ),
+        (
+            json!({"name": "a", "type": "bandwidth", "attributes": {"bytes_per_sec": 0}}),
+            "attributes.bytes_per_sec",
+        ),
+        (
+            json!({"name": "a", "type": "blackhole", "stream": "up"}),
+            "stream",
+        ),
         (json!({"name": "", "type": "blackhole"}), "name"),
-        (json!({"name": "a", "type": "slicer", "attributes": {"average_size": 0}}), "attributes.average_size"),
-        (json!({"name": "a", "type": "blackhole", "colour": "red"}), "colour"),
+        (
+            json!({"name": "a", "type": "slicer", "attributes": {"average_size": 0}}),
+            "attributes.average_size",
+        ),
+        (
+            json!({"name": "a", "type": "blackhole", "colour": "red"}),
+            "colour",
+        ),
     ];
     for (body, field) in cases {
         let (s, e) = api

@@ -214,7 +214,11 @@ async fn slicer_cuts_writes_into_delayed_slices() {
     let t = Instant::now();
     assert_eq!(round_trip(&mut c, &msg).await, msg);
     // Ten slices, nine pauses of 20 ms between them.
-    assert!(t.elapsed() >= Duration::from_millis(180), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(p.handle().stats().slices, 10);
 }
 
@@ -234,7 +238,11 @@ async fn a_partition_cuts_a_source_and_heals() {
     let up_before = h.stats().upstream.bytes;
     a.write_all(b"x").await.expect("write");
     assert!(silent_for(&mut a, Duration::from_millis(300)).await);
-    assert_eq!(h.stats().upstream.bytes, up_before + 1, "the upstream heard");
+    assert_eq!(
+        h.stats().upstream.bytes,
+        up_before + 1,
+        "the upstream heard"
+    );
     // Another client is not cut off.
     let mut b = TcpStream::connect(p.listen_addr()).await.expect("b");
     assert_eq!(round_trip(&mut b, b"ok").await, b"ok");

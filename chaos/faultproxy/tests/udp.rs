@@ -71,7 +71,10 @@ async fn each_client_gets_its_own_session_and_its_own_replies() {
     let (a, b) = (client().await, client().await);
     let ra = ask(&a, p.listen_addr(), "from-a").await;
     let rb = ask(&b, p.listen_addr(), "from-b").await;
-    assert!(ra.ends_with("|from-a") && rb.ends_with("|from-b"), "{ra} {rb}");
+    assert!(
+        ra.ends_with("|from-a") && rb.ends_with("|from-b"),
+        "{ra} {rb}"
+    );
     // The upstream saw two different sources, neither of them a client's.
     let (sa, sb) = (ra.split('|').next(), rb.split('|').next());
     assert_ne!(sa, sb);
@@ -162,7 +165,11 @@ async fn bandwidth_paces_datagrams() {
     }
     wait("all 20 arrive", || seen.load(Ordering::Relaxed) == 20).await;
     // 20 kB at 20 kB/s: the last leaves no earlier than 19 × 50 ms.
-    assert!(t.elapsed() >= Duration::from_millis(950), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -252,7 +259,9 @@ async fn partition_case(to: SocketAddr, a: &UdpSocket, b: &UdpSocket) {
 /// way overflows (the kernel would drop them, not the proxy).
 async fn send_paced(c: &UdpSocket, to: SocketAddr, n: u64) {
     for i in 0..n {
-        c.send_to(format!("{i}").as_bytes(), to).await.expect("send");
+        c.send_to(format!("{i}").as_bytes(), to)
+            .await
+            .expect("send");
         if i % 20 == 19 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -276,8 +285,11 @@ async fn partitions_cut_sources_both_ways_or_one_way_and_heal() {
     assert_eq!(seen.load(Ordering::Relaxed), before + 1, "only b arrived");
 
     // One way, upstream: a cannot reach the upstream.
-    h.partition("a", Partition::sources([a_src]).one_way(Direction::Upstream))
-        .expect("cut");
+    h.partition(
+        "a",
+        Partition::sources([a_src]).one_way(Direction::Upstream),
+    )
+    .expect("cut");
     let before = seen.load(Ordering::Relaxed);
     partition_case(to, &a, &b).await;
     assert_eq!(seen.load(Ordering::Relaxed), before + 1, "only b arrived");
@@ -290,7 +302,10 @@ async fn partitions_cut_sources_both_ways_or_one_way_and_heal() {
     .expect("cut");
     let before = seen.load(Ordering::Relaxed);
     partition_case(to, &a, &b).await;
-    wait("a and b arrived", || seen.load(Ordering::Relaxed) == before + 2).await;
+    wait("a and b arrived", || {
+        seen.load(Ordering::Relaxed) == before + 2
+    })
+    .await;
 
     // The whole proxy.
     h.partition("a", Partition::whole()).expect("cut");
