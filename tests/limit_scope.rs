@@ -118,10 +118,17 @@ fn assert_within(what: &str, admitted: u64) {
 /// An upstream and three nodes with a cluster-scope limit, linked; the
 /// limited URL of each.
 async fn three_nodes() -> (Upstream, Cluster, Vec<String>) {
+    three_nodes_with(|spec| spec).await
+}
+
+/// [`three_nodes`] with the cluster spec changed by `edit`.
+async fn three_nodes_with(
+    edit: impl FnOnce(ClusterSpec) -> ClusterSpec,
+) -> (Upstream, Cluster, Vec<String>) {
     let up = Upstream::start("a").await;
     let c = Cluster::start(
         weir_bin(),
-        ClusterSpec::new(3).config(config(&up.target(), "cluster")),
+        edit(ClusterSpec::new(3).config(config(&up.target(), "cluster"))),
     )
     .await
     .expect("cluster starts");
@@ -380,27 +387,9 @@ routes:
     );
 }
 
-/// Three nodes with a cluster-scope limit whose meshes sit behind UDP
-/// fault proxies; the limited URL of each.
-async fn three_nodes_behind_mesh_proxies() -> (Upstream, Cluster, Vec<String>) {
-    let up = Upstream::start("a").await;
-    let spec = ClusterSpec::new(3)
-        .config(config(&up.target(), "cluster"))
-        .mesh_behind_proxies();
-    let c = Cluster::start(weir_bin(), spec)
-        .await
-        .expect("cluster starts");
-    c.wait_converged(CONVERGE).await.expect("converges");
-    wait_reachable(&c, "cluster", &[3, 3, 3]).await;
-    let urls = (0..3)
-        .map(|i| c.node(i).gateway().url("/limited"))
-        .collect();
-    (up, c, urls)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_partitioned_from_the_mesh_and_the_rest_each_stay_within_their_bound() {
-    let (_up, c, urls) = three_nodes_behind_mesh_proxies().await;
+    let (_up, c, urls) = three_nodes_with(ClusterSpec::mesh_behind_proxies).await;
 
     // Healthy through the proxies: the peers take mesh packets from the
     // proxies' addresses (a peer is pinned by key, not by address).

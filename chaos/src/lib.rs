@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use tokio::time::Instant;
-use weir_faultproxy::{Partition, ProxyConfig, ProxyHandle, Source, UdpProxy};
+use weir_faultproxy::{Partition, Proxy, ProxyConfig, ProxyHandle, Source};
 use weir_testsupport::{Gateway, Signal};
 
 /// How much of each log a failure message carries.
@@ -201,7 +201,7 @@ pub struct Node {
     /// The mesh socket itself (from the ready file), if the mesh runs.
     mesh: Option<SocketAddr>,
     /// The fault proxy in front of the mesh socket.
-    mesh_proxy: Option<UdpProxy>,
+    mesh_proxy: Option<Proxy>,
     running: bool,
     paused: bool,
 }
@@ -225,7 +225,7 @@ impl Node {
     /// The fault proxy in front of its mesh, with
     /// [`ClusterSpec::mesh_behind_proxies`].
     pub fn mesh_proxy(&self) -> Option<ProxyHandle> {
-        self.mesh_proxy.as_ref().map(UdpProxy::handle)
+        self.mesh_proxy.as_ref().map(Proxy::handle)
     }
 
     /// Whether the process should be running (not killed or stopped).
@@ -311,11 +311,11 @@ impl Cluster {
             let seed = u64::try_from(self.nodes.len()).unwrap_or(0);
             let cfg = ProxyConfig::new(format!("mesh-{}", ns.id), "127.0.0.1:0".parse()?, None)
                 .seed(seed);
-            Some(UdpProxy::start(cfg).await.context("start a mesh proxy")?)
+            Some(Proxy::udp(cfg).await.context("start a mesh proxy")?)
         } else {
             None
         };
-        let advertise = mesh_proxy.as_ref().map(UdpProxy::listen_addr);
+        let advertise = mesh_proxy.as_ref().map(Proxy::listen_addr);
         let config = Gateway::config(ns.config.as_deref().unwrap_or(&self.spec.config));
         let mut b = Gateway::builder(&self.bin)
             .config(config)
@@ -429,7 +429,7 @@ impl Cluster {
             .collect();
         let spec = self.spec.clone();
         let n = &mut self.nodes[i];
-        let advertise = n.mesh_proxy.as_ref().map(UdpProxy::listen_addr);
+        let advertise = n.mesh_proxy.as_ref().map(Proxy::listen_addr);
         let mut args = node_args(&spec, &n.spec, &seeds, n.gossip, advertise);
         args.extend(spec.args.iter().map(OsString::from));
         *n.gateway.args_mut() = args;

@@ -3,7 +3,7 @@
 //! rules, reset everything. Bodies are JSON; a bad one is answered 400
 //! with `{"error", "field"}` naming the field, an unknown proxy, toxic or
 //! rule 404, a taken toxic name 409. It changes proxies only: creating
-//! proxies is the library's ([`crate::TcpProxy`], [`crate::UdpProxy`]).
+//! proxies is the library's ([`crate::Proxy::tcp`], [`crate::Proxy::udp`]).
 //! The routes are documented in `docs/chaos.md`.
 
 use std::collections::BTreeMap;

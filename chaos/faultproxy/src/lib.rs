@@ -3,11 +3,11 @@
 //! purpose, while it runs. The kernel here has no netem, and toxiproxy is
 //! TCP-only, so this crate does both protocols itself (ADR 0036).
 //!
-//! - [`TcpProxy`]: latency with jitter, bandwidth cap, reset (RST after N
+//! - [`Proxy::tcp`]: latency with jitter, bandwidth cap, reset (RST after N
 //!   bytes), blackhole (accepts, never forwards), slicing, each per
 //!   direction ([`Stream::Upstream`]: client to upstream;
 //!   [`Stream::Downstream`]: back).
-//! - [`UdpProxy`]: latency with jitter, loss, bandwidth, blackhole, one
+//! - [`Proxy::udp`]: latency with jitter, loss, bandwidth, blackhole, one
 //!   session socket per client source (replies find their client), idle
 //!   session expiry, bounded queues whose drops are counted.
 //! - [`Partition`] rules on either: drop the traffic of some client
@@ -29,7 +29,5 @@ pub mod toxic;
 pub mod udp;
 
 pub use control::{ControlServer, Registry, router};
-pub use proxy::{Drops, Flow, ProxyConfig, ProxyError, ProxyHandle, Stats};
-pub use tcp::TcpProxy;
+pub use proxy::{Drops, Flow, Proxy, ProxyConfig, ProxyError, ProxyHandle, Stats};
 pub use toxic::{Direction, FieldError, Partition, Protocol, Source, Stream, Toxic, ToxicKind};
-pub use udp::UdpProxy;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 use crate::toxic::{FieldError, Partition, Protocol, Stream, Toxic, ToxicKind, check_rule_name};
 
@@ -332,6 +333,20 @@ impl Shared {
         self.rules.load_full()
     }
 
+    /// Whether a partition or blackhole drops `stream` of `client` under
+    /// `rules` (counted when it does).
+    pub fn cut_or_blackholed(&self, rules: &Rules, client: SocketAddr, stream: Stream) -> bool {
+        if rules.cut(client, stream) {
+            self.counters.drop(Why::Partition);
+            return true;
+        }
+        if rules.blackhole(stream) {
+            self.counters.drop(Why::Blackhole);
+            return true;
+        }
+        false
+    }
+
     pub fn upstream(&self) -> Option<SocketAddr> {
         **self.upstream.load()
     }
@@ -544,5 +559,31 @@ impl ProxyHandle {
             "partitions": r.partitions.iter().map(|(k, p)| (k.clone(), p.to_json())).collect::<serde_json::Map<_, _>>(),
             "stats": self.stats(),
         })
+    }
+}
+
+/// A running proxy, TCP ([`Proxy::tcp`]) or UDP ([`Proxy::udp`]).
+/// Dropping it stops it and closes every connection or session it carries.
+#[derive(Debug)]
+pub struct Proxy {
+    pub(crate) handle: ProxyHandle,
+    pub(crate) task: AbortHandle,
+}
+
+impl Proxy {
+    /// The handle that changes it.
+    pub fn handle(&self) -> ProxyHandle {
+        self.handle.clone()
+    }
+
+    /// Where clients connect or send.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.handle.listen_addr()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -21,53 +21,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::proxy::{ProxyConfig, ProxyHandle, Shared, Why};
+use crate::proxy::{Proxy, ProxyConfig, ProxyHandle, Shared, Why};
 use crate::toxic::{FieldError, Protocol, Stream};
 
 const CHUNK: usize = 16 * 1024;
 
-/// A running TCP fault proxy. Dropping it stops it and closes every
-/// connection it carries.
-#[derive(Debug)]
-pub struct TcpProxy {
-    handle: ProxyHandle,
-    task: AbortHandle,
-}
-
-impl TcpProxy {
-    /// Binds `cfg.listen` and starts accepting.
+impl Proxy {
+    /// Starts a TCP proxy: binds `cfg.listen` and accepts.
     ///
     /// # Errors
     /// Bad settings (the field is named) or a socket that cannot be bound.
-    pub async fn start(cfg: ProxyConfig) -> std::io::Result<TcpProxy> {
+    pub async fn tcp(cfg: ProxyConfig) -> std::io::Result<Proxy> {
         cfg.validate().map_err(invalid)?;
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
         let shared = Shared::new(cfg, Protocol::Tcp, listen);
         let task = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
-        Ok(TcpProxy {
+        Ok(Proxy {
             handle: ProxyHandle { shared },
             task,
         })
-    }
-
-    /// The handle that changes it.
-    pub fn handle(&self) -> ProxyHandle {
-        self.handle.clone()
-    }
-
-    /// Where clients connect.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.handle.listen_addr()
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -208,12 +184,7 @@ async fn direction(
                 Ok(n) => n,
             };
             let rules = shared.rules();
-            if rules.cut(peer, stream) {
-                shared.counters.drop(Why::Partition);
-                continue;
-            }
-            if rules.blackhole(stream) {
-                shared.counters.drop(Why::Blackhole);
+            if shared.cut_or_blackholed(&rules, peer, stream) {
                 continue;
             }
             let due = Instant::now() + rules.delay(stream, read_rng);
@@ -236,12 +207,7 @@ async fn direction(
             let rules = shared.rules();
             // A cut or blackhole that began while the chunk was on its way
             // loses it too.
-            if rules.cut(peer, stream) {
-                shared.counters.drop(Why::Partition);
-                continue;
-            }
-            if rules.blackhole(stream) {
-                shared.counters.drop(Why::Blackhole);
+            if shared.cut_or_blackholed(&rules, peer, stream) {
                 continue;
             }
             let mut fire = false;

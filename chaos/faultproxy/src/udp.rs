@@ -22,55 +22,31 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::proxy::{ProxyConfig, ProxyHandle, Shared, Why};
+use crate::proxy::{Proxy, ProxyConfig, ProxyHandle, Shared, Why};
 use crate::tcp::invalid;
 use crate::toxic::{Protocol, Stream};
 
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 65_535;
 
-/// A running UDP fault proxy. Dropping it stops it and closes every
-/// session.
-#[derive(Debug)]
-pub struct UdpProxy {
-    handle: ProxyHandle,
-    task: AbortHandle,
-}
-
-impl UdpProxy {
-    /// Binds `cfg.listen` and starts forwarding.
+impl Proxy {
+    /// Starts a UDP proxy: binds `cfg.listen` and forwards.
     ///
     /// # Errors
     /// Bad settings (the field is named) or a socket that cannot be bound.
-    pub async fn start(cfg: ProxyConfig) -> std::io::Result<UdpProxy> {
+    pub async fn udp(cfg: ProxyConfig) -> std::io::Result<Proxy> {
         cfg.validate().map_err(invalid)?;
         let socket = Arc::new(UdpSocket::bind(cfg.listen).await?);
         let listen = socket.local_addr()?;
         let shared = Shared::new(cfg, Protocol::Udp, listen);
         let task = tokio::spawn(run(shared.clone(), socket)).abort_handle();
-        Ok(UdpProxy {
+        Ok(Proxy {
             handle: ProxyHandle { shared },
             task,
         })
-    }
-
-    /// The handle that changes it.
-    pub fn handle(&self) -> ProxyHandle {
-        self.handle.clone()
-    }
-
-    /// Where clients send.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.handle.listen_addr()
-    }
-}
-
-impl Drop for UdpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -361,12 +337,7 @@ async fn send_loop<F, Fut>(
     loop {
         let d = q.pop().await;
         let rules = shared.rules();
-        if rules.cut(client, stream) {
-            shared.counters.drop(Why::Partition);
-            continue;
-        }
-        if rules.blackhole(stream) {
-            shared.counters.drop(Why::Blackhole);
+        if shared.cut_or_blackholed(&rules, client, stream) {
             continue;
         }
         if let Some(rate) = rules.bandwidth(stream) {

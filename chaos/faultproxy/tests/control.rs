@@ -2,29 +2,16 @@
 //! removing toxics, partitions on and off, reset, and refusals that name
 //! the field; each change shows in real traffic through the proxy.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use weir_faultproxy::{ControlServer, ProxyConfig, Registry, TcpProxy, UdpProxy};
+use tokio::net::{TcpStream, UdpSocket};
+use weir_faultproxy::{ControlServer, Proxy, ProxyConfig, Registry};
 
-const LOCAL: &str = "127.0.0.1:0";
+mod common;
 
-async fn tcp_echo() -> SocketAddr {
-    let l = TcpListener::bind(LOCAL).await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
+use common::{LOCAL, tcp_echo};
 
 struct Api {
     base: String,
@@ -52,6 +39,22 @@ impl Api {
     }
 }
 
+/// A control API serving `proxies`, and a client for it.
+async fn serve(proxies: &[weir_faultproxy::ProxyHandle]) -> (ControlServer, Api) {
+    let reg = Registry::new();
+    for p in proxies {
+        reg.add(p.clone());
+    }
+    let server = ControlServer::start(reg, LOCAL.parse().expect("addr"))
+        .await
+        .expect("control API");
+    let api = Api {
+        base: format!("http://{}", server.addr()),
+        http: reqwest::Client::new(),
+    };
+    (server, api)
+}
+
 /// Whether one byte sent through the proxy comes back within `d`.
 async fn echoes(c: &mut TcpStream, d: Duration) -> bool {
     c.write_all(b"x").await.expect("write");
@@ -65,26 +68,17 @@ async fn echoes(c: &mut TcpStream, d: Duration) -> bool {
 #[tokio::test]
 async fn the_control_api_changes_running_proxies() {
     use reqwest::Method;
-    let tcp = TcpProxy::start(ProxyConfig::new(
+    let tcp = Proxy::tcp(ProxyConfig::new(
         "redis",
         LOCAL.parse().expect("addr"),
         Some(tcp_echo().await),
     ))
     .await
     .expect("tcp proxy");
-    let udp = UdpProxy::start(ProxyConfig::new("mesh", LOCAL.parse().expect("addr"), None))
+    let udp = Proxy::udp(ProxyConfig::new("mesh", LOCAL.parse().expect("addr"), None))
         .await
         .expect("udp proxy");
-    let reg = Registry::new();
-    reg.add(tcp.handle());
-    reg.add(udp.handle());
-    let server = ControlServer::start(reg, LOCAL.parse().expect("addr"))
-        .await
-        .expect("control API");
-    let api = Api {
-        base: format!("http://{}", server.addr()),
-        http: reqwest::Client::new(),
-    };
+    let (_server, api) = serve(&[tcp.handle(), udp.handle()]).await;
 
     let (s, list) = api.call(Method::GET, "/proxies", None).await;
     assert_eq!(s, 200);
@@ -210,22 +204,14 @@ async fn the_control_api_changes_running_proxies() {
 #[tokio::test]
 async fn bad_input_is_refused_naming_the_field() {
     use reqwest::Method;
-    let tcp = TcpProxy::start(ProxyConfig::new(
+    let tcp = Proxy::tcp(ProxyConfig::new(
         "t",
         LOCAL.parse().expect("addr"),
         Some(tcp_echo().await),
     ))
     .await
     .expect("proxy");
-    let reg = Registry::new();
-    reg.add(tcp.handle());
-    let server = ControlServer::start(reg, LOCAL.parse().expect("addr"))
-        .await
-        .expect("control API");
-    let api = Api {
-        base: format!("http://{}", server.addr()),
-        http: reqwest::Client::new(),
-    };
+    let (_server, api) = serve(&[tcp.handle()]).await;
     let cases = [
         (
             json!({"name": "a", "type": "latency", "attributes": {"latency_ms": -1}}),

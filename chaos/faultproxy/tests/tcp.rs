@@ -8,26 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use weir_faultproxy::{
-    Direction, Partition, ProxyConfig, Source, Stream, TcpProxy, Toxic, ToxicKind,
-};
+use weir_faultproxy::{Direction, Partition, Proxy, ProxyConfig, Source, Stream, Toxic, ToxicKind};
 
-const LOCAL: &str = "127.0.0.1:0";
+mod common;
 
-/// An upstream that echoes everything back.
-async fn echo() -> SocketAddr {
-    let l = TcpListener::bind(LOCAL).await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
+use common::{LOCAL, tcp_echo as echo};
 
 /// An upstream that sends `n` bytes to each client, then closes.
 async fn source(n: usize) -> SocketAddr {
@@ -45,8 +30,8 @@ async fn source(n: usize) -> SocketAddr {
     addr
 }
 
-async fn proxy(upstream: SocketAddr) -> TcpProxy {
-    TcpProxy::start(ProxyConfig::new("t", LOCAL.parse().expect("addr"), Some(upstream)).seed(42))
+async fn proxy(upstream: SocketAddr) -> Proxy {
+    Proxy::tcp(ProxyConfig::new("t", LOCAL.parse().expect("addr"), Some(upstream)).seed(42))
         .await
         .expect("proxy starts")
 }

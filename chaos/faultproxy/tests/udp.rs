@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-use weir_faultproxy::{
-    Direction, Partition, ProxyConfig, Source, Stream, Toxic, ToxicKind, UdpProxy,
-};
+use weir_faultproxy::{Direction, Partition, Proxy, ProxyConfig, Source, Stream, Toxic, ToxicKind};
 
 const LOCAL: &str = "127.0.0.1:0";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -67,7 +65,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn each_client_gets_its_own_session_and_its_own_replies() {
     let (up, _) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up))).await.expect("proxy");
+    let p = Proxy::udp(cfg(Some(up))).await.expect("proxy");
     let (a, b) = (client().await, client().await);
     let ra = ask(&a, p.listen_addr(), "from-a").await;
     let rb = ask(&b, p.listen_addr(), "from-b").await;
@@ -95,7 +93,7 @@ async fn each_client_gets_its_own_session_and_its_own_replies() {
 #[tokio::test]
 async fn latency_with_jitter_delays_each_datagram_within_bounds() {
     let (up, _) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up))).await.expect("proxy");
+    let p = Proxy::udp(cfg(Some(up))).await.expect("proxy");
     p.handle()
         .add_toxic(Toxic::new(
             "lag",
@@ -119,7 +117,7 @@ async fn latency_with_jitter_delays_each_datagram_within_bounds() {
 #[tokio::test]
 async fn loss_drops_about_its_share_seeded() {
     let (up, seen) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up))).await.expect("proxy");
+    let p = Proxy::udp(cfg(Some(up))).await.expect("proxy");
     let h = p.handle();
     h.add_toxic(Toxic::new(
         "drop",
@@ -147,7 +145,7 @@ async fn loss_drops_about_its_share_seeded() {
 #[tokio::test]
 async fn bandwidth_paces_datagrams() {
     let (up, seen) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up))).await.expect("proxy");
+    let p = Proxy::udp(cfg(Some(up))).await.expect("proxy");
     p.handle()
         .add_toxic(Toxic::new(
             "thin",
@@ -175,7 +173,7 @@ async fn bandwidth_paces_datagrams() {
 #[tokio::test]
 async fn blackhole_drops_until_removed() {
     let (up, _) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up))).await.expect("proxy");
+    let p = Proxy::udp(cfg(Some(up))).await.expect("proxy");
     let h = p.handle();
     h.add_toxic(Toxic::new("hole", Stream::Downstream, ToxicKind::Blackhole))
         .expect("add");
@@ -190,7 +188,7 @@ async fn blackhole_drops_until_removed() {
 #[tokio::test]
 async fn a_slow_link_drops_beyond_its_queue_and_counts() {
     let (up, seen) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up)).queue_packets(16))
+    let p = Proxy::udp(cfg(Some(up)).queue_packets(16))
         .await
         .expect("proxy");
     let h = p.handle();
@@ -215,7 +213,7 @@ async fn a_slow_link_drops_beyond_its_queue_and_counts() {
 #[tokio::test]
 async fn idle_sessions_expire_and_come_back() {
     let (up, _) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up)).idle_timeout(Duration::from_millis(200)))
+    let p = Proxy::udp(cfg(Some(up)).idle_timeout(Duration::from_millis(200)))
         .await
         .expect("proxy");
     let h = p.handle();
@@ -235,7 +233,7 @@ async fn idle_sessions_expire_and_come_back() {
 #[tokio::test]
 async fn sessions_are_bounded() {
     let (up, _) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up)).max_sessions(1))
+    let p = Proxy::udp(cfg(Some(up)).max_sessions(1))
         .await
         .expect("proxy");
     let (a, b) = (client().await, client().await);
@@ -271,7 +269,7 @@ async fn send_paced(c: &UdpSocket, to: SocketAddr, n: u64) {
 #[tokio::test]
 async fn partitions_cut_sources_both_ways_or_one_way_and_heal() {
     let (up, seen) = echo().await;
-    let p = UdpProxy::start(cfg(Some(up))).await.expect("proxy");
+    let p = Proxy::udp(cfg(Some(up))).await.expect("proxy");
     let h = p.handle();
     let to = p.listen_addr();
     let (a, b) = (client().await, client().await);
@@ -320,7 +318,7 @@ async fn partitions_cut_sources_both_ways_or_one_way_and_heal() {
 #[tokio::test]
 async fn a_proxy_without_upstream_drops_until_one_is_set() {
     let (up, _) = echo().await;
-    let p = UdpProxy::start(cfg(None)).await.expect("proxy");
+    let p = Proxy::udp(cfg(None)).await.expect("proxy");
     let h = p.handle();
     let c = client().await;
     c.send_to(b"early", p.listen_addr()).await.expect("send");
@@ -333,9 +331,7 @@ async fn a_proxy_without_upstream_drops_until_one_is_set() {
 async fn the_same_seed_makes_the_same_choices() {
     async fn lost(seed: u64) -> u64 {
         let (up, _) = echo().await;
-        let p = UdpProxy::start(cfg(Some(up)).seed(seed))
-            .await
-            .expect("proxy");
+        let p = Proxy::udp(cfg(Some(up)).seed(seed)).await.expect("proxy");
         let h = p.handle();
         h.add_toxic(Toxic::new(
             "drop",
