@@ -55,7 +55,7 @@ routes:
     )
 }
 
-async fn cluster(bin: &PathBuf, n: usize, config: String) -> Cluster {
+async fn cluster(bin: &std::path::Path, n: usize, config: String) -> Cluster {
     let c = Cluster::start(bin, ClusterSpec::new(n).config(config))
         .await
         .expect("cluster starts");

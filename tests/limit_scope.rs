@@ -6,7 +6,10 @@
 //! killed mid-window leaves the window within the ADR's bound and the
 //! next ones within L; a node
 //! without the mesh admits its fair share (here, alone, the whole limit),
-//! never more, and counts the fallback; a bad `scope` is refused by name.
+//! never more, and counts the fallback; a node cut off from the others'
+//! meshes by fault proxies and the rest each stay within their share, with
+//! no failed request, and hold the limit again once healed; a bad `scope`
+//! is refused by name.
 
 mod common;
 
@@ -86,10 +89,17 @@ fn assert_within(what: &str, admitted: u64) {
 /// An upstream and three nodes with a cluster-scope limit, linked; the
 /// limited URL of each.
 async fn three_nodes() -> (Upstream, Cluster, Vec<String>) {
+    three_nodes_with(|spec| spec).await
+}
+
+/// [`three_nodes`] with the cluster spec changed by `edit`.
+async fn three_nodes_with(
+    edit: impl FnOnce(ClusterSpec) -> ClusterSpec,
+) -> (Upstream, Cluster, Vec<String>) {
     let up = Upstream::start("a").await;
     let c = Cluster::start(
         weir_bin(),
-        ClusterSpec::new(3).config(config(&up.target(), "cluster")),
+        edit(ClusterSpec::new(3).config(config(&up.target(), "cluster"))),
     )
     .await
     .expect("cluster starts");
@@ -288,4 +298,98 @@ routes:
 ",
         &["scope", "planet"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_partitioned_from_the_mesh_and_the_rest_each_stay_within_their_bound() {
+    let (_up, c, urls) = three_nodes_with(ClusterSpec::mesh_behind_proxies).await;
+
+    // Healthy through the proxies: the peers take mesh packets from the
+    // proxies' addresses (a peer is pinned by key, not by address).
+    let healthy = measure(&urls, &[200, 200, 200]).await;
+    assert_within(
+        &format!("through the proxies {healthy:?}"),
+        healthy.iter().sum(),
+    );
+    // A link is kept as dialled by the smaller node id, so nodes 0 and 1
+    // both reach node 2 through its proxy: two sessions.
+    let p2 = c.node(2).mesh_proxy().expect("a mesh proxy").stats();
+    assert!(
+        p2.connections >= 2 && p2.upstream.packets > 0 && p2.downstream.packets > 0,
+        "node 2's mesh is reached through its proxy: {p2:?}"
+    );
+
+    // Node 2 is cut off from the others' meshes both ways, 30% into a
+    // window with 2 L offered; gossip still lists all three, so each side
+    // knows its share of the scope. The side without the key's owner
+    // spends what it holds, then its fair share: the window stays within
+    // what the scope was granted plus the fair shares of at most two
+    // nodes (ADR 0035), and no request fails.
+    let start = next_window().await;
+    let tasks = offer(start, &urls, &[200, 200, 200], &[60; 3], 4);
+    let w = WINDOW_S * 1_000_000;
+    tokio::time::sleep(Duration::from_micros(
+        (start + w * 3 / 10).saturating_sub(now_us()),
+    ))
+    .await;
+    c.partition_mesh(2).expect("partition");
+    let mut cut = [0u64; 3];
+    for t in tasks {
+        let (i, a) = t.await.expect("sender");
+        cut[i] += a;
+    }
+    let total: u64 = cut.iter().sum();
+    eprintln!("cut mid-window: admitted {cut:?} = {total} of L = {L}");
+    assert!(
+        total <= L + 2 * L / 3,
+        "cut mid-window: admitted {total}, bound {}",
+        L + 2 * L / 3
+    );
+    wait_reachable(&c, "cluster", &[2, 2, 1]).await;
+    // ADR 0035: a side of m of the N = 3 nodes admits at most m/N × L
+    // (its owner grants from the limit scaled by reachable / all, and a
+    // node that cannot settle admits its fair share), plus at most one
+    // chunk (a quarter of a node's fair share) per node ahead of its
+    // first grant in a window. Never unlimited: 2 L is offered.
+    let chunk = L / 3 / 4;
+    let (major_bound, minor_bound) = (2 * L / 3 + 2 * chunk, L / 3 + chunk);
+    for round in 0..2 {
+        let per = measure(&urls, &[200, 200, 200]).await;
+        let (major, minor) = (per[0] + per[1], per[2]);
+        eprintln!(
+            "partitioned, window {round}: admitted {per:?}: nodes 0+1 {major}, node 2 {minor}"
+        );
+        assert!(
+            major <= major_bound,
+            "the two connected nodes admitted {major}, bound {major_bound}"
+        );
+        assert!(
+            minor <= minor_bound,
+            "the cut-off node admitted {minor}, bound {minor_bound}"
+        );
+        // Both sides keep serving their share (at least half of it).
+        assert!(major >= L / 3, "nodes 0+1 admitted only {major}");
+        assert!(minor >= L / 6, "node 2 admitted only {minor}");
+    }
+    let dropped = c
+        .node(2)
+        .mesh_proxy()
+        .expect("a mesh proxy")
+        .stats()
+        .dropped
+        .partition;
+    assert!(dropped > 0, "the cut is the proxies' doing");
+
+    // Healed: one scope again, within the limit, every node served.
+    c.heal_mesh(2).expect("heal");
+    wait_reachable(&c, "cluster", &[3, 3, 3]).await;
+    let after = measure(&urls, &[200, 200, 200]).await;
+    let total: u64 = after.iter().sum();
+    eprintln!("healed: admitted {after:?} = {total} of L = {L}");
+    assert!(
+        total <= L + L / 4,
+        "after the heal: admitted {total}, ADR bound {}",
+        L + L / 4
+    );
+    assert!(after.iter().all(|&a| a > 0), "every node admits: {after:?}");
 }

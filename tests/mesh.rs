@@ -4,7 +4,8 @@
 //! link, a node without a secret keeps the mesh off and says so, and a raw
 //! QUIC client holding valid credentials has its malformed frames (and a
 //! malformed credit message in a valid frame) refused and counted while
-//! the node keeps serving.
+//! the node keeps serving; a mesh address to advertise that peers could
+//! not dial is refused by name, in the file and as a flag.
 
 mod common;
 
@@ -432,4 +433,20 @@ async fn malformed_frames_from_a_raw_client_with_valid_credentials_are_refused_a
     let (status, _) = get(&node.admin_url("/v1/health")).await;
     assert_eq!(status, 200);
     membership.leave().await;
+}
+
+#[test]
+fn a_mesh_advertise_peers_cannot_dial_is_refused_by_name() {
+    weir_testsupport::assert_rejected(
+        weir_bin(),
+        "cluster: {mesh_advertise: \"0.0.0.0:7947\"}\n",
+        &["cluster.mesh_advertise", "a specific IP"],
+    );
+    let out = std::process::Command::new(weir_bin())
+        .args(["serve", "--mesh-advertise", "127.0.0.1:0"])
+        .output()
+        .expect("run weir");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cluster.mesh_advertise"), "{err}");
 }
