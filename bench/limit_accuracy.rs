@@ -1,7 +1,8 @@
 //! How exactly a shared `limit-count` holds across real `weir` nodes on
 //! loopback (issue 14's accuracy table): admitted per window over L with
 //! 2 L offered, evenly and 90% on one node, over the mesh
-//! (`scope: cluster`) and through Redis (`store: redis`, credit and
+//! (`scope: cluster`, also with 100 ms one-way delay injected on every
+//! mesh link by the chaos fault proxies) and through Redis (`store: redis`, credit and
 //! per request); and APISIX's published case, two nodes sharing a sliding
 //! 500 req/s limit with 800 req/s offered for 30 s. Prints a Markdown
 //! table; see `docs/benchmarks.md`.
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weir_chaos::{Cluster, ClusterSpec};
+use weir_faultproxy::{Stream, Toxic, ToxicKind};
 use weir_testsupport::{RedisServer, Upstream};
 
 /// The limit per window of the table's rows.
@@ -56,9 +58,11 @@ routes:
 }
 
 async fn cluster(bin: &std::path::Path, n: usize, config: String) -> Cluster {
-    let c = Cluster::start(bin, ClusterSpec::new(n).config(config))
-        .await
-        .expect("cluster starts");
+    cluster_with(bin, ClusterSpec::new(n).config(config)).await
+}
+
+async fn cluster_with(bin: &std::path::Path, spec: ClusterSpec) -> Cluster {
+    let c = Cluster::start(bin, spec).await.expect("cluster starts");
     c.wait_converged(Duration::from_secs(60))
         .await
         .expect("converges");
@@ -109,6 +113,41 @@ async fn main() -> anyhow::Result<()> {
         let c = cluster(&bin, 3, config(&up.target(), None, &mesh)).await;
         rows(&c, "mesh, even", &even, windows).await;
         rows(&c, "mesh, 90% on one node", &skewed, windows).await;
+        drop(c);
+        // 100 ms one-way on every mesh link: each node's mesh sits behind
+        // a user-space UDP proxy that delays both directions.
+        let c = cluster_with(
+            &bin,
+            ClusterSpec::new(3)
+                .config(config(&up.target(), None, &mesh))
+                .mesh_behind_proxies(),
+        )
+        .await;
+        for i in 0..3 {
+            let p = c
+                .node(i)
+                .mesh_proxy()
+                .expect("the mesh runs behind a proxy");
+            for (name, stream) in [("in", Stream::Upstream), ("out", Stream::Downstream)] {
+                p.add_toxic(Toxic::new(
+                    name,
+                    stream,
+                    ToxicKind::Latency {
+                        latency_ms: 100,
+                        jitter_ms: 0,
+                    },
+                ))?;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rows(&c, "mesh, 100 ms one-way delay, even", &even, windows).await;
+        rows(
+            &c,
+            "mesh, 100 ms one-way delay, 90% on one node",
+            &skewed,
+            windows,
+        )
+        .await;
     }
     if let Some(r) = redis.as_ref().filter(|_| !skip_table) {
         for (name, limit) in [
