@@ -395,32 +395,46 @@ async fn leader_write(kv: &RaftKv, batch: Batch) -> Result<Option<Written>, Clus
     }
 }
 
-/// Resolves when this node, as leader, has had no answer from a quorum
-/// for longer than the leader lease (`election_timeout_max`): the others
-/// may have elected someone else by then.
+/// Resolves when this node, as leader, has had answers from no quorum of
+/// voters (itself included) for longer than the write wait: the others
+/// have elected someone else by then, or the commit cannot happen. The
+/// bound is the write wait, not the lease, so that a leader that is only
+/// short of CPU (compiling a large write) does not give up on a write its
+/// followers are taking. Answers are counted as the network sees them,
+/// not from openraft's metrics, which are only refreshed when something
+/// else changes.
 async fn quorum_lost(kv: &RaftKv) -> &'static str {
-    let lease = kv.inner.settings.timing.election_timeout_max;
+    let timing = kv.inner.settings.timing;
+    let lease = timing.write_wait;
     let since = Instant::now();
-    let mut rx = kv.inner.raft.metrics();
     loop {
-        {
-            let m = rx.borrow_and_update();
-            let solo = m.membership_config.membership().voter_ids().count() <= 1;
-            let age = m
-                .millis_since_quorum_ack
-                .map_or(since.elapsed(), Duration::from_millis);
-            if m.state == openraft::ServerState::Leader && !solo && age > lease {
-                return "the leader lost contact with a quorum while committing the write";
-            }
+        tokio::time::sleep(timing.heartbeat).await;
+        let m = kv.inner.raft.metrics().borrow().clone();
+        if m.state != openraft::ServerState::Leader || since.elapsed() <= lease {
+            continue;
         }
-        let _ = tokio::time::timeout(kv.inner.settings.timing.heartbeat, rx.changed()).await;
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let heard = voters
+            .iter()
+            .filter(|&&v| {
+                v == kv.inner.id
+                    || kv
+                        .inner
+                        .liveness
+                        .last_seen(v)
+                        .is_some_and(|t| t.elapsed() <= lease)
+            })
+            .count();
+        if heard * 2 <= voters.len() {
+            return "the leader lost contact with a quorum while committing the write";
+        }
     }
 }
 
 /// Forwards the write to the leader this node knows. `Ok(None)`: no
 /// leader known, or the request never reached it (safe to retry). While
 /// the leader handles it, this node watches its own view: when the leader
-/// changes or goes silent for longer than its lease, the write fails
+/// changes or goes silent for longer than the write wait, the write fails
 /// `Unavailable` (it may or may not be applied).
 async fn forward_write(kv: &RaftKv, batch: &Batch) -> Result<Option<Written>, ClusterError> {
     let Some(leader) = kv.inner.raft.metrics().borrow().current_leader else {
@@ -428,7 +442,8 @@ async fn forward_write(kv: &RaftKv, batch: &Batch) -> Result<Option<Written>, Cl
     };
     // A leader silent for longer than its lease is being replaced: wait
     // for the next one rather than send it a write.
-    if leader == kv.inner.id || leader_silent(kv) {
+    let lease = kv.inner.settings.timing.election_timeout_max;
+    if leader == kv.inner.id || leader_silent(kv, lease) {
         return Ok(None);
     }
     tokio::select! {
@@ -448,19 +463,18 @@ async fn forward_write(kv: &RaftKv, batch: &Batch) -> Result<Option<Written>, Cl
     }
 }
 
-/// True when this node has heard from no leader for longer than the
-/// leader lease (`election_timeout_max`).
-fn leader_silent(kv: &RaftKv) -> bool {
-    let lease = kv.inner.settings.timing.election_timeout_max;
+/// True when this node has heard from no leader for longer than `limit`.
+fn leader_silent(kv: &RaftKv, limit: Duration) -> bool {
     kv.inner
         .last_leader_contact
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .is_some_and(|t| t.elapsed() > lease)
+        .is_some_and(|t| t.elapsed() > limit)
 }
 
 /// Resolves when this node stops following `leader`: another leader (or
-/// none) is known, or nothing came from it for longer than the lease.
+/// none) is known, or nothing came from it for longer than the write
+/// wait (a leader busy with a large write can be late with heartbeats).
 async fn leader_gone(kv: &RaftKv, leader: NodeId) -> &'static str {
     let timing = kv.inner.settings.timing;
     let mut rx = kv.inner.raft.metrics();
@@ -468,7 +482,7 @@ async fn leader_gone(kv: &RaftKv, leader: NodeId) -> &'static str {
         if rx.borrow_and_update().current_leader != Some(leader) {
             return "the leader changed while it handled the write";
         }
-        if leader_silent(kv) {
+        if leader_silent(kv, timing.write_wait) {
             return "the leader went silent while it handled the write";
         }
         let _ = tokio::time::timeout(timing.heartbeat, rx.changed()).await;

@@ -137,6 +137,10 @@ impl HttpPeer {
     async fn append_with_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> AppendResult {
         let last = rpc.entries.last().map(|e| e.log_id);
         if let Some(f) = self.in_flight.as_mut() {
+            tracing::debug!(
+                target = self.target,
+                "an AppendEntries outlived openraft's deadline; waiting for its answer"
+            );
             // Cancelled here by openraft's deadline, the call goes on and
             // the next attempt waits again.
             let res = (&mut f.task).await.unwrap_or_else(|e| {
