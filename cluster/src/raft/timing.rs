@@ -4,7 +4,7 @@
 //! the checks that keep a combination safe. It does not run timers; openraft
 //! does, from the [`openraft::Config`] built here.
 //!
-//! Why the numbers (ADR 0036): openraft 0.9 makes a follower that has
+//! Why the numbers (ADR 0037): openraft 0.9 makes a follower that has
 //! accepted a leader wait its *leader lease* (`election_timeout_max`) plus
 //! its own election timeout (drawn once per process from `[min, max)`)
 //! after the last heartbeat before it campaigns, and looks at that only on
