@@ -61,15 +61,9 @@ async fn settled(nodes: &[Node]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test`/`nextest` do not, and
-    // must not start a cluster.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(bin) = weir_testsupport::raftnode::bench_bin(env!("CARGO_BIN_EXE_weir")) else {
         return Ok(());
-    }
-    let bin = std::env::var_os("WEIR_BENCH_BIN").map_or_else(
-        || env!("CARGO_BIN_EXE_weir").into(),
-        std::path::PathBuf::from,
-    );
+    };
     let load_before = loadavg();
     let root = tempfile::tempdir()?;
     let mut nodes = cluster(&bin, root.path()).await?;
@@ -124,10 +118,7 @@ async fn main() -> anyhow::Result<()> {
         pct(&samples, 0.99).as_secs_f64(),
         pct(&samples, 1.0).as_secs_f64()
     );
-    println!(
-        "| fastest | {:.2} s |",
-        pct(&samples, 0.0).as_secs_f64()
-    );
+    println!("| fastest | {:.2} s |", pct(&samples, 0.0).as_secs_f64());
     println!("| writes answered 503 meanwhile | {refused} |");
     println!("| load average before / after | {load_before} / {load_after} |");
     Ok(())

@@ -203,59 +203,38 @@ async fn a_write_during_an_endless_election_gets_503_with_retry_after() -> anyho
     Ok(())
 }
 
-/// Runs `weir serve` with `args` and returns its exit status and stderr;
-/// kills it if it is still running after 20 s.
-async fn serve_refused(args: &[&str]) -> (bool, String) {
+/// Runs `weir serve` with `args` on a fresh data dir (it is expected to
+/// refuse them at start) and returns whether it succeeded and its stderr.
+fn serve_refused(args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(weir_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+    let out = Command::new(weir_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen"])
+        .args(["127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("weir serve {args:?} did not exit");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    (status.success(), err)
+        .output()
+        .expect("run weir");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timing_flags_are_checked_and_the_wan_profile_runs() -> anyhow::Result<()> {
-    let (ok, err) = serve_refused(&["--raft-heartbeat", "400ms"]).await;
+    let (ok, err) = serve_refused(&["--raft-heartbeat", "400ms"]);
     assert!(!ok);
     assert!(
         err.contains("--raft-election-timeout-min: 500ms must be at least 3 heartbeats (1200ms)"),
         "{err}"
     );
     assert!(err.contains("(with --raft-timing lan)"), "{err}");
-    let (ok, err) = serve_refused(&["--raft-timing", "metro"]).await;
+    let (ok, err) = serve_refused(&["--raft-timing", "metro"]);
     assert!(!ok);
     assert!(err.contains("--raft-timing"), "{err}");
     assert!(err.contains("one of: lan, wan"), "{err}");
-    let (ok, err) = serve_refused(&["--raft-timing", "wan", "--raft-write-wait", "1s"]).await;
+    let (ok, err) = serve_refused(&["--raft-timing", "wan", "--raft-write-wait", "1s"]);
     assert!(!ok);
     assert!(
         err.contains("--raft-write-wait: 1000ms must be at least"),

@@ -143,11 +143,10 @@ impl HttpPeer {
             );
             // Cancelled here by openraft's deadline, the call goes on and
             // the next attempt waits again.
-            let res = (&mut f.task).await.unwrap_or_else(|e| {
-                Err(RPCError::Network(NetworkError::new(
-                    &std::io::Error::other(e.to_string()),
-                )))
-            });
+            let res = match (&mut f.task).await {
+                Ok(r) => r,
+                Err(e) => Err(task_failed(e)),
+            };
             let Some(f) = self.in_flight.take() else {
                 return res;
             };
@@ -178,14 +177,18 @@ impl HttpPeer {
             last,
             task,
         });
-        let res = (&mut f.task).await.unwrap_or_else(|e| {
-            Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(e.to_string()),
-            )))
-        });
+        let res = match (&mut f.task).await {
+            Ok(r) => r,
+            Err(e) => Err(task_failed(e)),
+        };
         self.in_flight = None;
         res
     }
+}
+
+/// The error for an AppendEntries task that panicked or was aborted.
+fn task_failed(e: tokio::task::JoinError) -> RPCError<NodeId, BasicNode, RaftError<NodeId>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
 }
 
 /// One RPC to `target` at `addr`, bounded by `ttl`.

@@ -273,6 +273,19 @@ pub async fn cluster_with_env(
     Ok(nodes)
 }
 
+/// For a benchmark's `main`: the `weir` binary to measure, or `None`
+/// when not run by `cargo bench`. `cargo bench` passes `--bench`;
+/// `cargo test`/`nextest` (listing or running all targets) do not, and
+/// must not start a cluster. `WEIR_BENCH_BIN` measures another build
+/// (e.g. an older commit's, for before/after figures in one run) instead
+/// of `built`, the one cargo built.
+pub fn bench_bin(built: &str) -> Option<PathBuf> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(std::env::var_os("WEIR_BENCH_BIN").map_or_else(|| built.into(), PathBuf::from))
+}
+
 pub async fn leader_index(nodes: &[Node]) -> usize {
     wait_for("a leader", CONVERGE, || async {
         for (i, n) in nodes.iter().enumerate() {
