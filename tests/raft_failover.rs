@@ -230,6 +230,12 @@ async fn timing_flags_are_checked_and_the_wan_profile_runs() -> anyhow::Result<(
         "{err}"
     );
     assert!(err.contains("(with --raft-timing lan)"), "{err}");
+    let (ok, err) = serve_refused(&["--raft-snapshot-every", "5"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--raft-snapshot-every must be at least 10"),
+        "{err}"
+    );
     let (ok, err) = serve_refused(&["--raft-timing", "metro"]);
     assert!(!ok);
     assert!(err.contains("--raft-timing"), "{err}");
@@ -289,6 +295,31 @@ async fn at_the_default_level_weir_reports_raft_changes_and_openraft_stays_quiet
         loud.log().lines().any(from_openraft)
     })
     .await;
+
+    // A snapshot gets its line too (one every 10 entries here).
+    let single = Node::start_with_env(
+        weir_bin(),
+        &root.path().join("single"),
+        &["--raft-snapshot-every", "10"],
+        &default_level,
+    )
+    .await?;
+    for i in 0..12 {
+        let (s, b) = single
+            .put(
+                &format!("/v1/consumers/s{i}"),
+                json!({"labels": {"k": "v"}}),
+            )
+            .await?;
+        assert_eq!(s, 200, "{b}");
+    }
+    wait_until("the snapshot is logged", CONVERGE, || async {
+        single.log().contains("raft snapshot up to log index")
+    })
+    .await;
+    let log = single.log();
+    let noise: Vec<&str> = log.lines().filter(|l| from_openraft(l)).collect();
+    assert!(noise.is_empty(), "openraft lines at info: {noise:#?}");
 
     let leader = leader_index(&nodes).await;
     nodes[leader].kill();

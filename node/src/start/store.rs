@@ -95,6 +95,11 @@ pub struct StoreArgs {
     /// the election timeout's upper bound.
     #[arg(long, value_parser = humantime::parse_duration)]
     raft_write_wait: Option<Duration>,
+    /// Build a Raft snapshot (all documents, the history a rollback can
+    /// reach) and purge the log after this many entries. Fewer means
+    /// shorter logs and more snapshot builds.
+    #[arg(long, default_value_t = 1000)]
+    raft_snapshot_every: u64,
     /// Without contact with the leader for this long, `/v1/status` says
     /// `config_stale: true`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -181,6 +186,12 @@ pub async fn serve(
     if args.raft_remove_dead_learner_after < Duration::from_secs(1) {
         anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
     }
+    if args.raft_snapshot_every < 10 {
+        anyhow::bail!(
+            "--raft-snapshot-every must be at least 10 (got {})",
+            args.raft_snapshot_every
+        );
+    }
     let timing = args.raft_timing()?;
     let mut file_cfg = file_cfg;
     let telemetry = start_telemetry(&mut file_cfg)?;
@@ -232,6 +243,7 @@ pub async fn serve(
     settings.remove_dead_learner_after = args.raft_remove_dead_learner_after;
     settings.stale_after = args.stale_after;
     settings.timing = timing;
+    settings.snapshot_every = args.raft_snapshot_every;
     settings.key = args
         .admin_keys
         .iter()
