@@ -370,12 +370,18 @@ setup_weir_limit() {
 #               the key, and every decision spends credit its own ledger
 #               granted in the background (the request path of a shared
 #               limit, without another node's CPU on this machine)
-setup_weir_limit_cluster() {
+setup_weir_limit_cluster() { setup_weir_limit_in_cluster weir-limit-cluster cluster; }
+# weir-limit-clustered  the same node (one-node cluster, mesh on) with the
+#               count kept per node (`scope: node`): what weir-limit-cluster
+#               compares with, so the cluster's own background work is on
+#               both sides
+setup_weir_limit_clustered() { setup_weir_limit_in_cluster weir-limit-clustered node; }
+setup_weir_limit_in_cluster() { # NAME SCOPE
     local secret_file="$WORK/cluster.secret"
     printf 'bench-cluster-secret-0123456789abcdef' >"$secret_file"
-    setup_weir_named weir-limit-cluster "plugins:
-  limit-count: {count: 1000000000000, time_window: 1h, key: [route], scope: cluster}
-cluster: {name: bench, node_id: bench-0, gossip_listen: \"127.0.0.1:0\", mesh_listen: \"127.0.0.1:0\", secret_file: \"$secret_file\"}"
+    setup_weir_named "$1" "plugins:
+  limit-count: {count: 1000000000000, time_window: 1h, key: [route], scope: $2}
+cluster: {name: bench-$1, node_id: bench-0, gossip_listen: \"127.0.0.1:0\", mesh_listen: \"127.0.0.1:0\", secret_file: \"$secret_file\"}"
 }
 # weir-limit-redis  the same count in Redis with `sync: per_request`: one
 #               Redis round trip per request, the anchor design; a
