@@ -159,23 +159,26 @@ fn p99(mut lat: Vec<Duration>) -> Duration {
     lat[(lat.len() * 99).div_ceil(100) - 1]
 }
 
-/// Sends requests to `url` (as [`load`] does) until `g` shows a Redis
-/// call that worked after the `ok_before` it had; returns how long that
-/// took.
-async fn counted_in_again(
-    g: &Gateway,
-    url: &str,
-    ok_before: f64,
-    within: Duration,
-    what: &str,
-) -> Duration {
+/// Brings Redis back with `recover` while sending requests to `url` (as
+/// [`load`] does), and waits until `g` shows a Redis call that worked
+/// after it; returns how long that took, at most 1 s (the bound
+/// for the first request after Redis recovers).
+async fn counted_in_again(g: &Gateway, url: &str, after: &str, recover: impl FnOnce()) -> Duration {
+    let within = Duration::from_secs(1);
+    let ok_before = redis_ok_calls(g).await;
+    recover();
     let traffic = tokio::spawn(load(url.to_string(), within + Duration::from_millis(500)));
     let t0 = Instant::now();
-    wait_until(what, within, || async {
-        let m = metrics(g).await;
-        series(&m, "weir_limit_redis_up") == Some(1.0)
-            && series(&m, "weir_limit_redis_calls_total{result=\"ok\"}").unwrap_or(0.0) > ok_before
-    })
+    wait_until(
+        &format!("Redis is used again within 1 s {after}"),
+        within,
+        || async {
+            let m = metrics(g).await;
+            series(&m, "weir_limit_redis_up") == Some(1.0)
+                && series(&m, "weir_limit_redis_calls_total{result=\"ok\"}").unwrap_or(0.0)
+                    > ok_before
+        },
+    )
     .await;
     let took = t0.elapsed();
     traffic.await.expect("traffic");
@@ -237,15 +240,9 @@ routes:
         "the outage is logged:\n{}",
         gw.log()
     );
-    let ok = redis_ok_calls(&gw).await;
-    redis.restart().expect("restart redis");
-    let back = counted_in_again(
-        &gw,
-        &credit,
-        ok,
-        Duration::from_secs(1),
-        "Redis is used again within 1 s of its restart",
-    )
+    let back = counted_in_again(&gw, &credit, "of its restart", || {
+        redis.restart().expect("restart redis")
+    })
     .await;
     eprintln!(
         "credit p99: healthy {healthy:?}, Redis killed {killed:?}; counted in again after {back:?}"
@@ -254,15 +251,9 @@ routes:
     // Stalled: connections open, nothing answered.
     redis.stall().expect("stall redis");
     let stalled = p99(load(credit.clone(), Duration::from_secs(2)).await);
-    let ok = redis_ok_calls(&gw).await;
-    redis.resume().expect("resume redis");
-    let back = counted_in_again(
-        &gw,
-        &credit,
-        ok,
-        Duration::from_secs(1),
-        "Redis is used again within 1 s of resuming",
-    )
+    let back = counted_in_again(&gw, &credit, "of resuming", || {
+        redis.resume().expect("resume redis")
+    })
     .await;
     eprintln!("credit p99: Redis stalled {stalled:?}; counted in again after {back:?}");
     let budget = healthy + Duration::from_millis(50);

@@ -39,6 +39,10 @@ use crate::cluster_limits::{ClusterLimits, Scope};
 /// How long a per-request limit decides locally after a failed Redis call
 /// before it tries Redis again.
 pub const BREAKER: Duration = Duration::from_millis(250);
+/// How long a credit window that fell back waits before it asks Redis
+/// again (a refused connection fails at once, a stalled Redis costs a
+/// background wait of the response timeout, never a request's).
+const RETRY: Duration = Duration::from_millis(250);
 /// Longest interval between two "Redis is still failing" log lines.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Slack on the credit stores' settle timeout over the client's own
@@ -358,6 +362,7 @@ impl CounterStoreProvider for Provider {
         });
         let cfg = CreditConfig {
             timeout: self.timeout,
+            retry: RETRY,
             ..CreditConfig::default()
         };
         let store = Arc::new(CreditCounters::new(
