@@ -188,9 +188,7 @@ pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
     let cfg = match crate::compile::load_file(file) {
         Ok(c) => c,
         Err(errors) => {
-            for p in &errors.0 {
-                eprintln!("{}: {p}", file.display());
-            }
+            crate::start::print_problems(file, &errors);
             return ExitCode::from(2);
         }
     };
