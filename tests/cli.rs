@@ -157,8 +157,7 @@ fn cross_field_problems_carry_their_line_and_column() {
 
 #[test]
 fn a_yaml_syntax_error_is_reported_as_one_at_its_position() {
-    let (code, err) =
-        validate_text("routes:\n  - id: a\n    paths: [/a\n    upstream: u\n");
+    let (code, err) = validate_text("routes:\n  - id: a\n    paths: [/a\n    upstream: u\n");
     assert_eq!(code, Some(2));
     assert_eq!(
         err,

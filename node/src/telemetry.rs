@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::metrics::{
-    self, ActiveRequest, CacheStatus, GatewayMetrics, Metrics, RequestMetrics,
-};
+use crate::metrics::{self, ActiveRequest, CacheStatus, GatewayMetrics, Metrics, RequestMetrics};
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
 use weir_observability::access_log::{AccessLog, AccessRecord};

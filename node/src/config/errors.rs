@@ -147,9 +147,7 @@ fn seek(src: &str, path: &[Segment]) -> Option<(usize, usize)> {
     match (Seek { path }).deserialize(de) {
         Ok(()) => None,
         // The deserializer puts the path it was at before the message.
-        Err(e) if e.to_string().contains(FOUND) => {
-            e.location().map(|l| (l.line(), l.column()))
-        }
+        Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| (l.line(), l.column())),
         Err(_) => None,
     }
 }
@@ -257,12 +255,18 @@ mod tests {
     fn a_field_is_found_at_its_value() {
         assert_eq!(locate(SRC, "routes[1].service"), Some((10, 14)));
         assert_eq!(locate(SRC, "upstreams[0].targets[0].addr"), Some((3, 22)));
-        assert_eq!(locate(SRC, "routes[1].plugins.limit-count.count"), Some((12, 28)));
+        assert_eq!(
+            locate(SRC, "routes[1].plugins.limit-count.count"),
+            Some((12, 28))
+        );
     }
 
     #[test]
     fn a_missing_field_is_placed_at_its_nearest_ancestor() {
-        assert_eq!(locate(SRC, "routes[1].plugins.limit-count.time_window"), Some((12, 20)));
+        assert_eq!(
+            locate(SRC, "routes[1].plugins.limit-count.time_window"),
+            Some((12, 20))
+        );
         assert_eq!(locate(SRC, "routes[0].service"), Some((5, 5)));
         assert_eq!(locate(SRC, "consumers[0]"), None);
         assert_eq!(locate(SRC, "(document)"), None);

@@ -37,8 +37,8 @@ pub use consumer::{
     BasicCredential, ConsumerConfig, CredentialsConfig, HmacCredential, JwtCredential,
     KeyCredential, SubscriptionConfig, SubscriptionState,
 };
-pub(crate) use errors::{Problems, locate_problems};
 pub use errors::{ConfigErrors, ConfigProblem};
+pub(crate) use errors::{Problems, locate_problems};
 pub use health_check::{CheckKind, HealthCheckConfig};
 pub use route::{
     HostHeader, LifecycleConfig, LifecycleStatus, RouteConfig, ServiceConfig, ValueMatch,
