@@ -44,6 +44,9 @@ pub struct Telemetry {
     health_series: Mutex<HashSet<(String, String)>>,
     /// Spans dropped or lost by the exporter already added to the metrics.
     spans_dropped_seen: AtomicU64,
+    /// This node's id, the one its spans, metrics, logs, `/v1/status` and
+    /// the CLI show (empty for telemetry built without a node).
+    node_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -102,8 +105,14 @@ impl Telemetry {
             tracing,
             metrics_export,
             access_log,
+            node_id: Arc::from(node.node_id.as_str()),
             ..Telemetry::default()
         })
+    }
+
+    /// This node's id (see [`node_info`]).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// The metrics registry, when metrics are on.
@@ -380,8 +389,10 @@ impl Drop for RequestLog {
 }
 
 /// Who this node is, for resource attributes and span attributes: the
-/// cluster's node id and region when it runs in a cluster, else
-/// `<hostname>:<admin port>`.
+/// cluster's node id and region when it is a member of a gossip cluster,
+/// else its host name, with `-<admin port>` when that is not the default
+/// 9180 (nor 0), as a gossip node id is formed, so a node keeps its id when
+/// it later joins a cluster.
 pub fn node_info(cfg: &crate::config::Config) -> NodeInfo {
     let admin = cfg.settings.admin_listen;
     if let Some(c) = &cfg.cluster {
@@ -391,8 +402,12 @@ pub fn node_info(cfg: &crate::config::Config) -> NodeInfo {
             admin: Some(admin),
         };
     }
+    let host = crate::cluster::host_name();
     NodeInfo {
-        node_id: format!("{}:{}", crate::cluster::host_name(), admin.port()),
+        node_id: match admin.port() {
+            0 | 9180 => host,
+            port => format!("{host}-{port}"),
+        },
         region: None,
         admin: Some(admin),
     }

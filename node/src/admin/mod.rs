@@ -42,6 +42,7 @@ mod documents;
 mod keys;
 mod purge;
 mod status;
+pub(crate) use status::mode_name;
 mod subscriptions;
 
 pub use keys::{ApiKey, Role};

@@ -31,7 +31,9 @@ pub(super) fn render_status(
     Ok(render_table(&members))
 }
 
-/// Left-aligned columns, two spaces apart.
+/// The one table layout of the CLI: left-aligned columns, two spaces
+/// apart, each as wide as its widest cell, header included, so headers
+/// and rows line up.
 fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -56,13 +58,24 @@ fn render_table(doc: &serde_json::Value) -> String {
         serde_json::Value::Null | serde_json::Value::String(_) => "-".to_string(),
         other => other.to_string(),
     };
+    let members: &[Value] = doc["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut rows = vec![
         [
-            "ID", "STATE", "REGION", "ZONE", "AGE", "PROXY", "ADMIN", "GOSSIP",
+            "ID",
+            "STATE",
+            "GENERATION",
+            "RAFT",
+            "REVISION",
+            "REGION",
+            "ZONE",
+            "AGE",
+            "PROXY",
+            "ADMIN",
+            "GOSSIP",
         ]
         .map(String::from),
     ];
-    for m in doc["members"].as_array().into_iter().flatten() {
+    for m in members {
         let mut id = s(&m["id"]);
         if m["is_self"] == serde_json::Value::Bool(true) {
             id.push_str(" (self)");
@@ -71,9 +84,23 @@ fn render_table(doc: &serde_json::Value) -> String {
             .as_u64()
             .map(|a| humantime::format_duration(Duration::from_secs(a)).to_string())
             .unwrap_or_else(|| "-".to_string());
+        // A restarted node gossips again under a higher generation; the
+        // entry of its previous incarnation is marked old.
+        let mut generation = s(&m["generation"]);
+        let superseded = m["generation"].as_u64().is_some_and(|g| {
+            members
+                .iter()
+                .any(|o| o["id"] == m["id"] && o["generation"].as_u64().is_some_and(|og| og > g))
+        });
+        if superseded {
+            generation.push_str(" (old)");
+        }
         rows.push([
             id,
             s(&m["state"]),
+            generation,
+            s(&m["raft_role"]),
+            s(&m["revision"]),
             s(&m["region"]),
             s(&m["zone"]),
             age,
@@ -82,20 +109,30 @@ fn render_table(doc: &serde_json::Value) -> String {
             s(&m["gossip_addr"]),
         ]);
     }
-    let mut out = format!(
-        "cluster {} (seen from {})\n\n",
-        s(&doc["cluster"]),
-        s(&doc["node_id"])
-    );
+    let mut out = if doc["membership"] == "single" {
+        format!(
+            "{} is a single node ({} mode): no gossip, so no other members\n\n",
+            s(&doc["node_id"]),
+            s(&doc["mode"])
+        )
+    } else {
+        format!(
+            "cluster {} (seen from {})\n\n",
+            s(&doc["cluster"]),
+            s(&doc["node_id"])
+        )
+    };
     out.push_str(&columns(&rows));
     let g = &doc["gossip"];
-    out.push_str(&format!(
-        "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
-        s(&g["sent_datagrams"]),
-        s(&g["received_datagrams"]),
-        s(&g["rejected_datagrams"]),
-        s(&g["malformed_datagrams"]),
-    ));
+    if !g.is_null() {
+        out.push_str(&format!(
+            "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
+            s(&g["sent_datagrams"]),
+            s(&g["received_datagrams"]),
+            s(&g["rejected_datagrams"]),
+            s(&g["malformed_datagrams"]),
+        ));
+    }
     out.push_str(&render_mesh(&doc["mesh"]));
     let targets = doc["health"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if !targets.is_empty() {
@@ -208,29 +245,21 @@ fn render_mesh(mesh: &Value) -> String {
 /// `weir get -o table`: id, revision and creation revision of each
 /// document, one per line under a header.
 pub(super) fn documents(items: &[Value]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{:<32} {:>9} {:>9}", "ID", "REVISION", "CREATED");
+    let mut rows = vec![["ID", "REVISION", "CREATED"].map(String::from)];
     for d in items {
-        let _ = writeln!(
-            out,
-            "{:<32} {:>9} {:>9}",
-            d["id"].as_str().unwrap_or(""),
-            d["revision"],
-            d["created"]
-        );
+        rows.push([
+            d["id"].as_str().unwrap_or("").to_string(),
+            d["revision"].to_string(),
+            d["created"].to_string(),
+        ]);
     }
-    out
+    columns(&rows)
 }
 
 /// `weir revisions`: revision, time, author and changes of each history
 /// record, one per line under a header.
 pub(super) fn revisions(records: &[Value]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>9}  {:<20}  {:<16}  CHANGES",
-        "REVISION", "WHEN", "AUTHOR"
-    );
+    let mut rows = vec![["REVISION", "WHEN", "AUTHOR", "CHANGES"].map(String::from)];
     for rec in records {
         let when = rec["at_ms"]
             .as_u64()
@@ -253,14 +282,105 @@ pub(super) fn revisions(records: &[Value]) -> String {
                 )
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{:>9}  {:<20}  {:<16}  {}",
-            rec["revision"],
+        rows.push([
+            rec["revision"].to_string(),
             when,
-            rec["author"].as_str().unwrap_or(""),
-            changes.join(", ")
+            rec["author"].as_str().unwrap_or("").to_string(),
+            changes.join(", "),
+        ]);
+    }
+    columns(&rows)
+}
+
+/// The members document of a node without gossip, built from its
+/// `/v1/status`: itself as the only member, with its role in its config
+/// store and the revision it serves (store mode).
+pub(super) fn single_node(status: &Value) -> Value {
+    let st = &status["cluster"];
+    let role = if st.is_null() {
+        Value::Null
+    } else if st["leader"] == st["raft_id"] {
+        Value::from("leader")
+    } else {
+        st["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == st["raft_id"])
+            .map_or(Value::Null, |m| m["role"].clone())
+    };
+    serde_json::json!({
+        "node_id": status["node_id"],
+        "mode": status["mode"],
+        "membership": status["membership"],
+        "members": [{
+            "id": status["node_id"],
+            "is_self": true,
+            "state": "alive",
+            "raft_id": st["raft_id"],
+            "raft_role": role,
+            "revision": status["config"]["revision"],
+        }],
+    })
+}
+
+/// `weir cluster store`: the node's view of the replicated config store
+/// (`/v1/status`): a summary line, then one row per Raft member with its
+/// node id (when known), Raft id, role and address.
+pub(super) fn store(status: &Value) -> String {
+    let st = &status["cluster"];
+    let s = |v: &Value| match v {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Null | Value::String(_) => "-".to_string(),
+        other => other.to_string(),
+    };
+    if st.is_null() {
+        return format!(
+            "{} runs in {} mode: its config is its file, there is no config store\n",
+            s(&status["node_id"]),
+            s(&status["mode"])
         );
+    }
+    let mut out = format!(
+        "config store seen from {} (raft_id={}): {}, term {}, revision {}, applied index {}\n",
+        s(&status["node_id"]),
+        s(&st["raft_id"]),
+        s(&st["role"]),
+        s(&st["term"]),
+        s(&st["revision"]),
+        s(&st["applied_index"]),
+    );
+    let contact = match st["config_age_ms"].as_u64() {
+        Some(ms) => format!("last contact with the leader {ms}ms ago"),
+        None => "no contact with a leader yet".to_string(),
+    };
+    let fresh = if st["config_stale"] == Value::Bool(true) {
+        "stale"
+    } else {
+        "fresh"
+    };
+    let _ = writeln!(out, "config: {fresh} ({contact})");
+    if let Some(b) = st["bootstrap"].as_str() {
+        let _ = writeln!(out, "bootstrap: {b}");
+    }
+    out.push('\n');
+    let mut rows = vec![["NODE", "RAFT ID", "ROLE", "ADDRESS"].map(String::from)];
+    for m in st["members"].as_array().into_iter().flatten() {
+        let role = if m["id"] == st["leader"] {
+            "leader".to_string()
+        } else {
+            s(&m["role"])
+        };
+        let mut node = s(&m["node_id"]);
+        if m["id"] == st["raft_id"] {
+            node.push_str(" (self)");
+        }
+        rows.push([node, s(&m["id"]), role, s(&m["addr"])]);
+    }
+    if rows.len() == 1 {
+        out.push_str("no members yet\n");
+    } else {
+        out.push_str(&columns(&rows));
     }
     out
 }
