@@ -421,4 +421,77 @@ mod tests {
             "{t}"
         );
     }
+
+    #[test]
+    fn documents_and_revisions_line_up_under_their_headers() {
+        let docs = [
+            serde_json::json!({"id": "a", "revision": 12, "created": 3}),
+            serde_json::json!({"id": "a-much-longer-id", "revision": 7, "created": 7}),
+        ];
+        assert_eq!(
+            documents(&docs),
+            "ID                REVISION  CREATED\n\
+             a                 12        3\n\
+             a-much-longer-id  7         7\n"
+        );
+        let recs = [serde_json::json!({
+            "revision": 10, "at_ms": 0, "author": "ops",
+            "changes": [{"action": "created", "kind": "routes", "id": "a"},
+                        {"action": "deleted", "kind": "routes", "id": "b"}]
+        })];
+        assert_eq!(
+            revisions(&recs),
+            "REVISION  WHEN                  AUTHOR  CHANGES\n\
+             10        1970-01-01T00:00:00Z  ops     created routes/a, deleted routes/b\n"
+        );
+    }
+
+    #[test]
+    fn status_marks_an_old_incarnation_and_shows_raft_roles() {
+        let doc = serde_json::json!({
+            "cluster": "c", "node_id": "a",
+            "members": [
+                {"id": "a", "is_self": true, "generation": 5, "state": "alive", "raft_role": "leader", "revision": 4},
+                {"id": "b", "is_self": false, "generation": 2, "state": "dead", "raft_role": null, "revision": 3},
+                {"id": "b", "is_self": false, "generation": 9, "state": "alive", "raft_role": "learner", "revision": 4}
+            ],
+            "gossip": {"sent_datagrams": 1, "received_datagrams": 1, "rejected_datagrams": 0, "malformed_datagrams": 0}
+        });
+        let t = render_table(&doc);
+        let members: Vec<&str> = t.lines().skip(2).take(4).collect();
+        assert_eq!(
+            members,
+            [
+                "ID        STATE  GENERATION  RAFT     REVISION  REGION  ZONE  AGE  PROXY  ADMIN  GOSSIP",
+                "a (self)  alive  5           leader   4         -       -     -    -      -      -",
+                "b         dead   2 (old)     -        3         -       -     -    -      -      -",
+                "b         alive  9           learner  4         -       -     -    -      -      -",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_node_is_described_as_one() {
+        let status = serde_json::json!({
+            "node_id": "vm", "mode": "store", "membership": "single",
+            "config": {"revision": 2},
+            "cluster": {"raft_id": 77, "leader": 77, "role": "leader", "term": 1,
+                        "revision": 2, "applied_index": 3, "config_stale": false, "config_age_ms": 0,
+                        "members": [{"id": 77, "addr": "127.0.0.1:9180", "role": "voter", "node_id": "vm"}]}
+        });
+        let t = render_table(&single_node(&status));
+        assert_eq!(
+            t,
+            "vm is a single node (store mode): no gossip, so no other members\n\n\
+             ID         STATE  GENERATION  RAFT    REVISION  REGION  ZONE  AGE  PROXY  ADMIN  GOSSIP\n\
+             vm (self)  alive  -           leader  2         -       -     -    -      -      -\n"
+        );
+        assert_eq!(
+            store(&status),
+            "config store seen from vm (raft_id=77): leader, term 1, revision 2, applied index 3\n\
+             config: fresh (last contact with the leader 0ms ago)\n\n\
+             NODE       RAFT ID  ROLE    ADDRESS\n\
+             vm (self)  77       leader  127.0.0.1:9180\n"
+        );
+    }
 }
