@@ -12,7 +12,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use sha2::Digest;
 use weir_testsupport::raftnode::Node;
 use weir_testsupport::{Origin, OriginScript, http_client};
 
@@ -109,35 +108,12 @@ async fn the_docs_name_the_series_metrics_serves() -> anyhow::Result<()> {
         OriginScript::ok("cached", &[("cache-control", "max-age=60")]),
     );
     origin.script("/l", OriginScript::ok("limited", &[]));
-    let sha: String = sha2::Sha256::digest(KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let file = tmp.path().join("weir.yaml");
     std::fs::write(
         &file,
         format!(
-            "upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]
-consumers:
-  - name: alice
-    credentials:
-      key-auth: [{{key_sha256: {sha}}}]
-routes:
-  - id: cached
-    paths: [/c]
-    upstream: u
-    plugins:
-      proxy-cache: {{}}
-  - id: limited
-    paths: [/l]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-      limit-count: {{count: 1, time_window: 60s, scope: cluster}}
-observability:
-  access_log: {{enabled: true, target: !file {}}}
-",
-            origin.target(),
+            "{}observability:\n  access_log: {{enabled: true, target: !file {}}}\n",
+            common::verdict_routes(&origin.target(), KEY, ", scope: cluster"),
             tmp.path().join("access.log").display()
         ),
     )?;

@@ -874,7 +874,6 @@ fn line_of<'a>(lines: &'a [serde_json::Value], route: &str, status: u16) -> &'a 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_limit_and_consumer_verdicts_reach_the_access_log_spans_and_upstream_label() {
-    use sha2::Digest;
     use weir_testsupport::{Origin, OriginScript};
     const KEY: &str = "verdict-test-key-5a4b3c";
     let receiver = OtlpReceiver::grpc().await;
@@ -886,33 +885,12 @@ async fn cache_limit_and_consumer_verdicts_reach_the_access_log_spans_and_upstre
     origin.script("/l", OriginScript::ok("limited body", &[]));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let sha: String = sha2::Sha256::digest(KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let yaml = format!(
-        "upstreams: [{{id: u, targets: [{{addr: \"{}\"}}]}}]
-consumers:
-  - name: alice
-    credentials:
-      key-auth: [{{key_sha256: {sha}}}]
-routes:
-  - id: cached
-    paths: [/c]
-    upstream: u
-    plugins:
-      proxy-cache: {{}}
-  - id: limited
-    paths: [/l]
-    upstream: u
-    plugins:
-      key-auth: {{}}
-      limit-count: {{count: 1, time_window: 60s}}
-observability:
+        "{}observability:
   access_log: {{enabled: true, target: !file {}}}
   tracing: {{enabled: true, endpoint: {}, scheduled_delay: 50ms}}
 ",
-        origin.target(),
+        common::verdict_routes(&origin.target(), KEY, ""),
         log.display(),
         receiver.endpoint()
     );

@@ -111,7 +111,23 @@ pub(super) async fn cluster_members(State(ctx): State<Arc<AdminCtx>>) -> Respons
             if let Some(kv) = &ctx.store {
                 let st = kv.status();
                 let own_revision = ctx.applied_revision.load(Ordering::Relaxed);
+                // An old incarnation of a restarted node still carries its
+                // Raft id; the role belongs to the newest one.
+                let mut newest: std::collections::HashMap<String, u64> = Default::default();
+                for m in doc["members"].as_array().into_iter().flatten() {
+                    if let (Some(id), Some(g)) = (m["id"].as_str(), m["generation"].as_u64()) {
+                        let e = newest.entry(id.to_string()).or_default();
+                        *e = (*e).max(g);
+                    }
+                }
                 for m in doc["members"].as_array_mut().into_iter().flatten() {
+                    let superseded = m["id"]
+                        .as_str()
+                        .and_then(|id| newest.get(id))
+                        .is_some_and(|g| m["generation"].as_u64() < Some(*g));
+                    if superseded {
+                        continue;
+                    }
                     if m["is_self"] == json!(true) {
                         m["raft_id"] = json!(st.node_id);
                         m["revision"] = json!(own_revision);

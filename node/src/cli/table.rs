@@ -31,6 +31,15 @@ pub(super) fn render_status(
     Ok(render_table(&members))
 }
 
+/// A JSON value as a table cell: `-` for null or empty.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Null | Value::String(_) => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// The one table layout of the CLI: left-aligned columns, two spaces
 /// apart, each as wide as its widest cell, header included, so headers
 /// and rows line up.
@@ -53,11 +62,7 @@ fn columns<const N: usize>(rows: &[[String; N]]) -> String {
 
 /// The member list, gossip counters and health matrix as tables.
 fn render_table(doc: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
-        serde_json::Value::Null | serde_json::Value::String(_) => "-".to_string(),
-        other => other.to_string(),
-    };
+    let s = cell;
     let members: &[Value] = doc["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut rows = vec![
         [
@@ -178,11 +183,7 @@ fn render_table(doc: &serde_json::Value) -> String {
 /// The mesh links of `weir cluster status`; empty when the node reported
 /// no mesh document.
 fn render_mesh(mesh: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::String(s) if !s.is_empty() => s.clone(),
-        Value::Null | Value::String(_) => "-".to_string(),
-        other => other.to_string(),
-    };
+    let s = cell;
     match mesh["enabled"] {
         Value::Bool(true) => {}
         Value::Bool(false) => return format!("\nmesh: off ({})\n", s(&mesh["reason"])),
@@ -329,11 +330,7 @@ pub(super) fn single_node(status: &Value) -> Value {
 /// node id (when known), Raft id, role and address.
 pub(super) fn store(status: &Value) -> String {
     let st = &status["cluster"];
-    let s = |v: &Value| match v {
-        Value::String(s) if !s.is_empty() => s.clone(),
-        Value::Null | Value::String(_) => "-".to_string(),
-        other => other.to_string(),
-    };
+    let s = cell;
     if st.is_null() {
         return format!(
             "{} runs in {} mode: its config is its file, there is no config store\n",
