@@ -326,3 +326,44 @@ async fn cluster_status_shows_each_members_raft_role_and_revision() -> anyhow::R
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nodes_old_incarnation_is_marked_old() {
+    use weir_chaos::{Cluster, ClusterSpec};
+    let mut c = Cluster::start(weir_bin(), ClusterSpec::new(2))
+        .await
+        .expect("cluster starts");
+    c.wait_converged(CONVERGE).await.expect("converges");
+    c.kill(1).await.expect("kill -9");
+    c.restart(1).await.expect("restarts");
+    c.wait_converged(CONVERGE).await.expect("rejoins");
+    let admin = c.node(0).gateway().admin_addr().to_string();
+    let id = c.node(1).spec.id.clone();
+    // Until gossip forgets the old incarnation, both are listed: the old
+    // one marked, the new one not.
+    let rows = weir_testsupport::wait_for("both incarnations listed", CONVERGE, || {
+        let (admin, id) = (admin.clone(), id.clone());
+        async move {
+            let (ok, out, _) = cli(&admin, &["cluster", "status"]);
+            // The member table only (the mesh table lists peers too).
+            let rows: Vec<Vec<String>> = out
+                .lines()
+                .skip_while(|l| !l.starts_with("ID "))
+                .take_while(|l| !l.is_empty())
+                .filter(|l| l.starts_with(&format!("{id} ")))
+                .map(|l| {
+                    l.split("  ")
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .collect();
+            (ok && rows.len() == 2).then_some(rows)
+        }
+    })
+    .await;
+    assert!(rows[0][2].ends_with(" (old)"), "{rows:?}");
+    assert!(!rows[1][2].contains("old"), "{rows:?}");
+    assert_eq!(rows[1][1], "alive", "{rows:?}");
+}
