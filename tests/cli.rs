@@ -128,24 +128,9 @@ async fn serve_without_a_config_answers_json_404() {
     assert_eq!(body["error"]["code"], "no_route");
 }
 
-/// `weir validate -f` on `yaml`: exit code and stderr, with the file's
-/// path replaced by `FILE`.
-fn validate_text(yaml: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    let out = Command::new(weir_bin())
-        .args(["validate", "-f"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).replace(&*f.to_string_lossy(), "FILE");
-    (out.status.code(), err)
-}
-
 #[test]
 fn cross_field_problems_carry_their_line_and_column() {
-    let (code, err) = validate_text(
+    let (code, err) = common::validate_text(
         "upstreams:\n  - id: u\n    targets: [{addr: \"127.0.0.1:1\"}]\nroutes:\n  - id: a\n    paths: [/a]\n    upstream: u\n  - id: b\n    paths: [/b]\n    service: nosuch\n",
     );
     assert_eq!(code, Some(2));
@@ -157,7 +142,8 @@ fn cross_field_problems_carry_their_line_and_column() {
 
 #[test]
 fn a_yaml_syntax_error_is_reported_as_one_at_its_position() {
-    let (code, err) = validate_text("routes:\n  - id: a\n    paths: [/a\n    upstream: u\n");
+    let (code, err) =
+        common::validate_text("routes:\n  - id: a\n    paths: [/a\n    upstream: u\n");
     assert_eq!(code, Some(2));
     assert_eq!(
         err,

@@ -34,6 +34,15 @@ fn cli(admin: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Writes `yaml` to a file in `dir` and applies it with `weir apply -f`.
+fn apply_yaml(dir: &std::path::Path, node: &Node, yaml: &str) -> anyhow::Result<()> {
+    let file = dir.join("weir.yaml");
+    std::fs::write(&file, yaml)?;
+    let (ok, out, err) = cli(&node.admin, &["apply", "-f", &file.to_string_lossy()]);
+    anyhow::ensure!(ok, "weir apply failed: {out}{err}");
+    Ok(())
+}
+
 /// Start columns of the cells of a table line (cells are two or more
 /// spaces apart).
 fn cell_starts(line: &str) -> Vec<usize> {
@@ -167,16 +176,14 @@ async fn a_single_node_says_what_it_is_with_one_id_everywhere() -> anyhow::Resul
     assert_eq!(doc["raft_id"], raft_id);
 
     // Tables of documents and history line up.
-    let file = root.path().join("weir.yaml");
-    std::fs::write(
-        &file,
-        format!(
+    apply_yaml(
+        root.path(),
+        &node,
+        &format!(
             "upstreams:\n  - id: u\n    targets:\n      - addr: \"{}\"\nroutes:\n  - id: a\n    paths: [\"/a\"]\n    upstream: u\n  - id: a-route-with-a-long-id\n    paths: [\"/b\"]\n    upstream: u\n",
             up.target()
         ),
     )?;
-    let (ok, _, err) = cli(&node.admin, &["apply", "-f", &file.to_string_lossy()]);
-    assert!(ok, "{err}");
     let (ok, out, err) = cli(&node.admin, &["get", "routes"]);
     assert!(ok, "{err}");
     assert_eq!(
@@ -196,16 +203,14 @@ async fn get_yaml_is_applied_back_unchanged() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
     let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
-    let file = root.path().join("weir.yaml");
-    std::fs::write(
-        &file,
-        format!(
+    apply_yaml(
+        root.path(),
+        &node,
+        &format!(
             "upstreams:\n  - id: u\n    targets:\n      - addr: \"{}\"\nroutes:\n  - id: r\n    paths: [\"/r\"]\n    methods: [GET]\n    upstream: u\n    plugins:\n      limit-count: {{count: 5, time_window: 60s}}\n  - id: other\n    paths: [\"/o\"]\n    upstream: u\n",
             up.target()
         ),
     )?;
-    let (ok, _, err) = cli(&node.admin, &["apply", "-f", &file.to_string_lossy()]);
-    assert!(ok, "{err}");
 
     let (ok, yaml, err) = cli(&node.admin, &["get", "routes", "r", "-o", "yaml"]);
     assert!(ok, "{err}");

@@ -117,3 +117,18 @@ routes:
         sha_hex(key)
     )
 }
+
+/// `weir validate -f` on `yaml`: exit code and stderr, with the file's
+/// path replaced by `FILE`.
+pub fn validate_text(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let out = std::process::Command::new(weir_bin())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(&*f.to_string_lossy(), "FILE");
+    (out.status.code(), err)
+}
