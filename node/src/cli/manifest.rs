@@ -75,14 +75,19 @@ pub(super) fn to_yaml(kind: &str, values: &[&Value]) -> anyhow::Result<String> {
 /// one (its first document has no top-level `kind`: a config file).
 ///
 /// # Errors
-/// A YAML document that does not parse, is not a mapping, or names no
-/// known kind, with the document's number.
+/// A document after the first that does not parse, or one that is not a
+/// mapping or names no known kind, with the document's number.
 pub(super) fn parse(text: &str) -> anyhow::Result<Option<BTreeMap<String, Vec<Value>>>> {
     use serde::Deserialize;
     let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
-        let v = Value::deserialize(de).with_context(|| format!("document {n}"))?;
+        let v = match Value::deserialize(de) {
+            Ok(v) => v,
+            // Not YAML at all: the config loader says where and why.
+            Err(_) if i == 0 => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("document {n}")),
+        };
         if v.is_null() {
             continue;
         }
