@@ -365,6 +365,50 @@ setup_weir_limit() {
   limit-count: {count: 1000000000000, time_window: 1h, key: [route]}"
 }
 
+# weir-limit-cluster  the same count shared with `scope: cluster` by a
+#               one-node cluster with a secret: the mesh runs, the node owns
+#               the key, and every decision spends credit its own ledger
+#               granted in the background (the request path of a shared
+#               limit, without another node's CPU on this machine)
+setup_weir_limit_cluster() {
+    local secret_file="$WORK/cluster.secret"
+    printf 'bench-cluster-secret-0123456789abcdef' >"$secret_file"
+    setup_weir_named weir-limit-cluster "plugins:
+  limit-count: {count: 1000000000000, time_window: 1h, key: [route], scope: cluster}
+cluster: {name: bench, node_id: bench-0, gossip_listen: \"127.0.0.1:0\", mesh_listen: \"127.0.0.1:0\", secret_file: \"$secret_file\"}"
+}
+# weir-limit-redis  the same count in Redis with `sync: per_request`: one
+#               Redis round trip per request, the anchor design; a
+#               redis-server is started pinned with the load
+setup_weir_limit_redis() {
+    ensure_redis
+    setup_weir_named weir-limit-redis "redis: {urls: [\"redis://127.0.0.1:$REDIS_PORT\"]}
+plugins:
+  limit-count: {count: 1000000000000, time_window: 1h, key: [route], store: redis, sync: per_request}"
+}
+# weir-limit-redis-credit  the same count in Redis by credit (the default
+#               sync): no Redis call on the request path
+setup_weir_limit_redis_credit() {
+    ensure_redis
+    setup_weir_named weir-limit-redis-credit "redis: {urls: [\"redis://127.0.0.1:$REDIS_PORT\"]}
+plugins:
+  limit-count: {count: 1000000000000, time_window: 1h, key: [route], store: redis}"
+}
+REDIS_PORT=""
+ensure_redis() {
+    [[ -n "$REDIS_PORT" ]] && return 0
+    need_pkg redis-server redis-server
+    free_port; REDIS_PORT="$FREE_PORT"
+    mkdir -p "$WORK/redis"
+    start redis "$LOAD_CPU" "$WORK/redis/redis.log" redis-server --port "$REDIS_PORT" \
+        --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis"
+    local deadline=$((SECONDS + 20))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; do
+        [[ $SECONDS -lt $deadline ]] || die "redis-server not listening within 20 s"
+        sleep 0.1
+    done
+}
+
 # weir-cache    proxy-cache on every route with a 1h ttl (the upstream sends
 #               no freshness): after the warm-up every request is a HIT,
 #               answered from memory without touching the upstream pool.

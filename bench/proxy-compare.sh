@@ -13,7 +13,7 @@
 #          PROXIES="weir weir-plugins" BASELINE=weir bench/proxy-compare.sh        # plugin chain overhead
 #          PROXIES="weir weir-mexport" BASELINE=weir bench/proxy-compare.sh        # OTLP metrics export
 # Env:     PROXIES="nginx haproxy weir"  subset and base order; weir variants:
-#                           weir-nometrics, weir-t1, weir-t100, weir-plugins, weir-chain4, weir-limit, weir-cache, weir-mexport (see lib.sh)
+#                           weir-nometrics, weir-t1, weir-t100, weir-plugins, weir-chain4, weir-limit, weir-limit-cluster, weir-limit-redis, weir-limit-redis-credit, weir-cache, weir-mexport (see lib.sh)
 #          BASELINE=nginx   the proxy the ratio columns compare with
 #          DURATION=10      seconds per measured run
 #          ROUNDS=3         interleaved rounds
@@ -46,8 +46,8 @@ bench_common_settings
 read -r -a ORDER <<<"$PROXIES"
 [[ ${#ORDER[@]} -ge 1 ]] || die "PROXIES is empty"
 for p in "${ORDER[@]}"; do
-    case "$p" in nginx|haproxy|weir|weir-nometrics|weir-t1|weir-t100|weir-plugins|weir-chain4|weir-limit|weir-cache|weir-mexport) ;;
-        *) die "unknown proxy '$p' in PROXIES (known: nginx haproxy weir weir-nometrics weir-t1 weir-t100 weir-plugins weir-chain4 weir-limit weir-cache weir-mexport)";; esac
+    case "$p" in nginx|haproxy|weir|weir-nometrics|weir-t1|weir-t100|weir-plugins|weir-chain4|weir-limit|weir-limit-cluster|weir-limit-redis|weir-limit-redis-credit|weir-cache|weir-mexport) ;;
+        *) die "unknown proxy '$p' in PROXIES (known: nginx haproxy weir weir-nometrics weir-t1 weir-t100 weir-plugins weir-chain4 weir-limit weir-limit-cluster weir-limit-redis weir-limit-redis-credit weir-cache weir-mexport)";; esac
 done
 [[ " $PROXIES " == *" $BASELINE "* ]] || die "BASELINE '$BASELINE' is not in PROXIES"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"

@@ -58,17 +58,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test`/`nextest` (listing or
-    // running all targets) do not, and must not start a cluster.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(bin) = weir_testsupport::raftnode::bench_bin(env!("CARGO_BIN_EXE_weir")) else {
         return Ok(());
-    }
-    // `WEIR_BENCH_BIN` runs the same measurements against another build,
-    // e.g. an older commit's, for before/after figures in one run.
-    let bin = std::env::var_os("WEIR_BENCH_BIN").map_or_else(
-        || env!("CARGO_BIN_EXE_weir").into(),
-        std::path::PathBuf::from,
-    );
+    };
     let bin = bin.as_path();
     let root = tempfile::tempdir()?;
     let up = Upstream::start("bench").await;

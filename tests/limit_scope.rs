@@ -6,15 +6,38 @@
 //! killed mid-window leaves the window within the ADR's bound and the
 //! next ones within L; a node
 //! without the mesh admits its fair share (here, alone, the whole limit),
-//! never more, and counts the fallback; a bad `scope` is refused by name.
+//! never more, and counts the fallback; a node cut off from the others'
+//! meshes by fault proxies and the rest each stay within their share, with
+//! no failed request, and hold the limit again once healed; a bad `scope`
+//! is refused by name.
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::weir_bin;
+use common::windows::{self, metrics, now_us, series};
 use weir_chaos::{Cluster, ClusterSpec, NodeSpec};
-use weir_testsupport::{Gateway, Upstream, assert_rejected, http_client, wait_until};
+use weir_testsupport::{Upstream, assert_rejected, http_client, wait_until};
+
+/// The window helpers at this file's window length.
+async fn measure(urls: &[String], per_node: &[usize]) -> Vec<u64> {
+    windows::measure(WINDOW_S, urls, per_node).await
+}
+
+async fn next_window() -> u64 {
+    windows::next_window(WINDOW_S).await
+}
+
+fn offer(
+    start: u64,
+    urls: &[String],
+    per_node: &[usize],
+    spread_pct: &[u64],
+    senders: usize,
+) -> Vec<tokio::task::JoinHandle<(usize, u64)>> {
+    windows::offer(WINDOW_S, start, urls, per_node, spread_pct, senders)
+}
 
 /// Generous for starting processes on a busy two-core machine.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -22,9 +45,6 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const L: u64 = 300;
 /// The window, in seconds.
 const WINDOW_S: u64 = 4;
-/// Windows tried before a measurement gives up (a window whose traffic
-/// did not fit inside it is not counted).
-const ATTEMPTS: usize = 5;
 
 fn config(target: &str, scope: &str) -> String {
     format!(
@@ -37,26 +57,6 @@ routes:
       limit-count: {{count: {L}, time_window: {WINDOW_S}s, key: [route], scope: {scope}}}
 "
     )
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-async fn metrics(g: &Gateway) -> String {
-    match http_client().get(g.admin_url("/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// The value of the series `name{labels}` (labels as written), if shown.
-fn series(text: &str, name_labels: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_labels)?.trim().parse().ok())
 }
 
 /// Waits until every node reaches `want[i]` members of `scope` over the
@@ -77,32 +77,6 @@ async fn wait_reachable(c: &Cluster, scope: &str, want: &[u64]) {
     }
 }
 
-/// Offers `per_node[i]` requests to node `i` within one window (paced
-/// over its first 60%, four senders per node) and returns the admitted
-/// count per node; `None` when the traffic did not fit in the window.
-/// Panics on any answer other than 200 or 429.
-async fn one_window(urls: &[String], per_node: &[usize]) -> Option<Vec<u64>> {
-    let w = WINDOW_S * 1_000_000;
-    let start = next_window().await;
-    let tasks = offer(start, urls, per_node, &vec![60; urls.len()], 4);
-    let mut per = vec![0u64; urls.len()];
-    for t in tasks {
-        let (i, a) = t.await.expect("sender");
-        per[i] += a;
-    }
-    (now_us() + 50_000 < start + w).then_some(per)
-}
-
-/// Runs [`one_window`] until a window fits (at most [`ATTEMPTS`]).
-async fn measure(urls: &[String], per_node: &[usize]) -> Vec<u64> {
-    for _ in 0..ATTEMPTS {
-        if let Some(per) = one_window(urls, per_node).await {
-            return per;
-        }
-    }
-    panic!("no window of {WINDOW_S}s fitted the offered traffic in {ATTEMPTS} attempts");
-}
-
 fn assert_within(what: &str, admitted: u64) {
     eprintln!("{what}: admitted {admitted} of L = {L}");
     let low = L * 99 / 100;
@@ -115,10 +89,17 @@ fn assert_within(what: &str, admitted: u64) {
 /// An upstream and three nodes with a cluster-scope limit, linked; the
 /// limited URL of each.
 async fn three_nodes() -> (Upstream, Cluster, Vec<String>) {
+    three_nodes_with(|spec| spec).await
+}
+
+/// [`three_nodes`] with the cluster spec changed by `edit`.
+async fn three_nodes_with(
+    edit: impl FnOnce(ClusterSpec) -> ClusterSpec,
+) -> (Upstream, Cluster, Vec<String>) {
     let up = Upstream::start("a").await;
     let c = Cluster::start(
         weir_bin(),
-        ClusterSpec::new(3).config(config(&up.target(), "cluster")),
+        edit(ClusterSpec::new(3).config(config(&up.target(), "cluster"))),
     )
     .await
     .expect("cluster starts");
@@ -160,64 +141,6 @@ async fn a_cluster_limit_holds_across_three_nodes_evenly_and_skewed() {
                 && l.contains("admitted_credit")),
         "{m}"
     );
-}
-
-/// Offers `per_node[i]` requests to node `i`, paced over the first
-/// `spread_pct[i]`% of the window starting at `start` (µs); each sender
-/// returns the statuses of the requests answered before the window
-/// ended (one admitted late may belong to the next window: not counted,
-/// so this count never overstates a window).
-fn offer(
-    start: u64,
-    urls: &[String],
-    per_node: &[usize],
-    spread_pct: &[u64],
-    senders: usize,
-) -> Vec<tokio::task::JoinHandle<(usize, u64)>> {
-    let w = WINDOW_S * 1_000_000;
-    let mut tasks = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        for s in 0..senders {
-            let n = per_node[i] / senders + usize::from(s < per_node[i] % senders);
-            if n == 0 {
-                continue;
-            }
-            let url = url.clone();
-            let spread = Duration::from_micros(w * spread_pct[i] / 100);
-            tasks.push(tokio::spawn(async move {
-                let client = http_client();
-                let mut tick = tokio::time::interval(spread / n as u32);
-                let mut admitted = 0u64;
-                for _ in 0..n {
-                    tick.tick().await;
-                    let status = client
-                        .get(&url)
-                        .timeout(Duration::from_secs(5))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
-                    assert!(
-                        status == 200 || status == 429,
-                        "node {i} answered {status}: never a failed request"
-                    );
-                    if now_us() < start + w {
-                        admitted += u64::from(status == 200);
-                    }
-                }
-                (i, admitted)
-            }));
-        }
-    }
-    tasks
-}
-
-/// Sleeps until the next window starts; returns its start (µs).
-async fn next_window() -> u64 {
-    let w = WINDOW_S * 1_000_000;
-    let start = (now_us() / w + 1) * w;
-    tokio::time::sleep(Duration::from_micros(start - now_us() + 20_000)).await;
-    start
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -375,4 +298,98 @@ routes:
 ",
         &["scope", "planet"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_partitioned_from_the_mesh_and_the_rest_each_stay_within_their_bound() {
+    let (_up, c, urls) = three_nodes_with(ClusterSpec::mesh_behind_proxies).await;
+
+    // Healthy through the proxies: the peers take mesh packets from the
+    // proxies' addresses (a peer is pinned by key, not by address).
+    let healthy = measure(&urls, &[200, 200, 200]).await;
+    assert_within(
+        &format!("through the proxies {healthy:?}"),
+        healthy.iter().sum(),
+    );
+    // A link is kept as dialled by the smaller node id, so nodes 0 and 1
+    // both reach node 2 through its proxy: two sessions.
+    let p2 = c.node(2).mesh_proxy().expect("a mesh proxy").stats();
+    assert!(
+        p2.connections >= 2 && p2.upstream.packets > 0 && p2.downstream.packets > 0,
+        "node 2's mesh is reached through its proxy: {p2:?}"
+    );
+
+    // Node 2 is cut off from the others' meshes both ways, 30% into a
+    // window with 2 L offered; gossip still lists all three, so each side
+    // knows its share of the scope. The side without the key's owner
+    // spends what it holds, then its fair share: the window stays within
+    // what the scope was granted plus the fair shares of at most two
+    // nodes (ADR 0035), and no request fails.
+    let start = next_window().await;
+    let tasks = offer(start, &urls, &[200, 200, 200], &[60; 3], 4);
+    let w = WINDOW_S * 1_000_000;
+    tokio::time::sleep(Duration::from_micros(
+        (start + w * 3 / 10).saturating_sub(now_us()),
+    ))
+    .await;
+    c.partition_mesh(2).expect("partition");
+    let mut cut = [0u64; 3];
+    for t in tasks {
+        let (i, a) = t.await.expect("sender");
+        cut[i] += a;
+    }
+    let total: u64 = cut.iter().sum();
+    eprintln!("cut mid-window: admitted {cut:?} = {total} of L = {L}");
+    assert!(
+        total <= L + 2 * L / 3,
+        "cut mid-window: admitted {total}, bound {}",
+        L + 2 * L / 3
+    );
+    wait_reachable(&c, "cluster", &[2, 2, 1]).await;
+    // ADR 0035: a side of m of the N = 3 nodes admits at most m/N × L
+    // (its owner grants from the limit scaled by reachable / all, and a
+    // node that cannot settle admits its fair share), plus at most one
+    // chunk (a quarter of a node's fair share) per node ahead of its
+    // first grant in a window. Never unlimited: 2 L is offered.
+    let chunk = L / 3 / 4;
+    let (major_bound, minor_bound) = (2 * L / 3 + 2 * chunk, L / 3 + chunk);
+    for round in 0..2 {
+        let per = measure(&urls, &[200, 200, 200]).await;
+        let (major, minor) = (per[0] + per[1], per[2]);
+        eprintln!(
+            "partitioned, window {round}: admitted {per:?}: nodes 0+1 {major}, node 2 {minor}"
+        );
+        assert!(
+            major <= major_bound,
+            "the two connected nodes admitted {major}, bound {major_bound}"
+        );
+        assert!(
+            minor <= minor_bound,
+            "the cut-off node admitted {minor}, bound {minor_bound}"
+        );
+        // Both sides keep serving their share (at least half of it).
+        assert!(major >= L / 3, "nodes 0+1 admitted only {major}");
+        assert!(minor >= L / 6, "node 2 admitted only {minor}");
+    }
+    let dropped = c
+        .node(2)
+        .mesh_proxy()
+        .expect("a mesh proxy")
+        .stats()
+        .dropped
+        .partition;
+    assert!(dropped > 0, "the cut is the proxies' doing");
+
+    // Healed: one scope again, within the limit, every node served.
+    c.heal_mesh(2).expect("heal");
+    wait_reachable(&c, "cluster", &[3, 3, 3]).await;
+    let after = measure(&urls, &[200, 200, 200]).await;
+    let total: u64 = after.iter().sum();
+    eprintln!("healed: admitted {after:?} = {total} of L = {L}");
+    assert!(
+        total <= L + L / 4,
+        "after the heal: admitted {total}, ADR bound {}",
+        L + L / 4
+    );
+    assert!(after.iter().all(|&a| a > 0), "every node admits: {after:?}");
 }

@@ -2,8 +2,10 @@
 //! the cluster secret link to each other (`GET /v1/cluster/mesh`,
 //! `/metrics`, `weir cluster status`), a node with another secret gets no
 //! link, a node without a secret keeps the mesh off and says so, and a raw
-//! QUIC client holding valid credentials has its malformed frames refused
-//! and counted while the node keeps serving.
+//! QUIC client holding valid credentials has its malformed frames (and a
+//! malformed credit message in a valid frame) refused and counted while
+//! the node keeps serving; a mesh address to advertise that peers could
+//! not dial is refused by name, in the file and as a flag.
 
 mod common;
 
@@ -394,6 +396,32 @@ async fn malformed_frames_from_a_raw_client_with_valid_credentials_are_refused_a
         node.log()
     );
 
+    // A well-formed frame whose credit message (kind 14) is not: answered
+    // with an error, counted by the limits, the connection stays up.
+    let bad_credit = weir_mesh::Frame {
+        flags: 0,
+        kind: weir_node::cluster_limits::KIND_LIMIT_CREDIT,
+        seq: seq + 3,
+        sender: "raw".into(),
+        body: bytes::Bytes::from_static(b"{\"v\": 1, \"scope\": \"cluster\", \"op\": 7"),
+    }
+    .encode()
+    .expect("encodes");
+    let _ = raw_exchange(&conn, &bad_credit).await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let (_, metrics) = get(&node.admin_url("/metrics")).await;
+        if metrics.contains("weir_limit_scope_messages_refused_total{reason=\"malformed\"} 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the malformed credit message is not counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seq = seq + 1;
+
     // The node keeps serving: the raw client's next valid frame, its link
     // to the other node, and its admin API.
     assert!(
@@ -405,4 +433,20 @@ async fn malformed_frames_from_a_raw_client_with_valid_credentials_are_refused_a
     let (status, _) = get(&node.admin_url("/v1/health")).await;
     assert_eq!(status, 200);
     membership.leave().await;
+}
+
+#[test]
+fn a_mesh_advertise_peers_cannot_dial_is_refused_by_name() {
+    weir_testsupport::assert_rejected(
+        weir_bin(),
+        "cluster: {mesh_advertise: \"0.0.0.0:7947\"}\n",
+        &["cluster.mesh_advertise", "a specific IP"],
+    );
+    let out = std::process::Command::new(weir_bin())
+        .args(["serve", "--mesh-advertise", "127.0.0.1:0"])
+        .output()
+        .expect("run weir");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cluster.mesh_advertise"), "{err}");
 }

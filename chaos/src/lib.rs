@@ -9,7 +9,16 @@
 //! panics), so no process outlives the test. `weir` starts no children of
 //! its own, so killing the one process is enough.
 //!
-//! Fault proxies, load generation and invariant reports are not here yet.
+//! A cluster can put each node's mesh behind a UDP fault proxy
+//! (`weir-faultproxy`, [`ClusterSpec::mesh_behind_proxies`]): the node
+//! advertises the proxy's address (`--mesh-advertise`), so every peer
+//! dials it through the proxy, and a test can degrade a node's links
+//! ([`Node::mesh_proxy`]) or cut it off from the others both ways and
+//! heal it ([`Cluster::partition_mesh`], [`Cluster::heal_mesh`]). Gossip,
+//! Raft and the admin API stay direct.
+//!
+//! Load generation, a fault timeline and invariant reports are not here
+//! yet.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -21,6 +30,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use tokio::time::Instant;
+use weir_faultproxy::{Partition, Proxy, ProxyConfig, ProxyHandle, Source};
 use weir_testsupport::{Gateway, Signal};
 
 /// How much of each log a failure message carries.
@@ -83,6 +93,8 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     /// Extra `weir serve` arguments for every node.
     pub args: Vec<String>,
+    /// Whether each node's mesh sits behind its own UDP fault proxy.
+    pub mesh_proxies: bool,
 }
 
 impl ClusterSpec {
@@ -97,12 +109,20 @@ impl ClusterSpec {
                 .map(|i| NodeSpec::new(format!("node-{i}"), format!("region-{i}")))
                 .collect(),
             args: Vec::new(),
+            mesh_proxies: false,
         }
     }
 
     /// Sets the shared config.
     pub fn config(mut self, yaml: impl Into<String>) -> ClusterSpec {
         self.config = yaml.into();
+        self
+    }
+
+    /// Puts each node's mesh behind its own UDP fault proxy: peers dial
+    /// the proxy (the node advertises it), the proxy forwards to the node.
+    pub fn mesh_behind_proxies(mut self) -> ClusterSpec {
+        self.mesh_proxies = true;
         self
     }
 }
@@ -178,6 +198,10 @@ pub struct Node {
     pub spec: NodeSpec,
     gateway: Gateway,
     gossip: SocketAddr,
+    /// The mesh socket itself (from the ready file), if the mesh runs.
+    mesh: Option<SocketAddr>,
+    /// The fault proxy in front of the mesh socket.
+    mesh_proxy: Option<Proxy>,
     running: bool,
     paused: bool,
 }
@@ -191,6 +215,17 @@ impl Node {
     /// Its gossip address.
     pub fn gossip_addr(&self) -> SocketAddr {
         self.gossip
+    }
+
+    /// Its mesh socket (not the proxy's), if its mesh runs.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh
+    }
+
+    /// The fault proxy in front of its mesh, with
+    /// [`ClusterSpec::mesh_behind_proxies`].
+    pub fn mesh_proxy(&self) -> Option<ProxyHandle> {
+        self.mesh_proxy.as_ref().map(Proxy::handle)
     }
 
     /// Whether the process should be running (not killed or stopped).
@@ -269,6 +304,18 @@ impl Cluster {
         seeds: Vec<String>,
         gossip_listen: SocketAddr,
     ) -> anyhow::Result<Node> {
+        // The proxy comes first: the node advertises its address. It has
+        // no upstream (and drops what arrives) until the node's mesh
+        // socket is known.
+        let mesh_proxy = if self.spec.mesh_proxies {
+            let seed = u64::try_from(self.nodes.len()).unwrap_or(0);
+            let cfg = ProxyConfig::new(format!("mesh-{}", ns.id), "127.0.0.1:0".parse()?, None)
+                .seed(seed);
+            Some(Proxy::udp(cfg).await.context("start a mesh proxy")?)
+        } else {
+            None
+        };
+        let advertise = mesh_proxy.as_ref().map(Proxy::listen_addr);
         let config = Gateway::config(ns.config.as_deref().unwrap_or(&self.spec.config));
         let mut b = Gateway::builder(&self.bin)
             .config(config)
@@ -276,17 +323,23 @@ impl Cluster {
                 "WEIR_CLUSTER_SECRET",
                 ns.secret.as_deref().unwrap_or(&self.spec.secret),
             )
-            .args(node_args(&self.spec, &ns, &seeds, gossip_listen));
+            .args(node_args(&self.spec, &ns, &seeds, gossip_listen, advertise));
         b = b.args(self.spec.args.iter());
         let gateway = b
             .start()
             .await
             .with_context(|| format!("start {}", ns.id))?;
         let gossip = gossip_of(&gateway)?;
+        let mesh = mesh_of(&gateway)?;
+        if let (Some(p), Some(m)) = (&mesh_proxy, mesh) {
+            p.handle().set_upstream(m);
+        }
         Ok(Node {
             spec: ns,
             gateway,
             gossip,
+            mesh,
+            mesh_proxy,
             running: true,
             paused: false,
         })
@@ -376,13 +429,69 @@ impl Cluster {
             .collect();
         let spec = self.spec.clone();
         let n = &mut self.nodes[i];
-        let mut args = node_args(&spec, &n.spec, &seeds, n.gossip);
+        let advertise = n.mesh_proxy.as_ref().map(Proxy::listen_addr);
+        let mut args = node_args(&spec, &n.spec, &seeds, n.gossip, advertise);
         args.extend(spec.args.iter().map(OsString::from));
         *n.gateway.args_mut() = args;
         n.gateway.restart().await?;
         n.gossip = gossip_of(&n.gateway)?;
+        n.mesh = mesh_of(&n.gateway)?;
+        if let (Some(p), Some(m)) = (&n.mesh_proxy, n.mesh) {
+            p.handle().set_upstream(m);
+        }
         n.running = true;
         n.paused = false;
+        Ok(())
+    }
+
+    /// Cuts node `i`'s mesh off from every other node's, both ways: its
+    /// proxy drops what the others send it and theirs drop what it sends
+    /// them (and the answers). Gossip is untouched, so membership still
+    /// sees every node alive. The rules name the mesh sockets as they are
+    /// now: call it again after a restart.
+    ///
+    /// # Errors
+    /// Without [`ClusterSpec::mesh_behind_proxies`], or a node whose mesh
+    /// does not run.
+    pub fn partition_mesh(&self, i: usize) -> anyhow::Result<()> {
+        let mine = self.nodes[i]
+            .mesh
+            .with_context(|| format!("{} runs no mesh", self.nodes[i].spec.id))?;
+        let others: Vec<Source> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, n)| n.mesh.map(Source::Addr))
+            .collect();
+        let rule = isolation_rule(&self.nodes[i].spec.id);
+        for (j, n) in self.nodes.iter().enumerate() {
+            let p = n.mesh_proxy().context(
+                "the cluster's meshes are not behind proxies (ClusterSpec::mesh_behind_proxies)",
+            )?;
+            let cut = if j == i {
+                Partition::sources(others.iter().copied())
+            } else {
+                Partition::sources([Source::Addr(mine)])
+            };
+            p.partition(&rule, cut)?;
+        }
+        Ok(())
+    }
+
+    /// Heals what [`Cluster::partition_mesh`] cut for node `i`.
+    ///
+    /// # Errors
+    /// Without [`ClusterSpec::mesh_behind_proxies`].
+    pub fn heal_mesh(&self, i: usize) -> anyhow::Result<()> {
+        let rule = isolation_rule(&self.nodes[i].spec.id);
+        for n in &self.nodes {
+            let p = n.mesh_proxy().context(
+                "the cluster's meshes are not behind proxies (ClusterSpec::mesh_behind_proxies)",
+            )?;
+            // A proxy without the rule is healed already.
+            let _ = p.heal(&rule);
+        }
         Ok(())
     }
 
@@ -502,11 +611,16 @@ impl Cluster {
     }
 }
 
+fn isolation_rule(id: &str) -> String {
+    format!("isolate-{id}")
+}
+
 fn node_args(
     spec: &ClusterSpec,
     ns: &NodeSpec,
     seeds: &[String],
     gossip_listen: SocketAddr,
+    mesh_advertise: Option<SocketAddr>,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![
         "--cluster-name".into(),
@@ -523,6 +637,10 @@ fn node_args(
         "--mesh-listen".into(),
         "127.0.0.1:0".into(),
     ];
+    if let Some(m) = mesh_advertise {
+        a.push("--mesh-advertise".into());
+        a.push(m.to_string().into());
+    }
     if !seeds.is_empty() {
         a.push("--seeds".into());
         a.push(seeds.join(",").into());
@@ -538,4 +656,14 @@ fn gossip_of(g: &Gateway) -> anyhow::Result<SocketAddr> {
         .and_then(|v| v.as_str())
         .context("the ready file names no gossip address (is clustering on?)")?;
     v.parse().context("gossip address in the ready file")
+}
+
+/// The node's mesh socket from its ready file, if its mesh runs.
+fn mesh_of(g: &Gateway) -> anyhow::Result<Option<SocketAddr>> {
+    g.ready()
+        .extra
+        .get("mesh")
+        .and_then(|v| v.as_str())
+        .map(|v| v.parse().context("mesh address in the ready file"))
+        .transpose()
 }

@@ -55,6 +55,10 @@ pub struct ClusterArgs {
     /// default 0.0.0.0:7947). The mesh runs only with a cluster secret.
     #[arg(long)]
     pub mesh_listen: Option<SocketAddr>,
+    /// The mesh address peers should dial, when not the listen address
+    /// (overrides `cluster.mesh_advertise`).
+    #[arg(long)]
+    pub mesh_advertise: Option<SocketAddr>,
     /// This node's id (overrides `cluster.node_id`).
     #[arg(long)]
     pub node_id: Option<String>,
@@ -70,6 +74,7 @@ impl ClusterArgs {
             || self.cluster_secret_file.is_some()
             || self.gossip_listen.is_some()
             || self.mesh_listen.is_some()
+            || self.mesh_advertise.is_some()
             || self.node_id.is_some()
     }
 
@@ -102,6 +107,9 @@ impl ClusterArgs {
         }
         if let Some(v) = self.mesh_listen {
             c.mesh_listen = v;
+        }
+        if let Some(v) = self.mesh_advertise {
+            c.mesh_advertise = Some(v);
         }
         if let Some(v) = &self.node_id {
             c.node_id.clone_from(v);
@@ -183,6 +191,7 @@ impl Cluster {
         let mesh = crate::cluster_mesh::NodeMesh::start(
             &node_id,
             c.mesh_listen,
+            c.mesh_advertise,
             c.advertise_addr,
             c.gossip_listen,
             secret.is_some(),

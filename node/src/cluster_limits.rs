@@ -116,6 +116,9 @@ struct ScopeState {
     members: AtomicU64,
     ledger: Mutex<CreditLedger>,
     stores: Mutex<Vec<(LimitId, Weak<CreditCounters>)>>,
+    /// Stores of the scope that settle elsewhere (`store: redis`): in the
+    /// metrics, never in the hand-over reports.
+    external: Mutex<Vec<(LimitId, Weak<CreditCounters>)>>,
     owner_changes: AtomicU64,
     /// Reports received from a peer before this node saw the change that
     /// made it an owner: replayed into the new ledger.
@@ -132,6 +135,7 @@ impl ScopeState {
             members: AtomicU64::new(1),
             ledger: Mutex::new(CreditLedger::new(ledger_config())),
             stores: Mutex::default(),
+            external: Mutex::default(),
             owner_changes: AtomicU64::new(0),
             early: Mutex::default(),
         }
@@ -148,13 +152,27 @@ impl ScopeState {
             .clone()
     }
 
+    /// The stores settling over the mesh (what a hand-over reports).
     fn live_stores(&self) -> Vec<(LimitId, Arc<CreditCounters>)> {
-        let mut s = lock(&self.stores);
-        s.retain(|(_, w)| w.strong_count() > 0);
-        s.iter()
-            .filter_map(|(id, w)| Some((id.clone(), w.upgrade()?)))
-            .collect()
+        live(&self.stores)
     }
+
+    /// Every store of the scope, the mesh's and Redis's (for metrics).
+    fn all_stores(&self) -> Vec<(LimitId, Arc<CreditCounters>)> {
+        let mut all = live(&self.stores);
+        all.extend(live(&self.external));
+        all
+    }
+}
+
+fn live(
+    stores: &Mutex<Vec<(LimitId, Weak<CreditCounters>)>>,
+) -> Vec<(LimitId, Arc<CreditCounters>)> {
+    let mut s = lock(stores);
+    s.retain(|(_, w)| w.strong_count() > 0);
+    s.iter()
+        .filter_map(|(id, w)| Some((id.clone(), w.upgrade()?)))
+        .collect()
 }
 
 fn ledger_config() -> LedgerConfig {
@@ -574,6 +592,22 @@ impl ClusterLimits {
             .clone()
     }
 
+    /// This node's fallback share of `scope` (reachable members over all
+    /// members; the whole limit for a node that is not clustered), kept
+    /// up to date as membership changes. `None` for `scope: node`.
+    pub fn share(&self, scope: Scope) -> Option<FairShare> {
+        Some(self.scopes[scope.index()?].share.clone())
+    }
+
+    /// Shows `store`, which settles with an authority other than the mesh
+    /// (Redis), in the scope's `weir_limit_scope_*` series. It takes no
+    /// part in hand-overs.
+    pub fn register_external(&self, scope: Scope, id: &LimitId, store: &Arc<CreditCounters>) {
+        if let Some(i) = scope.index() {
+            lock(&self.scopes[i].external).push((id.clone(), Arc::downgrade(store)));
+        }
+    }
+
     /// Attaches the running cluster: registers the mesh handler and starts
     /// watching the scopes' members and links (the task ends when `self`
     /// is dropped).
@@ -760,7 +794,7 @@ impl ClusterLimits {
         for st in &self.scopes {
             let scope = st.scope.as_str();
             let mut by_limit: BTreeMap<String, (CreditStats, u64)> = BTreeMap::new();
-            for (id, s) in st.live_stores() {
+            for (id, s) in st.all_stores() {
                 let e = by_limit
                     .entry(format!("{}/{}", id.owner, id.plugin))
                     .or_default();

@@ -54,13 +54,18 @@ struct Seen {
     reconnects: u64,
 }
 
-/// The address peers should dial: an unspecified IP is replaced by the
-/// advertised one, else by gossip's listen IP.
+/// The address peers should dial: `cluster.mesh_advertise` when set;
+/// else the bound one, an unspecified IP replaced by the advertised one,
+/// else by gossip's listen IP.
 fn advertise_of(
     bound: SocketAddr,
+    mesh_advertise: Option<SocketAddr>,
     advertise: Option<IpAddr>,
     gossip: SocketAddr,
 ) -> anyhow::Result<SocketAddr> {
+    if let Some(a) = mesh_advertise {
+        return Ok(a);
+    }
     if !bound.ip().is_unspecified() {
         return Ok(bound);
     }
@@ -81,6 +86,7 @@ impl NodeMesh {
     pub fn start(
         node_id: &str,
         listen: SocketAddr,
+        mesh_advertise: Option<SocketAddr>,
         advertise: Option<IpAddr>,
         gossip: SocketAddr,
         has_secret: bool,
@@ -91,7 +97,7 @@ impl NodeMesh {
         }
         let identity = Identity::generate(node_id)?;
         let mesh = Mesh::start(MeshConfig::new(identity, listen))?;
-        let addr = match advertise_of(mesh.local_addr(), advertise, gossip) {
+        let addr = match advertise_of(mesh.local_addr(), mesh_advertise, advertise, gossip) {
             Ok(a) => a,
             Err(e) => {
                 mesh.close();
@@ -420,20 +426,27 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:7947".parse().expect("addr");
         let gossip: SocketAddr = "10.0.0.5:7946".parse().expect("addr");
         assert_eq!(
-            advertise_of(any, None, gossip).expect("gossip ip"),
+            advertise_of(any, None, None, gossip).expect("gossip ip"),
             "10.0.0.5:7947".parse::<SocketAddr>().expect("addr")
         );
         assert_eq!(
-            advertise_of(any, Some("10.0.0.9".parse().expect("ip")), gossip).expect("advertised"),
+            advertise_of(any, None, Some("10.0.0.9".parse().expect("ip")), gossip)
+                .expect("advertised"),
             "10.0.0.9:7947".parse::<SocketAddr>().expect("addr")
         );
         let any_gossip: SocketAddr = "0.0.0.0:7946".parse().expect("addr");
-        let e = advertise_of(any, None, any_gossip).expect_err("nothing to advertise");
+        let e = advertise_of(any, None, None, any_gossip).expect_err("nothing to advertise");
         assert!(e.to_string().contains("cluster.mesh_listen"), "{e}");
         let fixed: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         assert_eq!(
-            advertise_of(fixed, None, any_gossip).expect("as bound"),
+            advertise_of(fixed, None, None, any_gossip).expect("as bound"),
             fixed
+        );
+        // An explicit mesh address wins over both (a proxy in front).
+        let proxy: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        assert_eq!(
+            advertise_of(fixed, Some(proxy), None, any_gossip).expect("explicit"),
+            proxy
         );
     }
 }

@@ -107,7 +107,7 @@ impl Consumers {
         let mut out = Consumers::default();
         for (i, c) in config.consumers.iter().enumerate() {
             let at = format!("consumers[{i}]");
-            if let Some(consumer) = compile(c, &at, &config.settings, stores, &mut p) {
+            if let Some(consumer) = compile(c, &at, config, stores, &mut p) {
                 if out.by_name.contains_key(&c.name) {
                     p.push(
                         format!("{at}.name"),
@@ -335,7 +335,7 @@ fn is_token(s: &str) -> bool {
 fn compile(
     c: &crate::config::ConsumerConfig,
     at: &str,
-    settings: &crate::config::Settings,
+    config: &Config,
     stores: &BuildStores,
     p: &mut Problems,
 ) -> Option<Consumer> {
@@ -363,7 +363,7 @@ fn compile(
         &c.name,
         &c.plugins,
         &format!("{at}.plugins"),
-        settings,
+        config,
         stores,
         p,
     );

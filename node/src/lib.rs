@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod plugin;
 pub mod proxy;
+pub mod redis_limits;
 pub mod reload;
 pub mod router;
 pub mod server;

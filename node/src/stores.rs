@@ -16,10 +16,14 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use crate::cluster_limits::{ClusterLimits, Scope, ScopeProvider};
+use crate::redis_limits::{PerRequest, RedisLimits, RedisUse};
 use weir_cache::{CacheStore, CacheStores, Collapse};
 use weir_limits::conn::InFlight;
 use weir_limits::{BuildMark, CounterSpec, CounterStore, LimitId, LimitStores, LocalProvider};
+use weir_storage::redis_store::RedisSettings;
 
 /// The limit and cache state of one running gateway.
 pub struct Stores {
@@ -27,6 +31,7 @@ pub struct Stores {
     /// Limits with `scope: region` and `scope: cluster`, in that order.
     shared: [LimitStores; 2],
     cluster: Arc<ClusterLimits>,
+    redis: RedisLimits,
     cache: CacheStores,
 }
 
@@ -50,6 +55,7 @@ impl Stores {
             limits,
             shared,
             cluster,
+            redis: RedisLimits::default(),
             cache,
         }
     }
@@ -65,6 +71,7 @@ impl Stores {
             limits_mark: self.limits.begin(),
             shared_marks: [self.shared[0].begin(), self.shared[1].begin()],
             cache_mark: self.cache.begin(),
+            redis: Arc::default(),
             stores: self.clone(),
         }
     }
@@ -78,6 +85,12 @@ impl Stores {
             s.sweep(mark);
         }
         self.cache.sweep(build.cache_mark);
+        self.redis.published(lock(&build.redis).as_ref());
+    }
+
+    /// The limits with `store: redis`.
+    pub fn redis(&self) -> &RedisLimits {
+        &self.redis
     }
 
     /// The limit state.
@@ -98,6 +111,12 @@ pub struct BuildStores {
     limits_mark: BuildMark,
     shared_marks: [BuildMark; 2],
     cache_mark: u64,
+    /// The build's use of Redis, from its first `store: redis` limit on.
+    redis: Arc<Mutex<Option<RedisUse>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl BuildStores {
@@ -125,6 +144,72 @@ impl BuildStores {
             Scope::Region => self.stores.shared[0].counters(self.shared_marks[0], id, spec),
             Scope::Cluster => self.stores.shared[1].counters(self.shared_marks[1], id, spec),
         }
+    }
+
+    /// The build's use of the Redis of `settings` (this node in
+    /// `region`), or why it cannot be used (a password that cannot be
+    /// read). `None` where no runtime runs (a config check): the limit
+    /// then counts on this node.
+    fn redis_use(
+        &self,
+        settings: &RedisSettings,
+        region: &str,
+    ) -> Result<Option<RedisUse>, String> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok(None);
+        }
+        let mut used = lock(&self.redis);
+        if let Some(u) = used.as_ref() {
+            return Ok(Some(u.clone()));
+        }
+        let u = self
+            .stores
+            .redis
+            .begin(settings, region, &self.stores.cluster)?;
+        *used = Some(u.clone());
+        Ok(Some(u))
+    }
+
+    /// The counter store of the limit `id` shared over `scope` through
+    /// the Redis of `settings` (credit settled in the background).
+    pub fn redis_counters(
+        &self,
+        settings: &RedisSettings,
+        region: &str,
+        id: &LimitId,
+        spec: &CounterSpec,
+        scope: Scope,
+    ) -> Result<Arc<dyn CounterStore>, String> {
+        Ok(match self.redis_use(settings, region)? {
+            Some(u) => u.counters(id, spec, scope),
+            None => self.counters(id, spec),
+        })
+    }
+
+    /// The `sync: per_request` counter of the limit `id` over `scope`
+    /// through the Redis of `settings`; `None` where no runtime runs.
+    pub fn redis_per_request(
+        &self,
+        settings: &RedisSettings,
+        region: &str,
+        id: &LimitId,
+        spec: &CounterSpec,
+        scope: Scope,
+    ) -> Result<Option<PerRequest>, String> {
+        let Some(u) = self.redis_use(settings, region)? else {
+            return Ok(None);
+        };
+        let share = self
+            .stores
+            .cluster
+            .share(scope)
+            .unwrap_or_else(|| weir_limits::credit::FairShare::new(weir_limits::Scale::FULL));
+        Ok(Some(u.per_request(
+            id,
+            scope,
+            self.counters(id, spec),
+            share,
+        )))
     }
 
     /// The in-flight table of the limit `id`.

@@ -32,6 +32,37 @@ pub enum LogFormat {
     Json,
 }
 
+/// Crates whose own events are debug detail: at a global level above
+/// debug they are off, unless the filter names them (`openraft=info`).
+/// weir reports what an operator needs from them in its own words (Raft:
+/// one line per leadership change, membership change and snapshot).
+const QUIET_DEPS: &[&str] = &["openraft"];
+
+/// `filter` with the [`QUIET_DEPS`] turned off when its global level is
+/// above debug and it does not name them.
+pub fn with_quiet_deps(filter: &str) -> String {
+    let global = filter
+        .split(',')
+        .map(str::trim)
+        .rfind(|d| !d.is_empty() && !d.contains('='))
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    if matches!(global.as_str(), "debug" | "trace") {
+        return filter.to_string();
+    }
+    let mut out = filter.to_string();
+    for dep in QUIET_DEPS {
+        if !filter.split(',').any(|d| d.trim().starts_with(dep)) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(dep);
+            out.push_str("=off");
+        }
+    }
+    out
+}
+
 /// Installs the global subscriber. Calling it twice is harmless: the second
 /// call keeps the first subscriber.
 pub fn init(format: LogFormat, default_level: &str) {
@@ -39,7 +70,8 @@ pub fn init(format: LogFormat, default_level: &str) {
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default_level.to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_new(with_quiet_deps(&filter))
+        .unwrap_or_else(|_| EnvFilter::new(with_quiet_deps(default_level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -49,4 +81,24 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_quiet_deps;
+
+    #[test]
+    fn openraft_is_debug_detail_unless_named() {
+        assert_eq!(with_quiet_deps("info"), "info,openraft=off");
+        assert_eq!(
+            with_quiet_deps("warn,hyper=info"),
+            "warn,hyper=info,openraft=off"
+        );
+        assert_eq!(with_quiet_deps("debug"), "debug");
+        assert_eq!(
+            with_quiet_deps("info,openraft=debug"),
+            "info,openraft=debug"
+        );
+        assert_eq!(with_quiet_deps(""), "openraft=off");
+    }
 }

@@ -15,12 +15,18 @@ pub const FORMAT_VERSION: u32 = 1;
 /// File name inside the data dir.
 pub const DATA_FILE: &str = "weir.redb";
 
+/// The last snapshot this node built, beside the redb file: written apart
+/// from the database so that building one never holds the database's one
+/// writer (which every apply needs) for a multi-megabyte insert.
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
 /// `format_version`, `vote`, `committed`, `last_purged`.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Raft log: index → JSON entry.
 pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 /// State machine metadata: `last_applied`, `membership`, `revision`,
-/// `snapshot_meta`, `snapshot_data`.
+/// `snapshot` (the one installed from a leader), `snapshot_built` (the last
+/// log id of the one in `SNAPSHOT_FILE`), `history_base`.
 pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("sm");
 /// Live documents: (kind, id) → JSON document.
 pub(crate) const DOCS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("docs");
@@ -113,7 +119,8 @@ impl Store {
 
     /// The config state machine; `validator` judges every batch's result.
     pub fn state_machine(&self, validator: Validator) -> Result<StateMachine, StoreError> {
-        StateMachine::open(self.db.clone(), validator)
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        StateMachine::open(self.db.clone(), dir.join(SNAPSHOT_FILE), validator)
     }
 }
 

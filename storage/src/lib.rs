@@ -26,10 +26,10 @@ pub mod redis_store;
 mod state_machine;
 mod types;
 
-pub use db::{DATA_FILE, FORMAT_VERSION, Store};
+pub use db::{DATA_FILE, FORMAT_VERSION, SNAPSHOT_FILE, Store};
 pub use error::StoreError;
 pub use log_store::LogStore;
-pub use state_machine::{ConfigView, StateMachine, Validator};
+pub use state_machine::{ConfigView, ROLLBACK_WINDOW, StateMachine, Validator};
 pub use types::{
     Action, Batch, Change, DocKey, Docs, Document, Memo, NodeId, Op, Problem, RevisionRecord,
     TypeConfig, WriteOutcome,

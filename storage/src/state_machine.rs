@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -27,6 +28,30 @@ use crate::types::{
     Action, Batch, Change, DocKey, Docs, Document, NodeId, Op, Problem, RevisionRecord, TypeConfig,
     WriteOutcome,
 };
+
+/// How many revisions back a rollback may reach, and so how much history
+/// a snapshot carries. It decides whether a rollback is accepted, so every
+/// node must use the same value: a constant, not a setting.
+pub const ROLLBACK_WINDOW: u64 = 1000;
+
+/// The documents as they were at `revision`, kept when a snapshot left
+/// out the history before it (the starting point of [`state_at`]).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HistoryBase {
+    revision: u64,
+    docs: Vec<(DocKey, serde_json::Value)>,
+}
+
+/// The stored [`HistoryBase`] (`sm/history_base`; none: history starts at
+/// revision 0).
+fn history_base(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<HistoryBase, StoreError> {
+    match t.get("history_base")? {
+        Some(v) => dec("sm/history_base", v.value()),
+        None => Ok(HistoryBase::default()),
+    }
+}
 
 /// Judges the documents a batch would leave behind: returns every problem
 /// (none = accept). It must be deterministic.
@@ -117,7 +142,14 @@ impl ConfigView {
     ) -> Result<WriteOutcome, StoreError> {
         let (docs, revision) = self.docs_at();
         let db = self.shared.db.clone();
-        let at = |n: u64| state_at(&db.begin_read()?.open_table(HISTORY)?, n);
+        let at = |n: u64| {
+            let tx = db.begin_read()?;
+            state_at(
+                &history_base(&tx.open_table(SM)?)?,
+                &tx.open_table(HISTORY)?,
+                n,
+            )
+        };
         Ok(compute(&docs, revision, batch, validator, &at)?.0)
     }
 }
@@ -127,13 +159,21 @@ impl ConfigView {
 pub struct StateMachine {
     view: ConfigView,
     validator: Validator,
+    /// Where built snapshots go (see `db::SNAPSHOT_FILE`).
+    snapshot_file: Arc<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     revision: u64,
     docs: Vec<Document>,
+    /// The last [`ROLLBACK_WINDOW`] revisions (all, in snapshots built
+    /// before the window existed).
     history: Vec<RevisionRecord>,
+    /// The documents as they were before that history, when it does not
+    /// start at revision 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<HistoryBase>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,6 +185,7 @@ struct StoredSnapshot {
 impl StateMachine {
     pub(crate) fn open(
         db: Arc<Database>,
+        snapshot_file: PathBuf,
         validator: Validator,
     ) -> Result<StateMachine, StoreError> {
         let tx = db.begin_read()?;
@@ -190,6 +231,7 @@ impl StateMachine {
                 }),
             },
             validator,
+            snapshot_file: Arc::new(snapshot_file),
         })
     }
 
@@ -219,11 +261,32 @@ impl StateMachine {
                 kv.membership.clone(),
             )
         };
-        let history = self.view.history(0, usize::MAX)?;
+        // The history a rollback can still reach, and the state before it;
+        // read up to `revision` only, since applies go on meanwhile.
+        let floor = revision.saturating_sub(ROLLBACK_WINDOW);
+        let (base, history) = {
+            let tx = self.view.shared.db.begin_read()?;
+            let t = tx.open_table(HISTORY)?;
+            let old_base = history_base(&tx.open_table(SM)?)?;
+            let base = (floor > 0).then(|| -> Result<HistoryBase, StoreError> {
+                Ok(HistoryBase {
+                    revision: floor,
+                    docs: state_at(&old_base, &t, floor)?.into_iter().collect(),
+                })
+            });
+            let base = base.transpose()?;
+            let mut history = Vec::new();
+            for item in t.range(floor + 1..=revision)? {
+                let (k, v) = item?;
+                history.push(dec(&format!("history/{}", k.value()), v.value())?);
+            }
+            (base, history)
+        };
         let data = enc(&SnapshotData {
             revision,
             docs: docs.values().map(|d| (**d).clone()).collect(),
             history,
+            base,
         })?;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, revision),
@@ -238,8 +301,13 @@ impl StateMachine {
             meta: meta.clone(),
             data: data.clone(),
         })?;
+        write_durably(&self.snapshot_file, &stored)?;
+        // A small durable commit: applies are not fsynced (ADR 0014), and
+        // openraft purges the log up to this snapshot once it is built, so
+        // the applied state it covers must be on disk first. It holds the
+        // database's writer only for that.
         let tx = self.view.shared.db.begin_write()?;
-        tx.open_table(SM)?.insert("snapshot", stored.as_slice())?;
+        put_sm(&tx, "snapshot_built", &meta.last_log_id)?;
         tx.commit()?;
         Ok(Snapshot {
             meta,
@@ -248,15 +316,23 @@ impl StateMachine {
     }
 }
 
-/// The documents as they were at `revision`, rebuilt from the history
-/// table `t`: the committed one (a read transaction) or the one of an open
-/// write transaction, which also sees the history written earlier in it.
+/// The documents as they were at `revision`, rebuilt from `base` and the
+/// history table `t`: the committed one (a read transaction) or the one of
+/// an open write transaction, which also sees the history written earlier
+/// in it.
 fn state_at(
+    base: &HistoryBase,
     t: &impl ReadableTable<u64, &'static [u8]>,
     revision: u64,
 ) -> Result<BTreeMap<DocKey, serde_json::Value>, StoreError> {
-    let mut out = BTreeMap::new();
-    for item in t.range(..=revision)? {
+    if revision < base.revision {
+        return Err(StoreError::Db(format!(
+            "the history before revision {} is not kept here",
+            base.revision
+        )));
+    }
+    let mut out: BTreeMap<DocKey, serde_json::Value> = base.docs.iter().cloned().collect();
+    for item in t.range(base.revision + 1..=revision)? {
         let (k, v) = item?;
         let rec: RevisionRecord = dec(&format!("history/{}", k.value()), v.value())?;
         for c in rec.changes {
@@ -327,6 +403,21 @@ fn compute(
                                 pointer: String::new(),
                                 reason: format!(
                                     "revision {target} does not exist (the latest is {revision})"
+                                ),
+                            }],
+                        },
+                        None,
+                    ));
+                }
+                if target.saturating_add(ROLLBACK_WINDOW) < revision {
+                    return Ok((
+                        WriteOutcome::Rejected {
+                            problems: vec![Problem {
+                                kind: String::new(),
+                                id: String::new(),
+                                pointer: String::new(),
+                                reason: format!(
+                                    "revision {target} is too old: a rollback reaches back {ROLLBACK_WINDOW} revisions (the latest is {revision})"
                                 ),
                             }],
                         },
@@ -413,6 +504,26 @@ fn compute(
         },
         Some((out, record)),
     ))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new
+/// one, never a mix: a temporary file, synced, renamed over, the directory
+/// synced.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let fail = |e: std::io::Error| StoreError::Db(format!("{}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut f, bytes).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+    }
+    Ok(())
 }
 
 fn put_sm<T: Serialize>(tx: &WriteTransaction, key: &str, v: &T) -> Result<(), StoreError> {
@@ -504,7 +615,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(batch) => {
                         // History written earlier in this transaction is
                         // visible to a rollback through `tx`'s own view.
-                        let at = |n: u64| state_at(&tx.open_table(HISTORY)?, n);
+                        let at = |n: u64| {
+                            let base = history_base(&tx.open_table(SM)?)?;
+                            state_at(&base, &tx.open_table(HISTORY)?, n)
+                        };
                         let (outcome, change) =
                             compute(&docs, revision, &batch, &this.validator, &at)?;
                         if let Some((new_docs, record)) = change {
@@ -565,6 +679,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for r in &data.history {
                     h.insert(r.revision, enc(r)?.as_slice())?;
                 }
+                let mut sm = tx.open_table(SM)?;
+                match &data.base {
+                    Some(b) => {
+                        sm.insert("history_base", enc(b)?.as_slice())?;
+                    }
+                    None => {
+                        sm.remove("history_base")?;
+                    }
+                }
             }
             put_sm(&tx, "revision", &data.revision)?;
             put_sm(&tx, "last_applied", &meta.last_log_id)?;
@@ -596,19 +719,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let db = self.view.shared.db.clone();
+        let file = self.snapshot_file.clone();
         blocking(move || {
-            let tx = db.begin_read()?;
-            let t = tx.open_table(SM)?;
-            match t.get("snapshot")? {
-                Some(v) => {
-                    let s: StoredSnapshot = dec("sm/snapshot", v.value())?;
-                    Ok(Some(Snapshot {
-                        meta: s.meta,
-                        snapshot: Box::new(Cursor::new(s.data)),
-                    }))
-                }
-                None => Ok(None),
-            }
+            // The one installed from a leader lives in the database (with
+            // the state it replaced), the one built here in the file: the
+            // newer of the two is current.
+            let installed: Option<StoredSnapshot> = {
+                let tx = db.begin_read()?;
+                let t = tx.open_table(SM)?;
+                t.get("snapshot")?
+                    .map(|v| dec("sm/snapshot", v.value()))
+                    .transpose()?
+            };
+            let built: Option<StoredSnapshot> = match std::fs::read(&*file) {
+                Ok(b) => Some(dec(&file.display().to_string(), &b)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(StoreError::Db(format!("{}: {e}", file.display()))),
+            };
+            let newest = match (installed, built) {
+                (Some(i), Some(b)) if b.meta.last_log_id > i.meta.last_log_id => Some(b),
+                (Some(i), _) => Some(i),
+                (None, b) => b,
+            };
+            Ok(newest.map(|s| Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(Cursor::new(s.data)),
+            }))
         })
         .await
         .map_err(StoreError::read)

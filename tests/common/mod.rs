@@ -2,6 +2,8 @@
 //! gateway starts, `weir validate` on a bad config, and key digests.
 #![allow(dead_code)]
 
+pub mod windows;
+
 use std::path::Path;
 
 use sha2::Digest as _;

@@ -333,10 +333,16 @@ impl CreditLedger {
             .saturating_sub(e.reserve);
         let taken = e.taken();
         let remaining = budget.saturating_sub(taken);
-        let units = if remaining == 0 {
-            0
-        } else {
-            (remaining / (2 * active)).max(1).min(want).min(hold)
+        // A fixed window keeps half of what remains for the other active
+        // nodes. A sliding one does not: once full, room frees a little
+        // at a time as the previous window slides out, and halving each
+        // ask would leave a backlog that the window's end wastes; `want`
+        // (the asker's rate over what is left of the window) and `hold`
+        // bound it instead.
+        let units = match remaining {
+            0 => 0,
+            r if policy.sliding => r.min(want).min(hold),
+            r => (r / (2 * active)).max(1).min(want).min(hold),
         };
         let slot = e.nodes.entry(node.into()).or_default();
         slot.outstanding += units;
@@ -586,17 +592,19 @@ mod tests {
             ..LedgerConfig::default()
         });
         while l.grant(0, "a", &id(), "s", &sp, 0, 100).unwrap().units > 0 {}
-        // A quarter into the next window, 3/4 of the 100 still count.
+        // A quarter into the next window, 3/4 of the 100 still count; a
+        // sliding window grants all that freed (within `want` and the
+        // hold), not half of it.
         let g = l
             .grant(12_500_000, "a", &id(), "s", &sp, 10 * S, 100)
             .unwrap();
-        assert_eq!((g.units, g.consumed), (12, 87));
+        assert_eq!((g.units, g.consumed), (25, 100));
         // Once the window ended, its successor no longer carries it.
         assert_eq!(
-            l.grant(30 * S, "a", &id(), "s", &sp, 30 * S, 100)
+            l.grant(30 * S, "a", &id(), "s", &sp, 30 * S, 60)
                 .unwrap()
                 .units,
-            50
+            60
         );
     }
 

@@ -76,6 +76,10 @@ const MAX_APPLIED_WAIT: Duration = Duration::from_secs(10);
 struct ErrorReply {
     error: String,
     retryable: bool,
+    /// Set when the forwarding node must not try again itself (the write
+    /// may have been applied) but pass the refusal on with this hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 pub(crate) fn router(kv: RaftKv) -> Router {
@@ -102,6 +106,7 @@ fn error_response(e: &ClusterError) -> Response {
         Json(ErrorReply {
             error: e.to_string(),
             retryable: e.retryable(),
+            retry_after_ms: e.retry_after().map(|d| d.as_millis() as u64),
         }),
     )
         .into_response()
@@ -126,6 +131,7 @@ fn misdirected(kv: &RaftKv, headers: &HeaderMap) -> Option<Response> {
             Json(ErrorReply {
                 error,
                 retryable: false,
+                retry_after_ms: None,
             }),
         )
             .into_response(),
@@ -267,12 +273,20 @@ async fn to_leader<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     path: &str,
     body: &Req,
 ) -> Result<Option<Resp>, ClusterError> {
+    to_leader_via(kv, &kv.inner.http, path, body).await
+}
+
+/// [`to_leader`] on the given client.
+async fn to_leader_via<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    kv: &RaftKv,
+    http: &reqwest::Client,
+    path: &str,
+    body: &Req,
+) -> Result<Option<Resp>, ClusterError> {
     let Some(addr) = leader_addr(kv) else {
         return Ok(None);
     };
-    let mut rb = kv
-        .inner
-        .http
+    let mut rb = http
         .post(format!("http://{addr}{path}"))
         .header(FORWARDED, "1")
         .timeout(LEADER_WAIT)
@@ -300,6 +314,14 @@ async fn to_leader<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     }
     let reply: Option<ErrorReply> = resp.json().await.ok();
     match reply {
+        Some(ErrorReply {
+            error,
+            retry_after_ms: Some(ms),
+            ..
+        }) => Err(ClusterError::Unavailable {
+            reason: error,
+            retry_after: Duration::from_millis(ms),
+        }),
         Some(r) if r.retryable => Ok(None),
         Some(r) => Err(ClusterError::Raft(r.error)),
         None => Err(ClusterError::Raft(format!(
@@ -308,35 +330,162 @@ async fn to_leader<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     }
 }
 
+/// Proposes `batch` on the leader: here, or forwarded once (unless it
+/// already was). While no leader takes it, it waits for one, at most the
+/// timing's `write_wait`, then fails `Unavailable` with a retry hint; it
+/// also fails `Unavailable` when the leader handling it is lost (it may
+/// or may not be applied then). It never waits without a bound.
 pub(crate) async fn write(
     kv: &RaftKv,
     batch: Batch,
     forwarded: bool,
 ) -> Result<Written, ClusterError> {
-    let deadline = Instant::now() + LEADER_WAIT;
+    let timing = kv.inner.settings.timing;
+    let deadline = Instant::now() + timing.write_wait;
+    let mut metrics = kv.inner.raft.metrics();
     loop {
-        match kv.inner.raft.client_write(batch.clone()).await {
-            Ok(r) => {
-                return Ok(Written {
-                    outcome: r.data,
-                    index: r.log_id.index,
-                });
-            }
-            Err(RaftError::Fatal(f)) => return Err(ClusterError::Raft(f.to_string())),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                return Err(ClusterError::Raft(e.to_string()));
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-        }
-        if !forwarded && let Some(w) = to_leader::<_, Written>(kv, "/raft/write", &batch).await? {
+        if let Some(w) = leader_write(kv, batch.clone()).await? {
             return Ok(w);
         }
-        if forwarded || Instant::now() >= deadline {
-            return Err(ClusterError::NoLeader(
-                "no leader accepted the write".into(),
-            ));
+        if !forwarded && let Some(w) = forward_write(kv, &batch).await? {
+            return Ok(w);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if forwarded {
+            // The forwarding node looks for the leader again.
+            return Err(ClusterError::NoLeader("this node is not the leader".into()));
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Unavailable {
+                reason: format!(
+                    "no leader took the write within {} ms (an election is under way, or this node cannot reach a quorum); nothing was written",
+                    timing.write_wait.as_millis()
+                ),
+                retry_after: timing.retry_after(),
+            });
+        }
+        // A new leader shows in the metrics; look again then, or shortly.
+        let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+    }
+}
+
+/// `client_write` on this node. `Ok(None)`: it is not the leader. Gives
+/// up when this leader loses its quorum (a partition that leaves it
+/// behind), instead of waiting for a commit that may never come.
+async fn leader_write(kv: &RaftKv, batch: Batch) -> Result<Option<Written>, ClusterError> {
+    let write = kv.inner.raft.client_write(batch);
+    let res = tokio::select! {
+        r = write => r,
+        why = quorum_lost(kv) => {
+            return Err(ClusterError::Unavailable {
+                reason: format!("{why}; the write may or may not be applied"),
+                retry_after: kv.inner.settings.timing.retry_after(),
+            });
+        }
+    };
+    match res {
+        Ok(r) => Ok(Some(Written {
+            outcome: r.data,
+            index: r.log_id.index,
+        })),
+        Err(RaftError::Fatal(f)) => Err(ClusterError::Raft(f.to_string())),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(ClusterError::Raft(e.to_string()))
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+    }
+}
+
+/// Resolves when this node, as leader, has had answers from no quorum of
+/// voters (itself included) for longer than the write wait: the others
+/// have elected someone else by then, or the commit cannot happen. The
+/// bound is the write wait, not the lease, so that a leader that is only
+/// short of CPU (compiling a large write) does not give up on a write its
+/// followers are taking. Answers are counted as the network sees them,
+/// not from openraft's metrics, which are only refreshed when something
+/// else changes.
+async fn quorum_lost(kv: &RaftKv) -> &'static str {
+    let timing = kv.inner.settings.timing;
+    let lease = timing.write_wait;
+    let since = Instant::now();
+    loop {
+        tokio::time::sleep(timing.heartbeat).await;
+        let m = kv.inner.raft.metrics().borrow().clone();
+        if m.state != openraft::ServerState::Leader || since.elapsed() <= lease {
+            continue;
+        }
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let heard = voters
+            .iter()
+            .filter(|&&v| {
+                v == kv.inner.id
+                    || kv
+                        .inner
+                        .liveness
+                        .last_seen(v)
+                        .is_some_and(|t| t.elapsed() <= lease)
+            })
+            .count();
+        if heard * 2 <= voters.len() {
+            return "the leader lost contact with a quorum while committing the write";
+        }
+    }
+}
+
+/// Forwards the write to the leader this node knows. `Ok(None)`: no
+/// leader known, or the request never reached it (safe to retry). While
+/// the leader handles it, this node watches its own view: when the leader
+/// changes or goes silent for longer than the write wait, the write fails
+/// `Unavailable` (it may or may not be applied).
+async fn forward_write(kv: &RaftKv, batch: &Batch) -> Result<Option<Written>, ClusterError> {
+    let Some(leader) = kv.inner.raft.metrics().borrow().current_leader else {
+        return Ok(None);
+    };
+    // A leader silent for longer than its lease is being replaced: wait
+    // for the next one rather than send it a write.
+    let lease = kv.inner.settings.timing.election_timeout_max;
+    if leader == kv.inner.id || leader_silent(kv, lease) {
+        return Ok(None);
+    }
+    tokio::select! {
+        biased;
+        r = to_leader_via::<_, Written>(kv, &kv.inner.forward_http, "/raft/write", batch) => match r {
+            // The request broke after it left: it may have arrived.
+            Err(ClusterError::Timeout(why)) => Err(ClusterError::Unavailable {
+                reason: format!("{why}; the write may or may not be applied"),
+                retry_after: kv.inner.settings.timing.retry_after(),
+            }),
+            r => r,
+        },
+        why = leader_gone(kv, leader) => Err(ClusterError::Unavailable {
+            reason: format!("{why}; the write may or may not be applied"),
+            retry_after: kv.inner.settings.timing.retry_after(),
+        }),
+    }
+}
+
+/// True when this node has heard from no leader for longer than `limit`.
+fn leader_silent(kv: &RaftKv, limit: Duration) -> bool {
+    kv.inner
+        .last_leader_contact
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|t| t.elapsed() > limit)
+}
+
+/// Resolves when this node stops following `leader`: another leader (or
+/// none) is known, or nothing came from it for longer than the write
+/// wait (a leader busy with a large write can be late with heartbeats).
+async fn leader_gone(kv: &RaftKv, leader: NodeId) -> &'static str {
+    let timing = kv.inner.settings.timing;
+    let mut rx = kv.inner.raft.metrics();
+    loop {
+        if rx.borrow_and_update().current_leader != Some(leader) {
+            return "the leader changed while it handled the write";
+        }
+        if leader_silent(kv, timing.write_wait) {
+            return "the leader went silent while it handled the write";
+        }
+        let _ = tokio::time::timeout(timing.heartbeat, rx.changed()).await;
     }
 }
 

@@ -21,8 +21,10 @@
 
 mod api;
 pub mod bootstrap;
+mod events;
 mod network;
 pub mod policy;
+pub mod timing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,6 +38,7 @@ use weir_storage::{
 };
 
 pub use network::PeerLiveness;
+pub use timing::{RaftTiming, TimingError, TimingProfile};
 
 /// How a node takes part in the config cluster.
 #[derive(Debug, Clone)]
@@ -73,6 +76,9 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     /// Bearer key sent with Raft RPCs and forwarded writes.
     pub key: Option<String>,
+    /// Heartbeat, election timeouts and how long a write waits for a
+    /// leader (see `timing`).
+    pub timing: RaftTiming,
 }
 
 impl RaftSettings {
@@ -92,6 +98,7 @@ impl RaftSettings {
             stale_after: Duration::from_secs(3),
             snapshot_every: 1000,
             key: None,
+            timing: RaftTiming::default(),
         }
     }
 }
@@ -108,6 +115,16 @@ pub enum ClusterError {
     /// The operation did not finish in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// No leader took the write within the write wait (an election, a
+    /// partition), or the leader lost its quorum while committing it:
+    /// retry after `retry_after`.
+    #[error("{reason}")]
+    Unavailable {
+        /// What happened, for the client.
+        reason: String,
+        /// When a retry may succeed (about one failover).
+        retry_after: Duration,
+    },
     /// Raft itself failed.
     #[error("raft: {0}")]
     Raft(String),
@@ -119,7 +136,18 @@ pub enum ClusterError {
 impl ClusterError {
     /// True when retrying later may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, ClusterError::NoLeader(_) | ClusterError::Timeout(_))
+        matches!(
+            self,
+            ClusterError::NoLeader(_) | ClusterError::Timeout(_) | ClusterError::Unavailable { .. }
+        )
+    }
+
+    /// How long to wait before retrying, when the error says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClusterError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 }
 
@@ -198,6 +226,10 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) view: ConfigView,
     pub(crate) http: reqwest::Client,
+    /// For forwarded writes: a new connection each, so a dead leader shows
+    /// as a refused connection (the write never left: safe to retry), not
+    /// as a broken pooled one (it may have arrived).
+    pub(crate) forward_http: reqwest::Client,
     pub(crate) settings: RaftSettings,
     pub(crate) liveness: PeerLiveness,
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
@@ -281,25 +313,34 @@ impl RaftKv {
         let id = node_id_for(&settings)?;
         let sm = store.state_machine(validator)?;
         let view = sm.view();
-        let config = openraft::Config {
+        let timing = settings.timing;
+        timing.validate().map_err(|errs| {
+            let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            ClusterError::Setup(format!("raft timing: {}", msgs.join("; ")))
+        })?;
+        let mut config = openraft::Config {
             cluster_name: "weir".into(),
-            // openraft 0.9 gives every AppendEntries call the heartbeat
-            // interval as its deadline: one large entry (an `apply` of
-            // thousands of routes) must be sent, decoded and synced on a
-            // follower within it, or it is cancelled and resent forever.
-            heartbeat_interval: 500,
-            election_timeout_min: 2000,
-            election_timeout_max: 4000,
             install_snapshot_timeout: 5000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every / 2,
             ..Default::default()
-        }
-        .validate()
-        .map_err(|e| ClusterError::Setup(format!("raft config: {e}")))?;
+        };
+        // openraft 0.9 gives every AppendEntries call the heartbeat
+        // interval as its deadline; the network (`network`) lets a large
+        // entry (an `apply` of thousands of routes) finish past it, so the
+        // heartbeat can be short enough for a fast failover.
+        timing.apply(&mut config);
+        let config = config
+            .validate()
+            .map_err(|e| ClusterError::Setup(format!("raft config: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClusterError::Setup(format!("http client: {e}")))?;
+        let forward_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| ClusterError::Setup(format!("http client: {e}")))?;
         let liveness = PeerLiveness::default();
@@ -317,6 +358,7 @@ impl RaftKv {
                 raft,
                 view,
                 http,
+                forward_http,
                 settings,
                 liveness,
                 last_leader_contact: Mutex::new(None),
@@ -392,6 +434,7 @@ impl RaftKv {
             }
         }
         tokio::spawn(policy::run(Arc::downgrade(&kv.inner)));
+        tokio::spawn(events::run(kv.inner.raft.metrics(), id));
         Ok(kv)
     }
 

@@ -24,10 +24,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -75,6 +76,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     problems: Vec<Problem>,
+    /// `Retry-After`, when a retry later may succeed (no leader yet).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -84,6 +87,7 @@ impl ApiError {
             code,
             message: message.into(),
             problems: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -93,6 +97,7 @@ impl ApiError {
             code: "invalid",
             message: format!("{} problem(s); nothing was stored", problems.len()),
             problems,
+            retry_after: None,
         }
     }
 }
@@ -107,18 +112,25 @@ impl IntoResponse for ApiError {
                 "problems": self.problems,
             }
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(d) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+        }
+        resp
     }
 }
 
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> ApiError {
         if e.retryable() {
-            ApiError::new(
+            let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),
-            )
+            );
+            err.retry_after = e.retry_after();
+            err
         } else {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         }

@@ -180,6 +180,7 @@ pub(super) async fn cluster_health(State(ctx): State<Arc<AdminCtx>>) -> Response
 async fn refresh_metrics(ctx: &AdminCtx, m: &weir_observability::metrics::Metrics) {
     ctx.state.telemetry().refresh(&ctx.state.load());
     ctx.state.stores().cluster_limits().publish_metrics(m);
+    ctx.state.stores().redis().publish_metrics(m);
     crate::cluster_metrics::refresh(m, ctx.cluster.as_deref(), &ctx.health, ctx.store.as_ref())
         .await;
 }

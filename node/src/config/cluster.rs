@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     /// Where the node mesh listens (UDP, QUIC). The mesh runs only when
     /// the cluster has a secret.
     pub mesh_listen: SocketAddr,
+    /// The mesh address peers should dial (published as `mesh_addr`), when
+    /// it is not the listen address: a NAT, a load balancer or a fault
+    /// proxy in front of the mesh socket. None: the listen address (its
+    /// unspecified IP replaced as `advertise_addr` says).
+    pub mesh_advertise: Option<SocketAddr>,
     /// The IP other nodes reach this one on. Needed when `gossip_listen`
     /// is 0.0.0.0 or ::.
     pub advertise_addr: Option<IpAddr>,
@@ -61,6 +66,7 @@ impl Default for ClusterConfig {
             zone: String::new(),
             gossip_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_GOSSIP_PORT)),
             mesh_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_MESH_PORT)),
+            mesh_advertise: None,
             advertise_addr: None,
             seeds: Vec::new(),
             secret_file: None,
@@ -113,6 +119,14 @@ impl ClusterConfig {
             push(
                 "mesh_listen",
                 "must differ from gossip_listen (both are UDP)",
+            );
+        }
+        if let Some(a) = self.mesh_advertise
+            && (a.ip().is_unspecified() || a.port() == 0)
+        {
+            push(
+                "mesh_advertise",
+                "must be an address peers can dial: a specific IP and a port other than 0",
             );
         }
         for (i, s) in self.seeds.iter().enumerate() {
@@ -171,5 +185,22 @@ mod tests {
             ..ClusterConfig::default()
         };
         assert!(both_any_port.validate().is_empty());
+    }
+
+    #[test]
+    fn mesh_advertise_must_be_dialable() {
+        for bad in ["0.0.0.0:7947", "127.0.0.1:0", "[::]:7947"] {
+            let c = ClusterConfig {
+                mesh_advertise: Some(bad.parse().expect("addr")),
+                ..ClusterConfig::default()
+            };
+            let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["mesh_advertise"], "{bad}");
+        }
+        let ok = ClusterConfig {
+            mesh_advertise: Some("10.0.0.7:17947".parse().expect("addr")),
+            ..ClusterConfig::default()
+        };
+        assert!(ok.validate().is_empty());
     }
 }

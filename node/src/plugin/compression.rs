@@ -716,6 +716,7 @@ mod tests {
             consumer_level: false,
             stores: crate::stores::BuildStores::scratch(),
             owner: crate::stores::Owner::Global,
+            redis: None,
         };
         let errs = build(&v, &env).err().unwrap();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
@@ -744,6 +745,7 @@ mod tests {
             consumer_level: false,
             stores: crate::stores::BuildStores::scratch(),
             owner: crate::stores::Owner::Global,
+            redis: None,
         };
         let _ = build(&v, &env).ok().unwrap();
         let c = Compression {

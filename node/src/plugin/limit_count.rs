@@ -1,7 +1,11 @@
 //! `limit-count`: at most `count` requests per `time_window` and key, with
 //! fixed windows or the sliding window counter; optionally a `soft`
 //! threshold below it, `mode: shadow`, and a `dynamic` count that follows
-//! the upstream's health (`ratelimit::Modes`).
+//! the upstream's health (`ratelimit::Modes`). With `scope: region |
+//! cluster` the count is shared over the node mesh (`store: mesh`, the
+//! default) or through Redis (`store: redis`, ADR 0034), by credit settled
+//! in the background or, with `sync: per_request`, one Redis round trip
+//! per request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cluster_limits::Scope;
+use crate::redis_limits::PerRequest;
 
 use super::ratelimit::{self, Common, Compiled, DynamicConfig, ModeConfig, Modes};
 use super::{
@@ -59,10 +64,36 @@ struct RawConfig {
     /// Scale `count` (and `soft`) by the upstream's state.
     #[serde(default)]
     dynamic: Option<DynamicConfig>,
-    /// Where the count is shared: `node` (default), `region` or
-    /// `cluster` (over the node mesh, ADR 0035).
+    /// Where the count is shared: `node` (default; `cluster` with
+    /// `store: redis`), `region` or `cluster`.
     #[serde(default)]
-    scope: Scope,
+    scope: Option<Scope>,
+    /// Where a shared count lives: `mesh` (default, ADR 0035) or `redis`
+    /// (the config's `redis:` section, ADR 0034).
+    #[serde(default)]
+    store: Option<StoreKind>,
+    /// How a `store: redis` count settles: `credit` (default: chunks
+    /// taken in the background, no Redis call on the request path) or
+    /// `per_request` (one Redis round trip per request, exact).
+    #[serde(default)]
+    sync: SyncMode,
+}
+
+/// `store` of a shared limit.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    Mesh,
+    Redis,
+}
+
+/// `sync` of a `store: redis` limit.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum SyncMode {
+    #[default]
+    Credit,
+    PerRequest,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +116,71 @@ struct LimitCount {
     soft: Option<u64>,
     common: Compiled,
     modes: Modes,
-    store: Arc<dyn CounterStore>,
+    counts: Counts,
+}
+
+/// Where a limit's counts are kept.
+enum Counts {
+    /// Decided at once from a store (node-local, or credit settled over
+    /// the mesh or with Redis in the background).
+    Store(Arc<dyn CounterStore>),
+    /// One Redis round trip per request.
+    PerRequest(PerRequest),
+}
+
+/// Checks `scope`, `store` and `sync` together and opens the counts.
+fn open_counts(
+    raw: &RawConfig,
+    id: &weir_limits::LimitId,
+    spec: &CounterSpec,
+    env: &BuildEnv,
+    errs: &mut ConfigErrorList,
+) -> Option<Counts> {
+    let scope = raw.scope.unwrap_or(match raw.store {
+        Some(StoreKind::Redis) => Scope::Cluster,
+        _ => Scope::Node,
+    });
+    if raw.sync == SyncMode::PerRequest && raw.store != Some(StoreKind::Redis) {
+        errs.push((
+            "sync".into(),
+            "`per_request` counts in Redis: it needs `store: redis`".into(),
+        ));
+        return None;
+    }
+    let Some(store) = raw.store else {
+        return Some(Counts::Store(env.stores().counters_in(id, spec, scope)));
+    };
+    if scope == Scope::Node {
+        errs.push((
+            "store".into(),
+            "a `scope: node` limit is counted by this node alone; `store` applies to `scope: region` or `cluster`".into(),
+        ));
+        return None;
+    }
+    if store == StoreKind::Mesh {
+        return Some(Counts::Store(env.stores().counters_in(id, spec, scope)));
+    }
+    let Some(target) = env.redis() else {
+        errs.push((
+            "store".into(),
+            "`redis` needs the top-level `redis:` section (where Redis is)".into(),
+        ));
+        return None;
+    };
+    let stores = env.stores();
+    let opened = match raw.sync {
+        SyncMode::Credit => stores
+            .redis_counters(&target.settings, &target.region, id, spec, scope)
+            .map(Counts::Store),
+        SyncMode::PerRequest => stores
+            .redis_per_request(&target.settings, &target.region, id, spec, scope)
+            .map(|pr| match pr {
+                Some(pr) => Counts::PerRequest(pr),
+                // No runtime (a config check): nothing is served.
+                None => Counts::Store(stores.counters(id, spec)),
+            }),
+    };
+    opened.map_err(|e| errs.push(("store".into(), e))).ok()
 }
 
 fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, ConfigErrorList> {
@@ -116,7 +211,12 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         headers: raw.headers,
     }
     .compile(&mut errs);
-    let Some(common) = common.filter(|_| errs.is_empty()) else {
+    let spec = CounterSpec {
+        max_keys: raw.max_keys,
+        idle: ratelimit::idle_for(raw.time_window),
+    };
+    let counts = open_counts(&raw, &id, &spec, env, &mut errs);
+    let (Some(common), Some(counts), true) = (common, counts, errs.is_empty()) else {
         return Err(errs);
     };
     Ok(Arc::new(LimitCount {
@@ -129,14 +229,7 @@ fn build(v: &serde_yaml_ng::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Co
         soft: raw.soft,
         common,
         modes,
-        store: env.stores().counters_in(
-            &id,
-            &CounterSpec {
-                max_keys: raw.max_keys,
-                idle: ratelimit::idle_for(raw.time_window),
-            },
-            raw.scope,
-        ),
+        counts,
     }))
 }
 
@@ -150,9 +243,11 @@ impl Plugin for LimitCount {
         }
         let key = self.common.key.key(req.headers, ctx);
         let scale = self.modes.scale(ctx);
-        let v = self
-            .store
-            .hit_window(&key, &self.policy.scaled(scale), wall_clock_us(), 1);
+        let policy = self.policy.scaled(scale);
+        let v = match &self.counts {
+            Counts::Store(s) => s.hit_window(&key, &policy, wall_clock_us(), 1),
+            Counts::PerRequest(pr) => pr.hit_window(&key, &policy, wall_clock_us()).await,
+        };
         let over_soft = self
             .soft
             .is_some_and(|soft| WindowPolicy::past_soft(&v, scale.apply(soft)));

@@ -177,6 +177,19 @@ pub struct BuildEnv {
     stores: BuildStores,
     /// Where the `plugins:` map being built is configured.
     owner: Owner,
+    /// The config's `redis:` section and this node's region, for limits
+    /// with `store: redis`.
+    redis: Option<Arc<RedisTarget>>,
+}
+
+/// Where limits with `store: redis` count: the config's `redis:` section,
+/// from this node's region.
+#[derive(Debug)]
+pub struct RedisTarget {
+    /// The `redis:` section.
+    pub settings: weir_storage::redis_store::RedisSettings,
+    /// This node's region (region-scope limits count under it).
+    pub region: String,
 }
 
 impl BuildEnv {
@@ -208,6 +221,12 @@ impl BuildEnv {
         crate::stores::limit_id(&self.owner, plugin, config)
     }
 
+    /// The config's `redis:` section and this node's region; `None` when
+    /// the config has no `redis:` section.
+    pub fn redis(&self) -> Option<&RedisTarget> {
+        self.redis.as_deref()
+    }
+
     /// The same environment for the `plugins:` map of `owner`.
     fn owned_by(&self, owner: Owner) -> BuildEnv {
         BuildEnv {
@@ -216,8 +235,21 @@ impl BuildEnv {
             consumer_level: self.consumer_level,
             stores: self.stores.clone(),
             owner,
+            redis: self.redis.clone(),
         }
     }
+}
+
+/// The [`RedisTarget`] of `config`, if it has a `redis:` section.
+pub(crate) fn redis_target(config: &Config) -> Option<Arc<RedisTarget>> {
+    let settings = config.redis.as_ref()?;
+    Some(Arc::new(RedisTarget {
+        settings: settings.clone(),
+        region: config
+            .cluster
+            .as_ref()
+            .map_or_else(String::new, |c| c.region.clone()),
+    }))
 }
 
 /// Problems in one plugin's config: `(field, reason)` pairs, the field
@@ -642,6 +674,7 @@ impl ChainLevels {
             consumer_level: false,
             stores: stores.clone(),
             owner: Owner::Global,
+            redis: redis_target(config),
         };
         let global = build_level(&config.plugins, "plugins", &env, p);
         let services = config

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{BuildEnv, Plugin, PluginMap, RequestCtx, lookup};
-use crate::config::{Problems, Settings};
+use crate::config::{Config, Problems};
 use crate::consumer::Consumers;
 use crate::stores::{BuildStores, Owner};
 
@@ -46,16 +46,17 @@ pub(crate) fn consumer_limits(
     name: &str,
     map: &PluginMap,
     at: &str,
-    settings: &Settings,
+    config: &Config,
     stores: &BuildStores,
     p: &mut Problems,
 ) -> ConsumerLimits {
     let env = BuildEnv {
         consumers: Arc::new(Consumers::default()),
-        settings: Arc::new(settings.clone()),
+        settings: Arc::new(config.settings.clone()),
         consumer_level: true,
         stores: stores.clone(),
         owner: Owner::Consumer(name.to_string()),
+        redis: super::redis_target(config),
     };
     let mut out = Vec::new();
     for (name, value) in map {

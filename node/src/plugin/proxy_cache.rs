@@ -717,6 +717,7 @@ mod tests {
             consumer_level: false,
             stores: crate::stores::BuildStores::scratch(),
             owner: crate::stores::Owner::Global,
+            redis: None,
         };
         build(&serde_yaml_ng::from_str(yaml).unwrap(), &env)
     }

@@ -385,6 +385,7 @@ mod tests {
             consumer_level: false,
             stores: crate::stores::BuildStores::scratch(),
             owner: crate::stores::Owner::Global,
+            redis: None,
         }
     }
 
@@ -400,6 +401,42 @@ mod tests {
         assert!(
             e.len() == 1 && e[0].0 == field && e[0].1.contains(reason),
             "{yaml}: {e:?}"
+        );
+    }
+
+    #[test]
+    fn store_and_sync_are_checked_with_the_scope() {
+        let count = &super::super::limit_count::DEF;
+        for ok in [
+            "{count: 5, time_window: 1s, scope: cluster, store: mesh}",
+            "{count: 5, time_window: 1s, scope: region}",
+        ] {
+            assert_eq!(errors(count, ok), Vec::new(), "{ok}");
+        }
+        one_error(
+            count,
+            "{count: 5, time_window: 1s, sync: per_request}",
+            "sync",
+            "it needs `store: redis`",
+        );
+        one_error(
+            count,
+            "{count: 5, time_window: 1s, scope: node, store: mesh}",
+            "store",
+            "`store` applies to `scope: region` or `cluster`",
+        );
+        // No `redis:` section in the config.
+        one_error(
+            count,
+            "{count: 5, time_window: 1s, store: redis}",
+            "store",
+            "needs the top-level `redis:` section",
+        );
+        one_error(
+            count,
+            "{count: 5, time_window: 1s, store: etcd}",
+            "store",
+            "unknown variant `etcd`",
         );
     }
 

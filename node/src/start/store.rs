@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use weir_cluster::membership::{
     KEY_RAFT_ADDR, KEY_RAFT_BOOT, KEY_RAFT_EXPECT, KEY_RAFT_ID, KEY_RAFT_STATE, Member, MemberState,
 };
-use weir_cluster::raft::{Peer, RaftKv, RaftSettings};
+use weir_cluster::raft::{Peer, RaftKv, RaftSettings, RaftTiming, TimingProfile};
 use weir_storage::{Batch, Op};
 
 use super::{AbortOnDrop, start_cluster, start_telemetry, wait_for_signal, write_ready_file};
@@ -70,6 +70,36 @@ pub struct StoreArgs {
     /// instead. Needs gossip; not with `--join`.
     #[arg(long, env = "WEIR_RAFT_BOOTSTRAP_EXPECT")]
     raft_bootstrap_expect: Option<usize>,
+    /// Raft timing profile: `lan` (voters on one network: heartbeat 100ms,
+    /// election timeout 500-750ms, a lost leader is replaced in under 2 s)
+    /// or `wan` (voters in different regions: heartbeat 500ms, election
+    /// timeout 2-3s, writes wait up to 10s for a leader). The
+    /// `--raft-heartbeat`, `--raft-election-timeout-*` and
+    /// `--raft-write-wait` flags override single values.
+    #[arg(long, env = "WEIR_RAFT_TIMING", default_value = "lan")]
+    raft_timing: TimingProfile,
+    /// Raft heartbeat interval (default: from `--raft-timing`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    raft_heartbeat: Option<Duration>,
+    /// Lower bound of the Raft election timeout (default: from
+    /// `--raft-timing`); at least 3 heartbeats.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    raft_election_timeout_min: Option<Duration>,
+    /// Upper bound of the Raft election timeout, also the leader lease
+    /// (default: from `--raft-timing`); at least the lower bound plus one
+    /// heartbeat.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    raft_election_timeout_max: Option<Duration>,
+    /// How long an admin write waits for a leader before it is answered
+    /// `503` with `Retry-After` (default: from `--raft-timing`); at least
+    /// the election timeout's upper bound.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    raft_write_wait: Option<Duration>,
+    /// Build a Raft snapshot (all documents, the history a rollback can
+    /// reach) and purge the log after this many entries. Fewer means
+    /// shorter logs and more snapshot builds.
+    #[arg(long, default_value_t = 1000)]
+    raft_snapshot_every: u64,
     /// Without contact with the leader for this long, `/v1/status` says
     /// `config_stale: true`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -90,6 +120,35 @@ impl StoreArgs {
     /// True when the flags ask for the store although a file is given.
     pub fn enabled_with_file(&self) -> bool {
         self.data_dir.is_some() || self.join.is_some()
+    }
+
+    /// The Raft timing: the profile's values, overridden by the explicit
+    /// flags, checked; an error names each flag at fault.
+    fn raft_timing(&self) -> anyhow::Result<RaftTiming> {
+        let mut t = RaftTiming::profile(self.raft_timing);
+        t.heartbeat = self.raft_heartbeat.unwrap_or(t.heartbeat);
+        t.election_timeout_min = self
+            .raft_election_timeout_min
+            .unwrap_or(t.election_timeout_min);
+        t.election_timeout_max = self
+            .raft_election_timeout_max
+            .unwrap_or(t.election_timeout_max);
+        t.write_wait = self.raft_write_wait.unwrap_or(t.write_wait);
+        t.validate().map_err(|errs| {
+            let lines: Vec<String> = errs
+                .iter()
+                .map(|e| {
+                    format!(
+                        "--raft-{}: {} (with --raft-timing {})",
+                        e.field.replace('_', "-"),
+                        e.reason,
+                        self.raft_timing
+                    )
+                })
+                .collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
+        })?;
+        Ok(t)
     }
 }
 
@@ -127,6 +186,13 @@ pub async fn serve(
     if args.raft_remove_dead_learner_after < Duration::from_secs(1) {
         anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
     }
+    if args.raft_snapshot_every < 10 {
+        anyhow::bail!(
+            "--raft-snapshot-every must be at least 10 (got {})",
+            args.raft_snapshot_every
+        );
+    }
+    let timing = args.raft_timing()?;
     let mut file_cfg = file_cfg;
     let telemetry = start_telemetry(&mut file_cfg)?;
     // Start from the settings alone; routes come from the store.
@@ -176,6 +242,8 @@ pub async fn serve(
     settings.voter_down_timeout = args.raft_voter_timeout;
     settings.remove_dead_learner_after = args.raft_remove_dead_learner_after;
     settings.stale_after = args.stale_after;
+    settings.timing = timing;
+    settings.snapshot_every = args.raft_snapshot_every;
     settings.key = args
         .admin_keys
         .iter()

@@ -21,6 +21,8 @@ pub struct Node {
     bin: PathBuf,
     dir: PathBuf,
     args: Vec<String>,
+    /// Environment changes: `Some(value)` sets, `None` removes.
+    env: Vec<(String, Option<String>)>,
     child: Option<Child>,
     /// Proxy address.
     pub proxy: String,
@@ -35,11 +37,27 @@ pub struct Node {
 impl Node {
     /// Starts a node whose data lives in `dir` (created if missing).
     pub async fn start(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Node> {
+        Node::start_with_env(bin, dir, extra, &[]).await
+    }
+
+    /// [`Node::start`] with environment changes: `Some(value)` sets a
+    /// variable, `None` removes it (e.g. `WEIR_LOG`, for the default log
+    /// level); kept across restarts.
+    pub async fn start_with_env(
+        bin: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> anyhow::Result<Node> {
         std::fs::create_dir_all(dir)?;
         let mut n = Node {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
             child: None,
             proxy: String::new(),
             admin: String::new(),
@@ -59,7 +77,14 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.dir.join("weir.log"))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen"])
             .arg(admin.unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
@@ -209,10 +234,20 @@ impl Drop for Node {
 /// Three nodes: the first bootstraps, the others join it; returns once
 /// all three are voters that agree on a leader.
 pub async fn cluster(bin: &Path, root: &Path) -> anyhow::Result<Vec<Node>> {
-    let first = Node::start(bin, &root.join("n1"), &[]).await?;
+    cluster_with_env(bin, root, &[]).await
+}
+
+/// [`cluster`] with environment changes for every node (see
+/// [`Node::start_with_env`]).
+pub async fn cluster_with_env(
+    bin: &Path,
+    root: &Path,
+    env: &[(&str, Option<&str>)],
+) -> anyhow::Result<Vec<Node>> {
+    let first = Node::start_with_env(bin, &root.join("n1"), &[], env).await?;
     let join = first.admin.clone();
-    let second = Node::start(bin, &root.join("n2"), &["--join", &join]).await?;
-    let third = Node::start(bin, &root.join("n3"), &["--join", &join]).await?;
+    let second = Node::start_with_env(bin, &root.join("n2"), &["--join", &join], env).await?;
+    let third = Node::start_with_env(bin, &root.join("n3"), &["--join", &join], env).await?;
     let nodes = vec![first, second, third];
     wait_until(
         "three voters with one leader everywhere",
@@ -236,6 +271,19 @@ pub async fn cluster(bin: &Path, root: &Path) -> anyhow::Result<Vec<Node>> {
     )
     .await;
     Ok(nodes)
+}
+
+/// For a benchmark's `main`: the `weir` binary to measure, or `None`
+/// when not run by `cargo bench`. `cargo bench` passes `--bench`;
+/// `cargo test`/`nextest` (listing or running all targets) do not, and
+/// must not start a cluster. `WEIR_BENCH_BIN` measures another build
+/// (e.g. an older commit's, for before/after figures in one run) instead
+/// of `built`, the one cargo built.
+pub fn bench_bin(built: &str) -> Option<PathBuf> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(std::env::var_os("WEIR_BENCH_BIN").map_or_else(|| built.into(), PathBuf::from))
 }
 
 pub async fn leader_index(nodes: &[Node]) -> usize {
