@@ -42,8 +42,10 @@ enum LogFormatArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway node. With no flags: proxy on 0.0.0.0:9080, admin on
-    /// 127.0.0.1:9180, no routes (every request gets a JSON 404), no
-    /// cluster (any cluster flag joins one; gossip on UDP 7946).
+    /// 127.0.0.1:9180, no routes (every request gets a JSON 404), in store
+    /// mode (config store in ./weir-data, written through the admin API)
+    /// as a single node (no gossip; any cluster flag joins a gossip
+    /// cluster, on UDP 7946). With --config alone: file mode.
     Serve(Box<crate::start::ServeArgs>),
     /// Check a config file and print every problem with its location.
     /// Exits 0 when valid, 2 when not.
