@@ -43,6 +43,15 @@ fn apply_yaml(dir: &std::path::Path, node: &Node, yaml: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// The cells of a table line (two or more spaces apart).
+fn cells(line: &str) -> Vec<String> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Start columns of the cells of a table line (cells are two or more
 /// spaces apart).
 fn cell_starts(line: &str) -> Vec<usize> {
@@ -84,6 +93,13 @@ async fn a_single_node_says_what_it_is_with_one_id_everywhere() -> anyhow::Resul
     let root = tempfile::tempdir()?;
     let up = Upstream::start("a").await;
     let node = Node::start(weir_bin(), &root.path().join("n"), &[]).await?;
+    // A one-voter store elects itself just after the node starts serving.
+    wait_until("the node leads its store", CONVERGE, || async {
+        node.status()
+            .await
+            .is_some_and(|s| s["cluster"]["role"] == "leader")
+    })
+    .await;
     let status = node.status().await.expect("status");
     let node_id = status["node_id"].as_str().expect("node id").to_string();
     let raft_id = status["cluster"]["raft_id"].as_u64().expect("raft id");
@@ -128,19 +144,14 @@ async fn a_single_node_says_what_it_is_with_one_id_everywhere() -> anyhow::Resul
     );
     assert_aligned(&out, "ID");
     let row = out.lines().nth(3).expect("a member row");
-    let cells: Vec<&str> = row
-        .split("  ")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
     assert_eq!(
-        cells[..5],
+        cells(row)[..5],
         [
-            format!("{node_id} (self)").as_str(),
-            "alive",
-            "-",
-            "leader",
-            "0"
+            format!("{node_id} (self)"),
+            "alive".into(),
+            "-".into(),
+            "leader".into(),
+            "0".into()
         ],
         "{out}"
     );
@@ -156,17 +167,13 @@ async fn a_single_node_says_what_it_is_with_one_id_everywhere() -> anyhow::Resul
     assert_aligned(&out, "NODE");
     assert!(
         out.lines().any(|l| {
-            let c: Vec<&str> = l
-                .split("  ")
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect();
-            c == [
-                format!("{node_id} (self)").as_str(),
-                raft_id.to_string().as_str(),
-                "leader",
-                node.admin.as_str(),
-            ]
+            cells(l)
+                == [
+                    format!("{node_id} (self)").as_str(),
+                    raft_id.to_string().as_str(),
+                    "leader",
+                    node.admin.as_str(),
+                ]
         }),
         "{out}"
     );
@@ -291,13 +298,7 @@ async fn cluster_status_shows_each_members_raft_role_and_revision() -> anyhow::R
             let rows: Vec<Vec<String>> = out
                 .lines()
                 .filter(|l| l.starts_with('n'))
-                .map(|l| {
-                    l.split("  ")
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
+                .map(cells)
                 .collect();
             let mut roles: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
             roles.sort();
@@ -356,13 +357,7 @@ async fn a_restarted_nodes_old_incarnation_is_marked_old() {
                 .skip_while(|l| !l.starts_with("ID "))
                 .take_while(|l| !l.is_empty())
                 .filter(|l| l.starts_with(&format!("{id} ")))
-                .map(|l| {
-                    l.split("  ")
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
+                .map(cells)
                 .collect();
             (ok && rows.len() == 2).then_some(rows)
         }
