@@ -127,3 +127,26 @@ async fn serve_without_a_config_answers_json_404() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "no_route");
 }
+
+#[test]
+fn cross_field_problems_carry_their_line_and_column() {
+    let (code, err) = common::validate_text(
+        "upstreams:\n  - id: u\n    targets: [{addr: \"127.0.0.1:1\"}]\nroutes:\n  - id: a\n    paths: [/a]\n    upstream: u\n  - id: b\n    paths: [/b]\n    service: nosuch\n",
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "FILE:10:14: routes[1].service: no service with id `nosuch`\nFILE: 1 problem(s)\n"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_is_reported_as_one_at_its_position() {
+    let (code, err) =
+        common::validate_text("routes:\n  - id: a\n    paths: [/a\n    upstream: u\n");
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "FILE:4:13: YAML syntax error: did not find expected ',' or ']'\nFILE: 1 problem(s)\n"
+    );
+}

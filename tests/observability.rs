@@ -863,3 +863,117 @@ observability:
         assert!(!raw.contains(secret) && !gw.log().contains(secret));
     }
 }
+
+/// A request's log line (the first of `route` with `status`).
+fn line_of<'a>(lines: &'a [serde_json::Value], route: &str, status: u16) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["route"] == route && l["status"] == status)
+        .unwrap_or_else(|| panic!("no {status} line of {route}: {lines:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_limit_and_consumer_verdicts_reach_the_access_log_spans_and_upstream_label() {
+    use weir_testsupport::{Origin, OriginScript};
+    const KEY: &str = "verdict-test-key-5a4b3c";
+    let receiver = OtlpReceiver::grpc().await;
+    let origin = Origin::start().await;
+    origin.script(
+        "/c",
+        OriginScript::ok("cached body", &[("cache-control", "max-age=60")]),
+    );
+    origin.script("/l", OriginScript::ok("limited body", &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        "{}observability:
+  access_log: {{enabled: true, target: !file {}}}
+  tracing: {{enabled: true, endpoint: {}, scheduled_delay: 50ms}}
+",
+        common::verdict_routes(&origin.target(), KEY, ""),
+        log.display(),
+        receiver.endpoint()
+    );
+    let gw = start(&yaml).await;
+    let c = http_client();
+    let mut statuses = Vec::new();
+    for (path, key) in [
+        ("/c", None),
+        ("/c", None),
+        ("/l", Some(KEY)),
+        ("/l", Some(KEY)),
+        ("/l", None),
+    ] {
+        let mut rb = c.get(gw.url(path));
+        if let Some(k) = key {
+            rb = rb.header("apikey", k);
+        }
+        let r = rb.send().await.unwrap();
+        statuses.push(r.status().as_u16());
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 401]);
+    assert_eq!(origin.hits("/c"), 1, "the second /c is a hit");
+
+    let lines = wait_for("5 access-log lines", WAIT, || async {
+        let l = read_lines(&log);
+        (l.len() >= 5).then_some(l)
+    })
+    .await;
+    let cached: Vec<&serde_json::Value> = lines.iter().filter(|l| l["route"] == "cached").collect();
+    assert_eq!(cached[0]["cache_status"], "miss", "{lines:#?}");
+    assert_eq!(cached[1]["cache_status"], "hit", "{lines:#?}");
+    assert_eq!(cached[0]["ratelimit_decision"], serde_json::Value::Null);
+    let allowed = line_of(&lines, "limited", 200);
+    assert_eq!(allowed["ratelimit_decision"], "allowed");
+    assert_eq!(allowed["consumer"], "alice");
+    assert_eq!(allowed["cache_status"], serde_json::Value::Null);
+    let rejected = line_of(&lines, "limited", 429);
+    assert_eq!(rejected["ratelimit_decision"], "rejected");
+    assert_eq!(rejected["consumer"], "alice");
+    let denied = line_of(&lines, "limited", 401);
+    assert_eq!(denied["consumer"], serde_json::Value::Null);
+
+    let spans = receiver.wait_for_spans(5, WAIT).await;
+    let servers = of_kind(&spans, SpanKind::Server);
+    let attrs = |name: &str| -> Vec<Option<&str>> {
+        let mut v: Vec<Option<&str>> = servers.iter().map(|s| s.str_attr(name)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        attrs("weir.cache.status"),
+        [None, None, None, Some("hit"), Some("miss")],
+        "{servers:#?}"
+    );
+    assert_eq!(
+        attrs("weir.ratelimit.decision"),
+        [None, None, None, Some("allowed"), Some("rejected")],
+        "{servers:#?}"
+    );
+    assert_eq!(
+        attrs("weir.consumer"),
+        [None, None, None, Some("alice"), Some("alice")],
+        "{servers:#?}"
+    );
+
+    // Requests no upstream saw (the hit, the 429, the 401) carry an empty
+    // upstream label; those it answered carry its id.
+    let text = metrics_text(&gw).await;
+    let requests = |route: &str, class: &str, upstream: &str| {
+        sample(
+            &text,
+            "weir_http_server_requests_total",
+            &[
+                ("weir_route", route),
+                ("http_response_status_class", class),
+                ("weir_upstream", upstream),
+            ],
+        )
+    };
+    assert_eq!(requests("limited", "4xx", ""), Some(2.0), "{text}");
+    assert_eq!(requests("limited", "4xx", "u"), None, "{text}");
+    assert_eq!(requests("limited", "2xx", "u"), Some(1.0), "{text}");
+    assert_eq!(requests("cached", "2xx", "u"), Some(1.0), "{text}");
+    assert_eq!(requests("cached", "2xx", ""), Some(1.0), "{text}");
+}

@@ -333,7 +333,7 @@ async fn at_the_default_level_weir_reports_raft_changes_and_openraft_stays_quiet
                     && nodes[i]
                         .status()
                         .await
-                        .is_some_and(|s| s["cluster"]["node_id"] == new_leader))
+                        .is_some_and(|s| s["cluster"]["raft_id"] == new_leader))
         })
         .await;
         let log = nodes[i].log();
@@ -367,7 +367,7 @@ async fn wait_until_new_leader(nodes: &[Node], survivors: &[usize]) -> u64 {
         for &i in survivors {
             let s = nodes[i].status().await?;
             ids.push((
-                s["cluster"]["node_id"].as_u64()?,
+                s["cluster"]["raft_id"].as_u64()?,
                 s["cluster"]["leader"].as_u64()?,
             ));
         }

@@ -80,7 +80,7 @@ async fn agreed(nodes: &[&Node], want: &BTreeSet<u64>) -> bool {
 
 async fn raft_id(n: &Node) -> u64 {
     let s = n.status().await.expect("status");
-    s["cluster"]["node_id"].as_u64().expect("node id")
+    s["cluster"]["raft_id"].as_u64().expect("raft id")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,7 +66,7 @@ fn members(status: &Value) -> BTreeSet<(u64, String, String)> {
 
 async fn raft_id(n: &Node) -> u64 {
     let s = n.status().await.expect("status");
-    s["cluster"]["node_id"].as_u64().expect("node id")
+    s["cluster"]["raft_id"].as_u64().expect("raft id")
 }
 
 /// True when every node reports exactly `want` as members and the same

@@ -60,8 +60,11 @@ pub const KEY_MESH_IDENTITY: &str = "mesh_identity";
 pub const KEY_VERSION: &str = "version";
 /// Key: start time, milliseconds since the Unix epoch.
 pub const KEY_STARTED_AT: &str = "started_at_ms";
-/// Key: the node's Raft id (decimal), published in cluster mode.
+/// Key: the node's Raft id (decimal), published in store mode.
 pub const KEY_RAFT_ID: &str = "raft_id";
+/// Key: the config revision the node's running snapshot was built from
+/// (decimal), published in store mode.
+pub const KEY_CONFIG_REVISION: &str = "config_revision";
 /// Key: where the node's Raft endpoints are reached (`host:port`).
 pub const KEY_RAFT_ADDR: &str = "raft_addr";
 /// Key: `member` when the node's config store belongs to a Raft cluster,

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use weir_cluster::gossip::GossipStatsSnapshot;
 use weir_cluster::membership::{
-    GossipTiming, Member, MemberState, Membership, MembershipConfig, NodeInfo,
+    GossipTiming, KEY_CONFIG_REVISION, KEY_RAFT_ID, Member, MemberState, Membership,
+    MembershipConfig, NodeInfo,
 };
 use weir_observability::metrics::Metrics;
 
@@ -353,6 +354,8 @@ impl Cluster {
                     "version": m.version,
                     "started_at_ms": m.started_at_ms,
                     "age_seconds": m.started_at_ms.map(|s| unix_ms.saturating_sub(s) / 1000),
+                    "raft_id": key_u64(m, KEY_RAFT_ID),
+                    "revision": key_u64(m, KEY_CONFIG_REVISION),
                 })
             })
             .collect();
@@ -366,6 +369,11 @@ impl Cluster {
             "gossip": m.stats(),
         })
     }
+}
+
+/// A decimal key a member publishes, if it does.
+fn key_u64(m: &Member, key: &str) -> Option<u64> {
+    m.keys.get(key).and_then(|v| v.parse().ok())
 }
 
 /// Shared handle the admin API reads.

@@ -21,15 +21,19 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
 /// field path, and with `line:column` where the YAML parser knows it.
 pub fn load_str(src: &str) -> Result<Config, ConfigErrors> {
     let config = config::parse_str(src)?;
-    validate(&config)?;
+    validate(&config).map_err(|mut e| {
+        config::locate_problems(src, &mut e);
+        e
+    })?;
     Ok(config)
 }
 
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let config = config::parse_file(path)?;
-    validate(&config)?;
-    Ok(config)
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(path.display().to_string(), format!("cannot read file: {e}"))
+    })?;
+    load_str(&src)
 }
 
 #[cfg(test)]

@@ -369,6 +369,10 @@ pub fn document() -> Value {
                     "properties": Value::Object(documents),
                 },
                 "dry_run": {"type": "boolean"},
+                "upsert": {
+                    "type": "boolean",
+                    "description": "create and update only: documents of the listed kinds that are not given are kept",
+                },
                 "message": {"type": "string"},
             }
         })),

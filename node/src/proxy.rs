@@ -254,7 +254,6 @@ async fn proxy(
     if let Some(l) = log.as_deref_mut() {
         let template = route.paths.get(m.path_index());
         l.set_route(&route.id, route.service.as_ref(), template);
-        l.set_upstream(&route.upstream);
     }
     let mut front = Front {
         host_value,
@@ -280,6 +279,9 @@ async fn proxy(
         rid.clone(),
     );
     ctx.upstream = Some(route.upstream.clone());
+    if let Some(l) = log.as_deref_mut() {
+        ctx.ext.insert(l.cache_slot());
+    }
     let (mut parts, body) = req.into_parts();
     let mut body = ClientBody::Streamed(body);
     let access = {
@@ -443,6 +445,11 @@ async fn forward(
         limit,
         strip_len,
     } = front;
+    // Only a request that gets this far is labelled with the upstream: one
+    // a plugin answered (a 401, a 429, a cache hit) never reached it.
+    if let Some(l) = log.as_deref_mut() {
+        l.set_upstream(&route.upstream);
+    }
     let path = req.uri().path();
 
     // Path and query sent upstream.

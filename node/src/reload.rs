@@ -53,7 +53,13 @@ fn reload_inner(
     if cfg.observability != old.observability {
         tracing::warn!("the observability section changes only on restart");
     }
-    state.apply(&cfg)
+    state.apply(&cfg).map_err(|mut e| {
+        // The compile's problems get their place in the file too.
+        if let Ok(src) = std::fs::read_to_string(path) {
+            config::locate_problems(&src, &mut e);
+        }
+        e
+    })
 }
 
 /// Watches `path` and reloads on change until the returned guard is

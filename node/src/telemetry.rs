@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::metrics::{self, ActiveRequest, GatewayMetrics, Metrics, RequestMetrics};
+use crate::metrics::{self, ActiveRequest, CacheStatus, GatewayMetrics, Metrics, RequestMetrics};
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
 use weir_observability::access_log::{AccessLog, AccessRecord};
@@ -44,6 +44,9 @@ pub struct Telemetry {
     health_series: Mutex<HashSet<(String, String)>>,
     /// Spans dropped or lost by the exporter already added to the metrics.
     spans_dropped_seen: AtomicU64,
+    /// This node's id, the one its spans, metrics, logs, `/v1/status` and
+    /// the CLI show (empty for telemetry built without a node).
+    node_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -102,8 +105,14 @@ impl Telemetry {
             tracing,
             metrics_export,
             access_log,
+            node_id: Arc::from(node.node_id.as_str()),
             ..Telemetry::default()
         })
+    }
+
+    /// This node's id (see [`node_info`]).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// The metrics registry, when metrics are on.
@@ -151,6 +160,7 @@ impl Telemetry {
             bytes_out: 0,
             span,
             record,
+            cache: None,
             _active: self.metrics.as_ref().map(|m| m.active_request()),
         }))
     }
@@ -214,7 +224,28 @@ pub struct RequestLog {
     /// The SERVER span.
     pub span: RequestSpan,
     record: Option<AccessRecord>,
+    /// What the cache plugin made of the request, written in its log
+    /// phase (which ends before this log closes).
+    cache: Option<CacheSlot>,
     _active: Option<ActiveRequest>,
+}
+
+/// Where the proxy-cache plugin leaves its verdict (`HIT`, `MISS`, …) for
+/// the request's log: the plugin's per-request state lives in the
+/// plugin context, which the response body owns and drops before the log
+/// is closed, so the verdict is passed on through this shared cell.
+#[derive(Clone, Default)]
+pub struct CacheSlot(Arc<Mutex<Option<CacheStatus>>>);
+
+impl CacheSlot {
+    /// Notes the cache's verdict; the last one written wins.
+    pub fn set(&self, status: CacheStatus) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    fn get(&self) -> Option<CacheStatus> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl RequestLog {
@@ -254,6 +285,12 @@ impl RequestLog {
         if let Some(r) = &mut self.record {
             r.ratelimit_decision = Some(d);
         }
+    }
+
+    /// The cell a cache plugin reports its verdict into (`cache_status`
+    /// in the access log, `weir.cache.status` on the span).
+    pub fn cache_slot(&mut self) -> CacheSlot {
+        self.cache.get_or_insert_with(CacheSlot::default).clone()
     }
 
     /// Notes the upstream the request goes to.
@@ -311,6 +348,10 @@ impl Drop for RequestLog {
             self.span.set_error_type("client_closed_request");
         }
         let bytes_in = self.body.as_ref().map_or(0, |b| b.received());
+        let cache_status = self.cache.as_ref().and_then(CacheSlot::get);
+        if let Some(c) = cache_status {
+            self.span.set_cache_status(c.as_str());
+        }
         let upstream_id = self.upstream.as_ref().map(|u| u.id.as_str());
         if let Some(m) = &self.tel.metrics {
             m.record_request(&RequestMetrics {
@@ -330,6 +371,7 @@ impl Drop for RequestLog {
                 r.trace_id = Some(id.to_string());
             }
             r.route = self.route.clone();
+            r.cache_status = cache_status;
             r.status = self.status;
             r.bytes_in = bytes_in;
             r.bytes_out = self.bytes_out;
@@ -347,8 +389,10 @@ impl Drop for RequestLog {
 }
 
 /// Who this node is, for resource attributes and span attributes: the
-/// cluster's node id and region when it runs in a cluster, else
-/// `<hostname>:<admin port>`.
+/// cluster's node id and region when it is a member of a gossip cluster,
+/// else its host name, with `-<admin port>` when that is not the default
+/// 9180 (nor 0), as a gossip node id is formed, so a node keeps its id when
+/// it later joins a cluster.
 pub fn node_info(cfg: &crate::config::Config) -> NodeInfo {
     let admin = cfg.settings.admin_listen;
     if let Some(c) = &cfg.cluster {
@@ -358,8 +402,12 @@ pub fn node_info(cfg: &crate::config::Config) -> NodeInfo {
             admin: Some(admin),
         };
     }
+    let host = crate::cluster::host_name();
     NodeInfo {
-        node_id: format!("{}:{}", crate::cluster::host_name(), admin.port()),
+        node_id: match admin.port() {
+            0 | 9180 => host,
+            port => format!("{host}-{port}"),
+        },
         region: None,
         admin: Some(admin),
     }

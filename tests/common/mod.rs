@@ -91,3 +91,46 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|(_, v)| v.parse().ok())
 }
+
+/// Upstream `u` at `target`, consumer `alice` with key-auth `key`, and two
+/// routes that leave a verdict for the access log, spans and metrics:
+/// `cached` (`/c`, proxy-cache) and `limited` (`/l`, key-auth and a
+/// limit-count of one a minute, `limit_extra` added to its config).
+pub fn verdict_routes(target: &str, key: &str, limit_extra: &str) -> String {
+    format!(
+        "upstreams: [{{id: u, targets: [{{addr: \"{target}\"}}]}}]
+consumers:
+  - name: alice
+    credentials:
+      key-auth: [{{key_sha256: {}}}]
+routes:
+  - id: cached
+    paths: [/c]
+    upstream: u
+    plugins:
+      proxy-cache: {{}}
+  - id: limited
+    paths: [/l]
+    upstream: u
+    plugins:
+      key-auth: {{}}
+      limit-count: {{count: 1, time_window: 60s{limit_extra}}}
+",
+        sha_hex(key)
+    )
+}
+
+/// `weir validate -f` on `yaml`: exit code and stderr, with the file's
+/// path replaced by `FILE`.
+pub fn validate_text(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let out = std::process::Command::new(weir_bin())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(&*f.to_string_lossy(), "FILE");
+    (out.status.code(), err)
+}

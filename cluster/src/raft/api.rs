@@ -514,7 +514,7 @@ pub(crate) async fn add_learner(
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(node_id, "added a learner");
+                    tracing::info!(raft_id = node_id, "added a learner");
                     Ok(())
                 }
                 Err(e) => Err(ClusterError::NoLeader(e.to_string())),
@@ -539,7 +539,7 @@ pub(crate) async fn add_learner(
 /// A member reports a new address: the policy task (the only one that
 /// changes the membership) applies it; this waits a little for that.
 async fn update_addr(kv: &RaftKv, node_id: NodeId, addr: String) -> Result<(), ClusterError> {
-    tracing::info!(node_id, addr = %addr, "a member reports a new raft address");
+    tracing::info!(raft_id = node_id, addr = %addr, "a member reports a new raft address");
     kv.inner
         .reported_addrs
         .lock()

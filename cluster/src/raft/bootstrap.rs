@@ -165,17 +165,17 @@ pub(crate) async fn run(inner: Weak<Inner>, expect: usize) {
         *inner.boot_waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting;
         match d {
             Decision::Wait(why) if changed => {
-                tracing::info!(node_id = inner.id, expect, reason = %why, "waiting to bootstrap the config cluster");
+                tracing::info!(raft_id = inner.id, expect, reason = %why, "waiting to bootstrap the config cluster");
             }
             Decision::Join(member) if changed => {
                 tracing::info!(
-                    node_id = inner.id,
+                    raft_id = inner.id,
                     member,
                     "a cluster already exists; waiting for its leader to add this node"
                 );
             }
             Decision::Conflict(why) if changed => {
-                tracing::error!(node_id = inner.id, reason = %why, "not bootstrapping the config cluster");
+                tracing::error!(raft_id = inner.id, reason = %why, "not bootstrapping the config cluster");
             }
             Decision::Initialize(voters) => {
                 let addrs: BTreeMap<NodeId, String> =
@@ -191,7 +191,7 @@ pub(crate) async fn run(inner: Weak<Inner>, expect: usize) {
                         (id, BasicNode { addr })
                     })
                     .collect();
-                tracing::info!(node_id = inner.id, voters = ?voters, "bootstrapping the config cluster: {expect} nodes agree");
+                tracing::info!(raft_id = inner.id, voters = ?voters, "bootstrapping the config cluster: {expect} nodes agree");
                 match inner.raft.initialize(members).await {
                     Ok(()) => return,
                     Err(e) => {

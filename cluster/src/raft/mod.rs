@@ -174,7 +174,9 @@ pub struct Member {
 /// What `/v1/status` shows about the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
-    /// This node.
+    /// This node's Raft id: `raft_id` in JSON, beside the node id the
+    /// node layer reports, never under that name.
+    #[serde(rename = "raft_id")]
     pub node_id: NodeId,
     /// `leader`, `follower`, `learner`, `candidate` or `shutdown`.
     pub role: String,
@@ -375,7 +377,7 @@ impl RaftKv {
         match (&kv.inner.settings.join, initialized) {
             (None, false) if let Some(expect) = kv.inner.settings.bootstrap_expect => {
                 tracing::info!(
-                    node_id = id,
+                    raft_id = id,
                     expect,
                     "waiting for {expect} nodes with empty stores to bootstrap the config cluster"
                 );
@@ -383,7 +385,7 @@ impl RaftKv {
             }
             (None, false) if !kv.inner.settings.bootstrap => {
                 tracing::info!(
-                    node_id = id,
+                    raft_id = id,
                     "waiting for a leader to find this node through gossip and add it as a learner"
                 );
             }
@@ -400,21 +402,21 @@ impl RaftKv {
                     .initialize(members)
                     .await
                     .map_err(|e| ClusterError::Raft(e.to_string()))?;
-                tracing::info!(node_id = id, "bootstrapped a single-voter config cluster");
+                tracing::info!(raft_id = id, "bootstrapped a single-voter config cluster");
             }
             (Some(join), false) => {
-                tracing::info!(node_id = id, via = %join, "joining the config cluster as a learner");
+                tracing::info!(raft_id = id, via = %join, "joining the config cluster as a learner");
                 tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
             }
             (Some(join), true) => {
                 // A member that comes back through `join` reports its
                 // (possibly new) address, and is added again if a leader
                 // removed it while it was away.
-                tracing::info!(node_id = id, via = %join, "config store opened; reporting this node's address to the leader");
+                tracing::info!(raft_id = id, via = %join, "config store opened; reporting this node's address to the leader");
                 tokio::spawn(api::join_loop(Arc::downgrade(&kv.inner), join.clone()));
             }
             (None, true) => {
-                tracing::info!(node_id = id, "config store opened");
+                tracing::info!(raft_id = id, "config store opened");
                 let m = kv.inner.raft.metrics().borrow().clone();
                 let mem = m.membership_config.membership();
                 let moved = mem
@@ -426,7 +428,7 @@ impl RaftKv {
                     .map(|(_, n)| n.addr.clone())
                     .collect();
                 if moved && !others.is_empty() {
-                    tracing::info!(node_id = id, addr = %kv.inner.settings.advertise, "this node has a new address; reporting it to the leader");
+                    tracing::info!(raft_id = id, addr = %kv.inner.settings.advertise, "this node has a new address; reporting it to the leader");
                     tokio::spawn(api::report_addr_loop(Arc::downgrade(&kv.inner), others));
                 }
             }

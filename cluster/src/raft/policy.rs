@@ -151,7 +151,7 @@ pub fn address_change(
             return None;
         }
         if let Some((&other, _)) = members.iter().find(|(o, a)| **o != id && *a == new) {
-            tracing::warn!(node_id = id, addr = %new, other, "not moving a member to an address another member has");
+            tracing::warn!(raft_id = id, addr = %new, other, "not moving a member to an address another member has");
             return None;
         }
         Some((id, new.to_string()))
@@ -239,7 +239,7 @@ async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
 
     // 1. A discovered node that is not a member becomes a learner.
     if let Some(p) = discovered.values().find(|p| mem.get_node(&p.id).is_none()) {
-        tracing::info!(node_id = p.id, addr = %p.addr, region = %p.region, "adding a node found through gossip as a learner");
+        tracing::info!(raft_id = p.id, addr = %p.addr, region = %p.region, "adding a node found through gossip as a learner");
         return inner
             .raft
             .add_learner(
@@ -266,7 +266,7 @@ async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
         .retain(|id, a| addrs.get(id).is_some_and(|cur| cur != a));
     let me = (inner.id, inner.settings.advertise.as_str());
     if let Some((id, addr)) = address_change(&addrs, me, &joined, &discovered) {
-        tracing::info!(node_id = id, from = addrs.get(&id).map(String::as_str).unwrap_or_default(), to = %addr, "a member moved: updating its raft address");
+        tracing::info!(raft_id = id, from = addrs.get(&id).map(String::as_str).unwrap_or_default(), to = %addr, "a member moved: updating its raft address");
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode { addr })]));
         return inner
             .raft
@@ -352,7 +352,7 @@ async fn step(inner: &Inner, known: &mut Known) -> Result<(), String> {
         .map(|s| s.silent_for)
         .unwrap_or_default();
     tracing::info!(
-        node_id = dead,
+        raft_id = dead,
         silent_ms = silent.as_millis() as u64,
         "removing a learner that has been dead too long"
     );

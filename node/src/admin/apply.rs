@@ -30,6 +30,10 @@ struct ApplyRequest {
     /// Compute the plan only.
     #[serde(default)]
     dry_run: bool,
+    /// Create and update only: documents of the listed kinds that are
+    /// not in `documents` are kept, not deleted.
+    #[serde(default)]
+    upsert: bool,
     /// Shown in the history.
     #[serde(default)]
     message: String,
@@ -114,7 +118,10 @@ pub(super) async fn apply(
     let mut plan = Vec::new();
     let mut ops = Vec::new();
     for ((kind, id), d) in current.iter() {
-        if managed.contains(kind) && !desired.contains_key(&(kind.clone(), id.clone())) {
+        if !req.upsert
+            && managed.contains(kind)
+            && !desired.contains_key(&(kind.clone(), id.clone()))
+        {
             plan.push(PlanStep {
                 action: "delete",
                 kind: kind.clone(),

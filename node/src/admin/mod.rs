@@ -43,6 +43,7 @@ mod documents;
 mod keys;
 mod purge;
 mod status;
+pub(crate) use status::mode_name;
 mod subscriptions;
 
 pub use keys::{ApiKey, Role};

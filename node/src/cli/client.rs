@@ -99,6 +99,26 @@ impl Client {
         })
     }
 
+    /// A GET that answers `None` when the node refuses it with `code`
+    /// (e.g. `cluster_disabled` on a single node).
+    async fn get_unless(&self, path: &str, code: &str) -> anyhow::Result<Option<Value>> {
+        let mut rb = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if v["error"]["code"] == code {
+                return Ok(None);
+            }
+        }
+        self.call(reqwest::Method::GET, path, None).await.map(Some)
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -166,9 +186,19 @@ fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 pub fn cluster_status(conn: &ConnArgs, json: bool) -> ExitCode {
     run(async move {
         let client = Client::new(conn)?;
-        let members = client
-            .call(reqwest::Method::GET, "/v1/cluster/members", None)
-            .await?;
+        let members = match client
+            .get_unless("/v1/cluster/members", "cluster_disabled")
+            .await?
+        {
+            Some(m) => m,
+            // A node without gossip: itself, as its status describes it.
+            None => {
+                let status = client
+                    .call(reqwest::Method::GET, "/v1/status", None)
+                    .await?;
+                super::table::single_node(&status)
+            }
+        };
         let health = client
             .call(reqwest::Method::GET, "/v1/cluster/health", None)
             .await?;
@@ -185,12 +215,35 @@ pub fn cluster_status(conn: &ConnArgs, json: bool) -> ExitCode {
 
 /// `weir apply -f FILE [--dry-run]`.
 pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
+    // A document file (from `weir get -o yaml`): create or update its
+    // documents, delete nothing; the node checks them with the rest.
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read file: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match super::manifest::parse(&text) {
+        Ok(Some(by_kind)) => {
+            let body = json!({
+                "documents": by_kind,
+                "dry_run": dry_run,
+                "upsert": true,
+                "message": format!("apply {}", file.display()),
+            });
+            return run(async move { post_apply(conn, body, dry_run).await });
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("{}: {e:#}", file.display());
+            return ExitCode::from(2);
+        }
+    }
     let cfg = match crate::compile::load_file(file) {
         Ok(c) => c,
         Err(errors) => {
-            for p in &errors.0 {
-                eprintln!("{}: {p}", file.display());
-            }
+            crate::start::print_problems(file, &errors);
             return ExitCode::from(2);
         }
     };
@@ -221,44 +274,49 @@ pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
                 a.push(v);
             }
         }
-        let client = Client::new(conn)?;
         let body = json!({
             "documents": by_kind,
             "dry_run": dry_run,
             "message": format!("apply {}", file.display()),
         });
-        let r = client
-            .call(reqwest::Method::POST, "/v1/apply", Some(body))
-            .await?;
-        let plan = r["plan"].as_array().cloned().unwrap_or_default();
-        if plan.is_empty() {
-            println!("no changes (revision {})", r["revision"]);
-            return Ok(());
-        }
-        for s in &plan {
-            let sign = match s["action"].as_str() {
-                Some("create") => "+",
-                Some("delete") => "-",
-                _ => "~",
-            };
-            println!(
-                "{sign} {} {}/{}",
-                s["action"].as_str().unwrap_or(""),
-                s["kind"].as_str().unwrap_or(""),
-                s["id"].as_str().unwrap_or("")
-            );
-        }
-        if dry_run {
-            println!("dry run: {} change(s) not applied", plan.len());
-        } else {
-            println!(
-                "applied {} change(s) as revision {}",
-                plan.len(),
-                r["revision"]
-            );
-        }
-        Ok(())
+        post_apply(conn, body, dry_run).await
     })
+}
+
+/// Sends an apply request and prints its plan.
+async fn post_apply(conn: &ConnArgs, body: Value, dry_run: bool) -> anyhow::Result<()> {
+    let client = Client::new(conn)?;
+    let r = client
+        .call(reqwest::Method::POST, "/v1/apply", Some(body))
+        .await?;
+    let plan = r["plan"].as_array().cloned().unwrap_or_default();
+    if plan.is_empty() {
+        println!("no changes (revision {})", r["revision"]);
+        return Ok(());
+    }
+    for s in &plan {
+        let sign = match s["action"].as_str() {
+            Some("create") => "+",
+            Some("delete") => "-",
+            _ => "~",
+        };
+        println!(
+            "{sign} {} {}/{}",
+            s["action"].as_str().unwrap_or(""),
+            s["kind"].as_str().unwrap_or(""),
+            s["id"].as_str().unwrap_or("")
+        );
+    }
+    if dry_run {
+        println!("dry run: {} change(s) not applied", plan.len());
+    } else {
+        println!(
+            "applied {} change(s) as revision {}",
+            plan.len(),
+            r["revision"]
+        );
+    }
+    Ok(())
 }
 
 fn check_kind(kind: &str) -> anyhow::Result<()> {
@@ -300,7 +358,7 @@ pub fn get(conn: &ConnArgs, kind: &str, id: Option<&str>, output: Output) -> Exi
         let values: Vec<&Value> = items.iter().map(|d| &d["value"]).collect();
         match output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&values)?),
-            Output::Yaml => print!("{}", serde_yaml_ng::to_string(&values)?),
+            Output::Yaml => print!("{}", super::manifest::to_yaml(kind, &values)?),
             Output::Table => print!("{}", super::table::documents(&items)),
         }
         Ok(())
@@ -354,15 +412,19 @@ pub fn rollback(conn: &ConnArgs, revision: u64) -> ExitCode {
     })
 }
 
-/// `weir cluster store`.
-pub fn cluster_store(conn: &ConnArgs) -> ExitCode {
+/// `weir cluster store [--json]`.
+pub fn cluster_store(conn: &ConnArgs, json: bool) -> ExitCode {
     run(async move {
         let r = Client::new(conn)?
             .call(reqwest::Method::GET, "/v1/status", None)
             .await?;
-        println!("{}", serde_json::to_string_pretty(&r["cluster"])?);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r["cluster"])?);
+        } else {
+            print!("{}", super::table::store(&r));
+        }
         // Stored documents that block writes (ADR 0027), on stderr so the
-        // JSON above stays machine-readable.
+        // output above stays machine-readable.
         if let Some(ps) = r["config"]["stored_problems"]
             .as_array()
             .filter(|p| !p.is_empty())

@@ -4,7 +4,8 @@
 //!
 //! This module only parses arguments and dispatches: running a node is
 //! `start`; the admin client commands call a node's admin API in
-//! `client.rs` and draw their tables in `table.rs`.
+//! `client.rs`, draw their tables in `table.rs` and read and write
+//! document files (`get -o yaml`, `apply -f`) in `manifest.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod client;
+mod manifest;
 mod table;
 
 /// weir: a distributed API gateway.
@@ -40,8 +42,10 @@ enum LogFormatArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway node. With no flags: proxy on 0.0.0.0:9080, admin on
-    /// 127.0.0.1:9180, no routes (every request gets a JSON 404), no
-    /// cluster (any cluster flag joins one; gossip on UDP 7946).
+    /// 127.0.0.1:9180, no routes (every request gets a JSON 404), in store
+    /// mode (config store in ./weir-data, written through the admin API)
+    /// as a single node (no gossip; any cluster flag joins a gossip
+    /// cluster, on UDP 7946). With --config alone: file mode.
     Serve(Box<crate::start::ServeArgs>),
     /// Check a config file and print every problem with its location.
     /// Exits 0 when valid, 2 when not.
@@ -68,6 +72,9 @@ enum Command {
     /// Make the cluster's routes, services and upstreams match a config
     /// file (the `--config` format): prints the plan, then applies it as
     /// one atomic change. Running it twice changes nothing the second time.
+    /// A document file (what `weir get KIND [ID] -o yaml` prints: YAML
+    /// documents with a top-level `kind`) creates or updates just the
+    /// documents it holds.
     Apply {
         /// The config file.
         #[arg(short = 'f', long = "file")]
@@ -119,8 +126,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Print the members this node sees (id, state, region, zone, age,
-    /// addresses) and gossip counters.
+    /// Print the members this node sees (id, state, generation, role in
+    /// the config store, config revision served, region, zone, age,
+    /// addresses), gossip counters, mesh links and health checks.
     Status {
         /// Print the admin API's JSON instead of a table.
         #[arg(long)]
@@ -131,6 +139,10 @@ enum ClusterCommand {
     /// The node's view of the replicated config store: Raft members,
     /// leader, staleness.
     Store {
+        /// Print the admin API's JSON (`/v1/status`'s `cluster`) instead of
+        /// a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: client::ConnArgs,
     },
@@ -166,8 +178,8 @@ pub fn main() -> ExitCode {
         Command::Revisions { after, conn } => client::revisions(&conn, after),
         Command::Rollback { revision, conn } => client::rollback(&conn, revision),
         Command::Cluster {
-            command: ClusterCommand::Store { conn },
-        } => client::cluster_store(&conn),
+            command: ClusterCommand::Store { json, conn },
+        } => client::cluster_store(&conn, json),
     }
 }
 

@@ -31,7 +31,18 @@ pub(super) fn render_status(
     Ok(render_table(&members))
 }
 
-/// Left-aligned columns, two spaces apart.
+/// A JSON value as a table cell: `-` for null or empty.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Null | Value::String(_) => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The one table layout of the CLI: left-aligned columns, two spaces
+/// apart, each as wide as its widest cell, header included, so headers
+/// and rows line up.
 fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -51,18 +62,25 @@ fn columns<const N: usize>(rows: &[[String; N]]) -> String {
 
 /// The member list, gossip counters and health matrix as tables.
 fn render_table(doc: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
-        serde_json::Value::Null | serde_json::Value::String(_) => "-".to_string(),
-        other => other.to_string(),
-    };
+    let s = cell;
+    let members: &[Value] = doc["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut rows = vec![
         [
-            "ID", "STATE", "REGION", "ZONE", "AGE", "PROXY", "ADMIN", "GOSSIP",
+            "ID",
+            "STATE",
+            "GENERATION",
+            "RAFT",
+            "REVISION",
+            "REGION",
+            "ZONE",
+            "AGE",
+            "PROXY",
+            "ADMIN",
+            "GOSSIP",
         ]
         .map(String::from),
     ];
-    for m in doc["members"].as_array().into_iter().flatten() {
+    for m in members {
         let mut id = s(&m["id"]);
         if m["is_self"] == serde_json::Value::Bool(true) {
             id.push_str(" (self)");
@@ -71,9 +89,23 @@ fn render_table(doc: &serde_json::Value) -> String {
             .as_u64()
             .map(|a| humantime::format_duration(Duration::from_secs(a)).to_string())
             .unwrap_or_else(|| "-".to_string());
+        // A restarted node gossips again under a higher generation; the
+        // entry of its previous incarnation is marked old.
+        let mut generation = s(&m["generation"]);
+        let superseded = m["generation"].as_u64().is_some_and(|g| {
+            members
+                .iter()
+                .any(|o| o["id"] == m["id"] && o["generation"].as_u64().is_some_and(|og| og > g))
+        });
+        if superseded {
+            generation.push_str(" (old)");
+        }
         rows.push([
             id,
             s(&m["state"]),
+            generation,
+            s(&m["raft_role"]),
+            s(&m["revision"]),
             s(&m["region"]),
             s(&m["zone"]),
             age,
@@ -82,20 +114,30 @@ fn render_table(doc: &serde_json::Value) -> String {
             s(&m["gossip_addr"]),
         ]);
     }
-    let mut out = format!(
-        "cluster {} (seen from {})\n\n",
-        s(&doc["cluster"]),
-        s(&doc["node_id"])
-    );
+    let mut out = if doc["membership"] == "single" {
+        format!(
+            "{} is a single node ({} mode): no gossip, so no other members\n\n",
+            s(&doc["node_id"]),
+            s(&doc["mode"])
+        )
+    } else {
+        format!(
+            "cluster {} (seen from {})\n\n",
+            s(&doc["cluster"]),
+            s(&doc["node_id"])
+        )
+    };
     out.push_str(&columns(&rows));
     let g = &doc["gossip"];
-    out.push_str(&format!(
-        "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
-        s(&g["sent_datagrams"]),
-        s(&g["received_datagrams"]),
-        s(&g["rejected_datagrams"]),
-        s(&g["malformed_datagrams"]),
-    ));
+    if !g.is_null() {
+        out.push_str(&format!(
+            "\ngossip: {} datagrams sent, {} received, {} rejected (failed to open), {} malformed\n",
+            s(&g["sent_datagrams"]),
+            s(&g["received_datagrams"]),
+            s(&g["rejected_datagrams"]),
+            s(&g["malformed_datagrams"]),
+        ));
+    }
     out.push_str(&render_mesh(&doc["mesh"]));
     let targets = doc["health"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if !targets.is_empty() {
@@ -141,11 +183,7 @@ fn render_table(doc: &serde_json::Value) -> String {
 /// The mesh links of `weir cluster status`; empty when the node reported
 /// no mesh document.
 fn render_mesh(mesh: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::String(s) if !s.is_empty() => s.clone(),
-        Value::Null | Value::String(_) => "-".to_string(),
-        other => other.to_string(),
-    };
+    let s = cell;
     match mesh["enabled"] {
         Value::Bool(true) => {}
         Value::Bool(false) => return format!("\nmesh: off ({})\n", s(&mesh["reason"])),
@@ -208,29 +246,21 @@ fn render_mesh(mesh: &Value) -> String {
 /// `weir get -o table`: id, revision and creation revision of each
 /// document, one per line under a header.
 pub(super) fn documents(items: &[Value]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{:<32} {:>9} {:>9}", "ID", "REVISION", "CREATED");
+    let mut rows = vec![["ID", "REVISION", "CREATED"].map(String::from)];
     for d in items {
-        let _ = writeln!(
-            out,
-            "{:<32} {:>9} {:>9}",
-            d["id"].as_str().unwrap_or(""),
-            d["revision"],
-            d["created"]
-        );
+        rows.push([
+            d["id"].as_str().unwrap_or("").to_string(),
+            d["revision"].to_string(),
+            d["created"].to_string(),
+        ]);
     }
-    out
+    columns(&rows)
 }
 
 /// `weir revisions`: revision, time, author and changes of each history
 /// record, one per line under a header.
 pub(super) fn revisions(records: &[Value]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>9}  {:<20}  {:<16}  CHANGES",
-        "REVISION", "WHEN", "AUTHOR"
-    );
+    let mut rows = vec![["REVISION", "WHEN", "AUTHOR", "CHANGES"].map(String::from)];
     for rec in records {
         let when = rec["at_ms"]
             .as_u64()
@@ -253,14 +283,101 @@ pub(super) fn revisions(records: &[Value]) -> String {
                 )
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{:>9}  {:<20}  {:<16}  {}",
-            rec["revision"],
+        rows.push([
+            rec["revision"].to_string(),
             when,
-            rec["author"].as_str().unwrap_or(""),
-            changes.join(", ")
+            rec["author"].as_str().unwrap_or("").to_string(),
+            changes.join(", "),
+        ]);
+    }
+    columns(&rows)
+}
+
+/// The members document of a node without gossip, built from its
+/// `/v1/status`: itself as the only member, with its role in its config
+/// store and the revision it serves (store mode).
+pub(super) fn single_node(status: &Value) -> Value {
+    let st = &status["cluster"];
+    let role = if st.is_null() {
+        Value::Null
+    } else if st["leader"] == st["raft_id"] {
+        Value::from("leader")
+    } else {
+        st["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == st["raft_id"])
+            .map_or(Value::Null, |m| m["role"].clone())
+    };
+    serde_json::json!({
+        "node_id": status["node_id"],
+        "mode": status["mode"],
+        "membership": status["membership"],
+        "members": [{
+            "id": status["node_id"],
+            "is_self": true,
+            "state": "alive",
+            "raft_id": st["raft_id"],
+            "raft_role": role,
+            "revision": status["config"]["revision"],
+        }],
+    })
+}
+
+/// `weir cluster store`: the node's view of the replicated config store
+/// (`/v1/status`): a summary line, then one row per Raft member with its
+/// node id (when known), Raft id, role and address.
+pub(super) fn store(status: &Value) -> String {
+    let st = &status["cluster"];
+    let s = cell;
+    if st.is_null() {
+        return format!(
+            "{} runs in {} mode: its config is its file, there is no config store\n",
+            s(&status["node_id"]),
+            s(&status["mode"])
         );
+    }
+    let mut out = format!(
+        "config store seen from {} (raft_id={}): {}, term {}, revision {}, applied index {}\n",
+        s(&status["node_id"]),
+        s(&st["raft_id"]),
+        s(&st["role"]),
+        s(&st["term"]),
+        s(&st["revision"]),
+        s(&st["applied_index"]),
+    );
+    let contact = match st["config_age_ms"].as_u64() {
+        Some(ms) => format!("last contact with the leader {ms}ms ago"),
+        None => "no contact with a leader yet".to_string(),
+    };
+    let fresh = if st["config_stale"] == Value::Bool(true) {
+        "stale"
+    } else {
+        "fresh"
+    };
+    let _ = writeln!(out, "config: {fresh} ({contact})");
+    if let Some(b) = st["bootstrap"].as_str() {
+        let _ = writeln!(out, "bootstrap: {b}");
+    }
+    out.push('\n');
+    let mut rows = vec![["NODE", "RAFT ID", "ROLE", "ADDRESS"].map(String::from)];
+    for m in st["members"].as_array().into_iter().flatten() {
+        let role = if m["id"] == st["leader"] {
+            "leader".to_string()
+        } else {
+            s(&m["role"])
+        };
+        let mut node = s(&m["node_id"]);
+        if m["id"] == st["raft_id"] {
+            node.push_str(" (self)");
+        }
+        rows.push([node, s(&m["id"]), role, s(&m["addr"])]);
+    }
+    if rows.len() == 1 {
+        out.push_str("no members yet\n");
+    } else {
+        out.push_str(&columns(&rows));
     }
     out
 }
@@ -299,6 +416,79 @@ mod tests {
         assert!(
             t.contains("u         10.0.0.2:80  -       up       b,a      -"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn documents_and_revisions_line_up_under_their_headers() {
+        let docs = [
+            serde_json::json!({"id": "a", "revision": 12, "created": 3}),
+            serde_json::json!({"id": "a-much-longer-id", "revision": 7, "created": 7}),
+        ];
+        assert_eq!(
+            documents(&docs),
+            "ID                REVISION  CREATED\n\
+             a                 12        3\n\
+             a-much-longer-id  7         7\n"
+        );
+        let recs = [serde_json::json!({
+            "revision": 10, "at_ms": 0, "author": "ops",
+            "changes": [{"action": "created", "kind": "routes", "id": "a"},
+                        {"action": "deleted", "kind": "routes", "id": "b"}]
+        })];
+        assert_eq!(
+            revisions(&recs),
+            "REVISION  WHEN                  AUTHOR  CHANGES\n\
+             10        1970-01-01T00:00:00Z  ops     created routes/a, deleted routes/b\n"
+        );
+    }
+
+    #[test]
+    fn status_marks_an_old_incarnation_and_shows_raft_roles() {
+        let doc = serde_json::json!({
+            "cluster": "c", "node_id": "a",
+            "members": [
+                {"id": "a", "is_self": true, "generation": 5, "state": "alive", "raft_role": "leader", "revision": 4},
+                {"id": "b", "is_self": false, "generation": 2, "state": "dead", "raft_role": null, "revision": 3},
+                {"id": "b", "is_self": false, "generation": 9, "state": "alive", "raft_role": "learner", "revision": 4}
+            ],
+            "gossip": {"sent_datagrams": 1, "received_datagrams": 1, "rejected_datagrams": 0, "malformed_datagrams": 0}
+        });
+        let t = render_table(&doc);
+        let members: Vec<&str> = t.lines().skip(2).take(4).collect();
+        assert_eq!(
+            members,
+            [
+                "ID        STATE  GENERATION  RAFT     REVISION  REGION  ZONE  AGE  PROXY  ADMIN  GOSSIP",
+                "a (self)  alive  5           leader   4         -       -     -    -      -      -",
+                "b         dead   2 (old)     -        3         -       -     -    -      -      -",
+                "b         alive  9           learner  4         -       -     -    -      -      -",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_node_is_described_as_one() {
+        let status = serde_json::json!({
+            "node_id": "vm", "mode": "store", "membership": "single",
+            "config": {"revision": 2},
+            "cluster": {"raft_id": 77, "leader": 77, "role": "leader", "term": 1,
+                        "revision": 2, "applied_index": 3, "config_stale": false, "config_age_ms": 0,
+                        "members": [{"id": 77, "addr": "127.0.0.1:9180", "role": "voter", "node_id": "vm"}]}
+        });
+        let t = render_table(&single_node(&status));
+        assert_eq!(
+            t,
+            "vm is a single node (store mode): no gossip, so no other members\n\n\
+             ID         STATE  GENERATION  RAFT    REVISION  REGION  ZONE  AGE  PROXY  ADMIN  GOSSIP\n\
+             vm (self)  alive  -           leader  2         -       -     -    -      -      -\n"
+        );
+        assert_eq!(
+            store(&status),
+            "config store seen from vm (raft_id=77): leader, term 1, revision 2, applied index 3\n\
+             config: fresh (last contact with the leader 0ms ago)\n\n\
+             NODE       RAFT ID  ROLE    ADDRESS\n\
+             vm (self)  77       leader  127.0.0.1:9180\n"
         );
     }
 }

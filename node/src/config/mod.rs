@@ -37,8 +37,8 @@ pub use consumer::{
     BasicCredential, ConsumerConfig, CredentialsConfig, HmacCredential, JwtCredential,
     KeyCredential, SubscriptionConfig, SubscriptionState,
 };
-pub(crate) use errors::Problems;
 pub use errors::{ConfigErrors, ConfigProblem};
+pub(crate) use errors::{Problems, locate_problems};
 pub use health_check::{CheckKind, HealthCheckConfig};
 pub use route::{
     HostHeader, LifecycleConfig, LifecycleStatus, RouteConfig, ServiceConfig, ValueMatch,
@@ -125,6 +125,19 @@ impl Default for Config {
 pub fn parse_str(src: &str) -> Result<Config, ConfigErrors> {
     if src.trim().is_empty() {
         return Ok(Config::default());
+    }
+    // YAML that does not parse is a syntax error at its position, not a
+    // problem of whatever field the parser was in when it stopped.
+    if let Err(e) = serde_yaml_ng::from_str::<serde::de::IgnoredAny>(src) {
+        let mut reason = e.to_string();
+        if let Some(i) = reason.find(" at line ") {
+            reason.truncate(i);
+        }
+        return Err(ConfigErrors(vec![ConfigProblem {
+            path: String::new(),
+            location: e.location().map(|l| (l.line(), l.column())),
+            reason: format!("YAML syntax error: {reason}"),
+        }]));
     }
     let de = serde_yaml_ng::Deserializer::from_str(src);
     let config: Config = match serde_path_to_error::deserialize(de) {

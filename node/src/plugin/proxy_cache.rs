@@ -606,6 +606,9 @@ impl Plugin for ProxyCache {
 
     fn log(&self, ctx: &RequestCtx, outcome: &Outcome) {
         if let Some(Mark(s)) = ctx.ext.get::<Mark>() {
+            if let Some(slot) = ctx.ext.get::<crate::telemetry::CacheSlot>() {
+                slot.set(*s);
+            }
             crate::metrics::global().record_cache(&ctx.route_id, *s, outcome.body_bytes);
         }
     }

@@ -45,7 +45,15 @@ pub(crate) async fn serve(
         None => None,
     };
 
-    tracing::info!(proxy = %bound.proxy, admin = %bound.admin, routes = state.load().router.len(), "weir is serving");
+    tracing::info!(
+        node_id = state.telemetry().node_id(),
+        proxy = %bound.proxy,
+        admin = %bound.admin,
+        routes = state.load().router.len(),
+        "weir is serving ({} mode, {}): config from the file",
+        crate::admin::mode_name(false),
+        super::store::membership_words(cluster.as_deref())
+    );
     if let Some(path) = &ready_file {
         write_ready_file(path, bound.proxy, bound.admin, cluster.as_deref())?;
     }

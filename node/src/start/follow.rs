@@ -1,7 +1,8 @@
 //! The store follower: in store mode, publishes the route snapshot of the
 //! stored documents (on top of the file's settings) whenever the store's
 //! revision moves, and records the revision the running snapshot was
-//! built from and whether the stored documents are valid (`/v1/status`).
+//! built from and whether the stored documents are valid (`/v1/status`,
+//! and in gossip for `weir cluster status`).
 //! The snapshot was compiled by the store's validator when the write was
 //! applied; the follower compiles only when it was not. The first snapshot at start is built by
 //! `store.rs`; the admin API only writes to the store.
@@ -19,6 +20,7 @@ use crate::docs;
 pub async fn follow_store(ctx: Arc<AdminCtx>, base: Arc<Config>) {
     let Some(kv) = ctx.store.clone() else { return };
     let mut rx = kv.view().subscribe();
+    publish_revision(&ctx).await;
     loop {
         let (docs, revision) = kv.view().docs_at();
         if revision != ctx.applied_revision.load(Ordering::Relaxed) {
@@ -52,6 +54,7 @@ pub async fn follow_store(ctx: Arc<AdminCtx>, base: Arc<Config>) {
             match built {
                 Ok(Ok(generation)) => {
                     ctx.applied_revision.store(revision, Ordering::Relaxed);
+                    publish_revision(&ctx).await;
                     tracing::info!(
                         revision,
                         generation,
@@ -67,5 +70,19 @@ pub async fn follow_store(ctx: Arc<AdminCtx>, base: Arc<Config>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Tells the other nodes, through gossip, which config revision this node
+/// serves (`weir cluster status` shows it per member).
+async fn publish_revision(ctx: &AdminCtx) {
+    if let Some(c) = &ctx.cluster {
+        let revision = ctx.applied_revision.load(Ordering::Relaxed);
+        c.membership()
+            .set_key(
+                weir_cluster::membership::KEY_CONFIG_REVISION,
+                &revision.to_string(),
+            )
+            .await;
     }
 }

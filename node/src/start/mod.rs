@@ -53,11 +53,17 @@ pub struct ServeArgs {
 }
 
 /// Prints config problems on stderr, each prefixed with `source`.
+/// Problems found after parsing carry no position yet; they get the
+/// position of their field in the file, when `source` is one.
 pub(crate) fn print_problems(source: &Path, errors: &ConfigErrors) {
+    let mut errors = errors.clone();
+    if let Ok(src) = std::fs::read_to_string(source) {
+        crate::config::locate_problems(&src, &mut errors);
+    }
     for p in &errors.0 {
         match p.location {
-            Some((l, c)) => eprintln!("{}:{l}:{c}: {}: {}", source.display(), p.path, p.reason),
-            None => eprintln!("{}: {}: {}", source.display(), p.path, p.reason),
+            Some(_) => eprintln!("{}:{p}", source.display()),
+            None => eprintln!("{}: {p}", source.display()),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `weir serve` in cluster mode: the route snapshot follows the
+//! `weir serve` in store mode: the route snapshot follows the
 //! Raft-replicated config store, and the admin listener serves the config
 //! API and the Raft RPC endpoints.
 //!
@@ -320,7 +320,17 @@ pub async fn serve(
         None => None,
     };
 
-    tracing::info!(proxy = %bound.proxy, admin = %bound.admin, node_id = kv.id(), revision, "weir is serving (cluster mode)");
+    tracing::info!(
+        node_id = telemetry.node_id(),
+        raft_id = kv.id(),
+        proxy = %bound.proxy,
+        admin = %bound.admin,
+        revision,
+        "weir is serving ({} mode, {}): config from the store in {}",
+        crate::admin::mode_name(true),
+        membership_words(cluster.as_deref()),
+        data_dir.display()
+    );
     if let Some(path) = &ready_file {
         write_ready_file(path, bound.proxy, bound.admin, cluster.as_deref())?;
     }
@@ -339,6 +349,15 @@ pub async fn serve(
         .ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How the serving line names the membership: a single node, or a member
+/// of the named gossip cluster.
+pub(crate) fn membership_words(cluster: Option<&crate::cluster::Cluster>) -> String {
+    match cluster {
+        Some(c) => format!("member of gossip cluster {}", c.membership().cluster_name()),
+        None => "single node".to_string(),
+    }
 }
 
 /// Publishes this node's Raft id and address in gossip (and, for forming
