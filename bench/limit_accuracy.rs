@@ -19,7 +19,6 @@
 #[allow(dead_code)]
 mod windows;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use weir_chaos::{Cluster, ClusterSpec};
@@ -92,8 +91,10 @@ async fn rows(c: &Cluster, what: &str, per_node: &[usize], windows: u64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
-    let bin: PathBuf = std::env::var_os("WEIR_BENCH_BIN")
-        .map_or_else(|| env!("CARGO_BIN_EXE_weir").into(), PathBuf::from);
+    // Only under `cargo bench` (test runners list every target).
+    let Some(bin) = weir_testsupport::raftnode::bench_bin(env!("CARGO_BIN_EXE_weir")) else {
+        return Ok(());
+    };
     let windows = env_or("WINDOWS", 5);
     let up = Upstream::start("a").await;
     let redis = RedisServer::start()
