@@ -174,7 +174,7 @@ async fn assert_serving(gw: &Gateway) {
 
 fn config(target: &str) -> String {
     format!(
-        "upstreams:\n  - {{id: secret-backend, targets: [{{addr: \"{target}\"}}], retries: 0}}\n\
+        "upstreams:\n  - {{id: secret-backend, targets: [{{addr: \"{target}\"}}], retries: 0, passive_health: {{max_fails: 0}}}}\n\
          routes:\n\
          \x20 - {{id: public, paths: [\"/public/*\"], upstream: secret-backend}}\n\
          \x20 - {{id: files, paths: [\"/files/*\"], upstream: secret-backend, escaped_slashes: decode}}\n\
@@ -472,8 +472,8 @@ async fn gateway_errors_tell_a_code_and_the_log_tells_the_rest() {
     })
     .await;
     let yaml = format!(
-        "upstreams:\n  - {{id: secret-backend, targets: [{{addr: \"{dead}\"}}], retries: 0}}\n\
-         \x20 - {{id: weird-backend, targets: [{{addr: \"{}\"}}], retries: 0}}\n\
+        "upstreams:\n  - {{id: secret-backend, targets: [{{addr: \"{dead}\"}}], retries: 0, passive_health: {{max_fails: 0}}}}\n\
+         \x20 - {{id: weird-backend, targets: [{{addr: \"{}\"}}], retries: 0, passive_health: {{max_fails: 0}}}}\n\
          routes:\n\
          \x20 - {{id: dead, paths: [\"/dead/*\"], upstream: secret-backend}}\n\
          \x20 - {{id: weird, paths: [\"/weird/*\"], upstream: weird-backend}}\n\
