@@ -241,7 +241,11 @@ async fn the_upstream_gets_exactly_the_path_that_was_routed() {
     for path in ["/strict/a%2Fb", "/strict/a%5cb", "/strict/a\\b"] {
         assert_refused(&gw, &up, &get(path), 400).await;
     }
-    assert_eq!(up.seen().len(), before + 3, "only the serving checks got through");
+    assert_eq!(
+        up.seen().len(),
+        before + 3,
+        "only the serving checks got through"
+    );
 }
 
 // === finding 9: request strictness ===
@@ -323,7 +327,10 @@ async fn content_length_abuse_is_refused_and_cl_te_is_reframed() {
     let seen = up.seen();
     let clte = seen.iter().find(|r| r.contains("/public/clte")).unwrap();
     let lower = clte.to_ascii_lowercase();
-    assert!(lower.ends_with("hello\r\n0\r\n\r\n") || lower.ends_with("\r\n\r\nhello"), "{clte}");
+    assert!(
+        lower.ends_with("hello\r\n0\r\n\r\n") || lower.ends_with("\r\n\r\nhello"),
+        "{clte}"
+    );
     assert!(
         !(lower.contains("content-length: 3")),
         "the stale length went upstream: {clte}"
@@ -374,7 +381,8 @@ async fn h2c_upgrades_are_not_passed_on() {
     // would; through the gateway it must never be asked.
     let up = RawUpstream::start(|head| {
         if head.to_ascii_lowercase().contains("upgrade: h2c") {
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec()
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec()
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
         }
@@ -391,7 +399,10 @@ async fn h2c_upgrades_are_not_passed_on() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, b"ok");
     let seen = up.seen().pop().unwrap().to_ascii_lowercase();
-    assert!(!seen.contains("upgrade") && !seen.contains("http2-settings"), "{seen}");
+    assert!(
+        !seen.contains("upgrade") && !seen.contains("http2-settings"),
+        "{seen}"
+    );
     assert_serving(&gw).await;
 }
 
@@ -421,7 +432,10 @@ async fn a_stale_content_length_from_the_upstream_is_dropped() {
         resp.headers().get("content-length").map(|v| v.as_bytes()),
         Some(&b"5"[..])
     );
-    assert_eq!(&resp.bytes().await.unwrap()[..], b"abcdefghijklmnopqrstuvwxyz");
+    assert_eq!(
+        &resp.bytes().await.unwrap()[..],
+        b"abcdefghijklmnopqrstuvwxyz"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +445,10 @@ async fn invalid_upstream_answers_become_502() {
         match path {
             "/public/999" => b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             "/public/099" => b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-            "/public/gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+            "/public/gzip" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    .to_vec()
+            }
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         }
     })
@@ -449,14 +466,18 @@ async fn invalid_upstream_answers_become_502() {
 
 /// The WARN line that carries `rid`, once it is written.
 async fn warn_line_of(gw: &Gateway, rid: &str) -> String {
-    wait_for(&format!("a WARN line with {rid}"), Duration::from_secs(10), || {
-        let line = gw
-            .log()
-            .lines()
-            .find(|l| l.contains(rid) && l.contains("WARN"))
-            .map(str::to_string);
-        async move { line }
-    })
+    wait_for(
+        &format!("a WARN line with {rid}"),
+        Duration::from_secs(10),
+        || {
+            let line = gw
+                .log()
+                .lines()
+                .find(|l| l.contains(rid) && l.contains("WARN"))
+                .map(str::to_string);
+            async move { line }
+        },
+    )
     .await
 }
 
@@ -483,8 +504,20 @@ async fn gateway_errors_tell_a_code_and_the_log_tells_the_rest() {
     let gw = gateway(&yaml).await;
     // A refused connection (the library's text) and an invalid answer.
     for (path, rid, upstream, addr, detail) in [
-        ("/dead/x", "req-dead-1", "secret-backend", dead.to_string(), "connect"),
-        ("/weird/x", "req-weird-1", "weird-backend", up.target(), "999"),
+        (
+            "/dead/x",
+            "req-dead-1",
+            "secret-backend",
+            dead.to_string(),
+            "connect",
+        ),
+        (
+            "/weird/x",
+            "req-weird-1",
+            "weird-backend",
+            up.target(),
+            "999",
+        ),
     ] {
         let r = send(
             &gw,
@@ -499,7 +532,15 @@ async fn gateway_errors_tell_a_code_and_the_log_tells_the_rest() {
         let e = error_of(&r.json().unwrap()).clone();
         assert_eq!(e["code"], "upstream_error");
         assert_eq!(e["request_id"], rid);
-        for leak in [addr.as_str(), "127.0.0.1", upstream, detail, "refused", "tcp", "error:"] {
+        for leak in [
+            addr.as_str(),
+            "127.0.0.1",
+            upstream,
+            detail,
+            "refused",
+            "tcp",
+            "error:",
+        ] {
             assert!(!body.contains(leak), "the 502 body leaks {leak:?}: {body}");
         }
         let line = warn_line_of(&gw, rid).await;

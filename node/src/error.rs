@@ -179,7 +179,12 @@ impl GatewayError {
                 | GatewayError::RequestTimeout
                 | GatewayError::NotImplemented(_)
         );
-        let mut r = error_response(self.status(), self.code(), &self.public_message(), request_id);
+        let mut r = error_response(
+            self.status(),
+            self.code(),
+            &self.public_message(),
+            request_id,
+        );
         if close {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

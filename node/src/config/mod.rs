@@ -42,8 +42,7 @@ pub(crate) use errors::{Problems, locate_problems};
 pub use health_check::{CheckKind, HealthCheckConfig};
 pub use route::{
     EscapedSlashes, HostHeader, LifecycleConfig, LifecycleStatus, RouteConfig, ServiceConfig,
-    ValueMatch,
-    ValueRule, VersionMatch, VersionSource,
+    ValueMatch, ValueRule, VersionMatch, VersionSource,
 };
 pub use settings::{ConsumerHeaders, MAX_HEADER_COUNT, Settings};
 pub use upstream::{

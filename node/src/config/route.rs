@@ -211,9 +211,7 @@ pub struct RouteConfig {
 
 /// What a route does with percent-encoded slashes and backslashes in the
 /// request path (modelled on Envoy's `path_with_escaped_slashes_action`).
-#[derive(
-    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     /// Keep them as sent: they are part of a segment for routing and reach
