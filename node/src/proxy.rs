@@ -813,13 +813,12 @@ impl Attempts<'_> {
                 None => None,
             };
             up.balancer.on_start(idx);
-            let outcome =
-                self.send(idx, req, started, now, deadline)
-                    .await
-                    .and_then(|(resp, conn)| match invalid_response(&resp) {
-                        Some(why) => Err(Failure::Other(format!("{} answered {why}", target.addr))),
-                        None => Ok((resp, conn)),
-                    });
+            let mut outcome = self.send(idx, req, started, now, deadline).await;
+            if let Ok((resp, _)) = &outcome
+                && let Some(why) = invalid_response(resp)
+            {
+                outcome = Err(Failure::Other(format!("{} answered {why}", target.addr)));
+            }
             let head_after = started.elapsed();
             if let Some(l) = self.log.as_deref_mut() {
                 l.add_upstream_time(head_after);
