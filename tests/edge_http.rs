@@ -449,12 +449,30 @@ async fn invalid_upstream_answers_become_502() {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
                     .to_vec()
             }
+            "/public/two-lengths" => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_vec()
+            }
+            "/public/fold" => {
+                b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 2\r\n\r\nok".to_vec()
+            }
+            "/public/ctl" => {
+                b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok".to_vec()
+            }
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         }
     })
     .await;
     let gw = gateway(&config(&up.target())).await;
-    for path in ["/public/999", "/public/099", "/public/gzip"] {
+    // An invalid status, a coding the gateway would drop, and heads the
+    // HTTP client refuses: conflicting lengths, obs-fold, a control byte.
+    for path in [
+        "/public/999",
+        "/public/099",
+        "/public/gzip",
+        "/public/two-lengths",
+        "/public/fold",
+        "/public/ctl",
+    ] {
         let r = send(&gw, &get(path)).await.unwrap();
         assert_eq!(r.status, 502, "{path}: {}", r.text());
         assert_eq!(error_of(&r.json().unwrap())["code"], "upstream_error");
@@ -483,7 +501,6 @@ async fn warn_line_of(gw: &Gateway, rid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_tell_a_code_and_the_log_tells_the_rest() {
-    let dead = unused_addr();
     let up = RawUpstream::start(|head| {
         if head.starts_with("GET /weird/") {
             b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok".to_vec()
@@ -492,6 +509,8 @@ async fn gateway_errors_tell_a_code_and_the_log_tells_the_rest() {
         }
     })
     .await;
+    // Picked after the upstream bound, so that it cannot be the same port.
+    let dead = unused_addr();
     let yaml = format!(
         "upstreams:\n  - {{id: secret-backend, targets: [{{addr: \"{dead}\"}}], retries: 0, passive_health: {{max_fails: 0}}}}\n\
          \x20 - {{id: weird-backend, targets: [{{addr: \"{}\"}}], retries: 0, passive_health: {{max_fails: 0}}}}\n\
