@@ -262,6 +262,16 @@ async fn ambiguous_hosts_are_refused() {
         400,
     )
     .await;
+    // A Host that is not `host[:port]`.
+    for host in ["a b.test", "user@a.test", "a.test/x", "a.test:80:80", ""] {
+        assert_refused(
+            &gw,
+            &up,
+            &format!("GET /public/x HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+            400,
+        )
+        .await;
+    }
     // No Host at all, even with an absolute-form target.
     assert_refused(&gw, &up, "GET /public/x HTTP/1.1\r\n\r\n", 400).await;
     assert_refused(

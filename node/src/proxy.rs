@@ -156,7 +156,7 @@ fn head_size(req: &Request<Incoming>) -> usize {
 }
 
 /// What the HTTP/1 parser lets through but RFC 9110/9112 does not: a
-/// missing or repeated `Host`, and a transfer coding other than exactly
+/// missing, repeated or malformed `Host`, and a transfer coding other than exactly
 /// `chunked` (the parser would drop the others silently). The parser
 /// itself refuses invalid and differing `Content-Length`s, obs-fold and
 /// control characters, and lets `Transfer-Encoding` win over
@@ -171,11 +171,24 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
             "the request has more than one Host header".into(),
         ));
     }
-    // RFC 9112 §3.2: even an absolute-form target needs a Host line.
-    if first_host.is_none() && req.version() == Version::HTTP_11 {
-        return Err(GatewayError::BadRequest(
-            "an HTTP/1.1 request needs a Host header".into(),
-        ));
+    // RFC 9112 §3.2: even an absolute-form target needs a Host line, and
+    // its value must be `host[:port]` (RFC 9110 §7.2), never something an
+    // upstream could read as more.
+    match first_host {
+        None if req.version() == Version::HTTP_11 => {
+            return Err(GatewayError::BadRequest(
+                "an HTTP/1.1 request needs a Host header".into(),
+            ));
+        }
+        Some(v)
+            if v.as_bytes().contains(&b'@')
+                || http::uri::Authority::try_from(v.as_bytes()).is_err() =>
+        {
+            return Err(GatewayError::BadRequest(
+                "the Host header is not a valid host[:port]".into(),
+            ));
+        }
+        _ => {}
     }
     let mut codings = h.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next()
