@@ -244,3 +244,42 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client reads of an upstream failure names no upstream, no
+    /// target and no library text; the log's text has them all.
+    #[tokio::test]
+    async fn upstream_failures_tell_the_client_nothing_internal() {
+        use http_body_util::BodyExt;
+        let secret = ["users-v2", "10.0.3.7:8080", "Connection refused"];
+        let reason = "connect to 10.0.3.7:8080 failed: tcp connect error: Connection refused";
+        for e in [
+            GatewayError::BadGateway {
+                upstream: "users-v2".into(),
+                reason: reason.into(),
+            },
+            GatewayError::NoHealthyUpstream {
+                upstream: "users-v2".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                upstream: "users-v2".into(),
+                timeout: "read timeout 5s".into(),
+            },
+        ] {
+            let rid = HeaderValue::from_static("rid-1");
+            let public = e.public_message().into_owned();
+            let logged = e.to_string();
+            assert!(logged.contains("users-v2"), "{logged}");
+            let resp = e.into_response(&rid);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            for s in secret {
+                assert!(!body.contains(s), "{body} leaks {s}");
+            }
+            assert!(body.contains(&public) && body.contains("rid-1"), "{body}");
+        }
+    }
+}
