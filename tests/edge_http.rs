@@ -201,6 +201,8 @@ async fn encoded_dot_segments_never_reach_the_upstream() {
         "/public/..%3B/admin",
         "/public/..%5cadmin",
         "/public/..\\admin",
+        "/public/..%00/admin",
+        "/public/..%20/admin",
         "/public/%c0%ae%c0%ae/admin",
         "/public/%e0%80%ae%e0%80%ae/admin",
         "/public/%zz/admin",

@@ -6,7 +6,8 @@
 //! §2.3, `%2e` included), applies a route's choice for encoded slashes and
 //! backslashes ([`EscapedSlashes`]), and refuses what could be read as a
 //! dot segment by anyone on the way: `.` and `..` in any spelling, behind a
-//! `;` parameter (`..;`), between encoded slashes (`..%2F`, `..%5C`), or
+//! `;` parameter (`..;`), between encoded slashes (`..%2F`, `..%5C`),
+//! before an encoded NUL, space or tab a server drops (`..%00`), or
 //! through percent-encoded bytes that are not UTF-8 (the overlong `%c0%ae`).
 //! Other percent-encodings are kept exactly as sent, case included.
 //! Dot segments are refused rather than resolved: clients resolve them
@@ -37,9 +38,11 @@ pub enum PathError {
     /// A `.` or `..` segment, plain or percent-encoded.
     #[error("the path must not contain `.` or `..` segments")]
     DotSegment,
-    /// A `.` or `..` hidden behind `;` parameters or between encoded
-    /// slashes or backslashes.
-    #[error("the path hides a `.` or `..` segment behind `;` or an encoded slash")]
+    /// A `.` or `..` hidden behind `;` parameters, between encoded
+    /// slashes or backslashes, or before an encoded NUL, space or tab.
+    #[error(
+        "the path hides a `.` or `..` segment behind `;`, an encoded slash or a dropped trailing byte"
+    )]
     HiddenDotSegment,
     /// `%2F`, `%5C` or `\` on a route set to `escaped_slashes: reject`.
     #[error("the route does not accept encoded slashes or backslashes in the path")]
@@ -178,8 +181,24 @@ fn is_dot(s: &str) -> bool {
     s == "." || s == ".."
 }
 
+/// Whether an upstream could read `piece` as a dot segment: after its
+/// parameters are cut and the encoded NUL, space and tab that C and
+/// Windows servers drop from a segment's end are trimmed, only dots are
+/// left (`..;x`, `..%00`, `.%20`, and `...`, which Windows trims to `..`
+/// or less).
+fn reads_as_dots(piece: &str) -> bool {
+    let mut core = without_params(piece);
+    while let Some(rest) = ["%00", "%20", "%09"]
+        .iter()
+        .find_map(|t| core.strip_suffix(t))
+    {
+        core = rest;
+    }
+    !core.is_empty() && core.bytes().all(|b| b == b'.')
+}
+
 /// Refuses dot segments, and the `..` an upstream could find behind a
-/// parameter or an escaped separator.
+/// parameter, an escaped separator or a trailing byte it drops.
 fn check_segments(path: &str) -> Result<(), PathError> {
     for seg in path.split('/') {
         if !seg.contains('.') {
@@ -202,7 +221,7 @@ fn check_segments(path: &str) -> Result<(), PathError> {
                 (false, 1)
             };
             if end {
-                if is_dot(without_params(&seg[start..i])) {
+                if reads_as_dots(&seg[start..i]) {
                     return Err(PathError::HiddenDotSegment);
                 }
                 start = i + skip;
@@ -238,6 +257,9 @@ mod tests {
             "/a.b/c..d/.e",
             "/users/a%2Fb",
             "/caf%c3%a9",
+            "/compare/main...dev",
+            "/a/.x%20/..y;z",
+            "/%20../x",
         ] {
             assert!(matches!(normalize(p, Keep), Ok(Cow::Borrowed(_))), "{p}");
         }
@@ -281,6 +303,12 @@ mod tests {
             "/public/..\\admin",
             "/public/x%2F..%2Fadmin",
             "/public/x%2F..",
+            "/public/..%00/admin",
+            "/public/..%20/admin",
+            "/public/.%09/admin",
+            "/public/..%00%20",
+            "/public/.../admin",
+            "/public/..%2e/admin",
         ] {
             assert_eq!(err(p, Keep), PathError::HiddenDotSegment, "{p}");
         }
