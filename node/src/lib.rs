@@ -44,3 +44,4 @@ pub mod stored;
 pub mod stores;
 pub mod telemetry;
 pub mod upstream;
+pub mod uri_path;
