@@ -34,7 +34,13 @@ const MARGIN: Duration = Duration::from_millis(2500);
 /// A gateway in front of one upstream with [`SHORT`] timeouts, except
 /// where `settings` (more lines under `settings:`) names a key itself.
 async fn gateway_with(up: &Upstream, settings: &str) -> Gateway {
-    let key = |line: &str| line.split(':').next().unwrap_or_default().trim().to_string();
+    let key = |line: &str| {
+        line.split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     let own: Vec<String> = settings.lines().map(key).collect();
     let short: String = SHORT
         .lines()
@@ -73,7 +79,11 @@ async fn connect_from(from: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStr
 /// unanswered (a refused connection).
 async fn answered(stream: TcpStream) -> bool {
     let mut raw = RawHttp::from_stream(stream);
-    if raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n").await.is_err() {
+    if raw
+        .send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
         return false;
     }
     matches!(raw.read_response().await, Ok(r) if r.status == 200)
@@ -186,7 +196,8 @@ async fn slow_headers_are_closed_within_the_header_timeout_while_others_are_serv
     // And the gateway still serves.
     assert_eq!(c.get(gw.url("/get")).send().await.unwrap().status(), 200);
     assert!(
-        gw.log().contains("the request head took longer than the header read timeout"),
+        gw.log()
+            .contains("the request head took longer than the header read timeout"),
         "{}",
         gw.log()
     );
@@ -202,7 +213,10 @@ async fn silent_connections_and_a_partial_http2_preface_are_closed() {
     let started = Instant::now();
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let took = closed_within(&mut silent, started, Duration::from_secs(1) + MARGIN).await;
-    assert!(took >= Duration::from_millis(900), "closed early, after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed early, after {took:?}"
+    );
 
     // Half a preface: closed at the head deadline.
     let started = Instant::now();
@@ -262,7 +276,10 @@ async fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout_pings_or_no
     .expect("GOAWAY within the idle timeout");
     assert_eq!(code, 0, "an idle close is NO_ERROR");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1800), "GOAWAY early, after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "GOAWAY early, after {took:?}"
+    );
     let pings = pinger.await.unwrap();
     assert!(pings >= 5, "only {pings} PINGs were sent");
 }
@@ -273,7 +290,9 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
     let gw = gateway_with(&up, "").await;
     let stream = TcpStream::connect(gw.proxy_addr()).await.unwrap();
     let mut raw = RawHttp::from_stream(stream);
-    raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(raw.read_response().await.unwrap().status, 200);
     let idle_from = Instant::now();
     let mut stream = raw.into_inner();
@@ -290,10 +309,16 @@ async fn a_connection_carries_at_most_max_requests() {
     let stream = TcpStream::connect(gw.proxy_addr()).await.unwrap();
     let mut raw = RawHttp::from_stream(stream);
     for i in 1..=3 {
-        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let r = raw.read_response().await.unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("connection") == Some("close"), i == 3, "{i}: {r:?}");
+        assert_eq!(
+            r.header("connection") == Some("close"),
+            i == 3,
+            "{i}: {r:?}"
+        );
     }
     let mut stream = raw.into_inner();
     closed_within(&mut stream, Instant::now(), MARGIN).await;
@@ -319,7 +344,9 @@ async fn past_the_cap_connections_are_refused_while_the_admin_port_answers() {
     let mut held = Vec::new();
     for _ in 0..5 {
         let mut raw = RawHttp::from_stream(TcpStream::connect(addr).await.unwrap());
-        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(raw.read_response().await.unwrap().status, 200);
         held.push(raw);
     }
@@ -333,7 +360,9 @@ async fn past_the_cap_connections_are_refused_while_the_admin_port_answers() {
     // The admin port answers, and the established ones are still served.
     assert!(admin_answers(&gw).await);
     for raw in &mut held {
-        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(raw.read_response().await.unwrap().status, 200);
     }
     // A closed one makes room again.
@@ -343,7 +372,8 @@ async fn past_the_cap_connections_are_refused_while_the_admin_port_answers() {
     })
     .await;
     assert!(
-        gw.log().contains("connection refused: the listener holds its cap of 5 connections"),
+        gw.log()
+            .contains("connection refused: the listener holds its cap of 5 connections"),
         "{}",
         gw.log()
     );
@@ -357,7 +387,9 @@ async fn one_ip_at_its_cap_does_not_keep_another_ip_out() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut raw = RawHttp::from_stream(connect_from([127, 0, 0, 2], addr).await.unwrap());
-        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        raw.send("GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(raw.read_response().await.unwrap().status, 200);
         held.push(raw);
     }
@@ -365,7 +397,8 @@ async fn one_ip_at_its_cap_does_not_keep_another_ip_out() {
     assert!(answered(connect_from([127, 0, 0, 3], addr).await.unwrap()).await);
     assert!(answered(connect_from([127, 0, 0, 1], addr).await.unwrap()).await);
     assert!(
-        gw.log().contains("the client IP holds its cap of 3 connections"),
+        gw.log()
+            .contains("the client IP holds its cap of 3 connections"),
         "{}",
         gw.log()
     );
@@ -405,12 +438,19 @@ async fn the_admin_listener_closes_a_dribbled_head_and_keeps_its_own_budget() {
     for _ in 0..4 {
         silent.push(TcpStream::connect(admin).await.unwrap());
     }
-    wait_until("the admin budget is full", Duration::from_secs(2), || async {
-        !admin_answers(&gw).await
-    })
+    wait_until(
+        "the admin budget is full",
+        Duration::from_secs(2),
+        || async { !admin_answers(&gw).await },
+    )
     .await;
     assert_eq!(
-        http_client().get(gw.url("/get")).send().await.unwrap().status(),
+        http_client()
+            .get(gw.url("/get"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     wait_until(
@@ -502,8 +542,7 @@ async fn the_soft_fd_limit_is_raised_to_the_hard_limit_at_start() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let yaml = format!("{SHORT}{}", one_upstream(&[up.target()], ""));
     let gw = Gateway::builder(&script)
         .config(Gateway::config(&yaml))
@@ -522,7 +561,12 @@ async fn the_soft_fd_limit_is_raised_to_the_hard_limit_at_start() {
     assert!(log.contains(&format!("fd_limit={hard}")), "{log}");
     assert!(log.contains("proxy_connections="), "{log}");
     assert_eq!(
-        http_client().get(gw.url("/get")).send().await.unwrap().status(),
+        http_client()
+            .get(gw.url("/get"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 }

@@ -465,10 +465,7 @@ mod tests {
         let t = timeouts();
         let tr = Tracker::new(t.max_requests);
         let start = tr.since_ms.load(Ordering::Relaxed);
-        assert_eq!(
-            tr.check(&t, start + 99),
-            Verdict::WaitUntil(start + 100)
-        );
+        assert_eq!(tr.check(&t, start + 99), Verdict::WaitUntil(start + 100));
         assert_eq!(
             tr.check(&t, start + 100),
             Verdict::Expired("waiting for the first byte")

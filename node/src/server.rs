@@ -33,11 +33,12 @@ use tokio::sync::watch;
 use weir_observability::throttle::Throttle;
 use weir_observability::warn_throttled;
 
+use crate::body::ReadTimeout;
 use crate::clock::mono_ms;
 use crate::config::Settings;
 use crate::conn::ConnInfo;
 use crate::conn_guard::{
-    Caps, Permit, Refused, Timeouts, Tracker, TrackedBody, TrackedIo, Verdict,
+    Caps, Permit, Refused, Timeouts, TrackedBody, TrackedIo, Tracker, Verdict,
 };
 use crate::proxy;
 use crate::snapshot::State;
@@ -122,7 +123,11 @@ fn fd_budget(settings: &Settings) -> usize {
         admin_connections = settings.admin_max_connections,
         "file descriptor limit raised to the hard limit; connection capacity"
     );
-    if settings.max_connections > budget {
+    // The default is a ceiling, quietly lowered; a cap the operator chose
+    // and the system cannot honour is worth a warning.
+    if settings.max_connections > budget
+        && settings.max_connections != Settings::default().max_connections
+    {
         tracing::warn!(
             max_connections = settings.max_connections,
             fd_limit = fds,
@@ -197,7 +202,6 @@ impl Server {
             admin: self.admin.local_addr()?,
         })
     }
-
 
     /// Serves until `shutdown` flips to true, then drains.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -315,7 +319,9 @@ fn admin_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .header_read_timeout(None);
     http2_defences(&mut builder, settings);
-    builder.http2().max_concurrent_streams(ADMIN_H2_MAX_CONCURRENT_STREAMS);
+    builder
+        .http2()
+        .max_concurrent_streams(ADMIN_H2_MAX_CONCURRENT_STREAMS);
     builder
 }
 
@@ -391,8 +397,13 @@ async fn serve_admin(
                 // until the peer's delayed ACK (about 40 ms on Linux).
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
+                // A request body may pause no longer than a head may take:
+                // admin clients send theirs in one piece (Raft's entries
+                // and snapshots included).
+                let body_pause = s.admin_header_read_timeout;
                 let conn = Conn { listener: "admin", peer, permit, timeouts };
-                conn.serve(&builder, stream, drain_rx.clone(), move |req| {
+                conn.serve(&builder, stream, drain_rx.clone(), move |req: Request<Incoming>| {
+                    let req = req.map(|b| axum::body::Body::new(ReadTimeout::new(b, body_pause)));
                     tower::ServiceExt::oneshot(router.clone(), req)
                 });
             }
