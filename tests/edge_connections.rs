@@ -12,7 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{one_upstream, weir_bin};
+use common::{one_upstream, rejected, weir_bin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -103,6 +103,8 @@ const SETTINGS: u8 = 4;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const PING: u8 = 6;
+const DATA: u8 = 0;
+const CONTINUATION: u8 = 9;
 const GOAWAY: u8 = 7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 const END_STREAM_AND_HEADERS: u8 = 0x5;
@@ -162,6 +164,28 @@ fn rapid_resets() -> Vec<u8> {
         out.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
     }
     out
+}
+
+// === Settings ===
+
+#[test]
+fn connection_settings_that_cannot_work_are_refused_by_name() {
+    rejected(
+        "settings:
+  first_byte_timeout: 0s
+  idle_timeout: 2h
+  admin_header_read_timeout: 0s
+  max_connections: 0
+  admin_max_connections: 0
+",
+        &[
+            "settings.first_byte_timeout: must be greater than zero",
+            "settings.idle_timeout: must be at most 1h",
+            "settings.admin_header_read_timeout: must be greater than zero",
+            "settings.max_connections: must be between 1 and 10000000",
+            "settings.admin_max_connections: must be between 1 and 10000000",
+        ],
+    );
 }
 
 // === Timeouts ===
@@ -512,6 +536,47 @@ async fn rapid_reset_gets_goaway_and_a_flood_of_them_a_bounded_log() {
     }
     // h2's own per-connection warning stays out of the log.
     assert!(!gw.log().contains("reached limit"), "{}", gw.log());
+    assert_eq!(c.get(gw.url("/get")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_floods_and_made_you_reset_get_goaway() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with(&up, "").await;
+    let addr = gw.proxy_addr();
+
+    // A header block that never ends: CONTINUATION after CONTINUATION.
+    let mut flood = h2_handshake();
+    flood.extend(frame(HEADERS, 0, 1, GET_BLOCK));
+    for _ in 0..64 {
+        flood.extend(frame(CONTINUATION, 0, 1, &[0x40, 0x01, b'a', 0x01, b'b']));
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(&flood).await;
+    assert_eq!(
+        goaway_code(&mut s, Duration::from_secs(5)).await,
+        Some(ENHANCE_YOUR_CALM)
+    );
+
+    // MadeYouReset: streams the server must reset itself, each declaring
+    // `content-length: 0` and then sending a byte of body.
+    let mut block = GET_BLOCK.to_vec();
+    block.extend_from_slice(&[0x5c, 0x01, b'0']);
+    let mut made = h2_handshake();
+    for i in 0..1100u32 {
+        let id = 2 * i + 1;
+        made.extend(frame(HEADERS, 0x4, id, &block));
+        made.extend(frame(DATA, 0, id, b"x"));
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(&made).await;
+    assert_eq!(
+        goaway_code(&mut s, Duration::from_secs(10)).await,
+        Some(ENHANCE_YOUR_CALM)
+    );
+
+    // Other clients are served throughout.
+    let c = h2c_client();
     assert_eq!(c.get(gw.url("/get")).send().await.unwrap().status(), 200);
 }
 
