@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{one_upstream, rejected, weir_bin};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use weir_testsupport::{Gateway, RawHttp, Upstream, h2c_client, http_client, wait_until};
@@ -89,6 +89,12 @@ async fn answered(stream: TcpStream) -> bool {
     matches!(raw.read_response().await, Ok(r) if r.status == 200)
 }
 
+/// Fails, showing the log, unless the gateway logged `text`.
+fn assert_logged(gw: &Gateway, text: &str) {
+    let log = gw.log();
+    assert!(log.contains(text), "`{text}` not in the log:\n{log}");
+}
+
 async fn admin_answers(gw: &Gateway) -> bool {
     matches!(
         http_client().get(gw.admin_url("/v1/health")).send().await,
@@ -130,7 +136,7 @@ fn h2_handshake() -> Vec<u8> {
 
 /// Reads frames until a GOAWAY and returns its error code; `None` when
 /// the connection closes without one or `limit` passes.
-async fn goaway_code(stream: &mut TcpStream, limit: Duration) -> Option<u32> {
+async fn goaway_code<R: AsyncRead + Unpin>(stream: &mut R, limit: Duration) -> Option<u32> {
     let deadline = Instant::now() + limit;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -219,11 +225,9 @@ async fn slow_headers_are_closed_within_the_header_timeout_while_others_are_serv
     assert!(*slowest < limit, "slowest close after {slowest:?}");
     // And the gateway still serves.
     assert_eq!(c.get(gw.url("/get")).send().await.unwrap().status(), 200);
-    assert!(
-        gw.log()
-            .contains("the request head took longer than the header read timeout"),
-        "{}",
-        gw.log()
+    assert_logged(
+        &gw,
+        "the request head took longer than the header read timeout",
     );
 }
 
@@ -277,27 +281,9 @@ async fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout_pings_or_no
         }
         n
     });
-    let mut buf = Vec::new();
-    let code = tokio::time::timeout(Duration::from_secs(2) + MARGIN, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                if buf[3] == GOAWAY {
-                    return u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
-                }
-                buf.drain(..9 + len);
-            }
-            let n = rd.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed without GOAWAY");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .expect("GOAWAY within the idle timeout");
+    let code = goaway_code(&mut rd, Duration::from_secs(2) + MARGIN)
+        .await
+        .expect("GOAWAY within the idle timeout");
     assert_eq!(code, 0, "an idle close is NO_ERROR");
     let took = started.elapsed();
     assert!(
@@ -395,11 +381,9 @@ async fn past_the_cap_connections_are_refused_while_the_admin_port_answers() {
         answered(TcpStream::connect(addr).await.unwrap()).await
     })
     .await;
-    assert!(
-        gw.log()
-            .contains("connection refused: the listener holds its cap of 5 connections"),
-        "{}",
-        gw.log()
+    assert_logged(
+        &gw,
+        "connection refused: the listener holds its cap of 5 connections",
     );
 }
 
@@ -420,12 +404,7 @@ async fn one_ip_at_its_cap_does_not_keep_another_ip_out() {
     assert!(!answered(connect_from([127, 0, 0, 2], addr).await.unwrap()).await);
     assert!(answered(connect_from([127, 0, 0, 3], addr).await.unwrap()).await);
     assert!(answered(connect_from([127, 0, 0, 1], addr).await.unwrap()).await);
-    assert!(
-        gw.log()
-            .contains("the client IP holds its cap of 3 connections"),
-        "{}",
-        gw.log()
-    );
+    assert_logged(&gw, "the client IP holds its cap of 3 connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,21 +235,11 @@ impl Server {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 accepted = self.proxy.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            accept_failed("proxy", &e).await;
-                            continue;
-                        }
-                    };
                     let s = &self.state.load().settings;
                     let max = s.max_connections.min(self.fd_budget);
-                    let permit = match caps.admit(peer.ip(), max, s.max_connections_per_ip) {
-                        Ok(p) => p,
-                        Err(why) => {
-                            refused("proxy", peer, why);
-                            continue;
-                        }
+                    let admitted = admit("proxy", accepted, &caps, max, s.max_connections_per_ip);
+                    let Some((stream, peer, permit)) = admitted.await else {
+                        continue;
                     };
                     let timeouts = Timeouts {
                         first_byte: s.first_byte_timeout,
@@ -369,20 +359,10 @@ async fn serve_admin(
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        accept_failed("admin", &e).await;
-                        continue;
-                    }
-                };
                 let s = &state.load().settings;
-                let permit = match caps.admit(peer.ip(), s.admin_max_connections, 0) {
-                    Ok(p) => p,
-                    Err(why) => {
-                        refused("admin", peer, why);
-                        continue;
-                    }
+                let admitted = admit("admin", accepted, &caps, s.admin_max_connections, 0);
+                let Some((stream, peer, permit)) = admitted.await else {
+                    continue;
                 };
                 // One timer for the first byte and the head: admin clients
                 // (operators' tools, Raft peers) send their head at once.
@@ -423,6 +403,31 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one warning line per this interval for each kind of
 /// per-connection event; the next one says how many were left out.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An accepted connection admitted against `caps`; `None` when accepting
+/// failed (after a pause) or a cap refused it (closed at once).
+async fn admit(
+    listener: &'static str,
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    caps: &Arc<Caps>,
+    max: usize,
+    max_per_ip: usize,
+) -> Option<(TcpStream, SocketAddr, Permit)> {
+    let (stream, peer) = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            accept_failed(listener, &e).await;
+            return None;
+        }
+    };
+    match caps.admit(peer.ip(), max, max_per_ip) {
+        Ok(permit) => Some((stream, peer, permit)),
+        Err(why) => {
+            refused(listener, peer, why);
+            None
+        }
+    }
+}
 
 async fn accept_failed(listener: &'static str, e: &std::io::Error) {
     static PROXY: Throttle = Throttle::new(WARN_INTERVAL);
