@@ -388,6 +388,33 @@ async fn past_the_cap_connections_are_refused_while_the_admin_port_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_keeps_its_place_under_the_cap() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Upstream::start("ws").await;
+    let gw = gateway_with(&up, "  max_connections: 1\n").await;
+    let addr = gw.proxy_addr();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("upgrade through weir");
+    assert_eq!(resp.status(), 101);
+    // The upgraded connection still holds the only place...
+    assert!(!answered(TcpStream::connect(addr).await.unwrap()).await);
+    ws.send(Message::text("still here")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "still here");
+    // ...until it closes.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_until(
+        "the tunnel's place frees up",
+        Duration::from_secs(5),
+        || async { answered(TcpStream::connect(addr).await.unwrap()).await },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ip_at_its_cap_does_not_keep_another_ip_out() {
     let up = Upstream::start("a").await;
     let gw = gateway_with(&up, "  max_connections_per_ip: 3\n  idle_timeout: 30s\n").await;

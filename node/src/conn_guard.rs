@@ -337,11 +337,15 @@ enum Sniff {
 }
 
 /// A client socket that tells its [`Tracker`] when head bytes arrive.
+/// It also holds the connection's place under the caps, so a connection
+/// that hyper hands on after an upgrade (a WebSocket tunnel) still counts
+/// until its socket closes.
 pub struct TrackedIo<T> {
     inner: T,
     tracker: Arc<Tracker>,
     sniff: Sniff,
     read: u64,
+    _permit: Option<Permit>,
 }
 
 impl<T> TrackedIo<T> {
@@ -355,7 +359,15 @@ impl<T> TrackedIo<T> {
                 len: 0,
             },
             read: 0,
+            _permit: None,
         }
+    }
+
+    /// Keeps `permit` (the connection's place under the caps) until the
+    /// socket is dropped.
+    pub fn holding(mut self, permit: Permit) -> Self {
+        self._permit = Some(permit);
+        self
     }
 
     /// Notes `new`, the bytes just read.

@@ -501,8 +501,7 @@ impl Conn {
         };
         let builder = builder.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()));
+            let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()).holding(permit));
             let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
             let mut draining = false;
