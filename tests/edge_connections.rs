@@ -313,6 +313,45 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_of_its_response_is_closed() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with(&up, "").await;
+    let mut s = TcpStream::connect(gw.proxy_addr()).await.unwrap();
+    // 1 GB that the client never reads: the socket buffers fill, and then
+    // nothing moves.
+    s.write_all(b"GET /bytes/1000000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let stalled = "the client read nothing of its response for longer than the idle timeout";
+    wait_until(
+        "the stalled connection is closed",
+        Duration::from_secs(2) + MARGIN + Duration::from_secs(3),
+        || async { gw.log().contains(stalled) },
+    )
+    .await;
+    // What had reached our socket is still readable; then it ends.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(MARGIN, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("still open after {total} bytes"),
+        }
+    }
+    assert!(total < 100_000_000, "{total} bytes");
+    assert_eq!(
+        http_client()
+            .get(gw.url("/get"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_carries_at_most_max_requests() {
     let up = Upstream::start("a").await;
     let gw = gateway_with(&up, "  max_requests_per_connection: 3\n").await;

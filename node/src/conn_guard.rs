@@ -9,7 +9,9 @@
 //! - idle: no request in flight, between HTTP/1 requests or with no HTTP/2
 //!   stream open, whatever PING or SETTINGS frames arrive (`idle_timeout`);
 //! - busy: a request in flight; its body and the upstream exchange are
-//!   bounded by the upstream's `timeouts` (ADR 0038), not here.
+//!   bounded by the upstream's `timeouts` (ADR 0038), not here, but a
+//!   client that reads nothing of what is written to it for the idle
+//!   timeout is closed (a slow-read attack holds a busy connection).
 //!
 //! [`Tracker`] holds a connection's state, updated by its socket
 //! ([`TrackedIo`] notes bytes arriving) and by its requests
@@ -163,10 +165,18 @@ pub struct Tracker {
     in_flight: AtomicU64,
     requests: AtomicU64,
     h2: AtomicBool,
+    /// [`mono_ms`] since when a write has been waiting for the client to
+    /// read (0: none is).
+    write_blocked_ms: AtomicU64,
     max_requests: u64,
     /// Signalled when an HTTP/2 connection has carried its last request.
     goaway: Notify,
 }
+
+/// The state of a connection whose client reads nothing of its response.
+pub const STALLED_WRITE: &str = "writing to a client that reads nothing";
+/// The state of a connection sending its request head.
+pub const READING_HEAD: &str = "reading a request head";
 
 /// What the serving task should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +197,7 @@ impl Tracker {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            write_blocked_ms: AtomicU64::new(0),
             max_requests,
             goaway: Notify::new(),
         })
@@ -197,9 +208,9 @@ impl Tracker {
         self.h2.load(Ordering::Relaxed)
     }
 
-    /// Requests started on this connection.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+    /// Whether a request is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
     /// Resolves once an HTTP/2 connection has carried
@@ -245,6 +256,18 @@ impl Tracker {
     /// When the current state ends, as of `now` ([`mono_ms`]).
     pub fn check(&self, t: &Timeouts, now: u64) -> Verdict {
         let recheck = now + t.shortest().as_millis() as u64;
+        let blocked = self.write_blocked_ms.load(Ordering::Relaxed);
+        if blocked != 0 {
+            // Whatever the state, nothing moves while the client reads
+            // nothing; a write that frees up pushes the deadline back.
+            let due = blocked.saturating_add(t.idle.as_millis() as u64);
+            if now >= due {
+                return Verdict::Expired(STALLED_WRITE);
+            }
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                return Verdict::WaitUntil(due.min(recheck));
+            }
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Verdict::WaitUntil(recheck);
         }
@@ -252,7 +275,7 @@ impl Tracker {
         let since = self.since_ms.load(Ordering::Relaxed);
         let (limit, state) = match phase {
             WAITING => (t.first_byte, "waiting for the first byte"),
-            HEAD => (t.header, "reading a request head"),
+            HEAD => (t.header, READING_HEAD),
             _ => (t.idle, "idle"),
         };
         let due = since.saturating_add(limit.as_millis() as u64);
@@ -425,13 +448,35 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
+impl<T> TrackedIo<T> {
+    /// Notes whether a write had to wait for the client to read.
+    fn wrote<R>(&self, polled: Poll<R>) -> Poll<R> {
+        let blocked = &self.tracker.write_blocked_ms;
+        match polled {
+            Poll::Pending => {
+                if blocked.load(Ordering::Relaxed) == 0 {
+                    blocked.store(mono_ms(), Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => {
+                if blocked.load(Ordering::Relaxed) != 0 {
+                    blocked.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        polled
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -439,7 +484,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -447,7 +494,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.wrote(polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -487,10 +536,7 @@ mod tests {
         let mut io = io(&tr);
         io.saw(b"GET / HT");
         let head = tr.since_ms.load(Ordering::Relaxed);
-        assert_eq!(
-            tr.check(&t, head + 200),
-            Verdict::Expired("reading a request head")
-        );
+        assert_eq!(tr.check(&t, head + 200), Verdict::Expired(READING_HEAD));
 
         // A request in flight: no deadline here, only a recheck.
         let (guard, last) = tr.start_request();
@@ -507,6 +553,21 @@ mod tests {
         // The second request is the last one.
         let (_guard, last) = tr.start_request();
         assert!(last);
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_is_closed_after_the_idle_timeout_even_when_busy() {
+        let t = timeouts();
+        let tr = Tracker::new(0);
+        let (_guard, _) = tr.start_request();
+        let io = io(&tr);
+        let _ = io.wrote::<()>(Poll::Pending);
+        let since = tr.write_blocked_ms.load(Ordering::Relaxed);
+        assert_eq!(tr.check(&t, since + 50), Verdict::WaitUntil(since + 150));
+        assert_eq!(tr.check(&t, since + 1000), Verdict::Expired(STALLED_WRITE));
+        // A write that goes through clears it.
+        let _ = io.wrote(Poll::Ready(()));
+        assert_eq!(tr.check(&t, since + 1000), Verdict::WaitUntil(since + 1100));
     }
 
     #[test]

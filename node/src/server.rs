@@ -38,7 +38,8 @@ use crate::clock::mono_ms;
 use crate::config::Settings;
 use crate::conn::ConnInfo;
 use crate::conn_guard::{
-    Caps, Permit, Refused, Timeouts, TrackedBody, TrackedIo, Tracker, Verdict,
+    Caps, Permit, READING_HEAD, Refused, STALLED_WRITE, Timeouts, TrackedBody, TrackedIo, Tracker,
+    Verdict,
 };
 use crate::proxy;
 use crate::snapshot::State;
@@ -509,13 +510,17 @@ impl Conn {
             loop {
                 let now = mono_ms();
                 let wake = match hard_close {
-                    Some(at) if now >= at => break,
+                    // A stream that raced the GOAWAY is let finish.
+                    Some(at) if now >= at && !tracker.busy() => break,
+                    Some(at) if now >= at => now + timeouts.shortest().as_millis() as u64,
                     Some(at) => at,
                     None => match tracker.check(&timeouts, now) {
                         Verdict::WaitUntil(at) => at,
                         Verdict::Expired(state) => {
                             timed_out(listener, peer, state);
-                            if !tracker.is_h2() {
+                            // HTTP/1 has nothing to say; a client that
+                            // reads nothing would not read a GOAWAY.
+                            if !tracker.is_h2() || state == STALLED_WRITE {
                                 break;
                             }
                             // HTTP/2 says why before closing: GOAWAY,
@@ -552,11 +557,15 @@ impl Conn {
 
 /// A connection closed for staying too long in `state`: normal for an
 /// idle keep-alive or a silent pre-connect (debug), a sign of a slow
-/// client or an attack for a half-sent head (a rate-limited warning).
+/// client or an attack for a half-sent head or a response nobody reads (a
+/// rate-limited warning).
 fn timed_out(listener: &'static str, peer: SocketAddr, state: &'static str) {
     static HEAD: Throttle = Throttle::new(WARN_INTERVAL);
-    if state == "reading a request head" {
+    static STALLED: Throttle = Throttle::new(WARN_INTERVAL);
+    if state == READING_HEAD {
         warn_throttled!(HEAD, listener, client = %peer, "closed a connection: the request head took longer than the header read timeout");
+    } else if state == STALLED_WRITE {
+        warn_throttled!(STALLED, listener, client = %peer, "closed a connection: the client read nothing of its response for longer than the idle timeout");
     } else {
         tracing::debug!(listener, client = %peer, state, "closed a connection: timeout");
     }
