@@ -455,7 +455,9 @@ impl<T> TrackedIo<T> {
         match polled {
             Poll::Pending => {
                 if blocked.load(Ordering::Relaxed) == 0 {
-                    blocked.store(mono_ms(), Ordering::Relaxed);
+                    // 0 means "not blocked", so the process's first
+                    // millisecond counts as its second.
+                    blocked.store(mono_ms().max(1), Ordering::Relaxed);
                 }
             }
             Poll::Ready(_) => {
