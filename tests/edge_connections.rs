@@ -637,28 +637,34 @@ fn hard_nofile() -> u64 {
     line.split_whitespace().nth(4).unwrap().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_soft_fd_limit_is_raised_to_the_hard_limit_at_start() {
-    let hard = hard_nofile();
-    let up = Upstream::start("a").await;
-    // Start weir with a low soft limit, the way a default shell does.
-    let wrapper_dir = tempfile::tempdir().unwrap();
-    let script = wrapper_dir.path().join("low-nofile.sh");
+/// Starts weir after `ulimit {ulimit}` in a shell (the script lives in
+/// `dir`).
+async fn gateway_under_ulimit(dir: &std::path::Path, ulimit: &str, up: &Upstream) -> Gateway {
+    let script = dir.join("ulimit.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nulimit -Sn 256\nexec \"{}\" \"$@\"\n",
+            "#!/bin/sh\nulimit {ulimit}\nexec \"{}\" \"$@\"\n",
             weir_bin().display()
         ),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let yaml = format!("{SHORT}{}", one_upstream(&[up.target()], ""));
-    let gw = Gateway::builder(&script)
+    Gateway::builder(&script)
         .config(Gateway::config(&yaml))
         .start()
         .await
-        .expect("weir starts");
+        .expect("weir starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_fd_limit_is_raised_to_the_hard_limit_at_start() {
+    let hard = hard_nofile();
+    let up = Upstream::start("a").await;
+    // Start weir with a low soft limit, the way a default shell does.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_under_ulimit(dir.path(), "-Sn 256", &up).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.pid())).unwrap();
     let soft: u64 = limits
         .lines()
@@ -679,4 +685,47 @@ async fn the_soft_fd_limit_is_raised_to_the_hard_limit_at_start() {
             .status(),
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_accepts_pause_and_warn_once_then_recover() {
+    let up = Upstream::start("a").await;
+    // A hard limit of 64: the admin budget (256) is more than the process
+    // can open, so a burst of admin connections runs it out of fds.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_under_ulimit(dir.path(), "-n 64", &up).await;
+    let admin = gw.admin_addr();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        // The kernel completes connections into the backlog even while
+        // weir cannot accept them.
+        held.push(TcpStream::connect(admin).await.unwrap());
+    }
+    wait_until("an accept fails", Duration::from_secs(5), || async {
+        gw.log().contains("accept failed")
+    })
+    .await;
+    drop(held);
+    // The silent connections it did accept time out (1 s), the rest are
+    // gone: the admin port answers again.
+    wait_until(
+        "the admin port answers again",
+        Duration::from_secs(10),
+        || async { admin_answers(&gw).await },
+    )
+    .await;
+    assert_eq!(
+        http_client()
+            .get(gw.url("/get"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // However many accepts failed, one line said so (the interval is
+    // 10 s, longer than this test).
+    let log = gw.log();
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
+    assert!(log.contains("similar_suppressed=0"), "{log}");
 }
