@@ -229,14 +229,14 @@ impl Tracker {
     fn head_bytes(&self) {
         let phase = self.phase.load(Ordering::Acquire);
         if phase != HEAD && self.in_flight.load(Ordering::Relaxed) == 0 {
-            let now = mono_ms();
-            if self
+            // The time first, then the phase (as `enter` does): a check
+            // that sees the new phase sees its start, never the old
+            // phase's earlier one. If the exchange fails, whoever moved the
+            // phase stored a time just as recent.
+            self.since_ms.store(mono_ms(), Ordering::Relaxed);
+            let _ = self
                 .phase
-                .compare_exchange(phase, HEAD, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.since_ms.store(now, Ordering::Relaxed);
-            }
+                .compare_exchange(phase, HEAD, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 
