@@ -24,6 +24,7 @@ pub mod cluster_metrics;
 pub mod compile;
 pub mod config;
 pub mod conn;
+pub mod conn_guard;
 pub mod consumer;
 pub mod docs;
 pub mod echo;
