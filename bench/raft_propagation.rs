@@ -213,12 +213,12 @@ async fn main() -> anyhow::Result<()> {
         one.push(t0.elapsed());
     }
     one.sort();
-    // What the storage said while the writes ran: snapshots built (info),
-    // log purges and appends that waited for the database writer (debug,
+    // What the storage said while the writes ran: snapshot points, log
+    // purges and appends that waited for the database writer (debug,
     // with `WEIR_LOG=info,weir_storage=debug`).
     for (i, n) in nodes.iter().enumerate() {
         for l in n.log().lines().filter(|l| {
-            l.contains("raft snapshot built")
+            l.contains("raft snapshot point")
                 || l.contains("raft log purged")
                 || l.contains("waited for the database writer")
         }) {
