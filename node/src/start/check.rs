@@ -45,7 +45,7 @@ pub(crate) fn run(
         (Some(p), false) => plan.push((
             "mode",
             format!(
-                "store: config from the replicated store; {} gives the settings and seeds the store while it is empty",
+                "store: config from the replicated store; {} gives the settings",
                 p.display()
             ),
         )),

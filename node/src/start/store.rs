@@ -181,7 +181,9 @@ impl StoreArgs {
             (None, None) if has_seeds => {
                 "with an empty store, wait to be added by the leader found through gossip".into()
             }
-            (None, None) => "with an empty store, form a new single-node config cluster".into(),
+            (None, None) => {
+                "with an empty store, form a new single-node config cluster, seeded with the config file's routes, services and upstreams if one is given".into()
+            }
         };
         let admin = cfg.settings.admin_listen;
         let advertise = match (&self.advertise, gossip.and_then(|c| c.advertise_addr)) {
