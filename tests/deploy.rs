@@ -256,7 +256,12 @@ async fn the_image_health_probe_tells_ready_from_closed() {
 
 fn compose_config() -> Value {
     let file = repo("deploy/compose/docker-compose.yml");
-    let out = run_ok(Command::new(docker_compose()).arg("-f").arg(&file).arg("config"));
+    let out = run_ok(
+        Command::new(docker_compose())
+            .arg("-f")
+            .arg(&file)
+            .arg("config"),
+    );
     serde_yaml_ng::from_str(&out).unwrap()
 }
 
@@ -372,7 +377,11 @@ fn each_rendered_overlay_passes_kubernetes_validate() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join(format!("{region}.yaml"));
         std::fs::write(&f, &rendered).unwrap();
-        run_ok(Command::new(&validate).args(["--strict", "--quiet"]).arg(&f));
+        run_ok(
+            Command::new(&validate)
+                .args(["--strict", "--quiet"])
+                .arg(&f),
+        );
         let kinds: Vec<String> = documents(&rendered)
             .iter()
             .map(|d| scalar(&d["kind"]))
@@ -389,7 +398,11 @@ fn each_rendered_overlay_passes_kubernetes_validate() {
         }
         // What validate cannot see: a bogus field is refused, so strict
         // mode is on.
-        let bogus = rendered.replacen("  serviceName: weir-peers", "  serviceName: weir-peers\n  bogusField: 1", 1);
+        let bogus = rendered.replacen(
+            "  serviceName: weir-peers",
+            "  serviceName: weir-peers\n  bogusField: 1",
+            1,
+        );
         assert_ne!(bogus, rendered);
         std::fs::write(&f, &bogus).unwrap();
         let out = Command::new(&validate)
@@ -397,7 +410,10 @@ fn each_rendered_overlay_passes_kubernetes_validate() {
             .arg(&f)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "kubernetes-validate took a bogus field");
+        assert!(
+            !out.status.success(),
+            "kubernetes-validate took a bogus field"
+        );
     }
 }
 
@@ -513,8 +529,14 @@ fn every_kubernetes_node_passes_serve_check() {
         assert!(plan.contains("admin keys: 1 (1 admin, 0 viewer)"), "{plan}");
 
         // Probes and the graceful stop.
-        assert_eq!(scalar(&container["readinessProbe"]["httpGet"]["path"]), "/v1/ready");
-        assert_eq!(scalar(&container["livenessProbe"]["httpGet"]["path"]), "/v1/health");
+        assert_eq!(
+            scalar(&container["readinessProbe"]["httpGet"]["path"]),
+            "/v1/ready"
+        );
+        assert_eq!(
+            scalar(&container["livenessProbe"]["httpGet"]["path"]),
+            "/v1/health"
+        );
         assert!(container["lifecycle"]["preStop"].is_mapping(), "{region}");
     }
 }
