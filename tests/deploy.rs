@@ -177,50 +177,12 @@ fn the_dockerfile_command_passes_serve_check() {
     );
 }
 
-/// Kills the child when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_health_probe_tells_ready_from_closed() {
     let bash = tool("bash", "install bash (`apt-get install bash`)");
     let probe = repo("deploy/docker/weir-ready");
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready.json");
-    let child = Command::new(weir_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(child);
-    let doc: serde_json::Value = weir_testsupport::wait_for(
-        "the ready file",
-        std::time::Duration::from_secs(20),
-        || async {
-            std::fs::read(&ready)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-        },
-    )
-    .await;
-    let admin = doc["admin"].as_str().unwrap().to_string();
+    let gw = common::gateway("").await;
+    let admin = gw.admin_addr().to_string();
     let status = Command::new(&bash)
         .arg(&probe)
         .arg(&admin)
@@ -247,8 +209,12 @@ async fn the_image_health_probe_tells_ready_from_closed() {
         .unwrap();
     assert!(!out.status.success(), "probe of closed {addr} succeeded");
     // The proxy port answers HTTP, but not 200 on /v1/ready.
-    let proxy = doc["proxy"].as_str().unwrap();
-    let out = Command::new(&bash).arg(&probe).arg(proxy).output().unwrap();
+    let proxy = gw.proxy_addr().to_string();
+    let out = Command::new(&bash)
+        .arg(&probe)
+        .arg(&proxy)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "probe of the proxy port succeeded");
 }
 

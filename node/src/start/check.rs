@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
+use weir_cluster::membership::MembershipError;
 use weir_observability::metrics_export::MetricsExportSettings;
 use weir_observability::trace::{EnvVars, TraceSettings};
 
@@ -134,10 +135,7 @@ pub(crate) fn run(
                 ),
             ));
             if c.gossip_listen.ip().is_unspecified() && c.advertise_addr.is_none() {
-                problems.push(format!(
-                    "gossip listens on {}, an unspecified address; set the address peers should use (--advertise-addr)",
-                    c.gossip_listen
-                ));
+                problems.push(MembershipError::AdvertiseRequired(c.gossip_listen).to_string());
             }
             let secret = match crate::cluster::read_secret(c) {
                 Ok(s) => s,
@@ -169,10 +167,9 @@ pub(crate) fn run(
                     plan.push(("secret", "none: gossip in the clear on loopback".into()));
                     plan.push(("mesh", "off (it needs a cluster secret)".into()));
                 }
-                None if c.secret_file.is_none() => problems.push(format!(
-                    "gossip listens on {}, which is not loopback, and no cluster secret is set (--cluster-secret-file or WEIR_CLUSTER_SECRET)",
-                    c.gossip_listen
-                )),
+                None if c.secret_file.is_none() => {
+                    problems.push(MembershipError::SecretRequired(c.gossip_listen).to_string());
+                }
                 None => {}
             }
         }
