@@ -255,6 +255,12 @@ fn the_compose_file_passes_docker_compose_config() {
     ] {
         assert!(names.iter().any(|n| n == want), "no `{want}` in {names:?}");
     }
+    // What the `seed` service applies is a valid config.
+    run_ok(
+        Command::new(weir_bin())
+            .args(["validate", "-f"])
+            .arg(repo("deploy/compose/routes.yaml")),
+    );
     // Each WAN proxy's file is one weir-faultproxy runs.
     for r in ["eu", "us", "ap"] {
         let text = std::fs::read_to_string(repo(&format!("deploy/compose/wan/{r}.json"))).unwrap();
