@@ -150,3 +150,174 @@ fn a_yaml_syntax_error_is_reported_as_one_at_its_position() {
         "FILE:4:13: YAML syntax error: did not find expected ',' or ']'\nFILE: 1 problem(s)\n"
     );
 }
+
+/// `weir serve --check ARGS` with `env` and no other `WEIR_*`/`OTEL_*`
+/// variable: (exit code, stdout, stderr).
+fn serve_check(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(weir_bin());
+    cmd.args(["serve", "--check"]).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEIR_") || k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_check_prints_the_plan_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "a-cluster-secret-of-some-length\n").unwrap();
+    let data_dir = dir.path().join("data");
+    // Held for the whole check: a node that bound it would fail.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let admin_secret = "viewer-secret-0123456789";
+    let (code, out, err) = serve_check(
+        &[
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "0.0.0.0:9180",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--seeds",
+            "weir-eu-0:7946,weir-us-0:7946",
+            "--region",
+            "eu",
+            "--zone",
+            "eu-a",
+            "--node-id",
+            "weir-eu-0",
+            "--advertise-addr",
+            "10.0.0.5",
+            "--cluster-secret-file",
+            secret_file.to_str().unwrap(),
+            "--raft-bootstrap-expect",
+            "6",
+        ],
+        &[
+            ("WEIR_RAFT_TIMING", "wan"),
+            (
+                "WEIR_ADMIN_KEYS",
+                &format!("ops:admin:admin-secret-0123456789,ro:viewer:{admin_secret}"),
+            ),
+        ],
+    );
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for want in [
+        &format!("proxy: listen on {listen}") as &str,
+        "admin: listen on 0.0.0.0:9180",
+        &format!("data dir: {}", data_dir.display()),
+        "bootstrap-expect 6",
+        "advertised as 10.0.0.5:9180",
+        "timing wan",
+        "admin keys: 2 (1 admin, 1 viewer)",
+        "gossip cluster `weir` as node `weir-eu-0`, region `eu`, zone `eu-a`",
+        "seeds weir-eu-0:7946, weir-us-0:7946",
+        &format!("cluster secret from {}", secret_file.display()),
+        "weir serve --check: ok",
+    ] {
+        assert!(out.contains(want), "`{want}` missing from:\n{out}");
+    }
+    for secret in [admin_secret, "admin-secret-0123456789", "a-cluster-secret"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    }
+    assert!(!data_dir.exists(), "--check created the data dir");
+    // Nothing ever took the port over.
+    drop(held);
+}
+
+#[test]
+fn serve_check_exits_2_naming_a_bad_flag_env_or_config() {
+    // A flag clap refuses.
+    let (code, _, err) = serve_check(&["--raft-voters", "many"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--raft-voters"), "{err}");
+
+    // Flags that parse but contradict each other.
+    let (code, _, err) = serve_check(
+        &[
+            "--seeds",
+            "127.0.0.1:1",
+            "--gossip-listen",
+            "127.0.0.1:0",
+            "--raft-bootstrap-expect",
+            "3",
+            "--join",
+            "127.0.0.1:2",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--raft-bootstrap-expect and --join exclude each other"),
+        "{err}"
+    );
+
+    // Bad environment: a timing profile, a short cluster secret, an
+    // OTLP endpoint, a public admin listener with no key.
+    let (code, _, err) = serve_check(&[], &[("WEIR_RAFT_TIMING", "moon")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("moon"), "{err}");
+    let (code, _, err) = serve_check(
+        &["--seeds", "10.0.0.1:7946", "--advertise-addr", "10.0.0.2"],
+        &[("WEIR_CLUSTER_SECRET", "short")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cluster secret from WEIR_CLUSTER_SECRET"),
+        "{err}"
+    );
+    let (code, _, err) = serve_check(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+    let (code, _, err) = serve_check(&["--admin-listen", "0.0.0.0:9180"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("without an admin key"), "{err}");
+
+    // Gossip beyond loopback needs a secret and an address to advertise.
+    let (code, _, err) = serve_check(&["--seeds", "10.0.0.1:7946"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--advertise-addr"), "{err}");
+    assert!(err.contains("no cluster secret is set"), "{err}");
+
+    // A config whose route names a missing upstream (file mode: the
+    // compile a start would run later), and two listeners on one port.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("weir.yaml");
+    std::fs::write(
+        &f,
+        "routes:\n  - id: r\n    paths: [/a]\n    upstream: missing\n",
+    )
+    .unwrap();
+    let (code, _, err) = serve_check(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("routes[0].upstream: no upstream with id `missing`"),
+        "{err}"
+    );
+    std::fs::write(&f, "settings:\n  listen: 127.0.0.1:9999\n").unwrap();
+    let (code, _, err) = serve_check(
+        &[
+            "--config",
+            f.to_str().unwrap(),
+            "--admin-listen",
+            "0.0.0.0:9999",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the proxy and the admin listener both want TCP"),
+        "{err}"
+    );
+}

@@ -141,7 +141,7 @@ pub(crate) fn host_name() -> String {
 
 /// Reads the secret: the file named in the config, else
 /// `WEIR_CLUSTER_SECRET`, else none.
-fn read_secret(c: &ClusterConfig) -> anyhow::Result<Option<Vec<u8>>> {
+pub(crate) fn read_secret(c: &ClusterConfig) -> anyhow::Result<Option<Vec<u8>>> {
     if let Some(path) = &c.secret_file {
         let bytes = std::fs::read(path).map_err(|e| {
             anyhow::anyhow!(

@@ -15,6 +15,8 @@
 //! - A [`ProxyHandle`] changes a running proxy; [`ControlServer`] serves a
 //!   [`Registry`] of them over HTTP/JSON like toxiproxy's API.
 //! - Every random choice comes from [`ProxyConfig::seed`].
+//! - The `weir-faultproxy` binary runs the proxies of a [`file`] (for
+//!   `deploy/compose`, where it stands in for the WAN between regions).
 //!
 //! It owns the proxies and their control API; it knows nothing of weir
 //! (which links of a cluster go through a proxy is `weir-chaos`'s), and it
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod file;
 pub mod proxy;
 pub mod tcp;
 pub mod toxic;

@@ -45,7 +45,8 @@ enum Command {
     /// 127.0.0.1:9180, no routes (every request gets a JSON 404), in store
     /// mode (config store in ./weir-data, written through the admin API)
     /// as a single node (no gossip; any cluster flag joins a gossip
-    /// cluster, on UDP 7946). With --config alone: file mode.
+    /// cluster, on UDP 7946). With --config alone: file mode. With
+    /// --check: check everything, print the plan, start nothing.
     Serve(Box<crate::start::ServeArgs>),
     /// Check a config file and print every problem with its location.
     /// Exits 0 when valid, 2 when not.

@@ -8,7 +8,9 @@
 //! - `store.rs`: store mode, the config follows the Raft-replicated store
 //!   (ADR 0015 says which mode runs);
 //! - `follow.rs`: the store follower, rebuilding the route snapshot when
-//!   the store's revision moves.
+//!   the store's revision moves;
+//! - `check.rs`: `weir serve --check`, the checks of a start and its plan,
+//!   without starting.
 //!
 //! Argument parsing is `cli`; what runs once started (server, admin API,
 //! reload) lives in its own modules.
@@ -22,6 +24,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::server::Server;
 use crate::snapshot::State;
 
+mod check;
 mod file;
 mod follow;
 pub mod store;
@@ -46,6 +49,12 @@ pub struct ServeArgs {
     /// `"gossip":ADDR` and `"node_id":ID`.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Check the flags, the environment and the config file as a start
+    /// would, print what the node would do (listeners, mode, cluster,
+    /// store, telemetry; never a secret), and exit: 0 when everything is
+    /// valid, 2 when not. Binds no port, opens no data dir, starts nothing.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
     #[command(flatten)]
@@ -132,6 +141,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     if let Err(errors) = cfg.validate_local() {
         print_problems(Path::new("command line"), &errors);
         return ExitCode::from(2);
+    }
+    if args.check {
+        return check::run(&cfg, args.config.as_deref(), file_mode, &store);
     }
     // Cluster settings are read at start only: a reload keeps them, so
     // locality never disagrees with the region this node gossips.

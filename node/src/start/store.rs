@@ -122,6 +122,131 @@ impl StoreArgs {
         self.data_dir.is_some() || self.join.is_some()
     }
 
+    /// What `serve` checks before it touches anything: the admin listener
+    /// has a key unless on loopback, the Raft flags are in range and agree
+    /// with each other and with `cfg`'s gossip. Returns the Raft timing.
+    /// `weir serve --check` runs exactly this.
+    pub(crate) fn preflight(&self, file_cfg: &Config) -> anyhow::Result<RaftTiming> {
+        let admin_addr = file_cfg.settings.admin_listen;
+        if !admin_addr.ip().is_loopback() && self.admin_keys.is_empty() {
+            anyhow::bail!(
+                "refusing to serve the admin API on {admin_addr} without an admin key: pass --admin-key NAME:admin:SECRET (or WEIR_ADMIN_KEYS), or listen on loopback"
+            );
+        }
+        if self.raft_voters == 0 {
+            anyhow::bail!("--raft-voters must be at least 1");
+        }
+        if let Some(n) = self.raft_bootstrap_expect {
+            if n == 0 {
+                anyhow::bail!("--raft-bootstrap-expect must be at least 1");
+            }
+            if self.join.is_some() {
+                anyhow::bail!(
+                    "--raft-bootstrap-expect and --join exclude each other: a node either joins an existing cluster or helps form a new one"
+                );
+            }
+            if file_cfg.cluster.is_none() {
+                anyhow::bail!(
+                    "--raft-bootstrap-expect needs gossip to find the other nodes: add --seeds (or a `cluster` section)"
+                );
+            }
+        }
+        if self.raft_remove_dead_learner_after < Duration::from_secs(1) {
+            anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
+        }
+        if self.raft_snapshot_every < 10 {
+            anyhow::bail!(
+                "--raft-snapshot-every must be at least 10 (got {})",
+                self.raft_snapshot_every
+            );
+        }
+        self.raft_timing()
+    }
+
+    /// What the store side of `serve` would do with `cfg` and these flags,
+    /// as `(topic, words)` lines for `weir serve --check`. Counts admin
+    /// keys by role; never shows a secret.
+    pub(crate) fn plan(&self, cfg: &Config, timing: &RaftTiming) -> Vec<(&'static str, String)> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("weir-data"));
+        let gossip = cfg.cluster.as_ref();
+        let has_seeds = gossip.is_some_and(|c| !c.seeds.is_empty());
+        let formation = match (&self.join, self.raft_bootstrap_expect) {
+            (Some(j), _) => format!("join the config cluster through {j}"),
+            (None, Some(n)) => format!(
+                "with an empty store, wait for {n} nodes with empty stores in gossip, then form a new config cluster (bootstrap-expect {n})"
+            ),
+            (None, None) if has_seeds => {
+                "with an empty store, wait to be added by the leader found through gossip".into()
+            }
+            (None, None) => {
+                "with an empty store, form a new single-node config cluster, seeded with the config file's routes, services and upstreams if one is given".into()
+            }
+        };
+        let admin = cfg.settings.admin_listen;
+        let advertise = match (&self.advertise, gossip.and_then(|c| c.advertise_addr)) {
+            (Some(a), _) => a.clone(),
+            (None, Some(ip)) if admin.ip().is_unspecified() => {
+                std::net::SocketAddr::new(ip, admin.port()).to_string()
+            }
+            (None, _) => format!("{admin} (the bound admin address)"),
+        };
+        let admins = self
+            .admin_keys
+            .iter()
+            .filter(|k| k.role == crate::admin::Role::Admin)
+            .count();
+        vec![
+            (
+                "data dir",
+                format!("{} (opened at start, not now)", data_dir.display()),
+            ),
+            ("raft", formation),
+            (
+                "raft",
+                format!(
+                    "id {}, advertised as {advertise}",
+                    self.raft_node_id.map_or_else(
+                        || format!("kept in {}", data_dir.join("node-id").display()),
+                        |id| id.to_string()
+                    )
+                ),
+            ),
+            (
+                "raft",
+                format!(
+                    "{} voters, timing {} (heartbeat {}, election timeout {}-{}, write wait {}), snapshot every {} entries",
+                    self.raft_voters,
+                    self.raft_timing,
+                    humantime::format_duration(timing.heartbeat),
+                    humantime::format_duration(timing.election_timeout_min),
+                    humantime::format_duration(timing.election_timeout_max),
+                    humantime::format_duration(timing.write_wait),
+                    self.raft_snapshot_every
+                ),
+            ),
+            (
+                "admin keys",
+                format!(
+                    "{} ({admins} admin, {} viewer)",
+                    self.admin_keys.len(),
+                    self.admin_keys.len() - admins
+                ),
+            ),
+        ]
+    }
+
+    /// True when a flag that only store mode reads was given (for the
+    /// file-mode note of `weir serve --check`).
+    pub(crate) fn store_flags_given(&self) -> bool {
+        self.advertise.is_some()
+            || self.raft_node_id.is_some()
+            || self.raft_bootstrap_expect.is_some()
+            || !self.admin_keys.is_empty()
+    }
+
     /// The Raft timing: the profile's values, overridden by the explicit
     /// flags, checked; an error names each flag at fault.
     fn raft_timing(&self) -> anyhow::Result<RaftTiming> {
@@ -159,40 +284,7 @@ pub async fn serve(
     ready_file: Option<PathBuf>,
     args: StoreArgs,
 ) -> anyhow::Result<()> {
-    let admin_addr = file_cfg.settings.admin_listen;
-    if !admin_addr.ip().is_loopback() && args.admin_keys.is_empty() {
-        anyhow::bail!(
-            "refusing to serve the admin API on {admin_addr} without an admin key: pass --admin-key NAME:admin:SECRET (or WEIR_ADMIN_KEYS), or listen on loopback"
-        );
-    }
-    if args.raft_voters == 0 {
-        anyhow::bail!("--raft-voters must be at least 1");
-    }
-    if let Some(n) = args.raft_bootstrap_expect {
-        if n == 0 {
-            anyhow::bail!("--raft-bootstrap-expect must be at least 1");
-        }
-        if args.join.is_some() {
-            anyhow::bail!(
-                "--raft-bootstrap-expect and --join exclude each other: a node either joins an existing cluster or helps form a new one"
-            );
-        }
-        if file_cfg.cluster.is_none() {
-            anyhow::bail!(
-                "--raft-bootstrap-expect needs gossip to find the other nodes: add --seeds (or a `cluster` section)"
-            );
-        }
-    }
-    if args.raft_remove_dead_learner_after < Duration::from_secs(1) {
-        anyhow::bail!("--raft-remove-dead-learner-after must be at least 1s");
-    }
-    if args.raft_snapshot_every < 10 {
-        anyhow::bail!(
-            "--raft-snapshot-every must be at least 10 (got {})",
-            args.raft_snapshot_every
-        );
-    }
-    let timing = args.raft_timing()?;
+    let timing = args.preflight(&file_cfg)?;
     let mut file_cfg = file_cfg;
     let telemetry = start_telemetry(&mut file_cfg)?;
     // Start from the settings alone; routes come from the store.
