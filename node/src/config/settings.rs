@@ -18,13 +18,18 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Address of the admin listener (health, status).
     pub admin_listen: SocketAddr,
+    /// Further names the admin API may be addressed by (`Host` and
+    /// `Origin`), `name` (any port) or `name:port`: its own address,
+    /// `localhost` on loopback and the Raft advertise address are always
+    /// taken, every other name is refused (ADR 0040).
+    pub admin_hosts: Vec<String>,
     /// Runtime worker threads; 0 means one per CPU core.
     pub workers: usize,
     /// How long a graceful shutdown waits for requests in flight.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub drain_timeout: Duration,
     /// How long a client may take to send the request head.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub header_read_timeout: Duration,
     /// Largest request head (request line plus headers) in bytes; larger
     /// heads get 431.
@@ -72,6 +77,7 @@ impl Default for Settings {
         Settings {
             listen: "0.0.0.0:9080".parse().expect("static address"),
             admin_listen: "127.0.0.1:9180".parse().expect("static address"),
+            admin_hosts: Vec::new(),
             workers: 0,
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
@@ -104,6 +110,28 @@ impl Settings {
             p.push(
                 "settings.max_header_count",
                 format!("must be between 1 and {MAX_HEADER_COUNT}"),
+            );
+        }
+        for (i, h) in self.admin_hosts.iter().enumerate() {
+            let ok = h.parse::<http::uri::Authority>().is_ok_and(|a| {
+                !a.host().is_empty() && !a.as_str().contains('@') && a.as_str() == h.as_str()
+            });
+            if !ok {
+                p.push(
+                    format!("settings.admin_hosts[{i}]"),
+                    format!("`{h}` is not a host name or host:port"),
+                );
+            }
+        }
+        for (name, d) in [
+            ("drain_timeout", self.drain_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            super::duration::check_max(
+                p,
+                format!("settings.{name}"),
+                d,
+                super::duration::MAX_TIMEOUT,
             );
         }
         if self.header_read_timeout.is_zero() {
