@@ -107,6 +107,39 @@ fn string_param(
         .build()
 }
 
+/// A parameter whose schema is written as JSON (typed query values, so
+/// a client knows `consistent` is a boolean and `limit` a number).
+fn typed_param(
+    name: &str,
+    at: ParameterIn,
+    required: bool,
+    doc: &str,
+    schema: Value,
+) -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(at)
+        .required(if required {
+            Required::True
+        } else {
+            Required::False
+        })
+        .description(Some(doc))
+        .schema(Some(raw_schema(schema)))
+        .build()
+}
+
+/// An error answer: the `{"error": ...}` envelope.
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", json_ref("ErrorResponse"))
+        .build()
+}
+
+/// The pattern of a document id.
+const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,128}$";
+
 fn json_ref(name: &str) -> utoipa::openapi::Content {
     ContentBuilder::new()
         .schema(Some(Ref::from_schema_name(name)))
@@ -195,74 +228,111 @@ pub fn document() -> Value {
                 )
                 .response(
                     "400",
-                    ResponseBuilder::new()
-                        .description("invalid request; nothing was stored")
-                        .content("application/json", json_ref("ErrorSchema")),
+                    error_response("invalid request (body, query string); nothing was stored"),
                 )
+                .response("401", error_response("missing or unknown admin key"))
                 .response(
-                    "401",
-                    ResponseBuilder::new()
-                        .description("missing or unknown admin key")
-                        .content("application/json", json_ref("ErrorSchema")),
+                    "403",
+                    error_response(
+                        "a viewer key for a write, or a Host or Origin that is not this listener (`forbidden_host`, `forbidden_origin`)",
+                    ),
                 );
+            let store_only = concrete.starts_with("/v1/")
+                && kind.is_some()
+                || matches!(concrete.as_str(), "/v1/config" | "/v1/apply" | "/v1/revisions")
+                || concrete.starts_with("/v1/rollback");
+            if store_only {
+                op = op
+                    .response(
+                        "409",
+                        error_response(
+                            "`file_mode`: the node serves a file; `conflict`: the document changed or already exists",
+                        ),
+                    )
+                    .response(
+                        "503",
+                        error_response("no Raft leader could be reached in time; retry"),
+                    );
+            }
+            if *method != "get" {
+                op = op
+                    .response("413", error_response("the body is over the limit"))
+                    .response(
+                        "415",
+                        error_response("the body's Content-Type is not JSON"),
+                    );
+            }
+            if (*method == "get" || *method == "delete") && concrete.contains("{id}")
+                || concrete.starts_with("/v1/cluster/")
+            {
+                op = op.response(
+                    "404",
+                    error_response("no such document (`not_found`), or no cluster (`cluster_disabled`)"),
+                );
+            }
             if concrete.contains("{id}") {
-                op = op.parameter(string_param("id", ParameterIn::Path, true, "document id"));
+                op = op.parameter(typed_param(
+                    "id",
+                    ParameterIn::Path,
+                    true,
+                    "document id",
+                    serde_json::json!({"type": "string", "pattern": ID_PATTERN}),
+                ));
             }
             if concrete.contains("{revision}") {
-                op = op.parameter(string_param(
+                op = op.parameter(typed_param(
                     "revision",
                     ParameterIn::Path,
                     true,
                     "revision to restore",
+                    serde_json::json!({"type": "integer", "minimum": 0}),
                 ));
             }
             if matches!(*method, "put" | "delete") && kind.is_some() {
-                op = op
-                    .parameter(string_param(
-                        "If-Match",
-                        ParameterIn::Header,
-                        false,
-                        "expected revision; 409 when it differs",
-                    ))
-                    .response(
-                        "409",
-                        ResponseBuilder::new()
-                            .description("the document changed (If-Match) or already exists")
-                            .content("application/json", json_ref("ErrorSchema")),
-                    );
+                op = op.parameter(typed_param(
+                    "If-Match",
+                    ParameterIn::Header,
+                    false,
+                    "expected revision; 409 when it differs",
+                    serde_json::json!({"type": "string", "pattern": "^\"?[0-9]{1,18}\"?$"}),
+                ));
             }
             if matches!(*method, "put" | "post" | "delete")
                 && concrete.starts_with("/v1/")
                 && !concrete.starts_with("/v1/cache")
             {
                 op = op
-                    .parameter(string_param(
+                    .parameter(typed_param(
                         "wait",
                         ParameterIn::Query,
                         false,
                         "`applied`: wait until every member applied the write",
+                        serde_json::json!({"type": "string", "enum": ["applied"]}),
                     ))
-                    .parameter(string_param(
+                    .parameter(typed_param(
                         "timeout_ms",
                         ParameterIn::Query,
                         false,
-                        "bound for wait=applied (default 5000)",
+                        "bound for wait=applied, ms (default 5000, at most 60000)",
+                        serde_json::json!({"type": "integer", "minimum": 0, "maximum": 60000}),
                     ));
             }
-            if *method == "get" && kind.is_some() {
-                op = op.parameter(string_param(
+            if *method == "get" && (kind.is_some() || concrete == "/v1/config") {
+                op = op.parameter(typed_param(
                     "consistent",
                     ParameterIn::Query,
                     false,
                     "`true`: linearizable read through the leader",
+                    serde_json::json!({"type": "boolean"}),
                 ));
-                if !concrete.contains("{id}") {
+                if kind.is_some() && !concrete.contains("{id}") {
                     op = op
-                        .parameter(string_param(
+                        .parameter(typed_param(
                             "limit",
                             ParameterIn::Query,
                             false,
                             "page size, 1 to 1000 (default 100)",
+                            serde_json::json!({"type": "integer", "minimum": 1, "maximum": 1000}),
                         ))
                         .parameter(string_param(
                             "after",
@@ -272,21 +342,29 @@ pub fn document() -> Value {
                         ));
                 }
             }
+            if concrete == "/v1/revisions" {
+                op = op
+                    .parameter(typed_param(
+                        "after",
+                        ParameterIn::Query,
+                        false,
+                        "revisions after this one",
+                        serde_json::json!({"type": "integer", "minimum": 0}),
+                    ))
+                    .parameter(typed_param(
+                        "limit",
+                        ParameterIn::Query,
+                        false,
+                        "page size, 1 to 1000 (default 100)",
+                        serde_json::json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ));
+            }
             if concrete.starts_with("/v1/subscriptions/") && concrete.contains("{id}/") {
                 op = op
-                    .response(
-                        "404",
-                        ResponseBuilder::new()
-                            .description("no such subscription")
-                            .content("application/json", json_ref("ErrorSchema")),
-                    )
+                    .response("404", error_response("no such subscription"))
                     .response(
                         "409",
-                        ResponseBuilder::new()
-                            .description(
-                                "`illegal_transition` from the current state, or `conflict`",
-                            )
-                            .content("application/json", json_ref("ErrorSchema")),
+                        error_response("`illegal_transition` from the current state, or `conflict`"),
                     );
             }
             let body = match kind {
@@ -295,12 +373,27 @@ pub fn document() -> Value {
                 _ => None,
             };
             if let Some(body) = body {
-                op = op.request_body(Some(
-                    RequestBodyBuilder::new()
-                        .required(Some(Required::True))
-                        .content("application/json", body)
-                        .build(),
-                ));
+                let mut rb = RequestBodyBuilder::new()
+                    .required(Some(Required::True))
+                    .content("application/json", body);
+                if concrete == "/v1/apply" {
+                    rb = rb.content("application/yaml", json_ref("ApplyRequest"));
+                }
+                op = op.request_body(Some(rb.build()));
+            }
+            if concrete == "/metrics" {
+                let text = || {
+                    ContentBuilder::new()
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .build()
+                };
+                op = op.response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("Prometheus text, or OpenMetrics when asked for")
+                        .content("text/plain", text())
+                        .content("application/openmetrics-text", text()),
+                );
             }
             if concrete == "/v1/cache/purge" {
                 op = op
@@ -382,6 +475,15 @@ pub fn document() -> Value {
         .schemas_from_iter(typed)
         .schema("ProblemSchema", ProblemSchema::schema())
         .schema("ErrorSchema", ErrorSchema::schema())
+        .schema(
+            "ErrorResponse",
+            raw_schema(serde_json::json!({
+                "type": "object",
+                "description": "Every error answer.",
+                "required": ["error"],
+                "properties": {"error": ref_of("ErrorSchema")},
+            })),
+        )
         .schema("DocumentSchema", DocumentSchema::schema())
         .schema("WriteResultSchema", WriteResultSchema::schema())
         .schema("CachePurgeSchema", CachePurgeSchema::schema())
@@ -396,5 +498,30 @@ pub fn document() -> Value {
         .paths(paths.build())
         .components(Some(components))
         .build();
-    serde_json::to_value(&doc).unwrap_or(Value::Null)
+    let mut out = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    let names: Vec<String> = kind_names.iter().map(|(_, n)| n.clone()).collect();
+    bound_schemas(&mut out, &names);
+    out
+}
+
+/// Writes the bounds the API checks into the derived schemas, so that
+/// what the document calls valid is what the API accepts: ids, the
+/// counts and lengths of `config::bounds`.
+fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
+    use crate::config::bounds::{MAX_PATH_BYTES, MAX_PATHS_PER_ROUTE, MAX_TARGETS_PER_UPSTREAM};
+    let schemas = &mut doc["components"]["schemas"];
+    for name in kind_schemas {
+        if let Some(id) = schemas[name.as_str()]["properties"].get_mut("id") {
+            id["pattern"] = Value::from(ID_PATTERN);
+        }
+    }
+    if let Some(paths) = schemas["RouteConfig"]["properties"].get_mut("paths") {
+        paths["minItems"] = Value::from(1);
+        paths["maxItems"] = Value::from(MAX_PATHS_PER_ROUTE);
+        paths["items"]["maxLength"] = Value::from(MAX_PATH_BYTES);
+    }
+    if let Some(targets) = schemas["UpstreamConfig"]["properties"].get_mut("targets") {
+        targets["minItems"] = Value::from(1);
+        targets["maxItems"] = Value::from(MAX_TARGETS_PER_UPSTREAM);
+    }
 }
