@@ -262,6 +262,14 @@ pub fn document() -> Value {
                         error_response("the body's Content-Type is not JSON"),
                     );
             }
+            if *method == "post" && kind.is_some() && !concrete.contains("{id}") {
+                op = op.response(
+                    "201",
+                    ResponseBuilder::new()
+                        .description("created")
+                        .content("application/json", json_ref("WriteResultSchema")),
+                );
+            }
             if (*method == "get" || *method == "delete") && concrete.contains("{id}")
                 || concrete.starts_with("/v1/cluster/")
             {
@@ -285,7 +293,7 @@ pub fn document() -> Value {
                     ParameterIn::Path,
                     true,
                     "revision to restore",
-                    serde_json::json!({"type": "integer", "minimum": 0}),
+                    serde_json::json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
                 ));
             }
             if matches!(*method, "put" | "delete") && kind.is_some() {
@@ -313,8 +321,8 @@ pub fn document() -> Value {
                         "timeout_ms",
                         ParameterIn::Query,
                         false,
-                        "bound for wait=applied, ms (default 5000, at most 60000)",
-                        serde_json::json!({"type": "integer", "minimum": 0, "maximum": 60000}),
+                        "bound for wait=applied, ms (default 5000; more than 60000 waits 60000)",
+                        serde_json::json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
                     ));
             }
             if *method == "get" && (kind.is_some() || concrete == "/v1/config") {
@@ -349,14 +357,14 @@ pub fn document() -> Value {
                         ParameterIn::Query,
                         false,
                         "revisions after this one",
-                        serde_json::json!({"type": "integer", "minimum": 0}),
+                        serde_json::json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
                     ))
                     .parameter(typed_param(
                         "limit",
                         ParameterIn::Query,
                         false,
-                        "page size, 1 to 1000 (default 100)",
-                        serde_json::json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+                        "page size (default 100); below 1 reads as 1, above 1000 as 1000",
+                        serde_json::json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
                     ));
             }
             if concrete.starts_with("/v1/subscriptions/") && concrete.contains("{id}/") {
@@ -368,7 +376,16 @@ pub fn document() -> Value {
                     );
             }
             let body = match kind {
-                Some(k) if matches!(*method, "put" | "post") => Some(json_ref(&name_of(k))),
+                // A PUT may leave `id` out (the path has it); a create
+                // names it in the body.
+                Some(k) if *method == "post" && !concrete.contains("{id}") => Some(
+                    ContentBuilder::new()
+                        .schema(Some(raw_schema(serde_json::json!({
+                            "allOf": [ref_of(&name_of(k)), {"required": ["id"]}]
+                        }))))
+                        .build(),
+                ),
+                Some(k) if *method == "put" => Some(json_ref(&name_of(k))),
                 None if concrete == "/v1/apply" => Some(json_ref("ApplyRequest")),
                 _ => None,
             };
@@ -511,17 +528,46 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
     use crate::config::bounds::{MAX_PATH_BYTES, MAX_PATHS_PER_ROUTE, MAX_TARGETS_PER_UPSTREAM};
     let schemas = &mut doc["components"]["schemas"];
     for name in kind_schemas {
-        if let Some(id) = schemas[name.as_str()]["properties"].get_mut("id") {
+        let schema = &mut schemas[name.as_str()];
+        if let Some(id) = schema["properties"].get_mut("id") {
             id["pattern"] = Value::from(ID_PATTERN);
+        }
+        // In a PUT the path gives the id; a create's body schema requires it.
+        if let Some(Value::Array(required)) = schema.get_mut("required") {
+            required.retain(|r| r != "id");
         }
     }
     if let Some(paths) = schemas["RouteConfig"]["properties"].get_mut("paths") {
         paths["minItems"] = Value::from(1);
         paths["maxItems"] = Value::from(MAX_PATHS_PER_ROUTE);
         paths["items"]["maxLength"] = Value::from(MAX_PATH_BYTES);
+        paths["items"]["pattern"] = Value::from("^/");
     }
     if let Some(targets) = schemas["UpstreamConfig"]["properties"].get_mut("targets") {
         targets["minItems"] = Value::from(1);
         targets["maxItems"] = Value::from(MAX_TARGETS_PER_UPSTREAM);
+    }
+    // The rules between fields that the derived schemas cannot say.
+    let set = |v: &[&str]| -> Vec<Value> {
+        v.iter()
+            .map(|name| {
+                serde_json::json!({"required": [name], "properties": {*name: {"not": {"type": "null"}}}})
+            })
+            .collect()
+    };
+    schemas["RouteConfig"]["anyOf"] = Value::Array(set(&["service", "upstream"]));
+    schemas["SubscriptionDoc"]["oneOf"] = Value::Array(set(&["route", "service"]));
+    schemas["CredentialDoc"]["oneOf"] =
+        Value::Array(set(&["key-auth", "basic-auth", "jwt-auth", "hmac-auth"]));
+    schemas["CachePurgeSchema"]["oneOf"] = Value::Array(set(&["key", "prefix"]));
+    if let Some(c) = schemas["StickyConfig"]["properties"].get_mut("cookie") {
+        c["pattern"] = Value::from("^[A-Za-z0-9_-]+$");
+    }
+    if let Some(g) = schemas["ConsumerDoc"]["properties"].get_mut("groups") {
+        g["items"]["pattern"] = Value::from("^[A-Za-z0-9._@-]{1,128}$");
+    }
+    if let Some(id) = schemas["GlobalPluginDoc"]["properties"].get_mut("id") {
+        let names: Vec<&str> = crate::plugin::REGISTRY.iter().map(|d| d.name).collect();
+        id["enum"] = serde_json::json!(names);
     }
 }

@@ -252,7 +252,8 @@ pub(super) async fn delete_one(
     check_kind(&kind)?;
     let kv = store(&ctx)?;
     let expect = if_match(&headers)?;
-    if kv.view().get(&kind, &id).is_none() && expect.is_none() {
+    // An id no document can have names nothing, whatever If-Match says.
+    if (kv.view().get(&kind, &id).is_none() && expect.is_none()) || docs::check_id(&id).is_err() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
