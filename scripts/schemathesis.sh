@@ -49,7 +49,10 @@ done
 admin="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/ready.json")"
 echo "==> schemathesis against http://$admin/v1/openapi.json (seed $seed, $max_examples examples, ${max_time}s)"
 
-schemathesis --config-file scripts/schemathesis.toml --no-color run \
+# From the temporary directory, so its cache (`.schemathesis/`) goes with it.
+config="$(pwd)/scripts/schemathesis.toml"
+cd "$dir"
+schemathesis --config-file "$config" --no-color run \
     "http://$admin/v1/openapi.json" \
     --checks all \
     --max-examples "$max_examples" \

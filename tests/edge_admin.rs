@@ -19,7 +19,13 @@ use weir_testsupport::{RawHttp, RawResponse};
 use common::weir_bin;
 
 /// One raw request to the node's admin listener.
-async fn raw(node: &Node, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+async fn raw(
+    node: &Node,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let addr: SocketAddr = node.admin.parse().expect("admin address");
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -28,7 +34,10 @@ async fn raw(node: &Node, method: &str, path: &str, headers: &[(&str, &str)], bo
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
     RawHttp::exchange(addr, bytes).await.expect("an answer")
@@ -37,13 +46,16 @@ async fn raw(node: &Node, method: &str, path: &str, headers: &[(&str, &str)], bo
 /// The JSON error of `r`, checked to be one: status and `error.code`.
 fn error_of(r: &RawResponse) -> Value {
     assert!(
-        r.header("content-type").is_some_and(|v| v.starts_with("application/json")),
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")),
         "status {} with content-type {:?}: {}",
         r.status,
         r.header("content-type"),
         r.text()
     );
-    let v = r.json().unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
+    let v = r
+        .json()
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
     assert_eq!(v["error"]["status"], r.status, "{v}");
     v["error"].clone()
 }
@@ -53,9 +65,14 @@ fn route(id: &str) -> Vec<u8> {
 }
 
 async fn node_with_upstream(dir: &std::path::Path) -> Node {
-    let node = Node::start(weir_bin(), dir, &[]).await.expect("weir starts");
+    let node = Node::start(weir_bin(), dir, &[])
+        .await
+        .expect("weir starts");
     let (s, v) = node
-        .put("/v1/upstreams/u", json!({"targets": [{"addr": "127.0.0.1:9"}]}))
+        .put(
+            "/v1/upstreams/u",
+            json!({"targets": [{"addr": "127.0.0.1:9"}]}),
+        )
         .await
         .unwrap();
     assert_eq!(s, 200, "{v}");
@@ -79,14 +96,24 @@ async fn cross_origin_and_foreign_host_writes_are_refused_and_write_nothing() {
             &node,
             "POST",
             path,
-            &[("Origin", "http://evil.example"), ("Content-Type", "text/plain")],
+            &[
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "text/plain"),
+            ],
             &body,
         )
         .await;
         assert_eq!(r.status, 403, "{path}: {}", r.text());
         assert_eq!(error_of(&r)["code"], "forbidden_origin");
         // Same origin, but a type a form can send: refused too.
-        let r = raw(&node, "POST", path, &[("Content-Type", "text/plain")], &body).await;
+        let r = raw(
+            &node,
+            "POST",
+            path,
+            &[("Content-Type", "text/plain")],
+            &body,
+        )
+        .await;
         assert_eq!(r.status, 415, "{path}: {}", r.text());
         assert_eq!(error_of(&r)["code"], "unsupported_media_type");
         // A DNS-rebinding page: its own name in Host and Origin.
@@ -96,7 +123,11 @@ async fn cross_origin_and_foreign_host_writes_are_refused_and_write_nothing() {
             &node,
             "POST",
             path,
-            &[("Host", &rebound), ("Origin", &origin), ("Content-Type", "application/json")],
+            &[
+                ("Host", &rebound),
+                ("Origin", &origin),
+                ("Content-Type", "application/json"),
+            ],
             &body,
         )
         .await;
@@ -107,7 +138,10 @@ async fn cross_origin_and_foreign_host_writes_are_refused_and_write_nothing() {
             &node,
             "POST",
             path,
-            &[("Sec-Fetch-Site", "cross-site"), ("Content-Type", "application/json")],
+            &[
+                ("Sec-Fetch-Site", "cross-site"),
+                ("Content-Type", "application/json"),
+            ],
             &body,
         )
         .await;
@@ -137,7 +171,11 @@ async fn cross_origin_and_foreign_host_writes_are_refused_and_write_nothing() {
         &node,
         "PUT",
         "/v1/routes/ok2",
-        &[("Host", &local), ("Origin", &format!("http://{local}")), ("Content-Type", "application/json; charset=utf-8")],
+        &[
+            ("Host", &local),
+            ("Origin", &format!("http://{local}")),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
         &route("ok2"),
     )
     .await;
@@ -146,7 +184,14 @@ async fn cross_origin_and_foreign_host_writes_are_refused_and_write_nothing() {
     let r = raw(&node, "DELETE", "/v1/routes/ok2", &[], b"").await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Health is open to any name (probes).
-    let r = raw(&node, "GET", "/v1/health", &[("Host", "weir-0.weir.svc")], b"").await;
+    let r = raw(
+        &node,
+        "GET",
+        "/v1/health",
+        &[("Host", "weir-0.weir.svc")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -155,9 +200,13 @@ async fn weir_apply_and_yaml_apply_bodies_still_work_and_configured_names_are_ta
     let root = tempfile::tempdir().unwrap();
     let cfg = root.path().join("settings.yaml");
     std::fs::write(&cfg, "settings:\n  admin_hosts: [admin.example.test]\n").unwrap();
-    let node = Node::start(weir_bin(), &root.path().join("n"), &["--config", cfg.to_str().unwrap()])
-        .await
-        .expect("weir starts");
+    let node = Node::start(
+        weir_bin(),
+        &root.path().join("n"),
+        &["--config", cfg.to_str().unwrap()],
+    )
+    .await
+    .expect("weir starts");
     let file = root.path().join("weir.yaml");
     std::fs::write(
         &file,
@@ -170,20 +219,45 @@ async fn weir_apply_and_yaml_apply_bodies_still_work_and_configured_names_are_ta
         .args(["--admin", &node.admin])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (s, _) = node.get("/v1/routes/r").await.unwrap();
     assert_eq!(s, 200);
 
     let yaml = b"documents:\n  routes:\n    - {id: y, paths: [/y], upstream: u}\nupsert: true\n";
-    let r = raw(&node, "POST", "/v1/apply", &[("Content-Type", "application/yaml")], yaml).await;
+    let r = raw(
+        &node,
+        "POST",
+        "/v1/apply",
+        &[("Content-Type", "application/yaml")],
+        yaml,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let (s, _) = node.get("/v1/routes/y").await.unwrap();
     assert_eq!(s, 200);
 
     // A configured name is taken, on any port.
-    let r = raw(&node, "GET", "/v1/routes", &[("Host", "admin.example.test")], b"").await;
+    let r = raw(
+        &node,
+        "GET",
+        "/v1/routes",
+        &[("Host", "admin.example.test")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = raw(&node, "GET", "/v1/routes", &[("Host", "other.example.test")], b"").await;
+    let r = raw(
+        &node,
+        "GET",
+        "/v1/routes",
+        &[("Host", "other.example.test")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 403);
 }
 
@@ -202,17 +276,36 @@ async fn rejections_are_json_and_name_what_is_wrong() {
     assert!(e["message"].as_str().unwrap().contains("2 MiB"), "{e}");
 
     // Query strings: the parameter is named.
-    for path in ["/v1/routes?consistent=maybe", "/v1/routes/x?consistent=maybe", "/v1/config?consistent=maybe"] {
+    for path in [
+        "/v1/routes?consistent=maybe",
+        "/v1/routes/x?consistent=maybe",
+        "/v1/config?consistent=maybe",
+    ] {
         let r = raw(&node, "GET", path, &[], b"").await;
         assert_eq!(r.status, 400, "{path}: {}", r.text());
         let e = error_of(&r);
         assert_eq!(e["code"], "invalid_query", "{path}");
-        assert!(e["message"].as_str().unwrap().contains("consistent"), "{path}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("consistent"),
+            "{path}: {e}"
+        );
     }
     let r = raw(&node, "GET", "/v1/revisions?after=soon", &[], b"").await;
     assert_eq!(r.status, 400);
-    assert!(error_of(&r)["message"].as_str().unwrap().contains("`after`"));
-    let r = raw(&node, "POST", "/v1/routes?wait=maybe&wait=no", &json_type, &route("q")).await;
+    assert!(
+        error_of(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("`after`")
+    );
+    let r = raw(
+        &node,
+        "POST",
+        "/v1/routes?wait=maybe&wait=no",
+        &json_type,
+        &route("q"),
+    )
+    .await;
     assert_eq!(r.status, 400);
     error_of(&r);
 
@@ -233,7 +326,13 @@ async fn rejections_are_json_and_name_what_is_wrong() {
     assert_eq!(r.status, 400, "{}", r.text());
     let e = error_of(&r);
     assert_eq!(e["problems"][0]["pointer"], "/keepalive", "{e}");
-    assert!(e["problems"][0]["reason"].as_str().unwrap().contains("duplicate key `max_idle`"), "{e}");
+    assert!(
+        e["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key `max_idle`"),
+        "{e}"
+    );
 }
 
 /// Values that can never work, each refused through the API with its
@@ -244,9 +343,24 @@ async fn values_that_can_never_work_are_refused_with_the_field_named() {
     let node = node_with_upstream(&root.path().join("n")).await;
     let long_path = format!("/{}", "a".repeat(1024 * 1024));
     let cases = [
-        ("/v1/routes/dots", json!({"paths": ["/public/../admin"], "upstream": "u"}), "/paths/0", "dot segment"),
-        ("/v1/routes/enc", json!({"paths": ["/public/%2E%2e/admin"], "upstream": "u"}), "/paths/0", "dot segment"),
-        ("/v1/routes/long", json!({"paths": [long_path], "upstream": "u"}), "/paths/0", "path length"),
+        (
+            "/v1/routes/dots",
+            json!({"paths": ["/public/../admin"], "upstream": "u"}),
+            "/paths/0",
+            "dot segment",
+        ),
+        (
+            "/v1/routes/enc",
+            json!({"paths": ["/public/%2E%2e/admin"], "upstream": "u"}),
+            "/paths/0",
+            "dot segment",
+        ),
+        (
+            "/v1/routes/long",
+            json!({"paths": [long_path], "upstream": "u"}),
+            "/paths/0",
+            "path length",
+        ),
         (
             "/v1/upstreams/slow",
             json!({"targets": [{"addr": "127.0.0.1:9"}], "timeouts": {"connect": "99999999999h"}}),
@@ -273,16 +387,42 @@ async fn values_that_can_never_work_are_refused_with_the_field_named() {
         assert_eq!(p["pointer"], pointer, "{path}: {v}");
         assert!(p["reason"].as_str().unwrap().contains(why), "{path}: {v}");
     }
-    let targets: Vec<Value> = (0..1025).map(|i| json!({"addr": format!("127.0.0.1:{}", 1000 + i)})).collect();
-    let (s, v) = node.put("/v1/upstreams/many", json!({"targets": targets})).await.unwrap();
+    let targets: Vec<Value> = (0..1025)
+        .map(|i| json!({"addr": format!("127.0.0.1:{}", 1000 + i)}))
+        .collect();
+    let (s, v) = node
+        .put("/v1/upstreams/many", json!({"targets": targets}))
+        .await
+        .unwrap();
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["problems"][0]["reason"].as_str().unwrap().contains("targets per upstream"), "{v}");
+    assert!(
+        v["error"]["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("targets per upstream"),
+        "{v}"
+    );
     let paths: Vec<String> = (0..257).map(|i| format!("/p{i}")).collect();
-    let (s, v) = node.put("/v1/routes/wide", json!({"paths": paths, "upstream": "u"})).await.unwrap();
+    let (s, v) = node
+        .put("/v1/routes/wide", json!({"paths": paths, "upstream": "u"}))
+        .await
+        .unwrap();
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["problems"][0]["reason"].as_str().unwrap().contains("paths per route"), "{v}");
+    assert!(
+        v["error"]["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("paths per route"),
+        "{v}"
+    );
     // None of them was stored.
-    for id in ["routes/dots", "routes/long", "upstreams/slow", "upstreams/idle", "upstreams/many"] {
+    for id in [
+        "routes/dots",
+        "routes/long",
+        "upstreams/slow",
+        "upstreams/idle",
+        "upstreams/many",
+    ] {
         assert_eq!(node.get(&format!("/v1/{id}")).await.unwrap().0, 404, "{id}");
     }
 }
@@ -317,14 +457,22 @@ fn validate(yaml: &str) -> (Option<i32>, String, Duration) {
         .arg(&f)
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), t.elapsed())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alias_bombs_and_deep_nesting_are_refused_fast_by_file_and_by_api() {
     let bomb = alias_bomb();
     assert!(bomb.len() >= 208 * 1024);
-    let flow = format!("plugins:\n  x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let flow = format!(
+        "plugins:\n  x: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let block = format!("plugins:\n  x:\n{}x\n", "  - ".repeat(100_000));
     for (name, yaml, limit) in [
         ("alias bomb", &bomb, "values after alias expansion"),
@@ -339,20 +487,63 @@ async fn alias_bombs_and_deep_nesting_are_refused_fast_by_file_and_by_api() {
 
     let root = tempfile::tempdir().unwrap();
     let node = node_with_upstream(&root.path().join("n")).await;
-    let apply_bomb = format!("documents: {{}}\nmessage: x\n{}", bomb.replace("plugins:", "extra:"));
+    let apply_bomb = format!(
+        "documents: {{}}\nmessage: x\n{}",
+        bomb.replace("plugins:", "extra:")
+    );
     let t = Instant::now();
-    let r = raw(&node, "POST", "/v1/apply", &[("Content-Type", "application/yaml")], apply_bomb.as_bytes()).await;
+    let r = raw(
+        &node,
+        "POST",
+        "/v1/apply",
+        &[("Content-Type", "application/yaml")],
+        apply_bomb.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     let e = error_of(&r);
-    assert!(e["problems"][0]["reason"].as_str().unwrap().contains("values after alias expansion"), "{e}");
-    let deep_json = format!("{{\"documents\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-    let r = raw(&node, "POST", "/v1/apply", &[("Content-Type", "application/json")], deep_json.as_bytes()).await;
+    assert!(
+        e["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("values after alias expansion"),
+        "{e}"
+    );
+    let deep_json = format!(
+        "{{\"documents\": {}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let r = raw(
+        &node,
+        "POST",
+        "/v1/apply",
+        &[("Content-Type", "application/json")],
+        deep_json.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     error_of(&r);
-    let deep_yaml = format!("documents: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
-    let r = raw(&node, "POST", "/v1/apply", &[("Content-Type", "application/yaml")], deep_yaml.as_bytes()).await;
+    let deep_yaml = format!(
+        "documents: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let r = raw(
+        &node,
+        "POST",
+        "/v1/apply",
+        &[("Content-Type", "application/yaml")],
+        deep_yaml.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(error_of(&r)["problems"][0]["reason"].as_str().unwrap().contains("nesting depth"));
+    assert!(
+        error_of(&r)["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nesting depth")
+    );
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // The node is unharmed and still answers.
     assert_eq!(node.get("/v1/health").await.unwrap().0, 200);
@@ -372,19 +563,31 @@ fn validate_reports_every_unknown_field_and_every_bad_value() {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
     // Each with its line, the later ones too.
-    assert!(err.contains("c.yaml:10:") && err.contains("c.yaml:5:"), "{err}");
+    assert!(
+        err.contains("c.yaml:10:") && err.contains("c.yaml:5:"),
+        "{err}"
+    );
 
     let long = format!("/{}", "a".repeat(9000));
-    let (code, err, _) = validate(&format!(
-        "upstreams:\n  - id: u\n    targets: [{{addr: \"127.0.0.1:9\"}}]\n    timeouts: {{connect: 99999999999h}}\n"
-    ));
+    let (code, err, _) = validate(
+        "upstreams:\n  - id: u\n    targets: [{addr: \"127.0.0.1:9\"}]\n    timeouts: {connect: 99999999999h}\n",
+    );
     assert_eq!(code, Some(2));
-    assert!(err.contains("upstreams[0].timeouts.connect") && err.contains("longest duration"), "{err}");
+    assert!(
+        err.contains("upstreams[0].timeouts.connect") && err.contains("longest duration"),
+        "{err}"
+    );
     let (code, err, _) = validate(&format!(
         "upstreams:\n  - id: u\n    targets: [{{addr: \"127.0.0.1:9\"}}]\n    keepalive: {{max_idle: 18446744073709551615}}\nroutes:\n  - id: r\n    paths: [/a/./b, \"{long}\"]\n    upstream: u\n"
     ));
     assert_eq!(code, Some(2));
-    for want in ["upstreams[0].keepalive.max_idle", "routes[0].paths[0]", "dot segment", "routes[0].paths[1]", "path length"] {
+    for want in [
+        "upstreams[0].keepalive.max_idle",
+        "routes[0].paths[0]",
+        "dot segment",
+        "routes[0].paths[1]",
+        "path length",
+    ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
 }

@@ -94,17 +94,13 @@ fn string_param(
     required: bool,
     doc: &str,
 ) -> utoipa::openapi::path::Parameter {
-    ParameterBuilder::new()
-        .name(name)
-        .parameter_in(at)
-        .required(if required {
-            Required::True
-        } else {
-            Required::False
-        })
-        .description(Some(doc))
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
-        .build()
+    typed_param(
+        name,
+        at,
+        required,
+        doc,
+        serde_json::json!({"type": "string"}),
+    )
 }
 
 /// A parameter whose schema is written as JSON (typed query values, so
@@ -237,9 +233,11 @@ pub fn document() -> Value {
                         "a viewer key for a write, or a Host or Origin that is not this listener (`forbidden_host`, `forbidden_origin`)",
                     ),
                 );
-            let store_only = concrete.starts_with("/v1/")
-                && kind.is_some()
-                || matches!(concrete.as_str(), "/v1/config" | "/v1/apply" | "/v1/revisions")
+            let store_only = concrete.starts_with("/v1/") && kind.is_some()
+                || matches!(
+                    concrete.as_str(),
+                    "/v1/config" | "/v1/apply" | "/v1/revisions"
+                )
                 || concrete.starts_with("/v1/rollback");
             if store_only {
                 op = op
@@ -257,10 +255,7 @@ pub fn document() -> Value {
             if *method != "get" {
                 op = op
                     .response("413", error_response("the body is over the limit"))
-                    .response(
-                        "415",
-                        error_response("the body's Content-Type is not JSON"),
-                    );
+                    .response("415", error_response("the body's Content-Type is not JSON"));
             }
             if *method == "post" && kind.is_some() && !concrete.contains("{id}") {
                 op = op.response(
@@ -275,7 +270,9 @@ pub fn document() -> Value {
             {
                 op = op.response(
                     "404",
-                    error_response("no such document (`not_found`), or no cluster (`cluster_disabled`)"),
+                    error_response(
+                        "no such document (`not_found`), or no cluster (`cluster_disabled`)",
+                    ),
                 );
             }
             if concrete.contains("{id}") {
@@ -372,7 +369,9 @@ pub fn document() -> Value {
                     .response("404", error_response("no such subscription"))
                     .response(
                         "409",
-                        error_response("`illegal_transition` from the current state, or `conflict`"),
+                        error_response(
+                            "`illegal_transition` from the current state, or `conflict`",
+                        ),
                     );
             }
             let body = match kind {

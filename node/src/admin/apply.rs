@@ -57,7 +57,10 @@ fn request(headers: &HeaderMap, body: &[u8]) -> Result<ApplyRequest, ApiError> {
             .map_err(|_| problem(String::new(), "the YAML body is not UTF-8".into()))?;
         crate::config::parse_value(text).map_err(|e| {
             let p = &e.0[0];
-            let at = p.location.map(|(l, c)| format!(" at {l}:{c}")).unwrap_or_default();
+            let at = p
+                .location
+                .map(|(l, c)| format!(" at {l}:{c}"))
+                .unwrap_or_default();
             problem(String::new(), format!("{}{at}", p.reason))
         })?
     } else {

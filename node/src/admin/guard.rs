@@ -220,7 +220,13 @@ fn accepted_types(path: &str) -> &'static str {
 pub(super) fn media_type(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::CONTENT_TYPE)?;
     let s = String::from_utf8_lossy(v.as_bytes());
-    Some(s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        s.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// Whether `media` is JSON (`application/json`, `application/*+json`).

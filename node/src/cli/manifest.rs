@@ -80,8 +80,7 @@ pub(super) fn to_yaml(kind: &str, values: &[&Value]) -> anyhow::Result<String> {
 pub(super) fn parse(text: &str) -> anyhow::Result<Option<BTreeMap<String, Vec<Value>>>> {
     use serde::Deserialize;
     // Over the input bounds: say so, whichever kind of file it is.
-    if let Err(crate::config::bounds::Refused::Limit(why, at)) =
-        crate::config::bounds::check(text)
+    if let Err(crate::config::bounds::Refused::Limit(why, at)) = crate::config::bounds::check(text)
     {
         match at {
             Some((l, c)) => bail!("{l}:{c}: {why}"),

@@ -85,7 +85,9 @@ fn too_many() -> String {
 }
 
 fn too_deep() -> String {
-    format!("the document nests deeper than {MAX_DEPTH} levels; the limit (nesting depth) is {MAX_DEPTH}")
+    format!(
+        "the document nests deeper than {MAX_DEPTH} levels; the limit (nesting depth) is {MAX_DEPTH}"
+    )
 }
 
 /// Marks the walk's own errors among the YAML parser's.

@@ -100,5 +100,6 @@ mod tests {
         assert!(e.to_string().contains("longest duration"), "{e}");
         let t = serde_yaml_ng::from_str::<T>("d: 1h\no: 30days").unwrap();
         assert_eq!(t.d, std::time::Duration::from_secs(3600));
+        assert_eq!(t.o, Some(std::time::Duration::from_secs(30 * 86400)));
     }
 }

@@ -311,7 +311,10 @@ impl UpstreamConfig {
         let long = super::duration::MAX_TIMEOUT;
         for (name, d) in [
             ("keepalive.idle_timeout", self.keepalive.idle_timeout),
-            ("passive_health.fail_timeout", self.passive_health.fail_timeout),
+            (
+                "passive_health.fail_timeout",
+                self.passive_health.fail_timeout,
+            ),
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.send", self.timeouts.send),
             ("timeouts.read", self.timeouts.read),
