@@ -377,14 +377,8 @@ pub fn document() -> Value {
             let body = match kind {
                 // A PUT may leave `id` out (the path has it); a create
                 // names it in the body.
-                Some(k) if *method == "post" && !concrete.contains("{id}") => Some(
-                    ContentBuilder::new()
-                        .schema(Some(raw_schema(serde_json::json!({
-                            "allOf": [ref_of(&name_of(k)), {"required": ["id"]}]
-                        }))))
-                        .build(),
-                ),
-                Some(k) if *method == "put" => Some(json_ref(&name_of(k))),
+                // (`bound_schemas` adds the required `id` of a create.)
+                Some(k) if matches!(*method, "put" | "post") => Some(json_ref(&name_of(k))),
                 None if concrete == "/v1/apply" => Some(json_ref("ApplyRequest")),
                 _ => None,
             };
@@ -546,6 +540,24 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
         targets["minItems"] = Value::from(1);
         targets["maxItems"] = Value::from(MAX_TARGETS_PER_UPSTREAM);
     }
+    // A create names its id in the body; a PUT has it in the path.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(kind) = path.strip_prefix("/v1/") else {
+                continue;
+            };
+            if !KINDS.contains(&kind) {
+                continue;
+            }
+            let schema = &mut item["post"]["requestBody"]["content"]["application/json"]["schema"];
+            if schema.get("$ref").is_some() {
+                *schema = serde_json::json!({
+                    "allOf": [schema.clone(), {"type": "object", "required": ["id"]}]
+                });
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
     // The rules between fields that the derived schemas cannot say.
     let set = |v: &[&str]| -> Vec<Value> {
         v.iter()
@@ -558,7 +570,28 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
     schemas["SubscriptionDoc"]["oneOf"] = Value::Array(set(&["route", "service"]));
     schemas["CredentialDoc"]["oneOf"] =
         Value::Array(set(&["key-auth", "basic-auth", "jwt-auth", "hmac-auth"]));
-    schemas["CachePurgeSchema"]["oneOf"] = Value::Array(set(&["key", "prefix"]));
+    let purge = |name: &str, doc: &Value| {
+        serde_json::json!({
+            "type": "object",
+            "required": [name],
+            "additionalProperties": false,
+            "properties": {name: {"type": "string", "minLength": 1, "description": doc}},
+        })
+    };
+    let purge_doc = schemas["CachePurgeSchema"]["properties"].clone();
+    schemas["CachePurgeSchema"] = serde_json::json!({
+        "description": "A cache purge: exactly one of `key` and `prefix`.",
+        "oneOf": [
+            purge("key", &purge_doc["key"]["description"]),
+            purge("prefix", &purge_doc["prefix"]["description"]),
+        ],
+    });
+    if let Some(a) = schemas["TargetConfig"]["properties"].get_mut("addr") {
+        // host:port, the host a name or an address ([v6] in brackets).
+        a["pattern"] = Value::from(
+            "^([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\]):([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+        );
+    }
     if let Some(c) = schemas["StickyConfig"]["properties"].get_mut("cookie") {
         c["pattern"] = Value::from("^[A-Za-z0-9_-]+$");
     }
