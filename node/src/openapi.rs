@@ -592,6 +592,19 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
             "^([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\]):([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
         );
     }
+    if let Some(st) = schemas["HealthCheckConfig"]["properties"].get_mut("expected_statuses") {
+        st["items"]["minimum"] = Value::from(100);
+        st["items"]["maximum"] = Value::from(599);
+    }
+    // serde's adjacently tagged enum: `ip` and `uri` carry no `name`.
+    if let Some(Value::Array(variants)) = schemas["HashOn"].get_mut("oneOf") {
+        for v in variants {
+            v["additionalProperties"] = Value::Bool(false);
+            if let Some(n) = v["properties"].get_mut("name") {
+                n["minLength"] = Value::from(1);
+            }
+        }
+    }
     if let Some(c) = schemas["StickyConfig"]["properties"].get_mut("cookie") {
         c["pattern"] = Value::from("^[A-Za-z0-9_-]+$");
     }
