@@ -213,6 +213,18 @@ async fn main() -> anyhow::Result<()> {
         one.push(t0.elapsed());
     }
     one.sort();
+    // What the storage said while the writes ran: snapshots built (info),
+    // log purges and appends that waited for the database writer (debug,
+    // with `WEIR_LOG=info,weir_storage=debug`).
+    for (i, n) in nodes.iter().enumerate() {
+        for l in n.log().lines().filter(|l| {
+            l.contains("raft snapshot built")
+                || l.contains("raft log purged")
+                || l.contains("waited for the database writer")
+        }) {
+            eprintln!("node {i}: {l}");
+        }
+    }
     println!(
         "| one-route write with {routes_n} routes stored, applied everywhere ({ONE_ROUTE_WRITES} writes): p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |",
         pct(&one, 0.5).as_secs_f64() * 1e3,

@@ -553,3 +553,37 @@ async fn hits_are_compressed_like_misses() {
     assert_eq!(plain, body);
     assert_eq!(origin.hits("/j"), 1);
 }
+
+// Header values too large for any duration, from the client and from the
+// upstream, are capped (RFC 9111 §1.2.2) instead of overflowing: a
+// `min-fresh` or an `Age` as long as a u64 once panicked the request (and
+// would abort a release build, which is built with `panic = "abort"`).
+#[tokio::test]
+async fn huge_ages_and_lifetimes_from_either_side_are_served() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/huge",
+        Script::ok(
+            "body",
+            &[
+                ("cache-control", "max-age=18446744073709551615"),
+                ("age", "18446744073709551615"),
+            ],
+        ),
+    );
+    let gw = gateway(&config(&origin.target(), "{}")).await;
+    let (code, st, body, _) = get(&gw, "/huge", &[]).await;
+    assert_eq!((code, st.as_str(), body.as_str()), (200, "MISS", "body"));
+    for cc in [
+        "min-fresh=18446744073709551615",
+        "max-age=99999999999999999999999999",
+        "max-stale=18446744073709551615",
+    ] {
+        let (code, _, body, _) = get(&gw, "/huge", &[("cache-control", cc)]).await;
+        assert_eq!((code, body.as_str()), (200, "body"), "{cc}");
+    }
+    // Still serving. (An `Age` past the capped lifetime makes the entry
+    // stale from the start, so this is a fetch again, not a hit.)
+    let (code, _, body, _) = get(&gw, "/huge", &[]).await;
+    assert_eq!((code, body.as_str()), (200, "body"));
+}

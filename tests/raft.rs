@@ -1,7 +1,7 @@
 //! The replicated config store with real `weir` processes: writes on a
 //! follower, leader crash during a stream of writes, full restart, an
-//! isolated node, bad writes, `weir apply`, admin keys and the OpenAPI
-//! document.
+//! isolated node, a node that catches up from a snapshot, bad writes,
+//! `weir apply`, admin keys and the OpenAPI document.
 //!
 //! The launcher is `weir_testsupport::raftnode`.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use weir_testsupport::raftnode::{Node, cluster};
+use weir_testsupport::raftnode::{Node, cluster, cluster_with_args, leader_index};
 use weir_testsupport::{Upstream, http_client, wait_until};
 
 use common::weir_bin;
@@ -232,6 +232,89 @@ async fn an_isolated_node_keeps_serving_and_says_it_is_stale() -> anyhow::Result
             .is_some_and(|s| s["config_stale"] == false)
     })
     .await;
+    Ok(())
+}
+
+/// The largest `purged_to=N` in `log`.
+fn purged_to(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("purged_to="))
+        })
+        .filter_map(|w| {
+            w.trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+// Snapshots are built when a node needs one (the snapshot point is only
+// made durable on schedule): a node that joins once the leader purged the
+// log's start catches up from the leader's current state, documents,
+// revision and rollback history alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_the_log_was_purged_catches_up_from_a_snapshot() -> anyhow::Result<()>
+{
+    let root = tempfile::tempdir()?;
+    let every = ["--raft-snapshot-every", "10"];
+    let nodes = cluster_with_args(weir_bin(), root.path(), &every, &[]).await?;
+    let leader = leader_index(&nodes).await;
+    for i in 0..40 {
+        let (s, b) = nodes[leader]
+            .put(
+                &format!("/v1/consumers/c{i}"),
+                json!({"labels": {"n": i.to_string()}}),
+            )
+            .await?;
+        assert_eq!(s, 200, "{b}");
+    }
+    let deadline = std::time::Instant::now() + CONVERGE;
+    while purged_to(&nodes[leader].log()) < 20 {
+        let log = nodes[leader].log();
+        let snaps: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("raft snapshot"))
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never purged its log's start: {snaps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut args = vec!["--join", nodes[leader].admin.as_str()];
+    args.extend(every);
+    let late = Node::start(weir_bin(), &root.path().join("late"), &args).await?;
+    let want = nodes[leader]
+        .status()
+        .await
+        .map(|s| s["config"]["revision"].clone())
+        .context("leader status")?;
+    wait_until("the new node caught up", CONVERGE, || async {
+        late.status()
+            .await
+            .is_some_and(|s| s["config"]["revision"] == want)
+    })
+    .await;
+    for i in [0, 17, 39] {
+        let (s, v) = late.get(&format!("/v1/consumers/c{i}")).await?;
+        assert_eq!(s, 200, "c{i}: {v}");
+        assert_eq!(v["value"]["labels"]["n"], i.to_string(), "{v}");
+    }
+    // It could only have come from a snapshot, which carried the history.
+    assert!(
+        late.log().contains("raft snapshot up to log index"),
+        "{}",
+        late.log()
+    );
+    let (s, h) = late.get("/v1/revisions").await?;
+    assert_eq!(s, 200, "{h}");
+    let (s, hl) = nodes[leader].get("/v1/revisions").await?;
+    assert_eq!(s, 200, "{hl}");
+    assert_eq!(h, hl, "the same history on both");
     Ok(())
 }
 

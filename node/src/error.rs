@@ -5,6 +5,11 @@
 //! shape: `{"error":{"status":404,"code":"no_route","message":"…",
 //! "request_id":"…"}}`. Each variant says where the fault lies and whether a
 //! retry on another target is safe, the way the proxy loop needs it.
+//!
+//! What a client reads never names an upstream, a target address or the
+//! HTTP library's error text ([`GatewayError::public_message`]); that
+//! detail goes to the log, at WARN for upstream failures, on a line that
+//! carries the same request id ([`GatewayError::into_response`]).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -28,6 +33,10 @@ pub enum GatewayError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The request uses a feature the gateway does not implement (a
+    /// transfer coding other than `chunked`).
+    #[error("{0}")]
+    NotImplemented(String),
     /// No route matches.
     #[error("no route matches {method} {host}{path}")]
     NoRoute {
@@ -88,6 +97,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,6 +114,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NotImplemented(_) => "not_implemented",
             GatewayError::NoRoute { .. } => "no_route",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
@@ -119,6 +130,7 @@ impl GatewayError {
     pub fn source(&self) -> Source {
         match self {
             GatewayError::BadRequest(_)
+            | GatewayError::NotImplemented(_)
             | GatewayError::RequestTimeout
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::HeadersTooLarge { .. }
@@ -130,14 +142,49 @@ impl GatewayError {
         }
     }
 
+    /// The message a client reads: for upstream failures, what happened
+    /// without which upstream, which target or what the HTTP library said
+    /// (that is [`std::fmt::Display`]'s, for the log); for the others, the
+    /// full text, which only repeats what the client sent.
+    pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            GatewayError::BadGateway { .. } => {
+                "the upstream could not be reached or did not answer properly".into()
+            }
+            GatewayError::NoHealthyUpstream { .. } => "no healthy target is available".into(),
+            GatewayError::UpstreamTimeout { timeout, .. } => {
+                format!("the upstream did not answer within the {timeout}").into()
+            }
+            other => other.to_string().into(),
+        }
+    }
+
     /// The JSON error response. A refused body may still be on the wire,
     /// so those responses also close the connection.
+    ///
+    /// The detail the response leaves out is logged here, with the request
+    /// id: at WARN when the upstream failed, at DEBUG when the client sent
+    /// something refused (those are the client's to fix, and a flood of
+    /// them must not flood the log).
     pub fn into_response(self, request_id: &HeaderValue) -> Response<Full> {
+        let rid = request_id.to_str().unwrap_or_default();
+        if self.source() == Source::Upstream {
+            tracing::warn!(request_id = rid, code = self.code(), error = %self, "upstream request failed");
+        } else {
+            tracing::debug!(request_id = rid, code = self.code(), error = %self, "request refused");
+        }
         let close = matches!(
             self,
-            GatewayError::PayloadTooLarge { .. } | GatewayError::RequestTimeout
+            GatewayError::PayloadTooLarge { .. }
+                | GatewayError::RequestTimeout
+                | GatewayError::NotImplemented(_)
         );
-        let mut r = error_response(self.status(), self.code(), &self.to_string(), request_id);
+        let mut r = error_response(
+            self.status(),
+            self.code(),
+            &self.public_message(),
+            request_id,
+        );
         if close {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -196,4 +243,43 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client reads of an upstream failure names no upstream, no
+    /// target and no library text; the log's text has them all.
+    #[tokio::test]
+    async fn upstream_failures_tell_the_client_nothing_internal() {
+        use http_body_util::BodyExt;
+        let secret = ["users-v2", "10.0.3.7:8080", "Connection refused"];
+        let reason = "connect to 10.0.3.7:8080 failed: tcp connect error: Connection refused";
+        for e in [
+            GatewayError::BadGateway {
+                upstream: "users-v2".into(),
+                reason: reason.into(),
+            },
+            GatewayError::NoHealthyUpstream {
+                upstream: "users-v2".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                upstream: "users-v2".into(),
+                timeout: "read timeout 5s".into(),
+            },
+        ] {
+            let rid = HeaderValue::from_static("rid-1");
+            let public = e.public_message().into_owned();
+            let logged = e.to_string();
+            assert!(logged.contains("users-v2"), "{logged}");
+            let resp = e.into_response(&rid);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            for s in secret {
+                assert!(!body.contains(s), "{body} leaks {s}");
+            }
+            assert!(body.contains(&public) && body.contains("rid-1"), "{body}");
+        }
+    }
 }

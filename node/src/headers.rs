@@ -14,6 +14,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removes hop-by-hop headers: `Connection` and every field it names, plus
 /// the fields that are hop-by-hop by definition. `keep_upgrade` leaves
@@ -87,6 +88,24 @@ pub fn is_upgrade_request(h: &HeaderMap) -> bool {
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
         })
+}
+
+/// True when `Upgrade` offers `h2c` (RFC 7540 §3.2), which a gateway must
+/// never pass on: the upstream would switch its connection to HTTP/2 and
+/// read requests the route table never saw.
+pub fn is_h2c_upgrade(h: &HeaderMap) -> bool {
+    h.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+    })
+}
+
+/// Removes what is left of an h2c upgrade offer after the hop-by-hop
+/// fields: `Upgrade` and `HTTP2-Settings`, whether or not `Connection`
+/// named them.
+pub fn strip_h2c(h: &mut HeaderMap) {
+    h.remove(header::UPGRADE);
+    h.remove(HTTP2_SETTINGS);
 }
 
 /// A header value built from pieces in one allocation of exactly its size
@@ -347,6 +366,20 @@ mod tests {
         assert!(h.get(header::TE).is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn h2c_upgrade_offers_are_found_and_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("foo, H2C"));
+        h.insert(HTTP2_SETTINGS, HeaderValue::from_static("AAMAAABkAAQAAP__"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        assert!(is_h2c_upgrade(&h));
+        strip_hop_by_hop(&mut h, false, false);
+        strip_h2c(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!is_h2c_upgrade(&h));
     }
 
     #[test]

@@ -103,9 +103,6 @@ pub async fn handle(
     let mut resp = match proxy(&snap, &conn, req, &rid, log.as_deref_mut()).await {
         Ok(r) => r,
         Err(e) => {
-            if e.source() == crate::error::Source::Upstream {
-                tracing::debug!(request_id = ?rid, error = %e, "request failed");
-            }
             if let Some(l) = log.as_deref_mut() {
                 l.set_error_type(e.code());
             }
@@ -158,8 +155,111 @@ fn head_size(req: &Request<Incoming>) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|s| s == "." || s == "..")
+/// What the HTTP/1 parser lets through but RFC 9110/9112 does not: a
+/// missing, repeated or malformed `Host`, and a transfer coding other than exactly
+/// `chunked` (the parser would drop the others silently). The parser
+/// itself refuses invalid and differing `Content-Length`s, obs-fold and
+/// control characters, and lets `Transfer-Encoding` win over
+/// `Content-Length`, removing the latter and closing the connection after
+/// the response (RFC 9112 §6.1).
+fn check_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let h = req.headers();
+    let mut hosts = h.get_all(header::HOST).iter();
+    let first_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "the request has more than one Host header".into(),
+        ));
+    }
+    // RFC 9112 §3.2: even an absolute-form target needs a Host line, and
+    // its value must be `host[:port]` (RFC 9110 §7.2), never something an
+    // upstream could read as more.
+    match first_host {
+        None if req.version() == Version::HTTP_11 => {
+            return Err(GatewayError::BadRequest(
+                "an HTTP/1.1 request needs a Host header".into(),
+            ));
+        }
+        Some(v)
+            if v.as_bytes().contains(&b'@')
+                || http::uri::Authority::try_from(v.as_bytes()).is_err() =>
+        {
+            return Err(GatewayError::BadRequest(
+                "the Host header is not a valid host[:port]".into(),
+            ));
+        }
+        _ => {}
+    }
+    let mut codings = h.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::NotImplemented(
+            "the only transfer coding accepted is a single `chunked`".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Normalises the request path ([`crate::uri_path`]) and finds its route.
+/// Encoded slashes are kept opaque for the first lookup; the matched
+/// route's `escaped_slashes` then keeps them, refuses the request, or
+/// decodes them, in which case the decoded path is looked up again and
+/// its route serves the request. Returns the match and the path to
+/// forward when it differs from the client's.
+fn route_by_path<'s>(
+    snap: &'s Snapshot,
+    req: &Request<Incoming>,
+    host: Option<&str>,
+) -> Result<(crate::router::RouteMatch<'s, Arc<Route>>, Option<String>), GatewayError> {
+    use crate::config::EscapedSlashes;
+    use crate::uri_path::{has_escaped_slash, normalize};
+    let bad = |e: crate::uri_path::PathError| GatewayError::BadRequest(e.to_string());
+    let raw = req.uri().path();
+    let first = normalize(raw, EscapedSlashes::Keep).map_err(bad)?;
+    let lookup = |path: &str| {
+        snap.router
+            .lookup(&RequestView {
+                method: req.method(),
+                host,
+                path,
+                query: req.uri().query(),
+                headers: req.headers(),
+            })
+            .ok_or_else(|| GatewayError::NoRoute {
+                method: req.method().to_string(),
+                host: host.unwrap_or_default().to_string(),
+                path: path.to_string(),
+            })
+    };
+    let m = lookup(&first)?;
+    let escaped = m.value.escaped_slashes;
+    if escaped == EscapedSlashes::Keep || !has_escaped_slash(&first) {
+        let changed = matches!(first, std::borrow::Cow::Owned(_));
+        return Ok((m, changed.then(|| first.into_owned())));
+    }
+    // `reject` refuses here; `decode` yields the path with `/` in their
+    // place, which a client could have sent as it is.
+    let decoded = normalize(&first, escaped).map_err(bad)?.into_owned();
+    let m = lookup(&decoded)?;
+    Ok((m, Some(decoded)))
+}
+
+/// Replaces the request's path, keeping its query (and the scheme and
+/// authority of an absolute-form or HTTP/2 target).
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), GatewayError> {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?,
+    );
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|_| GatewayError::BadRequest("the request target is not valid".into()))?;
+    Ok(())
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -172,7 +272,7 @@ fn is_idempotent(m: &Method) -> bool {
 async fn proxy(
     snap: &Arc<Snapshot>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     rid: &HeaderValue,
     mut log: Option<&mut RequestLog>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -188,17 +288,13 @@ async fn proxy(
             limit: settings.max_header_count,
         });
     }
+    check_framing(&req)?;
     // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (an
     // absolute-form target wins over Host, RFC 9112 §3.2.2).
     let host_value: Option<HeaderValue> = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
-    if host_value.is_none() && req.version() == Version::HTTP_11 {
-        return Err(GatewayError::BadRequest(
-            "an HTTP/1.1 request needs a Host header".into(),
-        ));
-    }
     let host = match host_value.as_ref().map(|v| v.to_str()) {
         Some(Ok(h)) => Some(normalize_host(h)),
         Some(Err(_)) => {
@@ -208,19 +304,6 @@ async fn proxy(
         }
         None => None,
     };
-    let path = req.uri().path();
-    if !path.starts_with('/') {
-        return Err(GatewayError::BadRequest(
-            "the request target must be an absolute path".into(),
-        ));
-    }
-    // A dot segment could reach a path the route table never allowed once an
-    // upstream normalises it; refuse rather than guess.
-    if has_dot_segment(path) {
-        return Err(GatewayError::BadRequest(
-            "the path must not contain `.` or `..` segments".into(),
-        ));
-    }
     let declared_len = match req.headers().get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -235,20 +318,12 @@ async fn proxy(
         return Err(GatewayError::PayloadTooLarge { limit });
     }
 
-    let view = RequestView {
-        method: req.method(),
-        host: host.as_deref(),
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
-    };
-    let Some(m) = snap.router.lookup(&view) else {
-        return Err(GatewayError::NoRoute {
-            method: req.method().to_string(),
-            host: host.as_deref().unwrap_or_default().to_string(),
-            path: path.to_string(),
-        });
-    };
+    // The path is normalised once, here: the route is chosen by exactly the
+    // path the upstream is sent.
+    let (m, normalized) = route_by_path(snap, &req, host.as_deref())?;
+    if let Some(path) = normalized {
+        set_path(&mut req, &path)?;
+    }
     let route: &Route = m.value;
     let strip_len = m.strip_len;
     if let Some(l) = log.as_deref_mut() {
@@ -469,13 +544,20 @@ async fn forward(
         }
     };
 
-    let upgrade = headers::is_upgrade_request(req.headers());
+    // An h2c upgrade would switch the upstream connection to HTTP/2 out of
+    // the route table's sight (h2c smuggling); it is sent as the plain
+    // HTTP/1.1 request it also is.
+    let h2c = headers::is_h2c_upgrade(req.headers());
+    let upgrade = !h2c && headers::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut method = parts.method;
     let mut hdrs = parts.headers;
 
     headers::strip_hop_by_hop(&mut hdrs, upgrade, route.upstream.h2);
+    if h2c {
+        headers::strip_h2c(&mut hdrs);
+    }
     hdrs.remove(header::EXPECT);
     // Room for what is added below, so the map grows once, not per header.
     hdrs.reserve(8);
@@ -567,6 +649,12 @@ async fn forward(
     }
 
     let (mut parts, body) = resp.into_parts();
+    // The body arrives de-chunked; a Content-Length sent beside
+    // Transfer-Encoding is stale and must go (RFC 9112 §6.3), so the
+    // client's connection frames the body itself.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     headers::strip_hop_by_hop(&mut parts.headers, false, false);
     if let Some(sticky) = &route.upstream.sticky {
         set_sticky_cookie(
@@ -738,7 +826,12 @@ impl Attempts<'_> {
                 None => None,
             };
             up.balancer.on_start(idx);
-            let outcome = self.send(idx, req, started, now, deadline).await;
+            let mut outcome = self.send(idx, req, started, now, deadline).await;
+            if let Ok((resp, _)) = &outcome
+                && let Some(why) = invalid_response(resp)
+            {
+                outcome = Err(Failure::Other(format!("{} answered {why}", target.addr)));
+            }
             let head_after = started.elapsed();
             if let Some(l) = self.log.as_deref_mut() {
                 l.add_upstream_time(head_after);
@@ -938,6 +1031,23 @@ impl Attempts<'_> {
             }
         }
     }
+}
+
+/// Why a response head must not reach the client: a status code outside
+/// 100–599 (RFC 9110 §15), or a transfer coding other than a single
+/// `chunked`, which the HTTP client would drop without decoding.
+fn invalid_response<B>(resp: &Response<B>) -> Option<String> {
+    let status = resp.status().as_u16();
+    if !(100..=599).contains(&status) {
+        return Some(format!("the invalid status code {status}"));
+    }
+    let mut codings = resp.headers().get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some(format!("the unsupported transfer coding {first:?}"));
+    }
+    None
 }
 
 /// The targets a request has tried: a bitmap, with a list for indices past

@@ -51,6 +51,8 @@ pub struct Route {
     pub paths: Box<[Arc<str>]>,
     /// The compiled plugin chain; `None` when the route has no plugins.
     pub plugins: Option<Arc<Chain>>,
+    /// What `%2F` and `%5C` in the request path do on this route.
+    pub escaped_slashes: crate::config::EscapedSlashes,
 }
 
 /// Compiled `Host` rule.
@@ -480,6 +482,7 @@ fn route_entry(
         host_header,
         paths: r.paths.iter().map(|p| Arc::from(p.as_str())).collect(),
         plugins,
+        escaped_slashes: r.escaped_slashes,
     })
 }
 

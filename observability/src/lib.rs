@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod metrics_export;
 pub mod otlp;
 pub mod process;
+pub mod throttle;
 pub mod trace;
 
 use tracing_subscriber::EnvFilter;
@@ -38,9 +39,21 @@ pub enum LogFormat {
 /// one line per leadership change, membership change and snapshot).
 const QUIET_DEPS: &[&str] = &["openraft"];
 
+/// Crates that log once per misbehaving peer connection (h2 warns on every
+/// connection it closes for too many resets): at a global level above
+/// debug they are off unless named, and weir logs those connections
+/// itself, rate-limited ([`throttle`]).
+const PER_CONNECTION_DEPS: &[&str] = &["h2"];
+
 /// `filter` with the [`QUIET_DEPS`] turned off when its global level is
 /// above debug and it does not name them.
 pub fn with_quiet_deps(filter: &str) -> String {
+    quieted(filter, QUIET_DEPS)
+}
+
+/// `filter` with `deps` turned off when its global level is above debug
+/// and it does not name them.
+fn quieted(filter: &str, deps: &[&str]) -> String {
     let global = filter
         .split(',')
         .map(str::trim)
@@ -51,7 +64,7 @@ pub fn with_quiet_deps(filter: &str) -> String {
         return filter.to_string();
     }
     let mut out = filter.to_string();
-    for dep in QUIET_DEPS {
+    for dep in deps {
         if !filter.split(',').any(|d| d.trim().starts_with(dep)) {
             if !out.is_empty() {
                 out.push(',');
@@ -70,8 +83,9 @@ pub fn init(format: LogFormat, default_level: &str) {
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default_level.to_string());
-    let filter = EnvFilter::try_new(with_quiet_deps(&filter))
-        .unwrap_or_else(|_| EnvFilter::new(with_quiet_deps(default_level)));
+    let quiet = |f: &str| quieted(&with_quiet_deps(f), PER_CONNECTION_DEPS);
+    let filter =
+        EnvFilter::try_new(quiet(&filter)).unwrap_or_else(|_| EnvFilter::new(quiet(default_level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -100,5 +114,13 @@ mod tests {
             "info,openraft=debug"
         );
         assert_eq!(with_quiet_deps(""), "openraft=off");
+    }
+
+    #[test]
+    fn per_connection_warnings_of_h2_are_off_unless_named() {
+        use super::{PER_CONNECTION_DEPS, quieted};
+        assert_eq!(quieted("info", PER_CONNECTION_DEPS), "info,h2=off");
+        assert_eq!(quieted("info,h2=warn", PER_CONNECTION_DEPS), "info,h2=warn");
+        assert_eq!(quieted("trace", PER_CONNECTION_DEPS), "trace");
     }
 }

@@ -15,9 +15,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// File name inside the data dir.
 pub const DATA_FILE: &str = "weir.redb";
 
-/// The last snapshot this node built, beside the redb file: written apart
-/// from the database so that building one never holds the database's one
-/// writer (which every apply needs) for a multi-megabyte insert.
+/// Where older versions kept the last snapshot they built, beside the
+/// redb file. Snapshots are now built when a follower needs one, from the
+/// database; a leftover file is removed when the store opens.
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
 
 /// `format_version`, `vote`, `committed`, `last_purged`.
@@ -25,8 +25,8 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// Raft log: index → JSON entry.
 pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 /// State machine metadata: `last_applied`, `membership`, `revision`,
-/// `snapshot` (the one installed from a leader), `snapshot_built` (the last
-/// log id of the one in `SNAPSHOT_FILE`), `history_base`.
+/// `snapshot_built` (the last log id made durable as a snapshot point),
+/// `history_base`.
 pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("sm");
 /// Live documents: (kind, id) → JSON document.
 pub(crate) const DOCS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("docs");

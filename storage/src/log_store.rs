@@ -158,7 +158,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(StoreError::write)?;
         let db = self.db.clone();
         let result = blocking(move || {
+            let t0 = std::time::Instant::now();
             let tx = db.begin_write()?;
+            let waited = t0.elapsed();
             {
                 let mut t = tx.open_table(LOGS)?;
                 for (index, bytes) in &encoded {
@@ -166,6 +168,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
             tx.commit()?;
+            if waited >= std::time::Duration::from_millis(2) {
+                // Another durable write held the database (a snapshot's
+                // commit, a purge): the append's latency is that wait.
+                tracing::debug!(
+                    wait_ms = waited.as_secs_f64() * 1e3,
+                    ms = (t0.elapsed() - waited).as_secs_f64() * 1e3,
+                    "raft log append waited for the database writer"
+                );
+            }
             Ok(())
         })
         .await;
@@ -198,12 +209,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let bytes = enc(&log_id).map_err(StoreError::write)?;
         blocking(move || {
+            let t0 = std::time::Instant::now();
             let tx = db.begin_write()?;
+            let waited = t0.elapsed();
             tx.open_table(META)?
                 .insert("last_purged", bytes.as_slice())?;
             tx.open_table(LOGS)?
                 .retain_in(..=log_id.index, |_, _| false)?;
             tx.commit()?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            tracing::debug!(
+                up_to = log_id.index,
+                wait_ms = ms(waited),
+                ms = ms(t0.elapsed() - waited),
+                "raft log purged"
+            );
             Ok(())
         })
         .await

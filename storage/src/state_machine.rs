@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -159,8 +159,6 @@ impl ConfigView {
 pub struct StateMachine {
     view: ConfigView,
     validator: Validator,
-    /// Where built snapshots go (see `db::SNAPSHOT_FILE`).
-    snapshot_file: Arc<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -176,63 +174,26 @@ struct SnapshotData {
     base: Option<HistoryBase>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: Vec<u8>,
-}
-
-/// The first bytes of a stored snapshot in the framed form: the magic,
-/// then the meta's JSON length (u32, big endian), the meta as JSON, and
-/// the data as is. JSON would write the data (itself JSON) as an array of
-/// numbers, several times its size: at 10,000 routes that made every
-/// snapshot tens of megabytes to encode, fsync and decode.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"WEIRSNP1";
-
-impl StoredSnapshot {
-    fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let meta = enc(&self.meta)?;
-        let len = u32::try_from(meta.len())
-            .map_err(|_| StoreError::Db("snapshot meta over 4 GiB".into()))?;
-        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 4 + meta.len() + self.data.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&self.data);
-        Ok(out)
-    }
-
-    /// Reads the framed form, or the JSON form stores written before it
-    /// hold. `key` names where the bytes came from in an error.
-    fn decode(key: &str, b: &[u8]) -> Result<StoredSnapshot, StoreError> {
-        let Some(rest) = b.strip_prefix(SNAPSHOT_MAGIC) else {
-            return dec(key, b);
-        };
-        let corrupt = |reason: &str| StoreError::Corrupt {
-            key: key.to_string(),
-            reason: reason.to_string(),
-        };
-        let (len, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt("truncated before the meta length"))?;
-        let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
-        if len > rest.len() {
-            return Err(corrupt("the meta length passes the end"));
-        }
-        let (meta, data) = rest.split_at(len);
-        Ok(StoredSnapshot {
-            meta: dec(key, meta)?,
-            data: data.to_vec(),
-        })
-    }
-}
-
 impl StateMachine {
     pub(crate) fn open(
         db: Arc<Database>,
-        snapshot_file: PathBuf,
+        old_snapshot_file: PathBuf,
         validator: Validator,
     ) -> Result<StateMachine, StoreError> {
+        // Versions that built snapshots ahead of need kept the last one in
+        // this file; nothing reads it now.
+        match std::fs::remove_file(&old_snapshot_file) {
+            Ok(()) => tracing::info!(
+                file = %old_snapshot_file.display(),
+                "removed the snapshot file of an older version"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                file = %old_snapshot_file.display(),
+                error = %e,
+                "could not remove the snapshot file of an older version"
+            ),
+        }
         let tx = db.begin_read()?;
         let sm = tx.open_table(SM)?;
         let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
@@ -276,7 +237,6 @@ impl StateMachine {
                 }),
             },
             validator,
-            snapshot_file: Arc::new(snapshot_file),
         })
     }
 
@@ -296,7 +256,10 @@ impl StateMachine {
         self.view.shared.revision_tx.send_replace(revision);
     }
 
-    fn snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+    /// A snapshot of the applied state as it is now: the documents, the
+    /// revision and the history a rollback can reach. Built when a leader
+    /// sends one to a follower, never on the apply path or on a schedule.
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
         let (docs, revision, last_applied, membership) = {
             let kv = self.view.kv();
             (
@@ -306,8 +269,13 @@ impl StateMachine {
                 kv.membership.clone(),
             )
         };
+        if last_applied.is_none() {
+            return Ok(None);
+        }
         // The history a rollback can still reach, and the state before it;
-        // read up to `revision` only, since applies go on meanwhile.
+        // read up to `revision` only, since applies go on meanwhile (the
+        // database is never behind the published state: an apply
+        // publishes after it commits).
         let floor = revision.saturating_sub(ROLLBACK_WINDOW);
         let (base, history) = {
             let tx = self.view.shared.db.begin_read()?;
@@ -333,32 +301,57 @@ impl StateMachine {
             history,
             base,
         })?;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, revision),
-            None => format!("0-0-{revision}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        }
-        .encode()?;
-        write_durably(&self.snapshot_file, &stored)?;
-        // A small durable commit: applies are not fsynced (ADR 0014), and
-        // openraft purges the log up to this snapshot once it is built, so
-        // the applied state it covers must be on disk first. It holds the
-        // database's writer only for that.
-        let tx = self.view.shared.db.begin_write()?;
-        put_sm(&tx, "snapshot_built", &meta.last_log_id)?;
-        tx.commit()?;
-        Ok(Snapshot {
-            meta,
+        Ok(Some(Snapshot {
+            meta: snapshot_meta(last_applied, membership, revision),
             snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+
+    /// What openraft calls building a snapshot: the applied state up to
+    /// now is made durable (applies are not fsynced, ADR 0014, and
+    /// openraft purges the log entries a snapshot covers once it is
+    /// built), and its id returned. The data is not built here: the
+    /// database already holds the state, and a follower that needs a
+    /// snapshot gets one of the state as it is when it asks
+    /// ([`Self::current_snapshot`]). So a snapshot costs each node one
+    /// small durable commit instead of encoding and writing every document.
+    fn mark_built(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let t0 = std::time::Instant::now();
+        let tx = self.view.shared.db.begin_write()?;
+        // Read under the writer: no apply runs meanwhile, so everything up
+        // to `last_applied` is in this transaction's view and made durable
+        // by its commit.
+        let (revision, last_applied, membership) = {
+            let kv = self.view.kv();
+            (kv.revision, kv.last_applied, kv.membership.clone())
+        };
+        put_sm(&tx, "snapshot_built", &last_applied)?;
+        tx.commit()?;
+        tracing::debug!(
+            revision,
+            commit_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "raft snapshot point made durable"
+        );
+        Ok(Snapshot {
+            meta: snapshot_meta(last_applied, membership, revision),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
+    }
+}
+
+fn snapshot_meta(
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    revision: u64,
+) -> SnapshotMeta<NodeId, openraft::BasicNode> {
+    let snapshot_id = match last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, revision),
+        None => format!("0-0-{revision}"),
+    };
+    SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
     }
 }
 
@@ -552,26 +545,6 @@ fn compute(
     ))
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old file or the new
-/// one, never a mix: a temporary file, synced, renamed over, the directory
-/// synced.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let fail = |e: std::io::Error| StoreError::Db(format!("{}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        std::io::Write::write_all(&mut f, bytes).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-    }
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)?;
-    }
-    Ok(())
-}
-
 fn put_sm<T: Serialize>(tx: &WriteTransaction, key: &str, v: &T) -> Result<(), StoreError> {
     tx.open_table(SM)?.insert(key, enc(v)?.as_slice())?;
     Ok(())
@@ -603,7 +576,7 @@ fn persist_record(
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let this = self.clone();
-        blocking(move || this.snapshot_now())
+        blocking(move || this.mark_built())
             .await
             .map_err(StoreError::write)
     }
@@ -738,12 +711,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             put_sm(&tx, "revision", &data.revision)?;
             put_sm(&tx, "last_applied", &meta.last_log_id)?;
             put_sm(&tx, "membership", &meta.last_membership)?;
-            let stored = StoredSnapshot {
-                meta: meta.clone(),
-                data: bytes,
-            }
-            .encode()?;
-            tx.open_table(SM)?.insert("snapshot", stored.as_slice())?;
+            // Stores before snapshots were built on demand kept the
+            // installed one here; it is the state itself now.
+            tx.open_table(SM)?.remove("snapshot")?;
             tx.commit()?;
             let docs: Docs = data
                 .docs
@@ -765,94 +735,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let db = self.view.shared.db.clone();
-        let file = self.snapshot_file.clone();
-        blocking(move || {
-            // The one installed from a leader lives in the database (with
-            // the state it replaced), the one built here in the file: the
-            // newer of the two is current.
-            let installed: Option<StoredSnapshot> = {
-                let tx = db.begin_read()?;
-                let t = tx.open_table(SM)?;
-                t.get("snapshot")?
-                    .map(|v| StoredSnapshot::decode("sm/snapshot", v.value()))
-                    .transpose()?
-            };
-            let built: Option<StoredSnapshot> = match std::fs::read(&*file) {
-                Ok(b) => Some(StoredSnapshot::decode(&file.display().to_string(), &b)?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(StoreError::Db(format!("{}: {e}", file.display()))),
-            };
-            let newest = match (installed, built) {
-                (Some(i), Some(b)) if b.meta.last_log_id > i.meta.last_log_id => Some(b),
-                (Some(i), _) => Some(i),
-                (None, b) => b,
-            };
-            Ok(newest.map(|s| Snapshot {
-                meta: s.meta,
-                snapshot: Box::new(Cursor::new(s.data)),
-            }))
-        })
-        .await
-        .map_err(StoreError::read)
-    }
-}
-
-#[cfg(test)]
-mod snapshot_form_tests {
-    use super::*;
-
-    fn meta() -> SnapshotMeta<NodeId, openraft::BasicNode> {
-        SnapshotMeta {
-            last_log_id: None,
-            last_membership: StoredMembership::default(),
-            snapshot_id: "0-0-7".into(),
-        }
-    }
-
-    #[test]
-    fn a_snapshot_is_stored_framed_and_read_back_in_either_form() {
-        let data = br#"{"revision":7,"docs":[]}"#.to_vec();
-        let s = StoredSnapshot {
-            meta: meta(),
-            data: data.clone(),
-        };
-        let framed = s.encode().unwrap();
-        // The data is stored as is, not as a JSON array of numbers.
-        assert!(framed.ends_with(&data));
-        let back = StoredSnapshot::decode("file", &framed).unwrap();
-        assert_eq!(
-            (back.meta.snapshot_id.as_str(), back.data),
-            ("0-0-7", data.clone())
-        );
-        // What stores wrote before the framed form.
-        let old = enc(&s).unwrap();
-        let back = StoredSnapshot::decode("sm/snapshot", &old).unwrap();
-        assert_eq!(back.data, data);
-    }
-
-    #[test]
-    fn a_damaged_frame_is_an_error_naming_where_it_came_from() {
-        let framed = StoredSnapshot {
-            meta: meta(),
-            data: b"{}".to_vec(),
-        }
-        .encode()
-        .unwrap();
-        for cut in [
-            SNAPSHOT_MAGIC.len(),
-            SNAPSHOT_MAGIC.len() + 2,
-            SNAPSHOT_MAGIC.len() + 10,
-        ] {
-            let e = StoredSnapshot::decode("snap.json", &framed[..cut])
-                .err()
-                .unwrap();
-            assert!(e.to_string().contains("snap.json"), "{e}");
-        }
-        let mut huge = SNAPSHOT_MAGIC.to_vec();
-        huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        huge.extend_from_slice(b"{}");
-        let e = StoredSnapshot::decode("snap.json", &huge).err().unwrap();
-        assert!(e.to_string().contains("passes the end"), "{e}");
+        let this = self.clone();
+        blocking(move || this.current_snapshot())
+            .await
+            .map_err(StoreError::read)
     }
 }

@@ -169,16 +169,16 @@ async fn a_window_rolls_over_and_its_key_expires() {
     assert_eq!(
         (g.units, g.consumed),
         (3, 7),
-        "70% of the previous window counts"
+        "69% of the previous window counts (one step ahead), rounded up"
     );
     let g = auth
-        .acquire_at(&lim, "s", &p, w1, 10, w1 + len - 1)
+        .acquire_at(&lim, "s", &p, w1, 10, w1 + len - len / 100 - 1)
         .await
         .unwrap();
     assert_eq!(
         (g.units, g.consumed),
         (6, 4),
-        "ceil(10 × 1µs/10s) = 1 still counts"
+        "counted one step (1%) ahead, 1 µs before the end: ceil(10 × 1µs/10s) = 1 still counts"
     );
 
     // The key of a short window is gone soon after the window.

@@ -224,7 +224,11 @@ async fn vote_and_log_survive_reopen_and_snapshots_round_trip() -> anyhow::Resul
             batch(vec![put("routes", "a", serde_json::json!({"id": "a"}))]),
         )])
         .await?;
-        let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+        let built = sm.get_snapshot_builder().await.build_snapshot().await?;
+        // Building marks the point; the data is made when a follower asks
+        // for the current snapshot, of the same state here.
+        let snap = sm.get_current_snapshot().await?.expect("a snapshot");
+        assert_eq!(snap.meta, built.meta);
         // Install it in a fresh store: same documents, same revision, same
         // history.
         let other = tempfile::tempdir()?;
@@ -269,12 +273,17 @@ async fn snapshots_carry_a_bounded_history_and_rollbacks_agree() -> anyhow::Resu
     }
     sm.apply(entries).await?;
     assert_eq!(sm.view().revision(), total);
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
-    // Built into its own file; it is this node's current snapshot, and
-    // survives a reopen.
-    assert!(dir.path().join(weir_storage::SNAPSHOT_FILE).exists());
-    let current = sm.get_current_snapshot().await?.map(|s| s.meta);
-    assert_eq!(current.as_ref(), Some(&snap.meta));
+    // An older version's snapshot file is removed when the store opens.
+    drop(sm);
+    drop(store);
+    let old_file = dir.path().join(weir_storage::SNAPSHOT_FILE);
+    std::fs::write(&old_file, b"left by an older version")?;
+    let store = Store::open(dir.path())?;
+    let mut sm = store.state_machine(accept_all())?;
+    assert!(!old_file.exists());
+    let built = sm.get_snapshot_builder().await.build_snapshot().await?;
+    let snap = sm.get_current_snapshot().await?.expect("a snapshot");
+    assert_eq!(snap.meta, built.meta);
 
     let other = tempfile::tempdir()?;
     let s2 = Store::open(other.path())?;

@@ -57,7 +57,7 @@ fn keep_for(value: &Cached) -> Duration {
                 } else {
                     Duration::ZERO
                 });
-            left + stale
+            left.saturating_add(stale)
         }
         // The list of varying headers outlives any single variant.
         Cached::Variants(_) => Duration::from_secs(24 * 3600),

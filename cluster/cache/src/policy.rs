@@ -51,7 +51,7 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
                 None => (item, None),
             };
-            let secs = || value.map_or(0, |v| v.parse::<u64>().unwrap_or(0));
+            let secs = || value.map_or(0, delta_seconds);
             let keep_min = |slot: &mut Option<u64>, s: u64| {
                 *slot = Some(slot.map_or(s, |old| old.min(s)));
             };
@@ -72,6 +72,24 @@ pub fn directives(headers: &HeaderMap) -> Directives {
         }
     }
     d
+}
+
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2: a cache treats
+/// anything larger as 2^31, about 68 years). Keeps every sum of ages and
+/// lifetimes far from overflowing.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A delta-seconds value: digits, capped at [`MAX_DELTA_SECONDS`] (so a
+/// value too long for a `u64` is the cap too); anything else reads as 0
+/// (stale, §4.2.1).
+fn delta_seconds(v: &str) -> u64 {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse::<u64>()
+            .unwrap_or(MAX_DELTA_SECONDS)
+            .min(MAX_DELTA_SECONDS)
+    } else {
+        0
+    }
 }
 
 /// Statuses that may be stored with heuristic freshness (RFC 9110
@@ -124,7 +142,7 @@ impl Freshness {
         let resident = now
             .duration_since(self.response_time)
             .unwrap_or(Duration::ZERO);
-        self.initial_age + resident
+        self.initial_age.saturating_add(resident)
     }
 
     /// Whether it is fresh at `now`.
@@ -216,15 +234,16 @@ pub fn storable(
     let age_value = resp
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(Duration::ZERO, |v| Duration::from_secs(delta_seconds(v)));
     let apparent_age = date.map_or(Duration::ZERO, |d| {
         response_time.duration_since(d).unwrap_or(Duration::ZERO)
     });
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    let initial_age = apparent_age.max(age_value + response_delay);
+    let initial_age = apparent_age.max(age_value.saturating_add(response_delay));
     let secs = |o: Option<u64>| o.map_or(Duration::ZERO, Duration::from_secs);
     Ok(Freshness {
         lifetime,
@@ -321,7 +340,9 @@ pub fn usable(f: &Freshness, req: &RequestRules, now: SystemTime) -> Use {
     if req.max_age.is_some_and(|m| age > m) {
         return Use::Revalidate;
     }
-    let needed = f.age(now) + req.min_fresh.map_or(Duration::ZERO, Duration::from_secs);
+    let needed = f
+        .age(now)
+        .saturating_add(req.min_fresh.map_or(Duration::ZERO, Duration::from_secs));
     if needed < f.lifetime {
         return Use::Fresh;
     }
@@ -796,5 +817,85 @@ mod tests {
             vec![header::ACCEPT_ENCODING, header::ACCEPT_LANGUAGE]
         );
         assert!(vary_names(&headers(&[("vary", "*")])).is_none());
+    }
+
+    // Ages and lifetimes from headers never overflow, whatever the
+    // values: a client's `min-fresh` or an upstream's `Age` as long as a
+    // u64 once panicked on adding durations (an abort in release builds).
+    #[test]
+    fn huge_values_are_capped_and_never_overflow() {
+        let d = directives(&headers(&[(
+            "cache-control",
+            "max-age=18446744073709551615, min-fresh=99999999999999999999999, s-maxage=x",
+        )]));
+        assert_eq!(d.max_age, Some(MAX_DELTA_SECONDS));
+        assert_eq!(d.min_fresh, Some(MAX_DELTA_SECONDS));
+        assert_eq!(d.s_maxage, Some(0));
+        let resp = headers(&[
+            ("cache-control", "max-age=18446744073709551615"),
+            ("age", "18446744073709551615"),
+            ("date", &date(0)),
+        ]);
+        let f = storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &resp,
+            at(0),
+            at(1),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(f.lifetime, Duration::from_secs(MAX_DELTA_SECONDS));
+        assert_eq!(f.initial_age, Duration::from_secs(MAX_DELTA_SECONDS + 1));
+        let req = request_rules(&headers(&[(
+            "cache-control",
+            "min-fresh=18446744073709551615",
+        )]));
+        assert_eq!(usable(&f, &req, at(10)), Use::Revalidate);
+        assert!(!stale_if_error(&f, at(10)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        // Any header values, any times: no panic, and every duration read
+        // from a header stays within the cap (plus the response delay).
+        #[test]
+        fn any_headers_any_times_never_panic(
+            cc_resp in "[ -~]{0,60}",
+            cc_req in "[ -~]{0,60}",
+            age in "[0-9]{0,25}|[ -~]{0,10}",
+            date_s in proptest::option::of(0u64..4_000_000_000),
+            expires_s in proptest::option::of(0u64..4_000_000_000),
+            status in 100u16..600,
+            req_t in 0u64..100,
+            resp_t in 0u64..100,
+            now_t in 0u64..u64::from(u32::MAX),
+        ) {
+            let mut resp = HeaderMap::new();
+            let mut req = HeaderMap::new();
+            if let Ok(v) = cc_resp.parse() { resp.insert(header::CACHE_CONTROL, v); }
+            if let Ok(v) = cc_req.parse() { req.insert(header::CACHE_CONTROL, v); }
+            if let Ok(v) = age.parse() { resp.insert(header::AGE, v); }
+            let stamp = |s: u64| httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+            if let Some(s) = date_s { resp.insert(header::DATE, stamp(s).parse().unwrap()); }
+            if let Some(s) = expires_s { resp.insert(header::EXPIRES, stamp(s).parse().unwrap()); }
+            let status = StatusCode::from_u16(status).unwrap();
+            let rules = Overrides { ttl: Duration::from_secs(5), force_ttl: None };
+            let d = directives(&resp);
+            for v in [d.max_age, d.s_maxage, d.stale_while_revalidate, d.stale_if_error, d.min_fresh].into_iter().flatten() {
+                proptest::prop_assert!(v <= MAX_DELTA_SECONDS);
+            }
+            if let Ok(f) = storable(&Method::GET, &req, status, &resp, at(req_t), at(req_t + resp_t), &rules) {
+                proptest::prop_assert!(f.stale_while_revalidate.as_secs() <= MAX_DELTA_SECONDS);
+                proptest::prop_assert!(f.stale_if_error.as_secs() <= MAX_DELTA_SECONDS);
+                let rq = request_rules(&req);
+                let _ = usable(&f, &rq, at(now_t));
+                let _ = stale_if_error(&f, at(now_t));
+                let _ = f.is_fresh(at(now_t));
+                let _ = f.staleness(at(now_t));
+            }
+            let _ = vary_names(&resp);
+        }
     }
 }

@@ -26,7 +26,8 @@
 //! at most a chunk) the request path queues a refill (bounded queue,
 //! never blocks; a full queue is counted). Credit left when a window ends
 //! is given back. A full sliding window asks again every 1% of the window
-//! as the previous one slides out.
+//! as the previous one slides out, on a timer between requests while the
+//! key is busy (ADR 0035).
 //!
 //! Token buckets (`hit_bucket`) are not settled with the authority: each
 //! node runs a local bucket at its fair share of the rate and the burst.
@@ -238,6 +239,10 @@ struct KeyCredit {
     asking: bool,
     /// The `now` of the request that queued the last refill.
     asked_us: u64,
+    /// The `now` of the last request.
+    last_us: u64,
+    /// A follow-up timer watches this key's full sliding window.
+    following: bool,
     /// The authority failed in this window: fair share until it answers
     /// again or the window ends.
     fallback: bool,
@@ -271,6 +276,27 @@ impl KeyCredit {
             ..KeyCredit::default()
         };
         back
+    }
+
+    /// What the node asks for at `now_us`: what it expects to spend over
+    /// `horizon_us` (never past the window's end, so asks shrink as the
+    /// window's remainder does) at its rate so far, the whole chunk
+    /// before it has a rate; at least `cost`.
+    fn want(&self, now_us: u64, horizon_us: u64, chunk: u64, cost: u64) -> u64 {
+        let first = self.first_us.unwrap_or(now_us);
+        let elapsed = now_us.saturating_sub(first);
+        let to_end = self
+            .window_start_us
+            .saturating_add(self.window_us)
+            .saturating_sub(now_us);
+        if elapsed == 0 {
+            chunk
+        } else {
+            let horizon = horizon_us.min(to_end);
+            let w = (u128::from(self.spent) * u128::from(horizon)).div_ceil(u128::from(elapsed));
+            u64::try_from(w).unwrap_or(u64::MAX).min(chunk)
+        }
+        .max(cost)
     }
 }
 
@@ -442,7 +468,8 @@ impl CounterStore for CreditCounters {
             let mut st = lock(&slot);
             let release = st.roll(window_start_us, len, policy.sliding);
             st.limit = policy.limit;
-            let first = *st.first_us.get_or_insert(now_us);
+            st.first_us.get_or_insert(now_us);
+            st.last_us = now_us;
             let admit = if st.spent.saturating_add(cost) > policy.limit {
                 // One node never admits more than the limit in a window,
                 // whatever credit it holds (a lowered dynamic limit).
@@ -478,23 +505,12 @@ impl CounterStore for CreditCounters {
                 },
                 1,
             );
-            // What this node expects to spend over the horizon at its rate
-            // so far (the whole chunk before it has a rate). The horizon
-            // never passes the window's end: credit left then is wasted
-            // for the window, so asks shrink as its remainder does.
-            let elapsed = now_us.saturating_sub(first);
-            let want = if elapsed == 0 {
-                chunk
-            } else {
-                let horizon = inner.horizon_us().min(to_end);
-                let w = (u128::from(st.spent) * u128::from(horizon)).div_ceil(u128::from(elapsed));
-                u64::try_from(w).unwrap_or(u64::MAX).min(chunk)
-            }
-            .max(cost);
+            let want = st.want(now_us, inner.horizon_us(), chunk, cost);
             // A full fixed window stays full; room frees in a sliding one
             // as the previous window slides out: ask again every 1% of it.
             let room = st.free.is_none_or(|f| f > 0)
-                || (policy.sliding && now_us >= st.asked_us.saturating_add(len / 100));
+                || (policy.sliding
+                    && now_us >= st.asked_us.saturating_add(policy.sliding_step_us()));
             let refill = !st.fallback && st.credit < want.div_ceil(2).max(cost) && room;
             let retry = st.fallback && now_us >= st.retry_at_us;
             let acquire = (!st.asking && (refill || retry)).then(|| {
@@ -612,6 +628,7 @@ impl Inner {
         let slot = self.slots.get(key);
         let mut give_back = g.units;
         let mut again = None;
+        let mut follow = false;
         if let Some(slot) = &slot {
             let mut st = lock(slot);
             if st.window_start_us == start && st.window_us == policy.window_us {
@@ -644,7 +661,13 @@ impl Inner {
                         });
                     }
                 }
+                // The window is full at this grant: see `follow`.
+                follow = policy.sliding && again.is_none() && st.free == Some(0) && !st.following;
+                st.following |= follow;
             }
+        }
+        if follow {
+            self.follow(key, policy, start);
         }
         if let Some(job) = again
             && !self.queue(job)
@@ -656,6 +679,69 @@ impl Inner {
             // The key was dropped or its window moved on while asking.
             self.release(key, start, give_back).await;
         }
+    }
+
+    /// Keeps asking for a full sliding window while requests come.
+    ///
+    /// Room frees a little at a time as the previous window slides out.
+    /// Asks that only requests start come one request gap late: with
+    /// traffic in bursts, the room that freed after a burst is granted
+    /// after it, and what frees in the window's last gap is never spent.
+    /// So a timer asks every 1% of the window, between requests, while
+    /// the key had a request in the last 10% of the window and holds less
+    /// than half of what it would ask for; the grant starts the next
+    /// timer. One timer per key: it ends with the window, with the
+    /// traffic, or when it asks.
+    fn follow(self: &Arc<Self>, key: &str, policy: &WindowPolicy, start: u64) {
+        let inner = Arc::downgrade(self);
+        let key: Box<str> = key.into();
+        let policy = *policy;
+        let pause = Duration::from_micros(policy.sliding_step_us().max(1_000));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let Some(slot) = inner.slots.get(&key) else {
+                    return;
+                };
+                let job = {
+                    let mut st = lock(&slot);
+                    let now = (inner.cfg.clock)();
+                    let end = start.saturating_add(policy.window_us);
+                    let hot = now.saturating_sub(st.last_us) <= policy.window_us / 10;
+                    if st.window_start_us != start {
+                        // The window moved on (and `roll` reset the flag).
+                        return;
+                    }
+                    if now >= end || !hot || st.fallback {
+                        st.following = false;
+                        return;
+                    }
+                    let fair = inner.share.get().apply(st.limit);
+                    let chunk = inner.cfg.chunk.apply(fair).max(1);
+                    let want = st.want(now, inner.horizon_us(), chunk, 1);
+                    if st.asking || st.credit >= want.div_ceil(2) {
+                        continue;
+                    }
+                    st.asking = true;
+                    st.asked_us = now;
+                    st.following = false;
+                    Job::Acquire {
+                        key: key.clone(),
+                        policy: WindowPolicy {
+                            limit: st.limit,
+                            ..policy
+                        },
+                        window_start_us: start,
+                        want: want.saturating_add(st.debt),
+                    }
+                };
+                if !inner.queue(job) {
+                    lock(&slot).asking = false;
+                }
+                return;
+            }
+        });
     }
 
     fn on_failure(&self, key: &str, start: u64, _e: &SettleError) {
@@ -1021,6 +1107,76 @@ mod tests {
                 }
             }
         }
+    }
+
+    // Room frees between requests in a full sliding window: a timer asks
+    // for it every step while the key is hot, so the credit is there when
+    // the next burst comes, and stops once the traffic does.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_sliding_window_asks_between_requests_while_traffic_lasts() {
+        let start = 1_000 * WINDOW;
+        let clock = TestClock::new(start);
+        let ledger = Arc::new(Mutex::new(CreditLedger::new(LedgerConfig::default())));
+        let auth = LedgerAuthority::new(ledger.clone(), "a", clock.clock());
+        let store = open(
+            Arc::new(auth),
+            FairShare::new(Scale::FULL),
+            config(&clock, Duration::from_secs(5)),
+        );
+        let stores = [store];
+        let p = WindowPolicy {
+            limit: 100,
+            window_us: WINDOW,
+            sliding: true,
+        };
+        let step = p.sliding_step_us();
+        // Fill the first window.
+        let mut admitted = 0;
+        for _ in 0..20 {
+            for _ in 0..10 {
+                admitted += u64::from(stores[0].hit_window("k", &p, start, 1).admitted);
+            }
+            settle(&stores).await;
+        }
+        assert_eq!(admitted, 100);
+        // Bursts every two steps in the next window (full, so it asks
+        // before admitting): each burst spends the credit and its first
+        // rejection asks; in the step between bursts, with no request, the
+        // timer asks for what freed since.
+        let t = start + WINDOW;
+        let mut between = 0;
+        for b in 0..5 {
+            let at = t + (2 * b + 1) * step;
+            clock.set(at);
+            for _ in 0..10 {
+                stores[0].hit_window("k", &p, at, 1);
+            }
+            settle(&stores).await;
+            let after_burst = stores[0].stats().grants;
+            clock.set(at + step);
+            tokio::time::sleep(Duration::from_micros(step)).await;
+            settle(&stores).await;
+            between += stores[0].stats().grants - after_burst;
+        }
+        assert!(
+            between >= 4,
+            "{between} asks between bursts: {:?}",
+            stores[0].stats()
+        );
+        assert!(stores[0].held() > 0, "credit waits for the next burst");
+        let t = t + 10 * step;
+        // The traffic stopped: past 10% of the window without a request
+        // the timer ends.
+        clock.set(t + WINDOW / 10 + step);
+        tokio::time::sleep(Duration::from_micros(2 * step)).await;
+        settle(&stores).await;
+        let quiet = stores[0].stats().grants;
+        for i in 2..=6 {
+            clock.set(t + WINDOW / 10 + i * step);
+            tokio::time::sleep(Duration::from_micros(step)).await;
+            settle(&stores).await;
+        }
+        assert_eq!(stores[0].stats().grants, quiet, "no asks without traffic");
     }
 
     /// Routes to whichever authority owns the key now (what the mesh does

@@ -308,7 +308,8 @@ impl CreditLedger {
         self.check_phase(now_us)?;
         self.expire(now_us);
         let carried = if policy.sliding {
-            self.carried(id, key, window_start_us, window_us, now_us)
+            let ahead = now_us.saturating_add(policy.sliding_step_us());
+            self.carried(id, key, window_start_us, window_us, ahead)
         } else {
             0
         };
@@ -592,13 +593,14 @@ mod tests {
             ..LedgerConfig::default()
         });
         while l.grant(0, "a", &id(), "s", &sp, 0, 100).unwrap().units > 0 {}
-        // A quarter into the next window, 3/4 of the 100 still count; a
+        // A quarter into the next window, 3/4 of the 100 still count, and
+        // the owner counts one step (1% of the window) ahead: 26 freed. A
         // sliding window grants all that freed (within `want` and the
         // hold), not half of it.
         let g = l
             .grant(12_500_000, "a", &id(), "s", &sp, 10 * S, 100)
             .unwrap();
-        assert_eq!((g.units, g.consumed), (25, 100));
+        assert_eq!((g.units, g.consumed), (26, 100));
         // Once the window ended, its successor no longer carries it.
         assert_eq!(
             l.grant(30 * S, "a", &id(), "s", &sp, 30 * S, 60)

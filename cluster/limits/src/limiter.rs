@@ -188,6 +188,18 @@ impl WindowPolicy {
         }
     }
 
+    /// The step of a shared sliding window: 1% of it. A credit store in a
+    /// full sliding window asks its authority again every step, and the
+    /// authority counts the previous window's share as of one step ahead
+    /// of its clock: what frees before the node's next ask is granted at
+    /// this one, or the room that frees in each window's last step would
+    /// never be spent. The fixed count of a window still never passes the
+    /// limit; the sliding estimate may, by at most one step's share of
+    /// the previous window (ADR 0035).
+    pub fn sliding_step_us(&self) -> u64 {
+        self.window_us / 100
+    }
+
     /// Whether an admitted request took the window's count past `soft`
     /// (the count after it is `limit - remaining`).
     pub fn past_soft(v: &Verdict, soft: u64) -> bool {

@@ -21,7 +21,7 @@ pub struct ReadTimeout<B> {
 
 /// The error of a [`ReadTimeout`] body that waited too long.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream body stalled for longer than the read timeout {0:?}")]
+#[error("body stalled for longer than its read timeout {0:?}")]
 pub struct ReadTimeoutError(Duration);
 
 impl<B> ReadTimeout<B> {

@@ -46,8 +46,8 @@ pub use errors::{ConfigErrors, ConfigProblem};
 pub(crate) use errors::{Problems, locate_problems};
 pub use health_check::{CheckKind, HealthCheckConfig};
 pub use route::{
-    HostHeader, LifecycleConfig, LifecycleStatus, RouteConfig, ServiceConfig, ValueMatch,
-    ValueRule, VersionMatch, VersionSource,
+    EscapedSlashes, HostHeader, LifecycleConfig, LifecycleStatus, RouteConfig, ServiceConfig,
+    ValueMatch, ValueRule, VersionMatch, VersionSource,
 };
 pub use settings::{ConsumerHeaders, MAX_HEADER_COUNT, Settings};
 pub use upstream::{

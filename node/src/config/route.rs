@@ -202,6 +202,32 @@ pub struct RouteConfig {
     /// service's.
     #[serde(default)]
     pub require_subscription: Option<bool>,
+    /// What a percent-encoded slash or backslash (`%2F`, `%5C`) in the
+    /// request path does on this route: `keep` (default), `reject` or
+    /// `decode`; see `docs/routing.md`.
+    #[serde(default, skip_serializing_if = "EscapedSlashes::is_default")]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What a route does with percent-encoded slashes and backslashes in the
+/// request path (modelled on Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Keep them as sent: they are part of a segment for routing and reach
+    /// the upstream unchanged.
+    #[default]
+    Keep,
+    /// Refuse the request with 400.
+    Reject,
+    /// Decode them to `/`, then route and forward the decoded path.
+    Decode,
+}
+
+impl EscapedSlashes {
+    fn is_default(&self) -> bool {
+        *self == EscapedSlashes::Keep
+    }
 }
 
 /// A condition on one header or query argument: `name` and exactly one of

@@ -50,6 +50,38 @@ pub struct Settings {
     /// Bytes the node's response cache may hold (bodies and headers),
     /// shared by every route with `proxy-cache`.
     pub cache_max_bytes: u64,
+    /// Most client connections the proxy listener holds open at once;
+    /// past it new ones are closed as soon as they are accepted. Lowered
+    /// at start to what the file descriptor limit allows.
+    pub max_connections: usize,
+    /// Most connections one client IP may hold open on the proxy
+    /// listener; 0 means no per-IP cap (the right choice behind a load
+    /// balancer or NAT, where many clients share an address).
+    pub max_connections_per_ip: usize,
+    /// How long a new proxy connection may stay silent before its first
+    /// byte.
+    #[serde(with = "crate::config::duration")]
+    pub first_byte_timeout: Duration,
+    /// How long a proxy connection may sit idle between requests
+    /// (HTTP/1.1 keep-alive; HTTP/2 with no stream open, however many
+    /// PING or SETTINGS frames it sends).
+    #[serde(with = "crate::config::duration")]
+    pub idle_timeout: Duration,
+    /// Requests one proxy connection may carry; then HTTP/1.1 closes it
+    /// after the response and HTTP/2 sends GOAWAY. 0 means no limit.
+    pub max_requests_per_connection: u64,
+    /// Most connections the admin listener holds open at once, kept apart
+    /// from the proxy's so proxy traffic never starves it.
+    pub admin_max_connections: usize,
+    /// How long an admin connection may take to send its first byte and
+    /// then its request head.
+    #[serde(with = "crate::config::duration")]
+    pub admin_header_read_timeout: Duration,
+    /// How long an admin connection may sit idle between requests; above
+    /// the Raft client's own pool idle time (30 s), so the client always
+    /// closes first and a Raft RPC never lands on a closing connection.
+    #[serde(with = "crate::config::duration")]
+    pub admin_idle_timeout: Duration,
 }
 
 /// Names of the headers carrying the authenticated consumer upstream; an
@@ -88,12 +120,28 @@ impl Default for Settings {
             echo_listen: None,
             consumer_headers: ConsumerHeaders::default(),
             cache_max_bytes: 256 * 1024 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_requests_per_connection: 0,
+            admin_max_connections: 256,
+            admin_header_read_timeout: Duration::from_secs(10),
+            admin_idle_timeout: Duration::from_secs(90),
         }
     }
 }
 
 /// Upper bound of `settings.max_header_count`.
 pub const MAX_HEADER_COUNT: usize = 10_000;
+
+/// Upper bound of the connection caps (`settings.max_connections` and
+/// the like): far beyond what one process can hold open.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
+/// Upper bound of the connection timeouts: a connection held longer than
+/// this by one state is not a client being slow.
+pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Settings {
     pub(super) fn validate(&self, p: &mut Problems) {
@@ -123,19 +171,47 @@ impl Settings {
                 );
             }
         }
-        for (name, d) in [
-            ("drain_timeout", self.drain_timeout),
-            ("header_read_timeout", self.header_read_timeout),
+        super::duration::check_max(
+            p,
+            "settings.drain_timeout".into(),
+            self.drain_timeout,
+            super::duration::MAX_TIMEOUT,
+        );
+        for (field, t) in [
+            ("settings.header_read_timeout", self.header_read_timeout),
+            ("settings.first_byte_timeout", self.first_byte_timeout),
+            ("settings.idle_timeout", self.idle_timeout),
+            (
+                "settings.admin_header_read_timeout",
+                self.admin_header_read_timeout,
+            ),
+            ("settings.admin_idle_timeout", self.admin_idle_timeout),
         ] {
-            super::duration::check_max(
-                p,
-                format!("settings.{name}"),
-                d,
-                super::duration::MAX_TIMEOUT,
-            );
+            if t.is_zero() {
+                p.push(field, "must be greater than zero");
+            } else if t > MAX_CONNECTION_TIMEOUT {
+                p.push(field, "must be at most 1h");
+            }
         }
-        if self.header_read_timeout.is_zero() {
-            p.push("settings.header_read_timeout", "must be greater than zero");
+        for (field, n, min) in [
+            ("settings.max_connections", self.max_connections, 1),
+            (
+                "settings.max_connections_per_ip",
+                self.max_connections_per_ip,
+                0,
+            ),
+            (
+                "settings.admin_max_connections",
+                self.admin_max_connections,
+                1,
+            ),
+        ] {
+            if !(min..=MAX_CONNECTIONS).contains(&n) {
+                p.push(
+                    field,
+                    format!("must be between {min} and {MAX_CONNECTIONS}"),
+                );
+            }
         }
         if !self.via.is_empty() && http::HeaderValue::from_str(&self.via).is_err() {
             p.push("settings.via", "is not a valid header value");

@@ -13,7 +13,9 @@
 //!   (`*.example.com`: any host ending in `.example.com`, with one or more
 //!   labels in front, so not `example.com` itself). No hosts means any
 //!   host, including requests without one.
-//! - Paths, compared on the raw (not percent-decoded) request path: exact
+//! - Paths, compared on the request path as the proxy normalised it
+//!   ([`crate::uri_path`]: unreserved characters decoded, every other
+//!   percent-encoding as received, no dot segments): exact
 //!   (`/a/b`), parameters (`/users/:id`, one whole non-empty segment) and a
 //!   trailing wildcard (`/static/*`, which matches `/static`, `/static/`
 //!   and everything below). A trailing slash is significant: `/a/` and
@@ -87,7 +89,8 @@ pub struct RequestView<'a> {
     pub method: &'a http::Method,
     /// Host without port, lowercased by the caller; `None` when absent.
     pub host: Option<&'a str>,
-    /// Path, not percent-decoded.
+    /// Path, normalised by [`crate::uri_path::normalize`] (other
+    /// percent-encodings left as received).
     pub path: &'a str,
     /// Raw query string without `?`.
     pub query: Option<&'a str>,

@@ -63,19 +63,14 @@ pub(crate) struct Stats {
 /// did not log, and once when exports recover. The caller writes the line.
 #[derive(Debug)]
 pub(crate) struct ErrorLog {
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last line, plus one (0: never).
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
+    lines: crate::throttle::Throttle,
     failing: AtomicBool,
 }
 
 impl Default for ErrorLog {
     fn default() -> Self {
         ErrorLog {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
+            lines: crate::throttle::Throttle::new(ERROR_LOG_INTERVAL),
             failing: AtomicBool::new(false),
         }
     }
@@ -86,20 +81,7 @@ impl ErrorLog {
     /// logged since the last line; `None` when it is only counted.
     pub(crate) fn failed(&self) -> Option<u64> {
         self.failing.store(true, Ordering::Relaxed);
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= ERROR_LOG_INTERVAL.as_millis() as u64;
-        if due
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
+        self.lines.check()
     }
 
     /// A successful export: when it ends a run of failures, the failures
@@ -107,7 +89,7 @@ impl ErrorLog {
     pub(crate) fn recovered(&self) -> Option<u64> {
         self.failing
             .swap(false, Ordering::Relaxed)
-            .then(|| self.suppressed.swap(0, Ordering::Relaxed))
+            .then(|| self.lines.take_suppressed())
     }
 }
 

@@ -127,8 +127,9 @@ impl RedisAuthority {
     /// [`CreditAuthority::acquire`] at an explicit clock `now_us` (µs since
     /// the Unix epoch), which only matters for sliding windows: the share
     /// of the previous window still inside the sliding window is counted
-    /// as of `now_us`. That share only shrinks as time goes on, so a grant
-    /// that fits at `now_us` still fits later.
+    /// as of one step past `now_us` ([`WindowPolicy::sliding_step_us`]).
+    /// That share only shrinks as time goes on, so a grant that fits then
+    /// still fits later.
     pub async fn acquire_at(
         &self,
         id: &LimitId,
@@ -151,7 +152,10 @@ impl RedisAuthority {
         let reply = if policy.sliding && window_start_us >= len {
             let prev = window_key(prefix, id, key, window_start_us - len);
             let end = window_start_us.saturating_add(len);
-            let to_end = end.saturating_sub(now_us.max(window_start_us)).min(len);
+            // Counted one step ahead, as the mesh owner does
+            // (`WindowPolicy::sliding_step_us`).
+            let ahead = now_us.saturating_add(policy.sliding_step_us());
+            let to_end = end.saturating_sub(ahead.max(window_start_us)).min(len);
             self.client
                 .eval(
                     &self.acquire,

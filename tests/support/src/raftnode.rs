@@ -244,10 +244,27 @@ pub async fn cluster_with_env(
     root: &Path,
     env: &[(&str, Option<&str>)],
 ) -> anyhow::Result<Vec<Node>> {
-    let first = Node::start_with_env(bin, &root.join("n1"), &[], env).await?;
+    cluster_with_args(bin, root, &[], env).await
+}
+
+/// [`cluster_with_env`] with `args` added to every node's command line.
+pub async fn cluster_with_args(
+    bin: &Path,
+    root: &Path,
+    args: &[&str],
+    env: &[(&str, Option<&str>)],
+) -> anyhow::Result<Vec<Node>> {
+    let joining = |join: &str| {
+        let mut a = vec!["--join".to_string(), join.to_string()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    };
+    let first = Node::start_with_env(bin, &root.join("n1"), args, env).await?;
     let join = first.admin.clone();
-    let second = Node::start_with_env(bin, &root.join("n2"), &["--join", &join], env).await?;
-    let third = Node::start_with_env(bin, &root.join("n3"), &["--join", &join], env).await?;
+    let a = joining(&join);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let second = Node::start_with_env(bin, &root.join("n2"), &a, env).await?;
+    let third = Node::start_with_env(bin, &root.join("n3"), &a, env).await?;
     let nodes = vec![first, second, third];
     wait_until(
         "three voters with one leader everywhere",

@@ -81,6 +81,17 @@ impl RawHttp {
         })
     }
 
+    /// Speaks over `stream`, connected by the caller (from a chosen source
+    /// address, say).
+    pub fn from_stream(stream: TcpStream) -> RawHttp {
+        let _ = stream.set_nodelay(true);
+        RawHttp {
+            stream,
+            buf: Vec::new(),
+            timeout: READ_TIMEOUT,
+        }
+    }
+
     /// Connects, sends `request` and reads one response.
     pub async fn exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> io::Result<RawResponse> {
         let mut conn = RawHttp::connect(addr).await?;
