@@ -596,6 +596,9 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
         st["items"]["minimum"] = Value::from(100);
         st["items"]["maximum"] = Value::from(599);
     }
+    if let Some(m) = schemas["RetryBudgetConfig"]["properties"].get_mut("min_per_sec") {
+        m["maximum"] = Value::from(crate::config::MAX_RETRIES_PER_SEC);
+    }
     // serde's adjacently tagged enum: `ip` and `uri` carry no `name`.
     if let Some(Value::Array(variants)) = schemas["HashOn"].get_mut("oneOf") {
         for v in variants {

@@ -51,8 +51,8 @@ pub use route::{
 };
 pub use settings::{ConsumerHeaders, MAX_HEADER_COUNT, Settings};
 pub use upstream::{
-    BalancerConfig, HashOn, KeepaliveConfig, Locality, PassiveHealthConfig, RetryBudgetConfig,
-    StickyConfig, TargetConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme,
+    BalancerConfig, HashOn, KeepaliveConfig, Locality, MAX_RETRIES_PER_SEC, PassiveHealthConfig,
+    RetryBudgetConfig, StickyConfig, TargetConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme,
 };
 
 /// The whole configuration file.

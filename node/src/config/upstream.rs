@@ -186,6 +186,9 @@ impl Default for KeepaliveConfig {
 /// descriptors for.
 pub const MAX_IDLE: usize = 65_536;
 
+/// Most retries a budget always allows per second.
+pub const MAX_RETRIES_PER_SEC: u32 = 1_000_000;
+
 /// Upstream timeouts.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -413,6 +416,13 @@ impl UpstreamConfig {
             p.push(
                 format!("{at}.retry_budget.ratio"),
                 "must be between 0 and 1000",
+            );
+        }
+        // tower's budget panics at i32::MAX; no budget needs a millionth of it.
+        if b.min_per_sec > MAX_RETRIES_PER_SEC {
+            p.push(
+                format!("{at}.retry_budget.min_per_sec"),
+                format!("must be at most {MAX_RETRIES_PER_SEC}"),
             );
         }
         if b.ttl < Duration::from_secs(1) || b.ttl > Duration::from_secs(60) {
