@@ -558,6 +558,7 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
         }
     }
     let schemas = &mut doc["components"]["schemas"];
+    unsigned_32(schemas);
     // The rules between fields that the derived schemas cannot say.
     let set = |v: &[&str]| -> Vec<Value> {
         v.iter()
@@ -617,5 +618,24 @@ fn bound_schemas(doc: &mut Value, kind_schemas: &[String]) {
     if let Some(id) = schemas["GlobalPluginDoc"]["properties"].get_mut("id") {
         let names: Vec<&str> = crate::plugin::REGISTRY.iter().map(|d| d.name).collect();
         id["enum"] = serde_json::json!(names);
+    }
+}
+
+/// utoipa writes `u32` as `int32` from 0, whose range ends at 2^31 - 1:
+/// say what the API takes, 0 to 2^32 - 1.
+fn unsigned_32(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.get("format").and_then(Value::as_str) == Some("int32")
+                && o.get("minimum").and_then(Value::as_i64) == Some(0)
+                && !o.contains_key("maximum")
+            {
+                o.insert("format".into(), Value::from("int64"));
+                o.insert("maximum".into(), Value::from(u32::MAX));
+            }
+            o.values_mut().for_each(unsigned_32);
+        }
+        Value::Array(a) => a.iter_mut().for_each(unsigned_32),
+        _ => {}
     }
 }
