@@ -30,10 +30,7 @@ pub fn load_str(src: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let src = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors::one(path.display().to_string(), format!("cannot read file: {e}"))
-    })?;
-    load_str(&src)
+    load_str(&config::read_file(path)?)
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn pointer_of(path: &serde_path_to_error::Path) -> String {
+pub(crate) fn pointer_of(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
     for seg in path.iter() {

@@ -50,6 +50,9 @@ fn reload_inner(
             "settings.listen, settings.admin_listen and settings.workers change only on restart"
         );
     }
+    if cfg.settings.admin_hosts != old.settings.admin_hosts {
+        tracing::warn!("settings.admin_hosts changes only on restart");
+    }
     if cfg.observability != old.observability {
         tracing::warn!("the observability section changes only on restart");
     }

@@ -219,6 +219,10 @@ impl Server {
                 cluster: self.cluster.clone(),
                 health: self.health.clone(),
                 stored_problems: Default::default(),
+                hosts: crate::admin::Hosts::new(
+                    self.admin.local_addr().unwrap_or(settings.admin_listen),
+                    settings.admin_hosts.iter().map(String::as_str),
+                ),
             }))
         });
         let (admin_stop_tx, admin_stop) = watch::channel(false);

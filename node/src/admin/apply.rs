@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_storage::{Batch, Op, Problem};
 
+use super::body::{self, Query};
 use super::documents::{WriteQuery, store, write, write_response};
 use super::keys::caller;
 use super::{AdminCtx, ApiError, ApiResult, outcome_error};
@@ -39,6 +40,38 @@ struct ApplyRequest {
     message: String,
 }
 
+/// The request, from JSON or (`Content-Type: application/yaml`) from
+/// YAML read within the config loader's bounds.
+fn request(headers: &HeaderMap, body: &[u8]) -> Result<ApplyRequest, ApiError> {
+    let problem = |pointer: String, reason: String| {
+        ApiError::invalid(vec![Problem {
+            kind: String::new(),
+            id: String::new(),
+            pointer,
+            reason,
+        }])
+    };
+    let yaml = super::guard::media_type(headers).is_some_and(|m| super::guard::is_yaml(&m));
+    let value = if yaml {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| problem(String::new(), "the YAML body is not UTF-8".into()))?;
+        crate::config::parse_value(text).map_err(|e| {
+            let p = &e.0[0];
+            let at = p
+                .location
+                .map(|(l, c)| format!(" at {l}:{c}"))
+                .unwrap_or_default();
+            problem(String::new(), format!("{}{at}", p.reason))
+        })?
+    } else {
+        body::json(body).map_err(|(pointer, reason)| problem(pointer, reason))?
+    };
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let pointer = crate::docs::pointer_of(e.path());
+        problem(pointer, e.into_inner().to_string())
+    })
+}
+
 /// One step of an apply plan.
 #[derive(Debug, Serialize)]
 struct PlanStep {
@@ -51,24 +84,11 @@ pub(super) async fn apply(
     State(ctx): State<Arc<AdminCtx>>,
     Query(q): Query<WriteQuery>,
     ext: axum::http::Extensions,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let kv = store(&ctx)?;
-    let req: ApplyRequest =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-            .map_err(|e| {
-                let pointer = format!("/{}", e.path()).replace('.', "/");
-                ApiError::invalid(vec![Problem {
-                    kind: String::new(),
-                    id: String::new(),
-                    pointer: if pointer == "//" {
-                        String::new()
-                    } else {
-                        pointer
-                    },
-                    reason: e.into_inner().to_string(),
-                }])
-            })?;
+    let req = request(&headers, &body)?;
     let mut problems = Vec::new();
     let mut desired: BTreeMap<(String, String), Value> = BTreeMap::new();
     for (kind, items) in &req.documents {

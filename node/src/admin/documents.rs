@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use weir_cluster::raft::RaftKv;
 use weir_storage::{Batch, Document, Op, Problem, WriteOutcome};
 
+use super::body::{self, Query, invalid_query, query_bool};
 use super::keys::caller;
 use super::subscriptions::check_new_subscription;
 use super::{AdminCtx, ApiError, ApiResult, outcome_error};
@@ -48,12 +49,12 @@ fn check_kind(kind: &str) -> Result<(), ApiError> {
 }
 
 fn parse_body(kind: &str, id: Option<&str>, body: &Bytes) -> Result<(String, Value), ApiError> {
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| {
+    let mut v: Value = body::json(body).map_err(|(pointer, reason)| {
         ApiError::invalid(vec![Problem {
             kind: kind.into(),
             id: id.unwrap_or_default().into(),
-            pointer: String::new(),
-            reason: format!("not JSON: {e}"),
+            pointer,
+            reason: format!("not JSON: {reason}"),
         }])
     })?;
     let id = match id {
@@ -251,7 +252,8 @@ pub(super) async fn delete_one(
     check_kind(&kind)?;
     let kv = store(&ctx)?;
     let expect = if_match(&headers)?;
-    if kv.view().get(&kind, &id).is_none() && expect.is_none() {
+    // An id no document can have names nothing, whatever If-Match says.
+    if (kv.view().get(&kind, &id).is_none() && expect.is_none()) || docs::check_id(&id).is_err() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -325,15 +327,13 @@ pub(super) async fn list(
                     .ok()
                     .filter(|n| (1..=1000).contains(n))
                     .ok_or_else(|| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_query",
-                            "limit is 1 to 1000",
-                        )
+                        invalid_query(format!(
+                            "query parameter `limit`: `{v}` is not a number from 1 to 1000"
+                        ))
                     })?;
             }
             "after" => after = Some(v.clone()),
-            "consistent" => barrier(kv, Some(v == "true")).await?,
+            "consistent" => barrier(kv, Some(query_bool("consistent", v)?)).await?,
             field => filters.push((field.to_string(), v.clone())),
         }
     }

@@ -15,7 +15,11 @@
 //! - `documents.rs`: document CRUD, export, history, rollback, and the
 //!   write path the others share;
 //! - `subscriptions.rs`: the subscription workflow;
-//! - `apply.rs`: the `weir apply` planner.
+//! - `apply.rs`: the `weir apply` planner;
+//! - `guard.rs`: the host, origin and content-type checks every request
+//!   passes, and the JSON form of every error;
+//! - `body.rs`: request bodies and query strings as the handlers read
+//!   them (duplicate keys refused, the parameter named in each error).
 //!
 //! This file holds what they share (the context, the error type) and the
 //! endpoint table the router and the OpenAPI document are built from.
@@ -39,13 +43,16 @@ use weir_storage::{Problem, WriteOutcome};
 use crate::snapshot::State as Snap;
 
 mod apply;
+mod body;
 mod documents;
+mod guard;
 mod keys;
 mod purge;
 mod status;
 pub(crate) use status::mode_name;
 mod subscriptions;
 
+pub use guard::Hosts;
 pub use keys::{ApiKey, Role};
 use subscriptions::Decision;
 
@@ -65,6 +72,8 @@ pub struct AdminCtx {
     pub health: Arc<crate::health::HealthChecker>,
     /// Stored documents that are not valid (they block every write).
     pub stored_problems: crate::stored::StoredProblems,
+    /// The names requests may address the admin listener by.
+    pub hosts: Hosts,
 }
 
 // === errors ===
@@ -210,7 +219,7 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         (
             "post",
             "/v1/apply",
-            post(apply::apply).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
+            post(apply::apply).layer(DefaultBodyLimit::max(guard::APPLY_BODY_LIMIT)),
         ),
         ("get", "/v1/revisions", get(documents::revisions)),
         ("post", "/v1/rollback/{revision}", post(documents::rollback)),
@@ -261,9 +270,12 @@ pub fn router(ctx: Arc<AdminCtx>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })
+        .layer(DefaultBodyLimit::max(guard::BODY_LIMIT))
         .with_state(ctx.clone());
     if let Some(kv) = &ctx.store {
         r = r.merge(kv.router());
     }
-    r.layer(middleware::from_fn_with_state(ctx, keys::auth))
+    r.layer(middleware::from_fn_with_state(ctx.clone(), keys::auth))
+        .layer(middleware::from_fn_with_state(ctx, guard::check))
+        .layer(middleware::from_fn(guard::json_errors))
 }

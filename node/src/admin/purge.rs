@@ -41,8 +41,8 @@ pub(super) async fn cache_purge(
             reason: reason.to_string(),
         }])
     };
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| problem("", &format!("the body is not JSON: {e}")))?;
+    let v: Value = super::body::json(&body)
+        .map_err(|(at, e)| problem(&at, &format!("the body is not JSON: {e}")))?;
     let Some(obj) = v.as_object() else {
         return Err(problem(
             "",

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use weir_storage::{Batch, Op, Problem, WriteOutcome};
 
+use super::body::Query;
 use super::documents::{WriteQuery, store, write, write_response};
 use super::keys::caller;
 use super::{AdminCtx, ApiError, ApiResult};

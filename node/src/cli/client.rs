@@ -217,10 +217,10 @@ pub fn cluster_status(conn: &ConnArgs, json: bool) -> ExitCode {
 pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool) -> ExitCode {
     // A document file (from `weir get -o yaml`): create or update its
     // documents, delete nothing; the node checks them with the rest.
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::config::read_file(file) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{}: cannot read file: {e}", file.display());
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };

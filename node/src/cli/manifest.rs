@@ -79,6 +79,14 @@ pub(super) fn to_yaml(kind: &str, values: &[&Value]) -> anyhow::Result<String> {
 /// mapping or names no known kind, with the document's number.
 pub(super) fn parse(text: &str) -> anyhow::Result<Option<BTreeMap<String, Vec<Value>>>> {
     use serde::Deserialize;
+    // Over the input bounds: say so, whichever kind of file it is.
+    if let Err(crate::config::bounds::Refused::Limit(why, at)) = crate::config::bounds::check(text)
+    {
+        match at {
+            Some((l, c)) => bail!("{l}:{c}: {why}"),
+            None => bail!("{why}"),
+        }
+    }
     let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let n = i + 1;

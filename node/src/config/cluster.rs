@@ -47,12 +47,12 @@ pub struct ClusterConfig {
     /// Required unless gossip listens on loopback only.
     pub secret_file: Option<PathBuf>,
     /// How often gossip runs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub gossip_interval: Duration,
     /// Silence, in mean heartbeat intervals, before a peer is dead.
     pub phi_threshold: f64,
     /// How long dead members stay listed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub dead_node_grace: Duration,
 }
 

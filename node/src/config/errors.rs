@@ -104,6 +104,40 @@ pub(crate) fn locate(src: &str, path: &str) -> Option<(usize, usize)> {
         .find_map(|n| seek(src, &segments[..n]))
 }
 
+/// Takes the node at `path` (`routes[0].pathz`) out of `doc`; `false`
+/// when `doc` has no such node.
+pub(crate) fn remove_at(doc: &mut serde_yaml_ng::Value, path: &str) -> bool {
+    use serde_yaml_ng::Value;
+    let Some(segments) = segments(path) else {
+        return false;
+    };
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = doc;
+    for seg in parents {
+        while let Value::Tagged(t) = at {
+            at = &mut t.value;
+        }
+        let next = match (seg, at) {
+            (Segment::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str()),
+            (Segment::Index(i), Value::Sequence(s)) => s.get_mut(*i),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        at = next;
+    }
+    while let Value::Tagged(t) = at {
+        at = &mut t.value;
+    }
+    match (last, at) {
+        (Segment::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
+        _ => false,
+    }
+}
+
 /// One step of a field path: a map key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {

@@ -31,11 +31,11 @@ pub struct HealthCheckConfig {
     /// `Host` header of the HTTP check; empty sends the target's address.
     pub host: String,
     /// Time between probes of one target by one prober.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub interval: Duration,
     /// How long a probe may take.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub timeout: Duration,
     /// Consecutive successes that bring a target back.
@@ -92,6 +92,9 @@ impl HealthCheckConfig {
         }
         if self.interval < Duration::from_millis(100) {
             push("interval", "must be at least 100ms");
+        }
+        if self.interval > super::duration::MAX_TIMEOUT {
+            push("interval", "must be at most 1day");
         }
         if self.timeout.is_zero() || self.timeout > self.interval {
             push("timeout", "must be above zero and at most `interval`");

@@ -16,15 +16,20 @@
 //! - `consumer.rs`: `consumers:` and `subscriptions:`;
 //! - `cluster.rs`: `cluster:`;
 //! - `redis:` is `weir_storage::redis_store::RedisSettings`, validated here;
-//! - `errors.rs`: problems and their paths.
+//! - `errors.rs`: problems and their paths;
+//! - `duration.rs`: durations, with their upper bounds;
+//! - `bounds.rs`: the limits on input size, nesting, alias expansion and
+//!   counts, checked before a document is deserialized.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod bounds;
 mod cluster;
 mod consumer;
+pub mod duration;
 mod errors;
 mod health_check;
 mod route;
@@ -46,8 +51,8 @@ pub use route::{
 };
 pub use settings::{ConsumerHeaders, MAX_HEADER_COUNT, Settings};
 pub use upstream::{
-    BalancerConfig, HashOn, KeepaliveConfig, Locality, PassiveHealthConfig, RetryBudgetConfig,
-    StickyConfig, TargetConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme,
+    BalancerConfig, HashOn, KeepaliveConfig, Locality, MAX_RETRIES_PER_SEC, PassiveHealthConfig,
+    RetryBudgetConfig, StickyConfig, TargetConfig, TimeoutConfig, UpstreamConfig, UpstreamScheme,
 };
 
 /// The whole configuration file.
@@ -121,24 +126,14 @@ impl Default for Config {
 
 /// Parses a YAML document into a [`Config`], without checking it (that is
 /// `compile::validate`). A problem is reported with its field path, and
-/// with `line:column` where the YAML parser knows it.
+/// with `line:column` where the YAML parser knows it. Every unknown field
+/// is reported, not only the first. A document over the bounds of
+/// [`bounds`] is refused before it is deserialized.
 pub fn parse_str(src: &str) -> Result<Config, ConfigErrors> {
     if src.trim().is_empty() {
         return Ok(Config::default());
     }
-    // YAML that does not parse is a syntax error at its position, not a
-    // problem of whatever field the parser was in when it stopped.
-    if let Err(e) = serde_yaml_ng::from_str::<serde::de::IgnoredAny>(src) {
-        let mut reason = e.to_string();
-        if let Some(i) = reason.find(" at line ") {
-            reason.truncate(i);
-        }
-        return Err(ConfigErrors(vec![ConfigProblem {
-            path: String::new(),
-            location: e.location().map(|l| (l.line(), l.column())),
-            reason: format!("YAML syntax error: {reason}"),
-        }]));
-    }
+    check_bounds(src)?;
     let de = serde_yaml_ng::Deserializer::from_str(src);
     let config: Config = match serde_path_to_error::deserialize(de) {
         Ok(c) => c,
@@ -146,40 +141,133 @@ pub fn parse_str(src: &str) -> Result<Config, ConfigErrors> {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let location = inner.location().map(|l| (l.line(), l.column()));
-            // serde_yaml_ng appends " at line X column Y"; the location is
-            // reported separately.
-            let mut reason = inner.to_string();
-            if let Some(i) = reason.find(" at line ") {
-                reason.truncate(i);
+            let first = problem_of(path, location, inner.to_string());
+            let mut problems = vec![first];
+            if problems[0].reason.starts_with("unknown field") {
+                problems.extend(more_unknown_fields(src, &problems[0].path));
             }
-            let path = if path == "." {
-                "(document)".to_string()
-            } else {
-                path
-            };
-            // The YAML parser may start its message with (part of) the
-            // path; say the path once.
-            if let Some((head, rest)) = reason.split_once(": ")
-                && path.starts_with(head)
-            {
-                reason = rest.to_string();
-            }
-            return Err(ConfigErrors(vec![ConfigProblem {
-                path,
-                location,
-                reason,
-            }]));
+            return Err(ConfigErrors(problems));
         }
     };
     Ok(config)
 }
 
+/// `src` within the size, nesting and alias-expansion bounds, or the
+/// problem (a YAML syntax error is reported as one, at its position).
+fn check_bounds(src: &str) -> Result<(), ConfigErrors> {
+    match bounds::check(src) {
+        Ok(()) => Ok(()),
+        Err(bounds::Refused::Limit(reason, location)) => Err(ConfigErrors(vec![ConfigProblem {
+            path: "(document)".into(),
+            location,
+            reason,
+        }])),
+        // YAML that does not parse is a syntax error at its position, not
+        // a problem of whatever field the parser was in when it stopped.
+        Err(bounds::Refused::Syntax(e)) => {
+            let mut reason = e.to_string();
+            if let Some(i) = reason.find(" at line ") {
+                reason.truncate(i);
+            }
+            Err(ConfigErrors(vec![ConfigProblem {
+                path: String::new(),
+                location: e.location().map(|l| (l.line(), l.column())),
+                reason: format!("YAML syntax error: {reason}"),
+            }]))
+        }
+    }
+}
+
+/// A deserialization error as a problem: the path once, the location
+/// apart from the reason.
+fn problem_of(path: String, location: Option<(usize, usize)>, reason: String) -> ConfigProblem {
+    // serde_yaml_ng appends " at line X column Y"; the location is
+    // reported separately.
+    let mut reason = reason;
+    if let Some(i) = reason.find(" at line ") {
+        reason.truncate(i);
+    }
+    let path = if path == "." {
+        "(document)".to_string()
+    } else {
+        path
+    };
+    // The YAML parser may start its message with (part of) the path; say
+    // the path once.
+    if let Some((head, rest)) = reason.split_once(": ")
+        && path.starts_with(head)
+    {
+        reason = rest.to_string();
+    }
+    ConfigProblem {
+        path,
+        location,
+        reason,
+    }
+}
+
+/// Most unknown fields reported for one document.
+const MAX_UNKNOWN_FIELDS: usize = 100;
+
+/// The unknown fields of `src` after the first (at `first`): the first is
+/// taken out and the document read again, until it reads or fails for
+/// another reason.
+fn more_unknown_fields(src: &str, first: &str) -> Vec<ConfigProblem> {
+    let mut out = Vec::new();
+    let Ok(mut doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(src) else {
+        return out;
+    };
+    let mut gone = first.to_string();
+    while out.len() < MAX_UNKNOWN_FIELDS && errors::remove_at(&mut doc, &gone) {
+        let Err(e) = serde_path_to_error::deserialize::<_, Config>(doc.clone()) else {
+            break;
+        };
+        let path = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        if !reason.starts_with("unknown field") {
+            break;
+        }
+        let mut p = problem_of(path, None, reason);
+        p.location = errors::locate(src, &p.path);
+        gone = p.path.clone();
+        out.push(p);
+    }
+    out
+}
+
+/// Parses a YAML document (a `/v1/apply` body) into JSON, within the
+/// bounds of [`bounds`].
+pub fn parse_value(src: &str) -> Result<serde_json::Value, ConfigErrors> {
+    check_bounds(src)?;
+    serde_yaml_ng::from_str(src).map_err(|e| {
+        let location = e.location().map(|l| (l.line(), l.column()));
+        ConfigErrors(vec![problem_of(".".into(), location, e.to_string())])
+    })
+}
+
 /// Reads and parses a config file, without checking it.
 pub fn parse_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-    let src = std::fs::read_to_string(path).map_err(|e| {
+    parse_str(&read_file(path)?)
+}
+
+/// Reads a config file, refusing one over the document size bound before
+/// reading it.
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigErrors> {
+    let cannot = |e: std::io::Error| {
         ConfigErrors::one(path.display().to_string(), format!("cannot read file: {e}"))
-    })?;
-    parse_str(&src)
+    };
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    if len > bounds::MAX_DOCUMENT_BYTES as u64 {
+        return Err(ConfigErrors::one(
+            path.display().to_string(),
+            format!(
+                "the file is {len} bytes; the limit (document size) is {} bytes ({} MiB)",
+                bounds::MAX_DOCUMENT_BYTES,
+                bounds::MAX_DOCUMENT_BYTES >> 20
+            ),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(cannot)
 }
 
 // === validation ===
@@ -235,6 +323,7 @@ impl Config {
             u.validate(&at, p);
             upstream_ok.push(p.0.len() == before);
         }
+        check_routes(&self.routes, p);
         let mut service_ids = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -257,6 +346,63 @@ impl Config {
         }
         upstream_ok
     }
+}
+
+/// The bounds on routes: how many, how many paths each, and paths that
+/// can never match (too long, or with a dot segment, which a request path
+/// never has once it is resolved).
+fn check_routes(routes: &[Arc<RouteConfig>], p: &mut Problems) {
+    use bounds::{MAX_PATH_BYTES, MAX_PATHS_PER_ROUTE, MAX_ROUTES};
+    if routes.len() > MAX_ROUTES {
+        p.push(
+            "routes",
+            format!(
+                "{} routes; the limit (routes) is {MAX_ROUTES}",
+                routes.len()
+            ),
+        );
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if r.paths.len() > MAX_PATHS_PER_ROUTE {
+            p.push(
+                format!("routes[{i}].paths"),
+                format!(
+                    "{} paths; the limit (paths per route) is {MAX_PATHS_PER_ROUTE}",
+                    r.paths.len()
+                ),
+            );
+            continue;
+        }
+        for (j, path) in r.paths.iter().enumerate() {
+            let at = format!("routes[{i}].paths[{j}]");
+            if path.len() > MAX_PATH_BYTES {
+                p.push(
+                    at,
+                    format!(
+                        "the path is {} bytes; the limit (path length) is {MAX_PATH_BYTES} bytes",
+                        path.len()
+                    ),
+                );
+            } else if let Some(seg) = dot_segment(path) {
+                p.push(
+                    at,
+                    format!(
+                        "`{path}` has the dot segment `{seg}`: request paths are resolved before routing, so it can never match"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The first segment of `path` that is `.` or `..`, percent-encoded or
+/// not.
+fn dot_segment(path: &str) -> Option<&str> {
+    path.split('/').find(|s| {
+        let lower = s.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 pub(crate) fn check_id(p: &mut Problems, at: &str, id: &str) {

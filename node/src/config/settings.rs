@@ -18,13 +18,18 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Address of the admin listener (health, status).
     pub admin_listen: SocketAddr,
+    /// Further names the admin API may be addressed by (`Host` and
+    /// `Origin`), `name` (any port) or `name:port`: its own address,
+    /// `localhost` on loopback and the Raft advertise address are always
+    /// taken, every other name is refused (ADR 0040).
+    pub admin_hosts: Vec<String>,
     /// Runtime worker threads; 0 means one per CPU core.
     pub workers: usize,
     /// How long a graceful shutdown waits for requests in flight.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub drain_timeout: Duration,
     /// How long a client may take to send the request head.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub header_read_timeout: Duration,
     /// Largest request head (request line plus headers) in bytes; larger
     /// heads get 431.
@@ -55,12 +60,12 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     /// How long a new proxy connection may stay silent before its first
     /// byte.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub first_byte_timeout: Duration,
     /// How long a proxy connection may sit idle between requests
     /// (HTTP/1.1 keep-alive; HTTP/2 with no stream open, however many
     /// PING or SETTINGS frames it sends).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub idle_timeout: Duration,
     /// Requests one proxy connection may carry; then HTTP/1.1 closes it
     /// after the response and HTTP/2 sends GOAWAY. 0 means no limit.
@@ -70,12 +75,12 @@ pub struct Settings {
     pub admin_max_connections: usize,
     /// How long an admin connection may take to send its first byte and
     /// then its request head.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub admin_header_read_timeout: Duration,
     /// How long an admin connection may sit idle between requests; above
     /// the Raft client's own pool idle time (30 s), so the client always
     /// closes first and a Raft RPC never lands on a closing connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub admin_idle_timeout: Duration,
 }
 
@@ -104,6 +109,7 @@ impl Default for Settings {
         Settings {
             listen: "0.0.0.0:9080".parse().expect("static address"),
             admin_listen: "127.0.0.1:9180".parse().expect("static address"),
+            admin_hosts: Vec::new(),
             workers: 0,
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
@@ -154,6 +160,23 @@ impl Settings {
                 format!("must be between 1 and {MAX_HEADER_COUNT}"),
             );
         }
+        for (i, h) in self.admin_hosts.iter().enumerate() {
+            let ok = h.parse::<http::uri::Authority>().is_ok_and(|a| {
+                !a.host().is_empty() && !a.as_str().contains('@') && a.as_str() == h.as_str()
+            });
+            if !ok {
+                p.push(
+                    format!("settings.admin_hosts[{i}]"),
+                    format!("`{h}` is not a host name or host:port"),
+                );
+            }
+        }
+        super::duration::check_max(
+            p,
+            "settings.drain_timeout".into(),
+            self.drain_timeout,
+            super::duration::MAX_TIMEOUT,
+        );
         for (field, t) in [
             ("settings.header_read_timeout", self.header_read_timeout),
             ("settings.first_byte_timeout", self.first_byte_timeout),

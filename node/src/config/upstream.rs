@@ -132,7 +132,7 @@ pub enum BalancerConfig {
     /// Peak-EWMA latency with power-of-two-choices.
     PeakEwma {
         /// How fast old latency observations decay.
-        #[serde(default = "default_ewma_decay", with = "humantime_serde")]
+        #[serde(default = "default_ewma_decay", with = "crate::config::duration")]
         #[schema(value_type = String, example = "10s")]
         decay: Duration,
     },
@@ -168,7 +168,7 @@ pub struct KeepaliveConfig {
     /// Idle connections kept per target.
     pub max_idle: usize,
     /// How long an idle connection is kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub idle_timeout: Duration,
 }
@@ -182,25 +182,32 @@ impl Default for KeepaliveConfig {
     }
 }
 
+/// Most idle connections kept per target: more than a process has file
+/// descriptors for.
+pub const MAX_IDLE: usize = 65_536;
+
+/// Most retries a budget always allows per second.
+pub const MAX_RETRIES_PER_SEC: u32 = 1_000_000;
+
 /// Upstream timeouts.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     /// Establishing the TCP connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub connect: Duration,
     /// Longest gap while forwarding the request body to the upstream.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub send: Duration,
     /// Waiting for the response head, and the longest gap between two
     /// chunks of the response body.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub read: Duration,
     /// From the first attempt to the response head, retries included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub total: Duration,
 }
@@ -226,7 +233,7 @@ pub struct RetryBudgetConfig {
     /// Retries always allowed per second.
     pub min_per_sec: u32,
     /// Window the ratio is measured over.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub ttl: Duration,
 }
@@ -248,7 +255,7 @@ pub struct PassiveHealthConfig {
     /// Failures within `fail_timeout` that take a target out; 0 disables.
     pub max_fails: u32,
     /// The window failures are counted in, and how long a target stays out.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     #[schema(value_type = String, example = "5s")]
     pub fail_timeout: Duration,
 }
@@ -271,7 +278,7 @@ pub struct StickyConfig {
     #[serde(default = "default_sticky_cookie")]
     pub cookie: String,
     /// Cookie lifetime; absent means a session cookie.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::duration")]
     #[schema(value_type = Option<String>, example = "1h")]
     pub ttl: Option<Duration>,
 }
@@ -287,6 +294,39 @@ impl UpstreamConfig {
                 format!("{at}.targets"),
                 "an upstream needs at least one target",
             );
+        }
+        if self.targets.len() > super::bounds::MAX_TARGETS_PER_UPSTREAM {
+            p.push(
+                format!("{at}.targets"),
+                format!(
+                    "{} targets; the limit (targets per upstream) is {}",
+                    self.targets.len(),
+                    super::bounds::MAX_TARGETS_PER_UPSTREAM
+                ),
+            );
+        }
+        if self.keepalive.max_idle > MAX_IDLE {
+            p.push(
+                format!("{at}.keepalive.max_idle"),
+                format!("must be at most {MAX_IDLE}"),
+            );
+        }
+        let long = super::duration::MAX_TIMEOUT;
+        for (name, d) in [
+            ("keepalive.idle_timeout", self.keepalive.idle_timeout),
+            (
+                "passive_health.fail_timeout",
+                self.passive_health.fail_timeout,
+            ),
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.send", self.timeouts.send),
+            ("timeouts.read", self.timeouts.read),
+            ("timeouts.total", self.timeouts.total),
+        ] {
+            super::duration::check_max(p, format!("{at}.{name}"), d, long);
+        }
+        if let BalancerConfig::PeakEwma { decay } = &self.balancer {
+            super::duration::check_max(p, format!("{at}.balancer.decay"), *decay, long);
         }
         let mut seen = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -376,6 +416,13 @@ impl UpstreamConfig {
             p.push(
                 format!("{at}.retry_budget.ratio"),
                 "must be between 0 and 1000",
+            );
+        }
+        // tower's budget panics at i32::MAX; no budget needs a millionth of it.
+        if b.min_per_sec > MAX_RETRIES_PER_SEC {
+            p.push(
+                format!("{at}.retry_budget.min_per_sec"),
+                format!("must be at most {MAX_RETRIES_PER_SEC}"),
             );
         }
         if b.ttl < Duration::from_secs(1) || b.ttl > Duration::from_secs(60) {

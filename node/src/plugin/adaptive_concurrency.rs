@@ -43,10 +43,10 @@ struct RawConfig {
     #[serde(default = "d_tolerance")]
     tolerance: f64,
     /// Default 10ms.
-    #[serde(default = "d_slack", with = "humantime_serde")]
+    #[serde(default = "d_slack", with = "crate::config::duration")]
     slack: Duration,
     /// How often the baseline latency is re-learnt. Default 60s.
-    #[serde(default = "d_window", with = "humantime_serde")]
+    #[serde(default = "d_window", with = "crate::config::duration")]
     baseline_window: Duration,
 }
 

@@ -53,7 +53,7 @@ struct RawConfig {
     #[serde(default)]
     allow_credentials: bool,
     /// How long the browser may cache a preflight answer.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::duration")]
     max_age: Option<Duration>,
 }
 

@@ -43,7 +43,7 @@ const DIGEST: &str = "digest";
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     /// How far the date header may be from the gateway's clock.
-    #[serde(default = "default_skew", with = "humantime_serde")]
+    #[serde(default = "default_skew", with = "crate::config::duration")]
     clock_skew: Duration,
     /// Accepted algorithms: `hmac-sha256`, `hmac-sha512`.
     #[serde(default = "default_algorithms")]
@@ -67,7 +67,7 @@ struct RawConfig {
     #[serde(default = "default_max_body")]
     max_body_bytes: u64,
     /// How long the client may take to send the body for the check.
-    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[serde(default = "default_body_timeout", with = "crate::config::duration")]
     body_timeout: Duration,
 }
 

@@ -72,10 +72,10 @@ struct RawConfig {
     #[serde(default)]
     jwks_ca_file: Option<std::path::PathBuf>,
     /// How often the JWKS is fetched again in the background.
-    #[serde(default = "default_refresh", with = "humantime_serde")]
+    #[serde(default = "default_refresh", with = "crate::config::duration")]
     jwks_refresh: Duration,
     /// Least time between two fetches triggered by unknown `kid`s.
-    #[serde(default = "default_gap", with = "humantime_serde")]
+    #[serde(default = "default_gap", with = "crate::config::duration")]
     jwks_refetch_gap: Duration,
     /// Algorithms accepted; empty means every supported one.
     #[serde(default)]
@@ -87,7 +87,7 @@ struct RawConfig {
     #[serde(default)]
     audience: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::duration")]
     leeway: Duration,
     /// Refuse tokens without `exp`.
     #[serde(default = "default_true")]

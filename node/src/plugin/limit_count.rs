@@ -36,7 +36,7 @@ struct RawConfig {
     /// Requests admitted per window and key.
     count: u64,
     /// Window length, e.g. `60s`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     time_window: Duration,
     /// `fixed` (default) or `sliding`.
     #[serde(default)]

@@ -38,17 +38,17 @@ struct RawConfig {
     #[serde(default = "default_key")]
     key: Vec<String>,
     /// Freshness of a cacheable response that gives none itself.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::duration")]
     ttl: Duration,
     /// Freshness that replaces the upstream's.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::duration")]
     force_ttl: Option<Duration>,
     /// Largest body stored; larger ones stream on uncached.
     #[serde(default = "default_max_object_bytes")]
     max_object_bytes: u64,
     /// How long a miss waits for a concurrent fetch of the same key
     /// before going upstream itself.
-    #[serde(default = "default_collapse_timeout", with = "humantime_serde")]
+    #[serde(default = "default_collapse_timeout", with = "crate::config::duration")]
     collapse_timeout: Duration,
 }
 

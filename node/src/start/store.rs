@@ -363,6 +363,16 @@ pub async fn serve(
         cluster: cluster.clone(),
         health: server.health.clone(),
         stored_problems: Default::default(),
+        // Peers address this node by its Raft advertise address.
+        hosts: crate::admin::Hosts::new(
+            bound.admin,
+            file_cfg
+                .settings
+                .admin_hosts
+                .iter()
+                .map(String::as_str)
+                .chain([kv.advertise()]),
+        ),
     });
     server.set_admin_router(crate::admin::router(ctx.clone()));
 
