@@ -549,7 +549,9 @@ impl Conn {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    _ = tracker.goaway(), if !draining => {
+                    // Polled on every wake of this task, so only where a
+                    // request cap can send it (none by default).
+                    _ = tracker.goaway(), if !draining && timeouts.max_requests > 0 => {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
